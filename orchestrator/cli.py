@@ -1,0 +1,95 @@
+"""The `circuitry` command line. Every bad input ends in one line on stderr that names the option
+and the fix, with exit code 2; nothing already written is touched."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from tasks import TASKS
+from workers.train import REGIMES
+
+
+class InputError(click.UsageError):
+    """Bad input found after parsing (a file's content, a combination of options)."""
+
+
+def writable_dir(path: str, option: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".circuitry-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"{option}: cannot write to {out} ({e.strerror}); give a writable folder") from None
+    return out
+
+
+@click.group()
+@click.version_option(package_name="circuitry")
+def cli():
+    """circuitry: train networks under BIMT and ordinary regimes, find their circuits, compare."""
+
+
+@cli.command()
+@click.option("--task", required=True, type=click.Choice(list(TASKS)), help="The learning problem.")
+@click.option("--regime", required=True, type=click.Choice(list(REGIMES)), help="The training regime.")
+@click.option("--steps", type=click.IntRange(min=1), default=20000, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--lam", type=click.FloatRange(min=0), default=None, help="Penalty strength (task default).")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="Hidden width (task default).")
+@click.option("--swap-every", type=click.IntRange(min=1), default=None, help="Steps between swaps.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for model.pt etc.")
+def train(task, regime, steps, seed, lam, width, swap_every, device, out):
+    """Train one model; write OUT/model.pt, OUT/metrics.json and OUT/network.png."""
+    from workers.train import TrainConfig
+    from workers.train import train as run_training
+    from workers.outputs import write_training
+
+    out_dir = writable_dir(out, "--out")
+    config = TrainConfig(task=task, regime=regime, steps=steps, seed=seed, lam=lam, width=width,
+                         swap_every=swap_every, device=device)
+    result = run_training(config)
+    write_training(result, out_dir)
+    m = result.metrics
+    click.echo(f"{task}/{regime} seed {seed}: test loss {m['test_loss']:.3g}, connection cost "
+               f"{m['connection_cost']:.3g}, {m['steps_per_second']:.0f} steps/s -> {out_dir / 'model.pt'}")
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (one idea per module)."""
+    from orchestrator.cli_discover import discover_cmd
+
+    cli.add_command(discover_cmd, "discover")
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        _register_optional_commands()
+    except ImportError:
+        pass
+    try:
+        cli.main(args=argv, prog_name="circuitry", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as e:  # one line, the option and the fix, exit 2
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

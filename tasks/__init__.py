@@ -1,0 +1,33 @@
+"""The task registry. Adding a task: write a module with a `Task` value, import it here and add it
+to TASKS (README, 'Adding a task')."""
+from __future__ import annotations
+
+from tasks.base import Data, Task
+from tasks.digits import digits
+from tasks.modular_addition import modular_addition
+from tasks.planted_teacher import planted_teacher, teacher_edges
+from tasks.symbolic import compositionality, feature_sharing, independence
+from tasks.two_moons import two_moons
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        independence,
+        feature_sharing,
+        compositionality,
+        two_moons,
+        modular_addition,
+        digits,
+        planted_teacher,
+    ]
+}
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}") from None
+
+
+__all__ = ["Data", "Task", "TASKS", "get_task", "teacher_edges"]

@@ -1,0 +1,69 @@
+"""What a learning problem is, for circuitry: seeded data, a loss, a circuit metric, a corruption
+and (where known) the ground-truth circuit. Everything else in the project reads tasks through
+this one small value object."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Data:
+    """Train/test tensors. Inputs are float features, or long token ids for embedding tasks."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str  # "regression" (MSE metric) or "classification" (KL metric, labels are class ids)
+    shape: tuple[int, ...]  # default network: neurons per layer, inputs first
+    generate: Callable[[int], Data]
+    description: str = ""
+    # Token tasks: inputs are `n_tokens` ids in [0, vocab); the network's input layer is the
+    # concatenation of their `embed_dim`-wide learned embeddings (shape[0] == n_tokens * embed_dim).
+    vocab: int | None = None
+    embed_dim: int | None = None
+    # Ground truth, where known. `dependencies[k]` is the set of input features output k depends
+    # on (0-based). `teacher_edges` is a set of (layer, src_pos, dst_pos) edges of a planted net.
+    dependencies: tuple[frozenset[int], ...] | None = None
+    teacher: Callable[[], dict] | None = None
+    # Training defaults that suit this task (a spec or the CLI may override them).
+    defaults: dict = field(default_factory=dict)
+    # Input laid out as a 2-D sheet (rows, cols) for image tasks, else None.
+    input_grid: tuple[int, int] | None = None
+
+    @property
+    def metric(self) -> str:
+        """The circuit metric: mean squared error to the full model for regression,
+        KL(full || circuit) for classification (design.md, 'ACDC, precisely')."""
+        return "mse" if self.kind == "regression" else "kl"
+
+    @property
+    def n_outputs(self) -> int:
+        return self.shape[-1]
+
+    def make_data(self, seed: int) -> Data:
+        return self.generate(seed)
+
+    def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "regression":
+            return torch.mean((pred - y) ** 2)
+        return F.cross_entropy(pred, y)
+
+    def corrupt(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """Resample corruption: example n is replaced by another example of the same split, drawn
+        by a seeded derangement, so every clean input is paired with a different real input."""
+        n = x.shape[0]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+        # one random n-cycle: example order[i] is paired with order[i+1], never with itself
+        partner = torch.empty_like(order)
+        partner[order] = order.roll(-1)
+        return x[partner]

@@ -1,0 +1,56 @@
+"""The BIMT paper's symbolic formulas (section 3.1): inputs U(-1, 1), 100 train / 100 test."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tasks.base import Data, Task
+
+N_TRAIN = N_TEST = 100
+
+
+def _formula_task(name, n_in, formula, dependencies, description) -> Task:
+    def generate(seed: int) -> Data:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(N_TRAIN + N_TEST, n_in, generator=g) * 2 - 1
+        y = formula(x)
+        return Data(x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:])
+
+    n_out = len(dependencies)
+    return Task(
+        name=name,
+        kind="regression",
+        shape=(n_in, 20, 20, n_out),
+        generate=generate,
+        description=description,
+        dependencies=tuple(frozenset(d) for d in dependencies),
+        defaults={"lam": 1e-3, "steps": 20000, "swap_every": 200},
+    )
+
+
+def _independence(x):
+    x1, x2, x3, x4 = x.unbind(1)
+    return torch.stack([(x1 + x3) ** 3, x2**2 + torch.sin(math.pi * x4)], 1)
+
+
+def _feature_sharing(x):
+    x1, x2, x3 = x.unbind(1)
+    return torch.stack([x1**2, x1**2 + x2**2, x1**2 + x2**2 + x3**2], 1)
+
+
+def _compositionality(x):
+    x1, x2, x3, x4 = x.unbind(1)
+    return torch.sqrt((x1 - x2) ** 2 + (x3 - x4) ** 2).unsqueeze(1)
+
+
+independence = _formula_task(
+    "independence", 4, _independence, [{0, 2}, {1, 3}], "[(x1+x3)^3, x2^2+sin(pi x4)]"
+)
+feature_sharing = _formula_task(
+    "feature_sharing", 3, _feature_sharing, [{0}, {0, 1}, {0, 1, 2}],
+    "[x1^2, x1^2+x2^2, x1^2+x2^2+x3^2]",
+)
+compositionality = _formula_task(
+    "compositionality", 4, _compositionality, [{0, 1, 2, 3}], "sqrt((x1-x2)^2+(x3-x4)^2)"
+)

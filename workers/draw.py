@@ -1,0 +1,69 @@
+"""BIMT-style network drawings: neurons at their coordinates, layers stacked bottom (inputs) to
+top (outputs), line width by |w|, blue for positive and red for negative weights (the reference's
+colours). 2-D sheets are drawn as skewed grids, one above the other, as in BIMT's MNIST figures.
+With an edge mask, circuit edges are drawn in colour and all others in faint grey."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+
+MIN_DRAWN = 1e-3  # edges below this fraction of max|W| are invisible anyway: skip them
+
+
+def neuron_xy(coords: torch.Tensor, layer: int) -> np.ndarray:
+    """Page position of every neuron of a layer."""
+    c = coords.double().numpy()
+    if c.ndim == 1:
+        return np.stack([c, np.full_like(c, layer)], 1)
+    # a sheet: skew the grid so rows recede, and squash it into the band of its layer
+    return np.stack([c[:, 0] + 0.25 * c[:, 1], layer + 0.6 * c[:, 1]], 1)
+
+
+def draw_network(ckpt: dict, path: str | Path, edge_mask: list[torch.Tensor] | None = None, title: str = "") -> None:
+    weights = [w.detach().double() for w in ckpt["weights"]]
+    coords = ckpt["coordinates"]
+    top = max(float(w.abs().max()) for w in weights) or 1.0
+    n_layers = len(coords)
+    wide = any(c.dim() == 2 for c in coords) or max(ckpt["shape"]) > 40
+    fig, ax = plt.subplots(figsize=(7 if wide else 4, 1.6 * n_layers))
+    xy = [neuron_xy(c, l) for l, c in enumerate(coords)]
+    for l, w in enumerate(weights):
+        mag = (w.abs() / top).numpy()
+        live = mag > MIN_DRAWN
+        if edge_mask is not None:
+            live |= edge_mask[l].numpy()
+        j, i = np.nonzero(live)
+        segments = np.stack([xy[l][i], xy[l + 1][j]], 1)
+        widths = 0.2 + 2.0 * mag[j, i] if not wide else 0.05 + 1.0 * mag[j, i]
+        colours = np.where((w.numpy()[j, i] > 0)[:, None], [[0.1, 0.2, 0.9, 1.0]], [[0.9, 0.1, 0.1, 1.0]])
+        if edge_mask is not None:
+            kept = edge_mask[l].numpy()[j, i]
+            colours[~kept] = [0.75, 0.75, 0.75, 0.25]
+            widths = np.where(kept, widths + 0.3, np.minimum(widths, 0.4))
+        else:
+            colours[:, 3] = np.clip(0.15 + mag[j, i], 0, 1)
+        order = np.argsort(widths)  # draw strong edges on top
+        ax.add_collection(LineCollection(segments[order], linewidths=widths[order], colors=colours[order]))
+    size = 12 if not wide else 2
+    for l, p in enumerate(xy):
+        ax.scatter(p[:, 0], p[:, 1], s=size, c="black", zorder=3)
+    if coords[0].dim() == 1 and len(coords[0]) <= 32:
+        for p, f in zip(xy[0], ckpt["in_perm"].tolist()):
+            ax.text(p[0], p[1] - 0.25, f"x{f + 1}", ha="center", va="top", fontsize=8)
+    if coords[-1].dim() == 1 and len(coords[-1]) <= 32:
+        for p, o in zip(xy[-1], ckpt["out_perm"].tolist()):
+            ax.text(p[0], p[1] + 0.2, f"y{o + 1}", ha="center", va="bottom", fontsize=8)
+    ax.set_title(title or f"{ckpt.get('task', '')} / {ckpt.get('regime', '')} / seed {ckpt.get('seed', '')}", fontsize=9)
+    ax.autoscale()
+    ax.margins(0.05, 0.12)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,204 @@
+"""An MLP whose neurons have coordinates (BIMT's BioMLP), and its checkpoint format.
+
+Layer l has n_l neurons at fixed positions; a neuron swap moves the neuron (its weights and bias),
+never the positions. Weights are stored in position order, so `weights[l][j, i]` is the edge from
+position i of layer l to position j of layer l+1, exactly as in `circuitry.mlp/1` (design.md).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FORMAT = "circuitry.mlp/1"
+L0 = 0.1  # distance between adjacent layers in the connection cost (BIMT's l0)
+
+
+def line_coordinates(n: int) -> torch.Tensor:
+    """BIMT's 1-D layout: n neurons at linspace(1/2n, 1-1/2n)."""
+    return torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)
+
+
+def sheet_shape(n: int) -> tuple[int, int]:
+    """The most nearly square (rows, cols) grid with rows * cols == n, rows <= cols (200 -> 10x20)."""
+    rows = int(math.isqrt(n))
+    while n % rows:
+        rows -= 1
+    return rows, n // rows
+
+
+def sheet_coordinates(rows: int, cols: int) -> torch.Tensor:
+    """A 2-D sheet in the unit square, row-major positions, cell centres as in the 1-D layout."""
+    y = line_coordinates(rows) if rows > 1 else torch.tensor([0.5])
+    x = line_coordinates(cols) if cols > 1 else torch.tensor([0.5])
+    yy, xx = torch.meshgrid(y, x, indexing="ij")
+    return torch.stack([xx.flatten(), yy.flatten()], 1)
+
+
+def wire_lengths(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """|x_dst - x_src| for every (dst, src) pair: [n_dst, n_src]; Euclidean for 2-D sheets."""
+    if dst.dim() == 1:
+        return (dst[:, None] - src[None, :]).abs()
+    return torch.cdist(dst, src)
+
+
+class CoordMLP(nn.Module):
+    """SiLU MLP with neuron coordinates, optional token embedding, and input/output permutations."""
+
+    def __init__(
+        self,
+        shape: list[int],
+        coordinates: list[torch.Tensor] | None = None,
+        l0: float = L0,
+        vocab: int | None = None,
+        embed_dim: int | None = None,
+    ):
+        super().__init__()
+        self.shape = list(shape)
+        self.l0 = float(l0)
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(shape[:-1], shape[1:]))
+        coordinates = coordinates or [line_coordinates(n) for n in shape]
+        for l, c in enumerate(coordinates):
+            self.register_buffer(f"coord{l}", c.float().clone())
+        for l in range(len(self.linears)):
+            dist = wire_lengths(coordinates[l + 1].double(), coordinates[l].double())
+            self.register_buffer(f"dist{l}", dist.float())
+            # swaps compare costs in float64 (workers.swap); kept here so they need no conversion
+            self.register_buffer(f"dist64_{l}", dist, persistent=False)
+        self.register_buffer("in_perm", torch.arange(shape[0]))
+        self.register_buffer("out_perm", torch.arange(shape[-1]))
+        self.embedding = None
+        if vocab is not None:
+            self.embedding = nn.Parameter(torch.randn(vocab, embed_dim))
+
+    @property
+    def coordinates(self) -> list[torch.Tensor]:
+        return [getattr(self, f"coord{l}") for l in range(len(self.shape))]
+
+    @property
+    def distances(self) -> list[torch.Tensor]:
+        """Wire length of every edge of linear layer l, [n_{l+1}, n_l]."""
+        return [getattr(self, f"dist{l}") for l in range(len(self.linears))]
+
+    @property
+    def distances64(self) -> list[torch.Tensor]:
+        return [getattr(self, f"dist64_{l}") for l in range(len(self.linears))]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs as the layer-0 feature vector (concatenated embeddings for token tasks)."""
+        if self.embedding is not None:
+            return self.embedding[x].flatten(1)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)[:, self.in_perm]
+        for l, linear in enumerate(self.linears):
+            h = linear(h)
+            if l < len(self.linears) - 1:
+                h = F.silu(h)
+        y = torch.empty_like(h)
+        y[:, self.out_perm] = h
+        return y
+
+    def connection_cost(self, weight_factor: float = 1.0, penalize_bias: bool = True) -> torch.Tensor:
+        """BIMT's connection cost: sum |w| * (weight_factor * wire length + l0), plus |b| * l0 and
+        |embedding| * l0 where asked. weight_factor 0 is plain L1 (times l0)."""
+        cost = 0.0
+        for linear, dist in zip(self.linears, self.distances):
+            cost = cost + (linear.weight.abs() * (weight_factor * dist + self.l0)).sum()
+            if penalize_bias:
+                cost = cost + linear.bias.abs().sum() * self.l0
+        if self.embedding is not None:
+            cost = cost + self.embedding.abs().sum() * self.l0
+        return cost
+
+    @torch.no_grad()
+    def add_connection_cost_grad(self, lam: float, weight_factor: float = 1.0, penalize_bias: bool = True) -> None:
+        """Add the gradient of lam * connection_cost(...) to .grad, without building its graph.
+
+        d|w|/dw = sign(w) (0 at 0, as autograd's abs), so the penalty's gradient is
+        lam * sign(W) * (weight_factor * wire length + l0): two fused ops a layer instead of a
+        dozen autograd nodes, which is most of BIMT's per-step overhead on small nets."""
+        for linear, dist in zip(self.linears, self.distances):
+            factor = self.l0 + weight_factor * dist if weight_factor else self.l0
+            linear.weight.grad.add_(torch.sign(linear.weight) * factor, alpha=lam)
+            if penalize_bias:
+                linear.bias.grad.add_(torch.sign(linear.bias), alpha=lam * self.l0)
+        if self.embedding is not None:
+            self.embedding.grad.add_(torch.sign(self.embedding), alpha=lam * self.l0)
+
+    def to_checkpoint(self, task: str, regime: str, seed: int, config: dict) -> dict:
+        ckpt = {
+            "format": FORMAT,
+            "task": task,
+            "regime": regime,
+            "seed": int(seed),
+            "shape": list(self.shape),
+            "activation": "silu",
+            "weights": [l.weight.detach().cpu().clone() for l in self.linears],
+            "biases": [l.bias.detach().cpu().clone() for l in self.linears],
+            "in_perm": self.in_perm.cpu().clone(),
+            "out_perm": self.out_perm.cpu().clone(),
+            "coordinates": [c.cpu().clone() for c in self.coordinates],
+            "l0": self.l0,
+            "config": dict(config),
+        }
+        if self.embedding is not None:
+            ckpt["embedding"] = self.embedding.detach().cpu().clone()
+        return ckpt
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "CoordMLP":
+        emb = ckpt.get("embedding")
+        model = cls(
+            ckpt["shape"],
+            coordinates=list(ckpt["coordinates"]),
+            l0=ckpt["l0"],
+            vocab=None if emb is None else emb.shape[0],
+            embed_dim=None if emb is None else emb.shape[1],
+        )
+        with torch.no_grad():
+            for linear, w, b in zip(model.linears, ckpt["weights"], ckpt["biases"]):
+                linear.weight.copy_(w)
+                linear.bias.copy_(b)
+            model.in_perm.copy_(ckpt["in_perm"])
+            model.out_perm.copy_(ckpt["out_perm"])
+            if emb is not None:
+                model.embedding.copy_(emb)
+        return model
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not `circuitry.mlp/1`."""
+
+
+REQUIRED_KEYS = ("format", "task", "shape", "weights", "biases", "in_perm", "out_perm", "coordinates", "l0")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load and check a `circuitry.mlp/1` checkpoint with `weights_only=True` (no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; train one with `circuitry train --out DIR`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or pickled code
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}); expected {FORMAT}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: format is {got!r}, expected {FORMAT!r}")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: {FORMAT} checkpoint lacks {', '.join(missing)}")
+    return ckpt
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> None:
+    """Write atomically: a reader never sees a half-written model.pt."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)

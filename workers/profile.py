@@ -1,0 +1,87 @@
+"""The computational profile of a model or a job: memory high-water marks and inference speed.
+
+CPU peak memory is the process's resident high-water mark (VmHWM), reset at the start of the
+measured region where the kernel allows it (/proc/self/clear_refs), so a long-lived worker that
+ran a bigger job earlier does not report that job's peak. On CUDA it is torch's allocator peak.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Context manager: `peak_bytes` (high-water mark inside the block) and `delta_bytes`
+    (that peak above the resident size at entry)."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.peak_bytes = 0
+        self.delta_bytes = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            try:  # "5" resets the peak RSS counter of this process (Linux >= 4.0)
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass
+            self._start = (_status_kib("VmRSS") or 0) * 1024
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            import resource
+
+            hwm = _status_kib("VmHWM")
+            self.peak_bytes = hwm * 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.delta_bytes = max(0, self.peak_bytes - self._start)
+        return False
+
+
+@torch.no_grad()
+def inference_speed(model: torch.nn.Module, example: torch.Tensor, batch: int, seconds: float = 0.2) -> float:
+    """Examples per second of `model` on batches of `batch` copies of `example` rows."""
+    x = example[torch.arange(batch) % example.shape[0]]
+    model(x)  # warm-up
+    n, start = 0, time.perf_counter()
+    while True:
+        model(x)
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and n >= 3:
+            break
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+        elapsed = time.perf_counter() - start
+    return n * batch / elapsed
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def weights_above(weights: list[torch.Tensor], fraction: float) -> int:
+    """How many weights exceed `fraction` of the largest |w| in the network."""
+    top = max(float(w.abs().max()) for w in weights)
+    return sum(int((w.abs() > fraction * top).sum()) for w in weights)
