@@ -44,17 +44,25 @@ def cli():
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Hidden width (task default).")
 @click.option("--swap-every", type=click.IntRange(min=1), default=None, help="Steps between swaps.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of the MNIST IDX files (else $CIRCUITRY_MNIST_DIR).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for model.pt etc.")
-def train(task, regime, steps, seed, lam, width, swap_every, device, out):
+def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, out):
     """Train one model; write OUT/model.pt, OUT/metrics.json and OUT/network.png."""
+    from tasks.base import TaskDataError
+    from workers.outputs import write_training
     from workers.train import TrainConfig
     from workers.train import train as run_training
-    from workers.outputs import write_training
 
+    if data_dir:
+        os.environ["CIRCUITRY_MNIST_DIR"] = data_dir
     out_dir = writable_dir(out, "--out")
     config = TrainConfig(task=task, regime=regime, steps=steps, seed=seed, lam=lam, width=width,
                          swap_every=swap_every, device=device)
-    result = run_training(config)
+    try:
+        result = run_training(config)
+    except TaskDataError as e:
+        raise InputError(f"--data-dir: {e}") from None
     write_training(result, out_dir)
     m = result.metrics
     click.echo(f"{task}/{regime} seed {seed}: test loss {m['test_loss']:.3g}, connection cost "

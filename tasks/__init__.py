@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tasks.base import Data, Task
 from tasks.digits import digits
+from tasks.mnist import mnist
 from tasks.modular_addition import modular_addition
 from tasks.planted_teacher import planted_teacher, teacher_edges
 from tasks.symbolic import compositionality, feature_sharing, independence
@@ -18,6 +19,7 @@ TASKS: dict[str, Task] = {
         two_moons,
         modular_addition,
         digits,
+        mnist,
         planted_teacher,
     ]
 }

@@ -10,6 +10,10 @@ import torch
 import torch.nn.functional as F
 
 
+class TaskDataError(ValueError):
+    """A task's data cannot be had (a missing or malformed file); the message says what to fix."""
+
+
 @dataclass(frozen=True)
 class Data:
     """Train/test tensors. Inputs are float features, or long token ids for embedding tasks."""

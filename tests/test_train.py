@@ -64,3 +64,19 @@ def test_image_task_lays_neurons_on_sheets():
     coords = result.checkpoint["coordinates"]
     assert [tuple(c.shape) for c in coords] == [(64, 2), (12, 2), (12, 2), (10, 2)]
     assert result.metrics["neurons_swapped"] > 0
+
+
+def test_digits_on_sheets_bimt_is_sparser_and_more_local_than_vanilla():
+    from workers.model import CoordMLP
+
+    bimt = train(TrainConfig("digits", "bimt", 600, seed=0))
+    vanilla = train(TrainConfig("digits", "vanilla", 600, seed=0))
+    assert bimt.checkpoint["coordinates"][1].shape == (200, 2)  # a 10x20 sheet
+    assert bimt.metrics["test_accuracy"] > 0.8 and vanilla.metrics["test_accuracy"] > 0.8
+    assert bimt.metrics["weights_above_1e-2"] < vanilla.metrics["weights_above_1e-2"] / 5
+    # more local: the |w|-weighted mean wire length is shorter
+    def mean_wire(ckpt):
+        model = CoordMLP.from_checkpoint(ckpt)
+        total = sum(float((l.weight.abs() * d).sum()) for l, d in zip(model.linears, model.distances))
+        return total / sum(float(l.weight.abs().sum()) for l in model.linears)
+    assert mean_wire(bimt.checkpoint) < 0.8 * mean_wire(vanilla.checkpoint)

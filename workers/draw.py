@@ -67,3 +67,32 @@ def draw_network(ckpt: dict, path: str | Path, edge_mask: list[torch.Tensor] | N
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def input_reach(ckpt: dict, edge_mask: list[torch.Tensor]) -> torch.Tensor:
+    """[n_outputs, n_inputs] bool: which input features reach each output through the circuit's
+    edges (rows and columns in output/input feature order, through out_perm/in_perm)."""
+    reach = torch.eye(edge_mask[-1].shape[0], dtype=torch.bool)  # output positions
+    for mask in reversed(edge_mask):
+        reach = (reach.float() @ mask.float()) > 0  # [n_out, n_l+1] @ [n_l+1, n_l]
+    by_feature = torch.zeros_like(reach)
+    by_feature[ckpt["out_perm"]] = reach
+    result = torch.zeros_like(by_feature)
+    result[:, ckpt["in_perm"]] = by_feature
+    return result
+
+
+def draw_input_reach(ckpt: dict, edge_mask: list[torch.Tensor], path: str | Path, grid: tuple[int, int]) -> None:
+    """For image tasks: one small image per output class showing which input pixels the circuit
+    reads for it (dark = read)."""
+    reach = input_reach(ckpt, edge_mask)
+    n = reach.shape[0]
+    fig, axes = plt.subplots(1, n, figsize=(1.2 * n, 1.5))
+    for k, ax in enumerate(np.atleast_1d(axes)):
+        ax.imshow(reach[k].reshape(grid).numpy(), cmap="Blues", vmin=0, vmax=1.2)
+        ax.set_title(f"class {k}: {int(reach[k].sum())} px", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
