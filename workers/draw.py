@@ -26,13 +26,23 @@ def neuron_xy(coords: torch.Tensor, layer: int) -> np.ndarray:
     return np.stack([c[:, 0] + 0.25 * c[:, 1], layer + 0.6 * c[:, 1]], 1)
 
 
+def is_wide(ckpt: dict) -> bool:
+    return any(c.dim() == 2 for c in ckpt["coordinates"]) or max(ckpt["shape"]) > 40
+
+
 def draw_network(ckpt: dict, path: str | Path, edge_mask: list[torch.Tensor] | None = None, title: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(7 if is_wide(ckpt) else 4, 1.6 * len(ckpt["coordinates"])))
+    draw_network_on(ax, ckpt, edge_mask, title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_network_on(ax, ckpt: dict, edge_mask: list[torch.Tensor] | None = None, title: str = "") -> None:
     weights = [w.detach().double() for w in ckpt["weights"]]
     coords = ckpt["coordinates"]
     top = max(float(w.abs().max()) for w in weights) or 1.0
-    n_layers = len(coords)
-    wide = any(c.dim() == 2 for c in coords) or max(ckpt["shape"]) > 40
-    fig, ax = plt.subplots(figsize=(7 if wide else 4, 1.6 * n_layers))
+    wide = is_wide(ckpt)
     xy = [neuron_xy(c, l) for l, c in enumerate(coords)]
     for l, w in enumerate(weights):
         mag = (w.abs() / top).numpy()
@@ -64,9 +74,6 @@ def draw_network(ckpt: dict, path: str | Path, edge_mask: list[torch.Tensor] | N
     ax.autoscale()
     ax.margins(0.05, 0.12)
     ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def input_reach(ckpt: dict, edge_mask: list[torch.Tensor]) -> torch.Tensor:
