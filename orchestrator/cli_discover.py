@@ -1,0 +1,60 @@
+"""`circuitry discover`: find a checkpoint's circuit and write circuit.parquet, summary.json and
+circuit.png (and optionally the EAP-IG graph JSON). Bad input ends in one line naming the option
+and the fix, exit code 2 (click.UsageError, which orchestrator.cli turns into that line)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from workers.discover import METHODS, DiscoveryInputError, discover, export_eap_ig, write_discovery
+from workers.graph import ABLATIONS
+from workers.model import CheckpointError, load_checkpoint
+
+
+def _load_data(path: str) -> dict:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise click.BadParameter(f"{path}: no such file; save a dict of tensors with torch.save", param_hint="--data") from None
+    except Exception as e:
+        raise click.BadParameter(f"{path}: not a readable torch file ({type(e).__name__}); save a dict with 'clean', 'corrupt', 'labels' via torch.save",
+                                 param_hint="--data") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path}: holds a {type(data).__name__}, expected a dict with 'clean' and 'corrupt' tensors", param_hint="--data")
+    return data
+
+
+@click.command("discover")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A circuitry.mlp/1 model.pt.")
+@click.option("--method", required=True, type=click.Choice(list(METHODS)), help="Discovery method.")
+@click.option("--threshold", type=float, default=None, help="tau: ACDC removes an edge whose metric increase is < tau; score methods keep |score| >= tau.")
+@click.option("--ablation", type=click.Choice(list(ABLATIONS)), default="resample", show_default=True)
+@click.option("--output", "output", type=click.IntRange(min=0), default=None, help="Circuit for output K alone (default: all outputs).")
+@click.option("--top-k", type=click.IntRange(min=0), default=None, help="Score methods: keep the k edges of largest |score|.")
+@click.option("--edge-fraction", type=click.FloatRange(0, 1), default=None, help="Score methods: keep this fraction of edges.")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None, help="torch.save'd dict: clean, corrupt[, labels].")
+@click.option("--export", "export", type=click.Choice(["eap-ig"]), default=None, help="Also write the EAP-IG graph JSON.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Data split and corruption seed.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for circuit.parquet etc.")
+def discover_cmd(model_path, method, threshold, ablation, output, top_k, edge_fraction, data_path, export, seed, out):
+    """Find the circuit of a trained model (ACDC, exact ablation scores, EAP, EAP-IG)."""
+    if threshold is not None and not threshold >= 0:
+        raise click.BadParameter(f"must be >= 0, got {threshold}; tau is a metric increase", param_hint="--threshold")
+    try:
+        ckpt = load_checkpoint(model_path)
+    except CheckpointError as e:
+        raise click.BadParameter(str(e), param_hint="--model") from None
+    data = _load_data(data_path) if data_path else None
+    try:
+        d = discover(ckpt, method, threshold, ablation=ablation, output=output, data=data, seed=seed,
+                     top_k=top_k, edge_fraction=edge_fraction)
+    except DiscoveryInputError as e:
+        raise click.BadParameter(str(e), param_hint=e.option) from None
+    out_dir = write_discovery(d, out, ckpt)
+    if export == "eap-ig":
+        export_eap_ig(d, Path(out_dir) / "graph_eap_ig.json")
+    s = d.summary
+    click.echo(f"{s['task']} {method} ({ablation}): {s['n_edges_kept']}/{s['n_edges_total']} edges kept, "
+               f"faithfulness {s['faithfulness']:.3g}, {s['discovery_seconds']:.2f}s -> {out_dir / 'circuit.parquet'}")

@@ -1,0 +1,123 @@
+"""Fast ACDC and exact scores against their literal definitions, on random and hand-built nets."""
+import pytest
+import torch
+
+from workers.acdc import acdc, acdc_naive, exact_naive, exact_scores
+from workers.graph import Graph, Problem
+from workers.model import CoordMLP
+
+torch.set_num_threads(1)
+
+
+def random_checkpoint(shape, seed, zero_fraction=0.3, scale=2.0, shuffle=True):
+    torch.manual_seed(seed)
+    ckpt = CoordMLP(shape).to_checkpoint("random", "random", seed, {})
+    # exact zeros exercise the "silent edge" path (increase exactly 0), scale makes effects uneven
+    ckpt["weights"] = [w * (torch.rand_like(w) > zero_fraction) * scale for w in ckpt["weights"]]
+    if shuffle:
+        ckpt["in_perm"] = torch.randperm(shape[0])
+        ckpt["out_perm"] = torch.randperm(shape[-1])
+    return ckpt
+
+
+def problem_for(ckpt, kind, ablation, output, n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, ckpt["shape"][0], generator=g)
+    xc = torch.randn(n, ckpt["shape"][0], generator=g)
+    return Problem.build(Graph.from_checkpoint(ckpt), x, xc, kind, ablation, output)
+
+
+def same_masks(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+CASES = [(kind, ablation, output) for kind in ("mse", "kl") for ablation in ("resample", "zero", "mean")
+         for output in (None, 1)]
+
+
+@pytest.mark.parametrize("kind,ablation,output", CASES)
+def test_acdc_equals_naive_sequential_definition(kind, ablation, output):
+    rng = torch.Generator().manual_seed(CASES.index((kind, ablation, output)))
+    for seed in range(3):
+        shape = [4, 6, 5, 3] if seed != 2 else [3, 5, 4, 6, 4]
+        p = problem_for(random_checkpoint(shape, seed), kind, ablation, output)
+        ex, _ = exact_scores(p)
+        q = float(torch.rand(1, generator=rng)) * 0.8 + 0.1
+        tau = float(torch.quantile(ex[ex > 0], q))
+        # a tiny batch budget forces many speculative rounds and chunk boundaries
+        for budget in (1, 32 * 6 * 3, 1 << 22):
+            fast = acdc(p, tau, batch_elements=budget)
+            naive = acdc_naive(p, tau)
+            assert same_masks(fast.masks, naive.masks), (seed, tau, budget)
+            for a, b in zip(fast.scores, naive.scores):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        kept = sum(int(m.sum()) for m in fast.masks)
+        assert 0 < kept < sum(m.numel() for m in fast.masks)  # a non-trivial circuit was tested
+
+
+@pytest.mark.parametrize("kind", ["mse", "kl"])
+def test_acdc_tau_zero_keeps_exactly_the_edges_with_an_effect(kind):
+    """tau = 0: silent edges (zero weight) have increase exactly 0 and are kept, like the naive."""
+    p = problem_for(random_checkpoint([4, 6, 5, 3], 7, zero_fraction=0.5), kind, "zero", None)
+    fast, naive = acdc(p, 0.0), acdc_naive(p, 0.0)
+    assert same_masks(fast.masks, naive.masks)
+    # zero weights are silent: increase exactly 0, not < 0, so the edge stays
+    zero_w = [w == 0 for w in p.graph.weights]
+    assert all(bool(m[z].all()) for m, z in zip(fast.masks, zero_w))
+    assert all(bool((s[z] == 0).all()) for s, z in zip(fast.scores, zero_w))
+
+
+def test_acdc_progress_counts_every_edge():
+    p = problem_for(random_checkpoint([4, 6, 5, 3], 1), "mse", "resample", None)
+    done = []
+    acdc(p, 1e-3, progress=done.append)
+    assert sum(done) == p.graph.n_edges
+
+
+@pytest.mark.parametrize("kind,ablation,output", [("mse", "resample", None), ("kl", "mean", 2), ("kl", "zero", None)])
+def test_exact_chunks_concatenate_to_one_pass(kind, ablation, output):
+    p = problem_for(random_checkpoint([4, 7, 6, 3], 3), kind, ablation, output)
+    whole, _ = exact_scores(p)
+    E = p.graph.n_edges
+    for size in (1, 5, 13, 64, E):
+        parts = torch.cat([exact_scores(p, a, min(E, a + size))[0] for a in range(0, E, size)])
+        assert torch.equal(parts, whole), size
+    torch.testing.assert_close(whole, exact_naive(p), rtol=0, atol=1e-12)
+    assert (whole >= -1e-15).all() and (whole > 0).any()
+
+
+def hand_built_checkpoint():
+    """Two parallel chains x0 -> n0 -> n0 -> y0 and x1 -> n1 -> n1 -> y1 with strong weights, a
+    third chain from x2 that reaches no output, and weak (1e-4) cross-talk everywhere else."""
+    shape = [3, 3, 3, 2]
+    torch.manual_seed(0)
+    weights, biases = [], []
+    for l in range(3):
+        n_out, n_in = shape[l + 1], shape[l]
+        w = 1e-4 * torch.randn(n_out, n_in)
+        for k in range(min(n_out, n_in)):
+            w[k, k] = 1.5
+        weights.append(w)
+        biases.append(torch.zeros(n_out))
+    ckpt = CoordMLP(shape).to_checkpoint("random", "hand", 0, {})
+    ckpt["weights"], ckpt["biases"] = weights, biases
+    return ckpt
+
+
+def test_hand_built_circuit_is_recovered():
+    ckpt = hand_built_checkpoint()
+    chain = {(l, k, k) for l in range(3) for k in range(2)}  # (layer, src, dst)
+    for ablation in ("resample", "zero", "mean"):
+        p = problem_for(ckpt, "mse", ablation, None, n=64)
+        res = acdc(p, 1e-4)
+        found = {(l, i, j) for l, m in enumerate(res.masks) for j, i in torch.nonzero(m).tolist()}
+        assert found == chain, ablation
+        ex, _ = exact_scores(p)
+        top = set(torch.argsort(ex, descending=True)[:6].tolist())
+        offsets = p.graph.edge_offsets()
+        assert top == {offsets[l] + j * p.graph.shape[l] + i for l, i, j in chain}
+    # output 1 alone: only the second chain
+    p = problem_for(ckpt, "mse", "resample", 1, n=64)
+    res = acdc(p, 1e-4)
+    found = {(l, i, j) for l, m in enumerate(res.masks) for j, i in torch.nonzero(m).tolist()}
+    assert found == {(l, 1, 1) for l in range(3)}

@@ -1,0 +1,446 @@
+"""Circuit discovery on a `circuitry.mlp/1` checkpoint: the entry point the orchestrator calls.
+
+    d = discover(ckpt, "acdc", 0.01)            # or "exact", "eap", "eap-ig"
+    write_discovery(d, out_dir, ckpt)           # circuit.parquet, summary.json, circuit.png
+
+Methods and score semantics (design.md; the `score` column of circuit.parquet):
+- `acdc`: the metric increase measured when the edge was tried; the edge is removed when that
+  increase is < tau (workers.acdc, exactly the sequential definition).
+- `exact`: metric(full model with only this edge ablated) - metric(full model); metric(full) = 0.
+- `eap`, `eap-ig`: the attribution estimate of that difference, taken on the task loss against the
+  labels because the metric's gradient is zero at the clean point (workers.attribution); signed.
+Score methods keep edges by tau (|score| >= tau), by top-k or by edge fraction (largest |score|,
+ties to the earlier canonical edge). The metric is MSE to the full model's output (regression) or
+KL(full || circuit) (classification), optionally restricted to one output (`output`).
+
+Edge order everywhere (table rows, `exact_scores` slices, flat score arrays): weight matrix l, then
+dst position, then src position (workers.graph).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from tasks import get_task
+from workers import acdc as acdc_mod
+from workers import evaluate as ev
+from workers.attribution import attribution_scores
+from workers.graph import ABLATIONS, Graph, Problem
+
+METHODS = ("acdc", "exact", "eap", "eap-ig")
+SCORE_METHODS = ("exact", "eap", "eap-ig")
+
+
+class DiscoveryInputError(ValueError):
+    """Bad discovery input; `option` names the CLI option that carries it."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+@dataclass
+class Discovery:
+    table: pa.Table  # circuit.parquet, schema metadata included
+    summary: dict  # summary.json
+    masks: list[torch.Tensor]  # bool, one per weight matrix, True = in circuit
+    scores: list[torch.Tensor] = field(default_factory=list)  # float64, shapes of the weights
+    config: dict = field(default_factory=dict)  # method, threshold, ablation, metric, ...
+
+
+@dataclass
+class Prepared:
+    task: object
+    graph: Graph
+    problem: Problem
+    clean_x: torch.Tensor
+    labels_pos: torch.Tensor | None  # labels in position order / as class positions
+
+
+# ---------------------------------------------------------------- input checks and preparation
+
+def check_task(ckpt: dict):
+    try:
+        task = get_task(ckpt["task"])
+    except ValueError as e:
+        raise DiscoveryInputError("--model", f"{e}; the checkpoint's task must be a registered task") from None
+    shape = list(ckpt["shape"])
+    if shape[0] != task.shape[0] or shape[-1] != task.shape[-1]:
+        raise DiscoveryInputError(
+            "--model", f"checkpoint shape {shape} does not fit task {task.name!r} "
+            f"({task.shape[0]} inputs, {task.shape[-1]} outputs); use a model trained on that task")
+    if (task.vocab is not None) != ("embedding" in ckpt and ckpt["embedding"] is not None):
+        raise DiscoveryInputError("--model", f"task {task.name!r} and the checkpoint disagree on token embeddings")
+    return task
+
+
+def _check_data(task, data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    if not isinstance(data, dict) or "clean" not in data or "corrupt" not in data:
+        raise DiscoveryInputError("--data", "expected a dict with tensors 'clean', 'corrupt' and optionally 'labels'")
+    clean, corrupt, labels = data["clean"], data["corrupt"], data.get("labels")
+    if not isinstance(clean, torch.Tensor) or not isinstance(corrupt, torch.Tensor):
+        raise DiscoveryInputError("--data", "'clean' and 'corrupt' must be tensors")
+    n_cols = task.shape[0] // task.embed_dim if task.vocab is not None else task.shape[0]
+    if clean.dim() != 2 or clean.shape[1] != n_cols or clean.shape[0] < 1:
+        raise DiscoveryInputError("--data", f"'clean' must be [N, {n_cols}] for task {task.name!r}, got {list(clean.shape)}")
+    if corrupt.shape != clean.shape:
+        raise DiscoveryInputError("--data", f"'corrupt' must have the shape of 'clean' {list(clean.shape)}, got {list(corrupt.shape)}")
+    for name, t in (("clean", clean), ("corrupt", corrupt)):
+        if task.vocab is not None:
+            if t.is_floating_point() or t.min() < 0 or t.max() >= task.vocab:
+                raise DiscoveryInputError("--data", f"'{name}' must hold token ids in [0, {task.vocab})")
+        elif not torch.isfinite(t.double()).all():
+            raise DiscoveryInputError("--data", f"'{name}' has non-finite values")
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor) or labels.shape[0] != clean.shape[0]:
+            raise DiscoveryInputError("--data", "'labels' must be a tensor with one row per example")
+        if task.kind == "classification":
+            if labels.is_floating_point() or labels.dim() != 1 or labels.min() < 0 or labels.max() >= task.shape[-1]:
+                raise DiscoveryInputError("--data", f"'labels' must be class ids [N] in [0, {task.shape[-1]})")
+        else:
+            labels = labels.reshape(labels.shape[0], -1)
+            if labels.shape[1] != task.shape[-1]:
+                raise DiscoveryInputError("--data", f"'labels' must be [N, {task.shape[-1]}] for task {task.name!r}")
+    return clean, corrupt, labels
+
+
+def prepare(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
+            data: dict | None = None, seed: int = 0) -> Prepared:
+    """The graph, the examples (task test split + task.corrupt, or `data`) and the metric."""
+    if ablation not in ABLATIONS:
+        raise DiscoveryInputError("--ablation", f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
+    task = check_task(ckpt)
+    if output is not None and not 0 <= output < task.shape[-1]:
+        raise DiscoveryInputError("--output", f"output {output} out of range: the model has outputs 0..{task.shape[-1] - 1}")
+    if data is None:
+        split = task.make_data(seed)
+        clean, labels = split.x_test, split.y_test
+        corrupt = task.corrupt(clean, seed)
+    else:
+        clean, corrupt, labels = _check_data(task, data)
+    graph = Graph.from_checkpoint(ckpt)
+    problem = Problem.build(graph, clean, corrupt, task.metric, ablation, output)
+    labels_pos = None
+    if labels is not None:
+        if task.kind == "classification":
+            labels_pos = torch.argsort(graph.out_perm)[labels.long()]
+        else:
+            labels_pos = labels.reshape(labels.shape[0], -1).to(torch.float64)[:, graph.out_perm]
+    return Prepared(task, graph, problem, clean, labels_pos)
+
+
+def _check_selection(method, threshold, top_k, edge_fraction):
+    if method not in METHODS:
+        raise DiscoveryInputError("--method", f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if threshold is not None and (not math.isfinite(threshold) or threshold < 0):
+        raise DiscoveryInputError("--threshold", f"threshold must be a finite number >= 0, got {threshold}")
+    if top_k is not None and top_k < 0:
+        raise DiscoveryInputError("--top-k", f"top-k must be >= 0, got {top_k}")
+    if edge_fraction is not None and not 0 <= edge_fraction <= 1:
+        raise DiscoveryInputError("--edge-fraction", f"edge fraction must be in [0, 1], got {edge_fraction}")
+    if method == "acdc":
+        if threshold is None:
+            raise DiscoveryInputError("--threshold", "acdc needs a threshold tau: give --threshold FLOAT (e.g. 0.01)")
+        if top_k is not None or edge_fraction is not None:
+            raise DiscoveryInputError("--top-k", "acdc selects edges by --threshold only; drop --top-k/--edge-fraction")
+    else:
+        given = [x is not None for x in (threshold, top_k, edge_fraction)]
+        if sum(given) != 1:
+            raise DiscoveryInputError("--threshold", f"{method} needs exactly one of --threshold, --top-k, --edge-fraction")
+
+
+# ---------------------------------------------------------------- the entry points
+
+def discover(ckpt: dict, method: str, threshold: float | None = None, *, ablation: str = "resample",
+             output: int | None = None, data: dict | None = None, seed: int = 0,
+             top_k: int | None = None, edge_fraction: float | None = None,
+             progress: Callable[[int], None] | None = None) -> Discovery:
+    """Find the circuit of `ckpt` with `method` (module doc); `progress(n)` is called with the
+    number of edges just evaluated. Deterministic for the same inputs."""
+    _check_selection(method, threshold, top_k, edge_fraction)
+    t0 = time.perf_counter()
+    prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
+    problem = prep.problem
+    masks = None
+    if method == "acdc":
+        res = acdc_mod.acdc(problem, threshold, progress=progress)
+        scores, masks, spent = ev.flatten(res.scores), res.masks, res.forward_examples
+    elif method == "exact":
+        scores, spent = acdc_mod.exact_scores(problem, progress=progress)
+    else:
+        if prep.labels_pos is None:
+            raise DiscoveryInputError("--data", f"{method} needs labels: add 'labels' to the --data file")
+        per_layer, spent = attribution_scores(problem, prep.labels_pos, method)
+        scores = ev.flatten(per_layer)
+        if progress:
+            progress(prep.graph.n_edges)
+    seconds = time.perf_counter() - t0
+    return _assemble(ckpt, prep, method, scores, masks, threshold=threshold, top_k=top_k,
+                     edge_fraction=edge_fraction, seconds=seconds, forward_examples=spent,
+                     ablation=ablation, output=output, seed=seed)
+
+
+def exact_scores(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
+                 data: dict | None = None, seed: int = 0, start: int = 0, stop: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """`exact` scores of edges [start, stop) of the canonical order (float64). Chunks of any size
+    concatenate to exactly the one-pass result (bit for bit)."""
+    prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
+    scores, _ = acdc_mod.exact_scores(prep.problem, start, stop, progress=progress)
+    return scores.numpy()
+
+
+def n_edges(ckpt: dict) -> int:
+    """Length of the canonical edge list (what the orchestrator splits into chunks)."""
+    return sum(int(w.numel()) for w in ckpt["weights"])
+
+
+def discovery_from_scores(ckpt: dict, scores, *, method: str = "exact", threshold: float | None = None,
+                          ablation: str = "resample", output: int | None = None, data: dict | None = None,
+                          seed: int = 0, top_k: int | None = None, edge_fraction: float | None = None,
+                          seconds: float = float("nan"), forward_examples: int | None = None) -> Discovery:
+    """A Discovery from precomputed score-method scores (e.g. concatenated `exact_scores` chunks):
+    the same files a one-pass `discover` would write, up to the timing fields."""
+    if method not in SCORE_METHODS:
+        raise DiscoveryInputError("--method", f"scores can be assembled for {', '.join(SCORE_METHODS)} only")
+    _check_selection(method, threshold, top_k, edge_fraction)
+    prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
+    flat = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    if flat.numel() != prep.graph.n_edges:
+        raise ValueError(f"got {flat.numel()} scores for {prep.graph.n_edges} edges")
+    if forward_examples is None:
+        forward_examples = prep.problem.n_examples * (2 + prep.graph.n_edges)
+    return _assemble(ckpt, prep, method, flat, None, threshold=threshold, top_k=top_k,
+                     edge_fraction=edge_fraction, seconds=seconds, forward_examples=forward_examples,
+                     ablation=ablation, output=output, seed=seed)
+
+
+# ---------------------------------------------------------------- EAP-IG-style API on a Graph
+
+def _labels_in_positions(graph: Graph, metric: str, labels):
+    if labels is None:
+        return None
+    if metric == "kl":
+        return torch.argsort(graph.out_perm)[labels.long()]
+    return labels.reshape(labels.shape[0], -1).to(torch.float64)[:, graph.out_perm]
+
+
+def attribute(graph: Graph, clean: torch.Tensor, corrupt: torch.Tensor, *, method: str, metric: str,
+              ablation: str = "resample", output: int | None = None, labels: torch.Tensor | None = None,
+              threshold: float | None = None, progress: Callable[[int], None] | None = None) -> acdc_mod.EdgeResult:
+    """Score (and for acdc, select) every edge of `graph` on these examples. `metric` is "mse" or
+    "kl"; `labels` (output-id order / class ids) are needed by eap and eap-ig. Returns per-matrix
+    masks (acdc's circuit; all True for score methods) and scores (module doc for semantics)."""
+    problem = Problem.build(graph, clean, corrupt, metric, ablation, output)
+    if method == "acdc":
+        return acdc_mod.acdc(problem, threshold, progress=progress)
+    if method == "exact":
+        flat, spent = acdc_mod.exact_scores(problem, progress=progress)
+        return acdc_mod.EdgeResult(graph.full_masks(), ev.unflatten(graph, flat), spent)
+    scores, spent = attribution_scores(problem, _labels_in_positions(graph, metric, labels), method)
+    return acdc_mod.EdgeResult(graph.full_masks(), scores, spent)
+
+
+def evaluate(graph: Graph, masks, clean: torch.Tensor, corrupt: torch.Tensor, *, metric: str,
+             ablation: str = "resample", output: int | None = None) -> dict:
+    """Faithfulness (metric of the circuit, of the empty circuit, MIB's normalised f) and sparsity."""
+    problem = Problem.build(graph, clean, corrupt, metric, ablation, output)
+    return {**ev.faithfulness(problem, masks), **ev.sparsity(masks)}
+
+
+# ---------------------------------------------------------------- selection, grading, table
+
+def select_edges(graph: Graph, flat_scores: torch.Tensor, threshold=None, top_k=None, edge_fraction=None):
+    """Masks of a score method: |score| >= tau, or the top-k / top fraction by |score|."""
+    if threshold is not None:
+        return ev.unflatten(graph, flat_scores.abs() >= threshold)
+    k = top_k if top_k is not None else int(round(edge_fraction * graph.n_edges))
+    return ev.top_k_masks(graph, flat_scores, min(k, graph.n_edges))
+
+
+def model_id(ckpt: dict) -> str:
+    """Content id of a checkpoint: sha256 of its shape, permutations, weights and biases."""
+    h = hashlib.sha256(json.dumps(list(ckpt["shape"])).encode())
+    for t in [ckpt["in_perm"], ckpt["out_perm"], *ckpt["weights"], *ckpt["biases"]]:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    if ckpt.get("embedding") is not None:
+        h.update(ckpt["embedding"].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _assemble(ckpt, prep: Prepared, method, flat_scores, masks, *, threshold, top_k, edge_fraction,
+              seconds, forward_examples, ablation, output, seed) -> Discovery:
+    graph, problem, task = prep.graph, prep.problem, prep.task
+    if masks is None:
+        masks = select_edges(graph, flat_scores, threshold, top_k, edge_fraction)
+    keep = ev.flatten(masks)
+    config = {"method": method, "threshold": threshold, "top_k": top_k, "edge_fraction": edge_fraction,
+              "ablation": ablation, "metric": task.metric, "task": task.name,
+              "regime": str(ckpt.get("regime", "")), "seed": int(ckpt.get("seed", 0)),
+              "discovery_seed": seed, "output": output, "model_id": model_id(ckpt)}
+    summary = {**config, "n_examples": problem.n_examples, **ev.sparsity(masks), **ev.faithfulness(problem, masks)}
+    if method in SCORE_METHODS:
+        summary.update(ev.faithfulness_curve(problem, flat_scores))
+    if task.kind == "classification":
+        summary.update(ev.classification_figures(problem, masks, prep.labels_pos))
+    summary.update(_ground_truth(ckpt, prep, masks, flat_scores, keep, output))
+    summary["discovery_seconds"] = seconds
+    summary["forward_examples"] = int(forward_examples)
+    summary["edges_per_second"] = graph.n_edges / seconds if seconds and seconds > 0 else float("nan")
+    summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak
+    table = circuit_table(graph, masks, flat_scores, config)
+    return Discovery(table, summary, masks, ev.unflatten(graph, flat_scores), config)
+
+
+def _ground_truth(ckpt, prep: Prepared, masks, flat_scores, keep, output) -> dict:
+    task, graph = prep.task, prep.graph
+    out = {}
+    if task.teacher is not None:
+        teacher_ckpt = task.teacher()
+        truth = _teacher_edge_set(teacher_ckpt)
+        if ckpt.get("regime") == "teacher":
+            out.update(ev.edge_agreement(truth, flat_scores, keep, graph))
+        else:  # a student: match hidden neurons to the teacher's first
+            maps = ev.match_hidden(graph, Graph.from_checkpoint(teacher_ckpt), prep.clean_x)
+            out.update(ev.edge_agreement(truth, flat_scores, keep, graph,
+                                         lambda l, i, j: (l, int(maps[l][i]), int(maps[l + 1][j]))))
+            out["ground_truth_matching"] = "hungarian |corr| of hidden activations"
+    if task.dependencies is not None:
+        dep = ev.dependency_agreement(graph, masks, task.dependencies)
+        if output is not None:
+            dep["dependencies_match"] = dep["dependencies_found"][output] == dep["dependencies_true"][output]
+        out.update(dep)
+    return out
+
+
+def _teacher_edge_set(teacher_ckpt: dict) -> set:
+    return {(l, int(i), int(j)) for l, w in enumerate(teacher_ckpt["weights"]) for j, i in torch.nonzero(w).tolist()}
+
+
+def circuit_table(graph: Graph, masks, flat_scores: torch.Tensor, config: dict) -> pa.Table:
+    """circuit.parquet's table: one row per edge in canonical order, schema metadata attached."""
+    src_layer, src_pos, dst_pos, weight = [], [], [], []
+    for l, w in enumerate(graph.weights):
+        n_dst, n_src = w.shape
+        src_layer.append(np.full(n_dst * n_src, l, dtype=np.int32))
+        dst_pos.append(np.repeat(np.arange(n_dst, dtype=np.int32), n_src))
+        src_pos.append(np.tile(np.arange(n_src, dtype=np.int32), n_dst))
+        weight.append(w.reshape(-1).numpy().astype(np.float32))
+    sl, sp, dp = np.concatenate(src_layer), np.concatenate(src_pos), np.concatenate(dst_pos)
+    dl = sl + 1
+    src = [f"L{a}.{b}" for a, b in zip(sl.tolist(), sp.tolist())]
+    dst = [f"L{a}.{b}" for a, b in zip(dl.tolist(), dp.tolist())]
+    schema = pa.schema([
+        ("src", pa.string()), ("dst", pa.string()),
+        ("src_layer", pa.int32()), ("src_pos", pa.int32()), ("dst_layer", pa.int32()), ("dst_pos", pa.int32()),
+        ("weight", pa.float32()), ("score", pa.float64()), ("in_circuit", pa.bool_()),
+    ], metadata={k: ("" if v is None else str(v)) for k, v in config.items()})
+    cols = [src, dst, sl, sp, dl.astype(np.int32), dp, np.concatenate(weight),
+            flat_scores.numpy().astype(np.float64), ev.flatten(masks).numpy()]
+    return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, schema)], schema=schema)
+
+
+# ---------------------------------------------------------------- files
+
+def _draw(ckpt, path, masks, title):
+    try:
+        from workers.draw import draw_network
+    except ImportError:  # fallback until workers/draw.py is available everywhere
+        return _draw_fallback(ckpt, path, masks, title)
+    draw_network(ckpt, path, edge_mask=masks, title=title)
+
+
+def _draw_fallback(ckpt, path, masks, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    shape = ckpt["shape"]
+    for l, w in enumerate(ckpt["weights"]):
+        xs0, xs1 = np.linspace(0, 1, shape[l]), np.linspace(0, 1, shape[l + 1])
+        for j, i in torch.nonzero(masks[l]).tolist():
+            ax.plot([xs0[i], xs1[j]], [l, l + 1], color="C3" if w[j, i] > 0 else "C0", lw=0.5)
+    ax.set_title(title)
+    ax.axis("off")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_discovery(d: Discovery, out_dir, ckpt: dict) -> Path:
+    """OUT/circuit.parquet, OUT/circuit.png, then OUT/summary.json (its presence marks the result
+    finished); each written to a temporary name and renamed."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "circuit.parquet.tmp"
+    pq.write_table(d.table, tmp)
+    os.replace(tmp, out / "circuit.parquet")
+    c = d.config
+    sel = f"tau={c['threshold']}" if c["threshold"] is not None else (
+        f"top-k={c['top_k']}" if c["top_k"] is not None else f"fraction={c['edge_fraction']}")
+    title = f"{c['task']}/{c['regime']} {c['method']} {sel} {c['ablation']}: {d.summary['n_edges_kept']}/{d.summary['n_edges_total']} edges"
+    png_tmp = out / "circuit.tmp.png"
+    _draw(ckpt, png_tmp, d.masks, title)
+    os.replace(png_tmp, out / "circuit.png")
+    _write_json(d.summary, out / "summary.json")
+    return out
+
+
+def _write_json(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _finite(x):
+    """NaN/inf -> null so summary.json is strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def export_eap_ig(d: Discovery, path) -> Path:
+    """The EAP-IG library's graph JSON: {"cfg", "nodes": {name: in_graph}, "edges":
+    {"src->dst": {"score", "in_graph"}}}, names as in circuit.parquet ("L{layer}.{pos}")."""
+    t = d.table.to_pydict()
+    nodes = {}
+    for l, w in enumerate(d.masks):
+        for p in range(w.shape[1]):
+            nodes.setdefault(f"L{l}.{p}", False)
+        for p in range(w.shape[0]):
+            nodes.setdefault(f"L{l + 1}.{p}", False)
+    edges = {}
+    for s, dd, sc, keep in zip(t["src"], t["dst"], t["score"], t["in_circuit"]):
+        edges[f"{s}->{dd}"] = {"score": float(sc), "in_graph": bool(keep)}
+        if keep:
+            nodes[s] = nodes[dd] = True
+    shape = [d.masks[0].shape[1]] + [m.shape[0] for m in d.masks]
+    cfg = {"n_layers": len(shape), "shape": shape, **{k: v for k, v in d.config.items()}}
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"cfg": cfg, "nodes": nodes, "edges": edges}))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,149 @@
+"""Grading a circuit: faithfulness (MIB's normalised f, CPR and CMD), sparsity, ground-truth
+agreement (planted teacher edges, symbolic dependency sets) and, for classifiers, logit gap and
+accuracy. Every function takes a `Problem` (workers.graph) and masks; nothing is recomputed from
+files."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import roc_auc_score
+
+from workers.graph import Graph, Problem
+
+# MIB's edge fractions for the faithfulness curve, in percent.
+CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+
+
+def normalized_faithfulness(m_circuit: float, m_empty: float, m_full: float = 0.0) -> float:
+    """MIB's f = (m(C) - m(empty)) / (m(N) - m(empty)); m(N) = 0 under our metrics."""
+    denom = m_full - m_empty
+    if denom == 0:
+        return float("nan")
+    return (m_circuit - m_empty) / denom
+
+
+def top_k_masks(graph: Graph, flat_scores: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """Keep the k edges of largest |score|; ties go to the earlier canonical edge."""
+    keep = torch.zeros(flat_scores.numel(), dtype=torch.bool)
+    if k > 0:
+        order = np.argsort(-np.abs(flat_scores.numpy()), kind="stable")[:k]
+        keep[torch.from_numpy(order)] = True
+    return unflatten(graph, keep)
+
+
+def unflatten(graph: Graph, flat: torch.Tensor) -> list[torch.Tensor]:
+    off = graph.edge_offsets()
+    return [flat[off[l]:off[l + 1]].reshape(w.shape).clone() for l, w in enumerate(graph.weights)]
+
+
+def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def faithfulness(problem: Problem, masks) -> dict:
+    m_c = problem.circuit_metric(masks)
+    m_e = problem.circuit_metric(problem.graph.full_masks(False))
+    return {"metric_circuit": m_c, "metric_empty": m_e, "metric_full": 0.0,
+            "faithfulness": normalized_faithfulness(m_c, m_e)}
+
+
+def faithfulness_curve(problem: Problem, flat_scores: torch.Tensor) -> dict:
+    """f at MIB's edge fractions (top-|score| edges) and the areas: CPR = area under f,
+    CMD = area under |1 - f|, trapezoids over the edge fraction in [0, 1]."""
+    g = problem.graph
+    m_e = problem.circuit_metric(g.full_masks(False))
+    xs, fs = [], []
+    for pct in CURVE_PERCENTS:
+        k = int(round(pct / 100 * g.n_edges))
+        fs.append(normalized_faithfulness(problem.circuit_metric(top_k_masks(g, flat_scores, k)), m_e))
+        xs.append(pct / 100)
+    x, f = np.array(xs), np.array(fs)
+    return {"curve_fractions": xs, "curve_faithfulness": fs,
+            "cpr": float(np.trapezoid(f, x)), "cmd": float(np.trapezoid(np.abs(1 - f), x))}
+
+
+def sparsity(masks) -> dict:
+    total = sum(m.numel() for m in masks)
+    kept = sum(int(m.sum()) for m in masks)
+    nodes = set()
+    for l, m in enumerate(masks):
+        for j, i in torch.nonzero(m).tolist():
+            nodes.add((l, i))
+            nodes.add((l + 1, j))
+    return {"n_edges_total": total, "n_edges_kept": kept, "edge_sparsity": 1 - kept / total,
+            "n_nodes_kept": len(nodes)}
+
+
+def classification_figures(problem: Problem, masks, labels_pos: torch.Tensor | None) -> dict:
+    """logit_gap = mean |full logit of the true class - circuit logit of it|; accuracies. Without
+    labels the full model's own prediction stands in for the true class."""
+    full = problem.clean[-1]
+    circ = problem.circuit_output(masks)
+    target = full.argmax(1) if labels_pos is None else labels_pos
+    idx = target[:, None]
+    gap = (full.gather(1, idx) - circ.gather(1, idx)).abs().mean()
+    out = {"logit_gap": float(gap),
+           "circuit_accuracy": float((circ.argmax(1) == target).double().mean()),
+           "full_accuracy": float((full.argmax(1) == target).double().mean())}
+    if labels_pos is None:
+        out["accuracy_reference"] = "full model's predictions (no labels)"
+    return out
+
+
+def edge_agreement(true_edges: set, flat_scores: torch.Tensor, keep: torch.Tensor, graph: Graph,
+                   edge_map=None) -> dict:
+    """Precision/recall of the kept edges and ROC AUC of |score| against a true edge set of
+    (layer, src_pos, dst_pos); `edge_map(l, i, j)` maps a student edge into the teacher's positions."""
+    labels = []
+    for l, w in enumerate(graph.weights):
+        n_dst, n_src = w.shape
+        for j in range(n_dst):
+            for i in range(n_src):
+                e = (l, i, j) if edge_map is None else edge_map(l, i, j)
+                labels.append(e in true_edges)
+    y = np.array(labels)
+    keep_np = keep.numpy()
+    tp = int((y & keep_np).sum())
+    out = {"edge_precision": tp / max(1, int(keep_np.sum())), "edge_recall": tp / max(1, int(y.sum()))}
+    s = np.abs(flat_scores.numpy())
+    out["edge_roc_auc"] = float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
+    return out
+
+
+def match_hidden(student: Graph, teacher: Graph, x: torch.Tensor) -> list[np.ndarray]:
+    """Per layer, student position -> teacher position. Inputs and outputs map through the
+    permutations (features are fixed); hidden neurons by Hungarian matching on |correlation| of
+    their activations on `x` (scipy's linear_sum_assignment)."""
+    s_acts = student.forward(student.features(x))
+    t_acts = teacher.forward(teacher.features(x))
+    # input position p holds feature in_perm[p]; the teacher holds feature f at position t_inv[f]
+    t_in_inv = np.argsort(teacher.in_perm.numpy())
+    maps = [t_in_inv[student.in_perm.numpy()]]
+    for l in range(1, student.n_layers):
+        a, b = s_acts[l], t_acts[l]
+        a = (a - a.mean(0)) / (a.std(0) + 1e-12)
+        b = (b - b.mean(0)) / (b.std(0) + 1e-12)
+        corr = (a.T @ b / a.shape[0]).abs().numpy()
+        rows, cols = linear_sum_assignment(-corr)
+        m = np.empty(corr.shape[0], dtype=np.int64)
+        m[rows] = cols
+        maps.append(m)
+    t_out_inv = np.argsort(teacher.out_perm.numpy())
+    maps.append(t_out_inv[student.out_perm.numpy()])
+    return maps
+
+
+def dependency_agreement(graph: Graph, masks, dependencies) -> dict:
+    """Input features each output reaches through kept edges vs the task's dependency sets."""
+    L = graph.n_layers
+    reach = torch.eye(graph.shape[0], dtype=torch.bool)  # [n_l, n_inputs]: positions -> input positions
+    for l in range(L):
+        reach = (masks[l].double() @ reach.double()) > 0
+    found = []
+    for k in range(graph.shape[-1]):
+        pos = int(torch.nonzero(graph.out_perm == k)[0, 0])
+        found.append(sorted(int(graph.in_perm[p]) for p in torch.nonzero(reach[pos])[:, 0].tolist()))
+    truth = [sorted(d) for d in dependencies]
+    return {"dependencies_found": found, "dependencies_true": truth,
+            "dependencies_match": found == truth}

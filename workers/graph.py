@@ -1,0 +1,197 @@
+"""The dense neuron graph of a `circuitry.mlp/1` checkpoint, its ablations and its circuit metric.
+
+Everything here is float64 and in *position* order (design.md): `weights[l][j, i]` is the edge
+from position i of layer l to position j of layer l+1. Layer 0 is the input layer (features after
+`in_perm`, or the concatenated embeddings), layer L = len(weights) holds the output logits/values.
+
+Canonical edge order (the row order of circuit.parquet and of `exact_scores` slices): weight
+matrix l ascending, then receiver (dst) position ascending, then sender (src) position ascending,
+i.e. the row-major flattening of `weights[0]`, `weights[1]`, ... concatenated. This is also the
+order ACDC would visit senders within one receiver.
+
+A circuit is a list of bool masks, one per weight matrix (True = edge kept). A removed edge feeds
+its receiver the sender's *ablated* value instead of the sender's value in the circuit's own
+forward pass, so a circuit's pre-activation is
+    z_{l+1} = h_l @ (M_l * W_l).T + h_abl_l @ (~M_l * W_l).T + b_l.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ABLATIONS = ("resample", "zero", "mean")
+METRICS = ("mse", "kl")
+
+
+@dataclass(frozen=True)
+class Graph:
+    shape: tuple[int, ...]
+    weights: tuple[torch.Tensor, ...]  # float64, [n_{l+1}, n_l], position order
+    biases: tuple[torch.Tensor, ...]
+    in_perm: torch.Tensor
+    out_perm: torch.Tensor
+    embedding: torch.Tensor | None = None
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "Graph":
+        emb = ckpt.get("embedding")
+        return cls(
+            shape=tuple(int(n) for n in ckpt["shape"]),
+            weights=tuple(w.detach().to(torch.float64).clone() for w in ckpt["weights"]),
+            biases=tuple(b.detach().to(torch.float64).clone() for b in ckpt["biases"]),
+            in_perm=ckpt["in_perm"].long().clone(),
+            out_perm=ckpt["out_perm"].long().clone(),
+            embedding=None if emb is None else emb.detach().to(torch.float64).clone(),
+        )
+
+    @property
+    def n_layers(self) -> int:
+        """Number of weight matrices (the output layer's index)."""
+        return len(self.weights)
+
+    @property
+    def n_edges(self) -> int:
+        return sum(w.numel() for w in self.weights)
+
+    def edge_offsets(self) -> list[int]:
+        """Canonical index of the first edge of each weight matrix, plus the total at the end."""
+        out = [0]
+        for w in self.weights:
+            out.append(out[-1] + w.numel())
+        return out
+
+    def full_masks(self, value: bool = True) -> list[torch.Tensor]:
+        return [torch.full(w.shape, value, dtype=torch.bool) for w in self.weights]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs -> layer-0 activations in position order (float64)."""
+        if self.embedding is not None:
+            h = self.embedding[x.long()].flatten(1)
+        else:
+            h = x.to(torch.float64)
+        return h[:, self.in_perm]
+
+    def output_position(self, output: int | None) -> int | None:
+        """Position of output id `output` in the last layer (out_perm[p] == output)."""
+        if output is None:
+            return None
+        if not 0 <= output < self.shape[-1]:
+            raise ValueError(f"output {output} out of range: the model has {self.shape[-1]} outputs (0..{self.shape[-1] - 1})")
+        return int(torch.nonzero(self.out_perm == output)[0, 0])
+
+    def forward(self, h0: torch.Tensor, masks=None, ablated=None) -> list[torch.Tensor]:
+        """All layers' activations (post-SiLU; the last is the raw output) of the circuit `masks`
+        whose removed edges read `ablated[l]` ([N, n_l]); masks=None is the full model."""
+        acts = [h0]
+        h = h0
+        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if masks is None:
+                z = h @ w.T + b
+            else:
+                # kept edges read the circuit's own value, removed ones the ablated value; written
+                # as two disjoint masked matmuls so a removed edge's term never depends on h
+                z = h @ (w * masks[l]).T + ablated[l] @ (w * ~masks[l]).T + b
+            h = z if l == self.n_layers - 1 else F.silu(z)
+            acts.append(h)
+        return acts
+
+
+def ablation_values(graph: Graph, clean_h0: torch.Tensor, corrupt_h0: torch.Tensor, ablation: str) -> list[torch.Tensor]:
+    """What a removed edge's sender feeds its receiver, per layer, [N, n_l] (layers 0..L-1):
+    resample = the full model's activation on the paired corrupted input; zero = 0; mean = the
+    sender's mean activation over the clean examples."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
+    n = clean_h0.shape[0]
+    if ablation == "resample":
+        return graph.forward(corrupt_h0)[:-1]
+    clean = graph.forward(clean_h0)[:-1]
+    if ablation == "zero":
+        return [torch.zeros_like(a) for a in clean]
+    return [a.mean(0, keepdim=True).expand(n, -1).clone() for a in clean]
+
+
+class Metric:
+    """The circuit metric against the full model's clean output `y_full` ([N, n_out], position
+    order): MSE for regression, KL(full || circuit) averaged over examples for classification.
+
+    `out_pos` restricts it to one output position: for MSE the squared error of that column only;
+    for KL the Bernoulli KL of the event "class = that output" (p_full(K) vs p_circuit(K)), which
+    is still a KL(full || circuit) and zero exactly when the circuit reproduces that probability.
+    Evaluates any leading batch dims: y [..., N, n_out] -> [...]."""
+
+    def __init__(self, kind: str, y_full: torch.Tensor, out_pos: int | None = None):
+        if kind not in METRICS:
+            raise ValueError(f"unknown metric {kind!r}")
+        self.kind, self.y_full, self.out_pos = kind, y_full, out_pos
+        if kind == "kl":
+            self.logp_full = F.log_softmax(y_full, -1)
+            self.p_full = self.logp_full.exp()
+            self.neg_entropy_full = (self.p_full * self.logp_full).sum(-1)
+            if out_pos is not None:
+                self.lq1_full, self.lq0_full = self._bernoulli_logs(y_full)
+
+    def _bernoulli_logs(self, y):
+        lp = F.log_softmax(y, -1)
+        others = torch.cat([lp[..., : self.out_pos], lp[..., self.out_pos + 1 :]], -1)
+        return lp[..., self.out_pos], torch.logsumexp(others, -1)
+
+    def relevant_outputs(self, n_out: int) -> torch.Tensor:
+        """Output positions whose value the metric reads (bool [n_out])."""
+        keep = torch.zeros(n_out, dtype=torch.bool)
+        if self.kind == "mse" and self.out_pos is not None:
+            keep[self.out_pos] = True
+        else:
+            keep[:] = True
+        return keep
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mse":
+            if self.out_pos is None:
+                return ((y - self.y_full) ** 2).mean((-2, -1))
+            return ((y[..., self.out_pos] - self.y_full[:, self.out_pos]) ** 2).mean(-1)
+        if self.out_pos is None:
+            # KL = sum_c p log p - sum_c p y + logsumexp(y), as sum_c p = 1; written out because
+            # log_softmax over a short last dim is several times slower than these ops
+            top = y.amax(-1, keepdim=True)
+            lse = (y - top).exp().sum(-1).log() + top[..., 0]
+            return (self.neg_entropy_full - (self.p_full * y).sum(-1) + lse).mean(-1)
+        l1, l0 = self._bernoulli_logs(y)
+        q1 = self.lq1_full.exp()
+        return (q1 * (self.lq1_full - l1) + (1 - q1) * (self.lq0_full - l0)).mean(-1)
+
+
+@dataclass
+class Problem:
+    """One discovery's fixed inputs: the graph, the clean activations of the full model, the
+    ablated sender values and the metric."""
+
+    graph: Graph
+    clean: list[torch.Tensor]  # full model's activations on the clean inputs, layers 0..L
+    ablated: list[torch.Tensor]  # layers 0..L-1
+    metric: Metric
+    kind: str
+    ablation: str
+    out_pos: int | None
+
+    @classmethod
+    def build(cls, graph: Graph, clean_x, corrupt_x, kind: str, ablation: str = "resample", output: int | None = None) -> "Problem":
+        if kind not in METRICS:
+            raise ValueError(f"unknown metric {kind!r}")
+        h0 = graph.features(clean_x)
+        clean = graph.forward(h0)
+        ablated = ablation_values(graph, h0, graph.features(corrupt_x), ablation)
+        out_pos = graph.output_position(output)
+        return cls(graph, clean, ablated, Metric(kind, clean[-1], out_pos), kind, ablation, out_pos)
+
+    @property
+    def n_examples(self) -> int:
+        return self.clean[0].shape[0]
+
+    def circuit_output(self, masks) -> torch.Tensor:
+        return self.graph.forward(self.clean[0], masks, self.ablated)[-1]
+
+    def circuit_metric(self, masks) -> float:
+        return float(self.metric(self.circuit_output(masks)))
