@@ -17,7 +17,7 @@ $(BIN)/circuitry: pyproject.toml constraints.txt
 install: $(BIN)/circuitry
 
 demo: install
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/circuitry run examples/quickstart.toml
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -26,6 +26,7 @@ bench: install
 	$(BIN)/python benchmarks/swap.py
 	$(BIN)/python benchmarks/regimes.py
 	$(BIN)/python benchmarks/acdc.py
+	$(BIN)/python benchmarks/orchestration.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

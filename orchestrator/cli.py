@@ -69,21 +69,22 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, o
                f"{m['connection_cost']:.3g}, {m['steps_per_second']:.0f} steps/s -> {out_dir / 'model.pt'}")
 
 
-def _register_optional_commands() -> None:
+def _register_commands() -> None:
     """Commands that live in their own modules (one idea per module)."""
     from orchestrator.cli_discover import discover_cmd
+    from orchestrator.cli_report import report_cmd
+    from orchestrator.cli_sweep import register
 
+    register(cli)
     cli.add_command(discover_cmd, "discover")
+    cli.add_command(report_cmd, "report")
 
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    try:
-        _register_optional_commands()
-    except ImportError:
-        pass
+    _register_commands()
     try:
         cli.main(args=argv, prog_name="circuitry", standalone_mode=False)
     except click.exceptions.Exit as e:

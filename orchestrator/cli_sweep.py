@@ -1,0 +1,223 @@
+"""The sweep commands: validate, run, submit, status, cancel, ui, sync."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from orchestrator.spec import SpecError, load_spec
+
+
+class SweepInputError(click.UsageError):
+    pass
+
+
+def _spec(path: str, root: str | None = None):
+    try:
+        return load_spec(path, root)
+    except SpecError as e:
+        raise SweepInputError(str(e)) from None
+
+
+def _sweep_dir(arg: str) -> tuple[Path, dict]:
+    """SWEEP may be the sweep folder or the spec that made it."""
+    p = Path(arg)
+    if p.is_file() and p.suffix == ".toml":
+        p = _spec(arg).sweep_dir
+    meta_path = p / "sweep.json"
+    if not meta_path.is_file():
+        raise SweepInputError(f"SWEEP: {arg} is not a sweep folder (no sweep.json); give the folder "
+                              "`circuitry run` printed, or the spec")
+    return p.resolve(), json.loads(meta_path.read_text())
+
+
+def _job_client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # noqa: BLE001 - connection problems of any kind
+        raise click.ClickException(f"--address: cannot reach the Ray dashboard at {address} ({e}); "
+                                   "give http://HEAD:8265") from None
+
+
+@click.command("validate")
+@click.argument("spec_path", metavar="SPEC")
+def validate_cmd(spec_path):
+    """Check SPEC and print how many jobs it expands to."""
+    spec = _spec(spec_path)
+    n_train, n_disc = len(spec.train_jobs()), len(spec.discover_jobs())
+    chunks = spec.n_chunk_tasks()
+    extra = f" (exact fans out into {chunks} chunk tasks)" if chunks else ""
+    click.echo(f"{spec.name}: {n_train} train + {n_disc} discover = {len(spec.jobs)} jobs{extra} -> {spec.sweep_dir}")
+
+
+@click.command("run")
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray).")
+@click.option("--root", default=None, type=click.Path(file_okay=False), help="Folder for the sweep folder (overrides sweep.root).")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: sweep.tracking_uri, else SQLite in the sweep folder).")
+@click.option("--metrics-port", type=click.IntRange(-1, 65535), default=None,
+              help="Prometheus port on 127.0.0.1 (0 = any free port, -1 = none; default: sweep.metrics_port).")
+@click.option("--num-cpus", type=click.IntRange(min=1), default=None, help="CPUs of the embedded local Ray.")
+@click.option("--no-mlflow", is_flag=True, help="Record jobs.parquet only (backfill later with `circuitry sync`).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def run_cmd(spec_path, address, root, tracking_uri, metrics_port, num_cpus, no_mlflow, quiet):
+    """Run SPEC's sweep on Ray; only jobs without a finished result run."""
+    from orchestrator.scheduler import Scheduler, SweepBusy, ensure_ray
+
+    spec = _spec(spec_path, root)
+    if tracking_uri is not None:
+        from orchestrator.spec import _tracking_uri
+
+        try:
+            _tracking_uri("--tracking-uri", tracking_uri)
+        except SpecError as e:
+            raise SweepInputError(str(e)) from None
+    from orchestrator.cli import writable_dir
+
+    writable_dir(str(spec.sweep_dir), "sweep.root")
+
+    def on_term(signum, frame):  # `ray job stop` / kill: stop like Ctrl-C
+        raise KeyboardInterrupt
+
+    if sys.platform != "win32":
+        try:
+            signal.signal(signal.SIGTERM, on_term)
+        except ValueError:  # not the main thread
+            pass
+    started = ensure_ray(address, num_cpus)
+    try:
+        sched = Scheduler(spec, tracking_uri=tracking_uri, metrics_port=metrics_port, progress=not quiet,
+                          record_mlflow=not no_mlflow, echo=lambda m: click.echo(m, err=False))
+        try:
+            out = sched.run()
+        except SweepBusy as e:
+            raise click.ClickException(str(e)) from None
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    d = out.sweep_dir
+    click.echo(f"{out.finished} jobs ran, {out.cached} were already finished, {out.failed} failed, "
+               f"{out.skipped} skipped, {out.retries} retries, in {out.seconds:.1f} s")
+    click.echo(f"results:      {d}/jobs/<job id>/ and {d / 'jobs.parquet'}")
+    if out.mlflow_error:
+        click.echo(f"MLflow:       {out.tracking_uri} FAILED ({out.mlflow_error}); run `circuitry sync {d}`")
+    elif not no_mlflow:
+        click.echo(f"MLflow store: {out.tracking_uri}")
+        if out.tracking_uri.startswith("sqlite:"):
+            click.echo(f"open its UI:  circuitry ui {shlex.quote(str(d))}")
+    if out.interrupted:
+        click.echo("interrupted: finished results are kept; run the same command again to resume", err=True)
+        sys.exit(130)
+    if out.failed:
+        for label, err in out.failures[:10]:
+            click.echo(f"failed: {label}: {err}", err=True)
+        raise click.ClickException(f"{out.failed} jobs failed; run the same command again to retry them")
+
+
+@click.command("submit")
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--address", required=True, help="The cluster's dashboard, http://HEAD:8265.")
+@click.option("--root", default=None, help="Folder for the sweep folder on the head node (default: sweep.root, made absolute here).")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI as seen from the head node.")
+def submit_cmd(spec_path, address, root, tracking_uri):
+    """Submit SPEC's sweep to a Ray cluster as a Ray Job; prints the job id."""
+    spec = _spec(spec_path, root)
+    root_abs = str(Path(root or spec.root).resolve())
+    work = Path(tempfile.mkdtemp(prefix="circuitry-submit-"))
+    (work / "spec.toml").write_text(spec.source)
+    entry = f"circuitry run spec.toml --root {shlex.quote(root_abs)}"
+    if tracking_uri:
+        entry += f" --tracking-uri {shlex.quote(tracking_uri)}"
+    client = _job_client(address)
+    env = {k: os.environ.get(k, v) for k, v in
+           {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}.items()}
+    try:
+        job_id = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(work), "env_vars": env},
+                                   metadata={"circuitry_sweep": spec.name})
+    except Exception as e:  # noqa: BLE001
+        raise click.ClickException(f"--address: submitting to {address} failed ({e})") from None
+    click.echo(job_id)
+    click.echo(f"follow it: circuitry status {job_id} --address {address}", err=True)
+
+
+@click.command("status")
+@click.argument("job_id", required=False)
+@click.option("--address", required=True, help="The cluster's dashboard, http://HEAD:8265.")
+@click.option("--logs", is_flag=True, help="Print the job's log too.")
+def status_cmd(job_id, address, logs):
+    """Status of a submitted sweep (or of all jobs on the cluster)."""
+    client = _job_client(address)
+    try:
+        if job_id is None:
+            for j in client.list_jobs():
+                click.echo(f"{j.submission_id}  {j.status}  {j.entrypoint}")
+            return
+        click.echo(f"{job_id}: {client.get_job_status(job_id)}")
+        if logs:
+            click.echo(client.get_job_logs(job_id))
+    except RuntimeError as e:
+        raise click.ClickException(f"JOB_ID: {job_id}: {e}") from None
+
+
+@click.command("cancel")
+@click.argument("job_id")
+@click.option("--address", required=True, help="The cluster's dashboard, http://HEAD:8265.")
+def cancel_cmd(job_id, address):
+    """Stop a submitted sweep (it stops like Ctrl-C and can be resumed)."""
+    client = _job_client(address)
+    try:
+        stopped = client.stop_job(job_id)
+    except RuntimeError as e:
+        raise click.ClickException(f"JOB_ID: {job_id}: {e}") from None
+    click.echo(f"{job_id}: {'stopping' if stopped else 'already finished'}")
+
+
+@click.command("ui")
+@click.argument("sweep", metavar="SWEEP")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+def ui_cmd(sweep, port):
+    """Open the MLflow UI on SWEEP's tracking store, on 127.0.0.1."""
+    d, meta = _sweep_dir(sweep)
+    uri = meta["tracking_uri"]
+    if not uri.startswith("sqlite:"):
+        click.echo(f"this sweep records to {uri}; open that server's UI")
+        return
+    args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+            "--default-artifact-root", (d / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port)]
+    click.echo(f"MLflow UI for {d}: http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    os.execv(sys.executable, args)
+
+
+@click.command("sync")
+@click.argument("sweep", metavar="SWEEP")
+@click.option("--tracking-uri", default=None, help="Log to this store instead of the sweep's own.")
+def sync_cmd(sweep, tracking_uri):
+    """Backfill MLflow from SWEEP's finished results (no duplicate runs)."""
+    from orchestrator.recorder import sync
+
+    d, meta = _sweep_dir(sweep)
+    uri = tracking_uri or meta["tracking_uri"]
+    try:
+        logged, present = sync(d, meta["name"], uri)
+    except Exception as e:  # noqa: BLE001
+        raise click.ClickException(f"MLflow at {uri} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    click.echo(f"{logged} runs logged, {present} were already there -> {uri}")
+
+
+COMMANDS = {"validate": validate_cmd, "run": run_cmd, "submit": submit_cmd, "status": status_cmd,
+            "cancel": cancel_cmd, "ui": ui_cmd, "sync": sync_cmd}
+
+
+def register(cli: click.Group) -> None:
+    for name, cmd in COMMANDS.items():
+        cli.add_command(cmd, name)

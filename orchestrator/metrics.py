@@ -1,0 +1,168 @@
+"""Prometheus metrics of a running sweep, served on 127.0.0.1 while it runs, and the terminal
+progress line. Fed by the driver: job state changes it sees itself, progress events workers send
+through the Ray progress actor (orchestrator.remote.ProgressActor).
+
+Exported (names follow Prometheus conventions):
+    circuitry_sweep_jobs{sweep}                       jobs in the expanded spec
+    circuitry_jobs{kind,state}                        jobs now in a state: queued, running,
+                                                      finished, failed, skipped, cached
+    circuitry_job_events_total{kind,event}            submitted, started, finished, failed, retried
+    circuitry_job_retries_total{kind}                 attempts after the first (worker death or
+                                                      a transient error)
+    circuitry_train_steps_total{task}                 optimizer steps
+    circuitry_train_examples_total{task}              examples processed (steps x batch)
+    circuitry_edges_evaluated_total{method}           edges scored by discovery (rate() = edges/s)
+    circuitry_job_duration_seconds{kind}              histogram of job wall time in the worker
+    circuitry_job_peak_memory_bytes{kind}             largest peak memory of a job of that kind
+    circuitry_worker_rss_bytes{worker}                resident memory of each worker process
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+STATES = ("queued", "running", "finished", "failed", "skipped", "cached")
+KINDS = ("train", "discover")
+
+
+class SweepMetrics:
+    def __init__(self, sweep: str, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.sweep = sweep
+        self.total = Gauge("circuitry_sweep_jobs", "Jobs in the expanded sweep spec", ["sweep"], registry=r)
+        self.jobs = Gauge("circuitry_jobs", "Jobs now in each state", ["kind", "state"], registry=r)
+        self.events = Counter("circuitry_job_events", "Job state transitions", ["kind", "event"], registry=r)
+        self.retries = Counter("circuitry_job_retries", "Job attempts after the first", ["kind"], registry=r)
+        self.steps = Counter("circuitry_train_steps", "Training steps done", ["task"], registry=r)
+        self.examples = Counter("circuitry_train_examples", "Training examples processed", ["task"], registry=r)
+        self.edges = Counter("circuitry_edges_evaluated", "Edges scored by circuit discovery", ["method"], registry=r)
+        self.duration = Histogram("circuitry_job_duration_seconds", "Job wall time in the worker", ["kind"],
+                                  buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+                                  registry=r)
+        self.peak = Gauge("circuitry_job_peak_memory_bytes", "Largest peak memory of a job", ["kind"], registry=r)
+        self.rss = Gauge("circuitry_worker_rss_bytes", "Resident memory of a worker process", ["worker"], registry=r)
+        self.counts: dict[tuple[str, str], int] = defaultdict(int)
+        for k in KINDS:
+            for s in STATES:
+                self.jobs.labels(k, s).set(0)
+            self.retries.labels(k)
+            self.peak.labels(k).set(0)
+        self._peak: dict[str, int] = defaultdict(int)
+        self.edges_done = 0
+        self.server = None
+        self.port = None
+
+    # ------------------------------------------------------------ state
+    def set_total(self, n: int) -> None:
+        self.total.labels(self.sweep).set(n)
+
+    def move(self, kind: str, old: str | None, new: str, n: int = 1) -> None:
+        if old:
+            self.counts[(kind, old)] -= n
+            self.jobs.labels(kind, old).set(self.counts[(kind, old)])
+        self.counts[(kind, new)] += n
+        self.jobs.labels(kind, new).set(self.counts[(kind, new)])
+        event = {"queued": "submitted", "running": "started"}.get(new, new)
+        if new != "cached":
+            self.events.labels(kind, event).inc(n)
+
+    def retried(self, kind: str) -> None:
+        self.retries.labels(kind).inc()
+        self.events.labels(kind, "retried").inc()
+
+    def finished(self, kind: str, seconds: float, peak_bytes: int) -> None:
+        self.duration.labels(kind).observe(seconds)
+        if peak_bytes and peak_bytes > self._peak[kind]:
+            self._peak[kind] = peak_bytes
+            self.peak.labels(kind).set(peak_bytes)
+
+    def train_progress(self, task: str, steps: int, examples: int) -> None:
+        self.steps.labels(task).inc(steps)
+        self.examples.labels(task).inc(examples)
+
+    def edges_evaluated(self, method: str, n: int) -> None:
+        self.edges.labels(method).inc(n)
+        self.edges_done += n
+
+    def worker_rss(self, pid: int, rss: int) -> None:
+        if rss:
+            self.rss.labels(str(pid)).set(rss)
+
+    # ------------------------------------------------------------ endpoint
+    def serve(self, port: int) -> int | None:
+        """Serve /metrics on 127.0.0.1:port (0 = any free port); returns the port, or None when
+        the port is taken (the sweep runs on without an endpoint)."""
+        if port < 0:
+            return None
+        try:
+            self.server, _ = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        except OSError as e:
+            print(f"warning: metrics endpoint 127.0.0.1:{port} not started ({e.strerror}); "
+                  "pass --metrics-port 0 for any free port", file=sys.stderr)
+            return None
+        self.port = self.server.server_port
+        return self.port
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+class ProgressBar:
+    """`[#####.....] 12/40 jobs  2 running  1 failed  3.2k edges/s` on a terminal (redrawn in
+    place), one line per finished job elsewhere (logs, Ray Jobs)."""
+
+    def __init__(self, total: int, enabled: bool = True, stream=None, width: int = 24):
+        self.total, self.enabled, self.width = total, enabled, width
+        self.stream = stream or sys.stderr
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.samples: list[tuple[float, int]] = []
+        self.last_draw = 0.0
+
+    def rate(self, edges_done: int) -> float:
+        now = time.monotonic()
+        self.samples.append((now, edges_done))
+        self.samples = [s for s in self.samples if now - s[0] <= 10] or self.samples[-1:]
+        t0, e0 = self.samples[0]
+        return (edges_done - e0) / (now - t0) if now > t0 else 0.0
+
+    def line(self, done: int, failed: int, running: int, edges_done: int) -> str:
+        frac = done / self.total if self.total else 1.0
+        fill = int(frac * self.width)
+        rate = self.rate(edges_done)
+        r = f"{rate / 1000:.1f}k" if rate >= 1000 else f"{rate:.0f}"
+        return (f"[{'#' * fill}{'.' * (self.width - fill)}] {done}/{self.total} jobs  {running} running  "
+                f"{failed} failed  {r} edges/s")
+
+    def draw(self, done: int, failed: int, running: int, edges_done: int, force: bool = False) -> None:
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_draw < 0.2:
+            return
+        self.last_draw = now
+        self.stream.write("\r" + self.line(done, failed, running, edges_done) + "\x1b[K")
+        self.stream.flush()
+
+    def note(self, text: str, done: int, failed: int, running: int, edges_done: int) -> None:
+        """A finished or failed job: a line of its own (above the bar on a terminal)."""
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text + "\n")
+            self.draw(done, failed, running, edges_done, force=True)
+        else:
+            self.stream.write(f"[{done}/{self.total}] {text}\n")
+            self.stream.flush()
+
+    def end(self, done: int, failed: int, running: int, edges_done: int) -> None:
+        if self.tty:
+            self.draw(done, failed, running, edges_done, force=True)
+            self.stream.write("\n")
+            self.stream.flush()

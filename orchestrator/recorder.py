@@ -1,0 +1,317 @@
+"""Recording a sweep: `jobs.parquet` (the local source of truth, one row per job with all its
+figures) and MLflow (one experiment per sweep, a parent run for the sweep, a child run per job).
+
+Only the driver records; workers return their records. MLflow calls run on one background thread,
+so a slow or unreachable tracking server never stalls the sweep: the first failure is reported
+once (naming the tracking URI), MLflow is switched off for the rest of the sweep, and
+`circuitry sync SWEEP` backfills it later. Runs are keyed by the tag `circuitry.job_id`: a job
+that already has a FINISHED run is never logged twice.
+
+Embedded default tracking store: `sqlite:///SWEEP/mlflow.db` with artifacts in `SWEEP/mlartifacts`,
+created once by the driver before anything is logged.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+JOB_TAG = "circuitry.job_id"
+ROLE_TAG = "circuitry.role"
+
+
+def embedded_uri(sweep_dir: Path) -> str:
+    return f"sqlite:///{Path(sweep_dir).resolve() / 'mlflow.db'}"
+
+
+def resolve_uri(sweep_dir: Path, uri: str | None) -> str:
+    return uri or embedded_uri(sweep_dir)
+
+
+def read_records(sweep_dir: Path) -> dict[str, dict]:
+    """The finished jobs' records (SWEEP/jobs/<id>/job.json); unreadable ones are skipped."""
+    out = {}
+    jobs = Path(sweep_dir) / "jobs"
+    if not jobs.is_dir():
+        return out
+    for p in sorted(jobs.glob("*/job.json")):
+        if p.parent.name.startswith("."):
+            continue
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        out[rec["job_id"]] = rec
+    return out
+
+
+def flat_row(rec: dict) -> dict:
+    """One jobs.parquet row: identity, settings, timings and every scalar figure."""
+    row = {
+        "job_id": rec["job_id"], "kind": rec["kind"], "label": rec.get("label"), "status": rec.get("status"),
+        "model_id": rec.get("model_id"), "duration_seconds": rec.get("duration_seconds"),
+        "peak_memory_bytes": rec.get("peak_memory_bytes"), "attempts": rec.get("attempts"),
+        "worker_pid": rec.get("worker_pid"), "hostname": rec.get("hostname"),
+        "finished_at": rec.get("finished_at"), "version": rec.get("version"), "error": rec.get("error"),
+        "chunks": rec.get("chunks"),
+    }
+    for k, v in (rec.get("settings") or {}).items():
+        row[k] = v
+    for k, v in (rec.get("figures") or {}).items():
+        if k in row:
+            if row[k] == v or (k == "seed" and row["kind"] == "discover"):
+                continue
+            k = f"figure_{k}"
+        if isinstance(v, (list, dict)):
+            v = json.dumps(v)
+        row.setdefault(k, v)
+    return row
+
+
+def write_parquet(rows: list[dict], path: Path) -> None:
+    df = pd.DataFrame(rows)
+    for col in df.columns:  # mixed-type columns (e.g. None and str, int and float) as strings
+        if df[col].dtype == object:
+            kinds = {type(v) for v in df[col] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+            if len(kinds) > 1 and not kinds <= {int, float}:
+                df[col] = df[col].map(lambda v: None if v is None else str(v))
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+class MlflowLogger:
+    """Synchronous MLflow logging of job records (used by the Recorder's thread and by sync)."""
+
+    def __init__(self, uri: str, sweep_name: str, sweep_dir: Path, spec_params: dict | None = None):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        if uri.startswith("http"):
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        import logging
+
+        from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+        self.uri, self.sweep_name, self.sweep_dir = uri, sweep_name, Path(sweep_dir)
+        self.client = MlflowClient(tracking_uri=uri)  # an SQLite store is created here, once
+        exp = self.client.get_experiment_by_name(sweep_name)
+        if exp is None:
+            artifacts = None
+            if uri.startswith("sqlite:") and uri == embedded_uri(self.sweep_dir):
+                artifacts = (self.sweep_dir.resolve() / "mlartifacts").as_uri()
+            self.exp_id = self.client.create_experiment(sweep_name, artifact_location=artifacts)
+        else:
+            self.exp_id = exp.experiment_id
+        self.known = self._known_runs()
+        parents = self.client.search_runs([self.exp_id], f"tags.`{ROLE_TAG}` = 'sweep'", max_results=1)
+        if parents:
+            self.parent = parents[0].info.run_id
+            self.client.update_run(self.parent, status="RUNNING")
+        else:
+            self.parent = self.client.create_run(self.exp_id, run_name=sweep_name,
+                                                 tags={ROLE_TAG: "sweep", "sweep": sweep_name}).info.run_id
+        for k, v in (spec_params or {}).items():  # tags, not params: a re-run may change them
+            self.client.set_tag(self.parent, k, str(v)[:5000])
+
+    def _known_runs(self) -> dict[str, str]:
+        """job id -> status of the runs already in the experiment (FINISHED wins)."""
+        known: dict[str, str] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.exp_id], f"tags.`{ROLE_TAG}` = 'job'", max_results=1000,
+                                           page_token=token)
+            for run in page:
+                jid = run.data.tags.get(JOB_TAG)
+                if jid and known.get(jid) != "FINISHED":
+                    known[jid] = run.info.status
+            token = page.token
+            if not token:
+                return known
+
+    def _log(self, run_id: str, params: dict | None = None, metrics: list | None = None) -> None:
+        from mlflow.entities import Metric, Param
+
+        ps = [Param(str(k)[:250], str(v)[:6000]) for k, v in (params or {}).items()]
+        ms = metrics or []
+        for i in range(0, len(ps), 100):
+            self.client.log_batch(run_id, params=ps[i:i + 100])
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now if ts is None else ts, step) for k, v, ts, step in ms]
+        for i in range(0, len(ms), 1000):
+            self.client.log_batch(run_id, metrics=ms[i:i + 1000])
+
+    def log_job(self, rec: dict) -> bool:
+        """One child run for a job record; False when the job already has a FINISHED run."""
+        jid = rec["job_id"]
+        status = "FINISHED" if rec.get("status") == "finished" else "FAILED"
+        if self.known.get(jid) == "FINISHED":
+            return False
+        settings = rec.get("settings") or {}
+        tags = {ROLE_TAG: "job", JOB_TAG: jid, "mlflow.parentRunId": self.parent, "kind": rec["kind"],
+                "status": rec.get("status", ""), "sweep": self.sweep_name}
+        for key in ("task", "regime", "method", "ablation"):
+            if settings.get(key) is not None:
+                tags[key] = str(settings[key])
+        run_id = self.client.create_run(self.exp_id, run_name=rec.get("label") or jid, tags=tags).info.run_id
+        params = {"job_id": jid, "kind": rec["kind"], **settings}
+        if rec.get("model_id"):
+            params["model_id"] = rec["model_id"]
+        if rec.get("version"):
+            params["version"] = rec["version"]
+        metrics = []
+        for k, v in (rec.get("figures") or {}).items():
+            if isinstance(v, bool):
+                v = int(v)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                metrics.append((k, v, None, 0))
+        for k in ("duration_seconds", "peak_memory_bytes", "attempts"):
+            if isinstance(rec.get(k), (int, float)):
+                metrics.append((f"job_{k}", rec[k], None, 0))
+        for point in rec.get("curve") or []:
+            for k in ("train_loss", "test_loss"):
+                if point.get(k) is not None and math.isfinite(point[k]):
+                    metrics.append((f"curve_{k}", point[k], None, int(point["step"])))
+        self._log(run_id, params, metrics)
+        if rec.get("error"):
+            self.client.set_tag(run_id, "error", str(rec["error"])[:5000])
+        folder = self.sweep_dir / "jobs" / jid
+        if status == "FINISHED" and folder.is_dir():
+            self.client.log_artifacts(run_id, str(folder))
+        self.client.set_terminated(run_id, status)
+        self.known[jid] = status
+        return True
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.parent, status)
+
+
+class Recorder:
+    """jobs.parquet (driver thread, throttled rewrites) + MLflow (a background thread)."""
+
+    def __init__(self, sweep_dir: Path, sweep_name: str, tracking_uri: str, spec_params: dict | None = None,
+                 mlflow_enabled: bool = True, warn=None):
+        self.sweep_dir = Path(sweep_dir)
+        self.name, self.uri, self.spec_params = sweep_name, tracking_uri, spec_params or {}
+        self.rows: dict[str, dict] = {}
+        self.parquet = self.sweep_dir / "jobs.parquet"
+        self.dirty, self.last_write = False, 0.0
+        self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
+        self.mlflow_enabled = mlflow_enabled
+        self.mlflow_error: str | None = None
+        self.logged = 0
+        self.q: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.logger: MlflowLogger | None = None
+
+    def start(self, existing: dict[str, dict]) -> None:
+        old = {}
+        try:  # keep what only the table knows (attempts) for jobs finished in earlier runs
+            for row in pq.read_table(self.parquet).to_pylist():
+                if row.get("status") == "finished":
+                    old[row["job_id"]] = row
+        except (OSError, pa.ArrowException, KeyError):
+            pass
+        for rec in existing.values():
+            row = flat_row(rec)
+            prev = old.get(rec["job_id"])
+            if prev and prev.get("attempts") is not None:
+                row["attempts"] = rec["attempts"] = prev["attempts"]
+            self.rows[rec["job_id"]] = row
+        self.dirty = True
+        self.flush_parquet(force=True)
+        if self.mlflow_enabled:
+            self.thread = threading.Thread(target=self._run, name="circuitry-mlflow", daemon=True)
+            self.thread.start()
+            for rec in existing.values():  # backfill finished jobs without a run (no duplicates)
+                self.q.put(rec)
+
+    def add(self, rec: dict) -> None:
+        self.rows[rec["job_id"]] = flat_row(rec)
+        self.dirty = True
+        self.flush_parquet()
+        if self.mlflow_enabled:
+            self.q.put(rec)
+
+    def flush_parquet(self, force: bool = False) -> None:
+        if self.dirty and (force or time.monotonic() - self.last_write > 2.0):
+            write_parquet(list(self.rows.values()), self.parquet)
+            self.dirty, self.last_write = False, time.monotonic()
+
+    def _fail(self, e: Exception) -> None:
+        self.mlflow_error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        self.warn(f"warning: MLflow at {self.uri} failed ({self.mlflow_error}); recording goes on in "
+                  f"{self.parquet}; run `circuitry sync {self.sweep_dir}` to backfill MLflow")
+
+    def _run(self) -> None:
+        try:
+            self.logger = MlflowLogger(self.uri, self.name, self.sweep_dir, self.spec_params)
+        except Exception as e:  # noqa: BLE001 - any MLflow failure is non-fatal
+            self._fail(e)
+        while True:
+            item = self.q.get()
+            if item is None:
+                if self.logger is not None and self.mlflow_error is None and self._end_status:
+                    try:
+                        self.logger.end(self._end_status)
+                    except Exception as e:  # noqa: BLE001
+                        self._fail(e)
+                return
+            if self.logger is None or self.mlflow_error is not None:
+                continue
+            try:
+                if self.logger.log_job(item):
+                    self.logged += 1
+            except Exception as e:  # noqa: BLE001
+                self._fail(e)
+
+    _end_status: str | None = None
+
+    def close(self, status: str = "FINISHED", timeout: float | None = None) -> None:
+        self.flush_parquet(force=True)
+        if self.thread is not None:
+            self._end_status = status
+            self.q.put(None)
+            self.thread.join(timeout)
+
+
+def sync(sweep_dir: Path, sweep_name: str, tracking_uri: str) -> tuple[int, int]:
+    """Backfill MLflow from the finished results; returns (runs logged, jobs already there)."""
+    records = read_records(sweep_dir)
+    logger = MlflowLogger(tracking_uri, sweep_name, sweep_dir)
+    logged = sum(logger.log_job(rec) for rec in records.values())
+    logger.end("FINISHED")
+    write_parquet([flat_row(r) for r in records.values()], Path(sweep_dir) / "jobs.parquet")
+    return logged, len(records) - logged
+
+
+def log_report(sweep_dir: Path, paths: list[Path], tracking_uri: str | None = None) -> str | None:
+    """Log the report's files as artifacts (under report/) of the sweep's parent MLflow run.
+    Returns where they went, or None (with a warning naming the URI) when MLflow fails: the
+    report in the sweep folder stands on its own."""
+    sweep_dir = Path(sweep_dir)
+    info_path = sweep_dir / "sweep.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    uri = tracking_uri or info.get("tracking_uri") or embedded_uri(sweep_dir)
+    try:
+        logger = MlflowLogger(uri, info.get("name", sweep_dir.name), sweep_dir)
+        for p in paths:
+            logger.client.log_artifact(logger.parent, str(p), "report")
+        logger.end("FINISHED")
+    except Exception as e:  # noqa: BLE001 - any MLflow failure leaves the local report intact
+        print(f"warning: could not log the report to MLflow at {uri} ({type(e).__name__}: {e}); "
+              f"it is in {sweep_dir}", file=sys.stderr)
+        return None
+    return f"{uri} (run {logger.parent}, artifacts report/)"

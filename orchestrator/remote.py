@@ -1,0 +1,91 @@
+"""The Ray side: remote tasks wrapping orchestrator.execute, and the progress actor workers report
+to. Imports no MLflow (workers never record; the driver does)."""
+from __future__ import annotations
+
+import ray
+
+from orchestrator import execute
+
+
+def _threads(n: float) -> None:
+    """One torch thread per CPU the task asked for: tiny nets train several times faster than
+    with every process using every core."""
+    import torch
+
+    torch.set_num_threads(max(1, int(n)))
+
+
+def _sender(actor):
+    """execute.Reporter's `send`: events to the progress actor (fire and forget unless `wait`)."""
+    if actor is None:
+        return None
+
+    def send(events, wait=False):
+        ref = actor.report.remote(events)
+        if wait:
+            ray.get(ref)
+
+    return send
+
+
+@ray.remote(num_returns=2)
+def job_task(op: str, cpus: float, actor, *args):
+    """Every kind of work is this one task (`op` picks it), so Ray sees one scheduling class and
+    hands the next job to the same warm worker process (a lease is reused only within a class;
+    with one function per kind, workers were started and killed between kinds, ~1 s a job).
+    Returns (result, checkpoint or None)."""
+    _threads(cpus)
+    send = _sender(actor)
+    if op == "train":
+        job, sweep_dir, faults, device = args
+        return execute.execute_train(job, sweep_dir, send, faults, device)
+    if op == "discover":
+        job, sweep_dir, ckpt, faults = args
+        return execute.execute_discover(job, sweep_dir, ckpt, send, faults), None
+    if op == "chunk":
+        job, ckpt, start, stop = args
+        return execute.execute_exact_chunk(job, ckpt, start, stop, send), None
+    if op == "merge":
+        job, sweep_dir, ckpt, faults, *chunks = args
+        return execute.execute_exact_merge(job, sweep_dir, ckpt, list(chunks), send, faults), None
+    raise ValueError(f"unknown op {op!r}")
+
+
+def submit(op: str, options: dict, cpus: float, actor, *args):
+    """(result ref, checkpoint ref) of one job_task."""
+    return job_task.options(**options).remote(op, cpus, actor, *args)
+
+
+_ACTORS: dict = {}
+
+
+def progress_actor():
+    """This driver's progress actor, created once per Ray session and reused by later sweeps (an
+    actor is a process: starting one per sweep would cost a second or more)."""
+    ctx = ray.get_runtime_context()
+    key = (ctx.get_job_id(), getattr(ctx, "gcs_address", None), ctx.get_node_id())
+    actor = _ACTORS.get(key)
+    if actor is not None:
+        try:
+            ray.get(actor.drain.remote(), timeout=10)  # drop a previous sweep's late events
+            return actor
+        except Exception:  # noqa: BLE001 - gone with an earlier Ray session: make a new one
+            pass
+    _ACTORS.clear()
+    _ACTORS[key] = actor = ProgressActor.remote()
+    return actor
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class ProgressActor:
+    """Collects workers' progress events; the driver drains them into Prometheus."""
+
+    def __init__(self):
+        self.events: list = []
+
+    def report(self, events: list) -> None:
+        self.events.extend(events)
+
+    def drain(self) -> list:
+        out, self.events = self.events, []
+        return out

@@ -1,0 +1,387 @@
+"""Sweep specs: parse a TOML file, validate every field before anything runs, and expand the grids
+into a job graph whose ids are content hashes (design.md, "Identity and resume").
+
+A spec (see examples/quickstart.toml):
+
+    [sweep]      name, root (folder the sweep folder goes under), tracking_uri ("" = an SQLite
+                 store in the sweep folder), metrics_port (Prometheus; 0 = any free port, -1 = off)
+    [train]      grid: task, regime, seed, steps, lam, lr, width, swap_every, top_k, final_factor,
+                 log_every (each a value or a list of values; lists multiply)
+    [discover]   grid: method, threshold, ablation, output, seed (optional table: no discovery)
+    [resources]  train_cpus, train_gpus, discover_cpus, discover_gpus, max_retries, edge_chunk
+    [testing]    TEST-ONLY fault injection: transient_once, crash_once (job selectors, see below)
+
+Every error is one line that names the field path, the bad value and what is allowed, e.g.
+`train.regime[2]: "bimtt" is not one of vanilla, l1, local, swap, bimt`.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from tasks import TASKS
+
+REGIMES = ("vanilla", "l1", "local", "swap", "bimt")  # workers.train.REGIMES, without importing torch
+METHODS = ("acdc", "exact", "eap", "eap-ig")
+ABLATIONS = ("resample", "zero", "mean")
+
+
+class SpecError(ValueError):
+    """A spec problem: one line naming the field path, the bad value and what is allowed."""
+
+
+def package_version() -> str:
+    try:
+        return version("circuitry")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+# ---------------------------------------------------------------- field checkers
+
+
+def _show(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
+
+
+def _int(path, v, lo=None, what="an integer"):
+    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
+        raise SpecError(f"{path}: {_show(v)} is not {what}")
+    return v
+
+
+def _float(path, v, lo=None, what="a number"):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (lo is not None and v < lo):
+        raise SpecError(f"{path}: {_show(v)} is not {what}")
+    return float(v)
+
+
+def _choice(options):
+    def check(path, v):
+        if not isinstance(v, str) or v not in options:
+            raise SpecError(f"{path}: {_show(v)} is not one of {', '.join(options)}")
+        return v
+    return check
+
+
+def _positive_int(path, v):
+    return _int(path, v, 1, "a positive integer")
+
+
+def _nonneg_int(path, v):
+    return _int(path, v, 0, "a non-negative integer")
+
+
+def _nonneg_float(path, v):
+    return _float(path, v, 0.0, "a non-negative number")
+
+
+def _positive_float(path, v):
+    v = _float(path, v, 0.0, "a positive number")
+    if v <= 0:
+        raise SpecError(f"{path}: {_show(v)} is not a positive number")
+    return v
+
+
+def _bool(path, v):
+    if not isinstance(v, bool):
+        raise SpecError(f"{path}: {_show(v)} is not true or false")
+    return v
+
+
+def _name(path, v):
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+        raise SpecError(f"{path}: {_show(v)} is not a name (letters, digits, '.', '-', '_'; up to 100)")
+    return v
+
+
+def _string(path, v):
+    if not isinstance(v, str):
+        raise SpecError(f"{path}: {_show(v)} is not a string")
+    return v
+
+
+def _tracking_uri(path, v):
+    _string(path, v)
+    if v and not re.match(r"^(https?|sqlite|file|databricks|postgresql|mysql)[+a-z0-9]*:", v) and not v.startswith("/"):
+        raise SpecError(f"{path}: {_show(v)} is not a tracking URI (\"\" for the embedded store, "
+                        "http://HOST:PORT, sqlite:///FILE, file:///DIR)")
+    return v
+
+
+def _port(path, v):
+    v = _int(path, v, -1, "a port (0 = any free port, -1 = no endpoint)")
+    if v > 65535:
+        raise SpecError(f"{path}: {v} is not a port (0 = any free port, -1 = no endpoint)")
+    return v
+
+
+def _selector(path, v):
+    if not isinstance(v, str) or not v:
+        raise SpecError(f"{path}: {_show(v)} is not a job selector (\"train\", \"discover\" or a job label prefix)")
+    return v
+
+
+# (checker, default) per field; grid fields take a value or a non-empty list of values.
+SWEEP_FIELDS = {
+    "name": (_name, None),
+    "root": (_string, "sweeps"),
+    "tracking_uri": (_tracking_uri, ""),
+    "metrics_port": (_port, 9464),
+}
+TRAIN_GRID = {
+    "task": (_choice(tuple(TASKS)), None),
+    "regime": (_choice(REGIMES), None),
+    "seed": (_nonneg_int, [0]),
+    "steps": (_positive_int, None),
+    "lam": (_nonneg_float, [None]),
+    "lr": (_positive_float, [2e-3]),
+    "width": (_positive_int, [None]),
+    "swap_every": (_positive_int, [None]),
+    "top_k": (_nonneg_int, [5]),
+    "final_factor": (_nonneg_float, [1.0]),
+    "log_every": (_positive_int, [100]),
+}
+DISCOVER_GRID = {
+    "method": (_choice(METHODS), None),
+    "threshold": (_nonneg_float, None),  # acdc: tau; score methods: keep |score| >= threshold
+    "ablation": (_choice(ABLATIONS), ["resample"]),
+    "output": (_nonneg_int, [None]),
+    "seed": (_nonneg_int, [0]),
+}
+RESOURCE_FIELDS = {
+    "train_cpus": (_positive_float, 1.0),
+    "train_gpus": (_nonneg_float, 0.0),
+    "discover_cpus": (_positive_float, 1.0),
+    "discover_gpus": (_nonneg_float, 0.0),
+    "max_retries": (_nonneg_int, 2),
+    "edge_chunk": (_nonneg_int, 0),  # exact: edges per Ray task; 0 = one task per job
+}
+TESTING_FIELDS = {
+    "transient_once": (None, []),
+    "crash_once": (None, []),
+}
+TABLES = {"sweep": SWEEP_FIELDS, "train": TRAIN_GRID, "discover": DISCOVER_GRID,
+          "resources": RESOURCE_FIELDS, "testing": TESTING_FIELDS}
+
+
+def _unknown_keys(table: str, given: dict, allowed: dict) -> None:
+    for key in given:
+        if key not in allowed:
+            raise SpecError(f"{table}.{key}: unknown field; allowed: {', '.join(allowed)}")
+
+
+def _scalars(table: str, given: dict, fields: dict) -> dict:
+    _unknown_keys(table, given, fields)
+    out = {}
+    for key, (check, default) in fields.items():
+        if key not in given:
+            if default is None:
+                raise SpecError(f"{table}.{key}: missing; this field is required")
+            out[key] = default
+            continue
+        out[key] = check(f"{table}.{key}", given[key])
+    return out
+
+
+def _grid(table: str, given: dict, fields: dict) -> dict[str, list]:
+    _unknown_keys(table, given, fields)
+    out = {}
+    for key, (check, default) in fields.items():
+        if key not in given:
+            if default is None:
+                raise SpecError(f"{table}.{key}: missing; give a value or a list of values")
+            out[key] = list(default)
+            continue
+        raw = given[key]
+        if isinstance(raw, dict):
+            raise SpecError(f"{table}.{key}: a table is not allowed here; give a value or a list of values")
+        if isinstance(raw, list):
+            if not raw:
+                raise SpecError(f"{table}.{key}: [] is empty; give at least one value")
+            vals = [check(f"{table}.{key}[{i}]", v) for i, v in enumerate(raw)]
+        else:
+            vals = [check(f"{table}.{key}", raw)]
+        seen = set()
+        for i, v in enumerate(vals):
+            if v in seen:
+                raise SpecError(f"{table}.{key}[{i}]: {_show(v)} is listed twice; list each value once")
+            seen.add(v)
+        out[key] = vals
+    return out
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def job_hash(payload: dict) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "train" or "discover"
+    id: str
+    settings: dict  # train: TrainConfig fields (task defaults resolved); discover: method etc.
+    label: str  # human-readable, e.g. "train/independence/bimt/seed0"
+    model_id: str | None = None  # discover: the id of the train job whose model it reads
+    n_edges: int = 0  # edges of the model's dense neuron graph
+
+    def params(self) -> dict:
+        out = {"job_id": self.id, "kind": self.kind, **self.settings}
+        if self.model_id:
+            out["model_id"] = self.model_id
+        return out
+
+
+def _resolve_train(s: dict) -> dict:
+    """Task defaults filled in the way workers.train.TrainConfig.resolved() does, so `lam = 1e-3`
+    and an omitted lam with the task's default 1e-3 name the same job."""
+    task = TASKS[s["task"]]
+    s = dict(s)
+    if s["lam"] is None:
+        s["lam"] = float(task.defaults.get("lam", 1e-3))
+    if s["swap_every"] is None:
+        s["swap_every"] = int(task.defaults.get("swap_every", 200))
+    return s
+
+
+def model_shape(settings: dict) -> list[int]:
+    shape = list(TASKS[settings["task"]].shape)
+    if settings.get("width"):
+        shape[1:-1] = [settings["width"]] * (len(shape) - 2)
+    return shape
+
+
+def n_edges(settings: dict) -> int:
+    shape = model_shape(settings)
+    return sum(a * b for a, b in zip(shape, shape[1:]))
+
+
+@dataclass
+class Spec:
+    name: str
+    root: Path
+    tracking_uri: str
+    metrics_port: int
+    train: dict[str, list]
+    discover: dict[str, list] | None
+    resources: dict
+    testing: dict
+    source: str = ""  # the TOML text
+    jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.root / self.name
+
+    def train_jobs(self) -> list[Job]:
+        return [j for j in self.jobs if j.kind == "train"]
+
+    def discover_jobs(self) -> list[Job]:
+        return [j for j in self.jobs if j.kind == "discover"]
+
+    def n_chunk_tasks(self) -> int:
+        chunk = self.resources["edge_chunk"]
+        return sum(math.ceil(j.n_edges / chunk) for j in self.discover_jobs()
+                   if j.settings["method"] == "exact" and chunk and j.n_edges > chunk)
+
+
+def expand(train: dict[str, list], discover: dict[str, list] | None, ver: str | None = None) -> list[Job]:
+    ver = ver or package_version()
+    jobs: list[Job] = []
+    keys = list(train)
+    for combo in itertools.product(*(train[k] for k in keys)):
+        s = _resolve_train(dict(zip(keys, combo)))
+        tid = job_hash({"kind": "train", "version": ver, **s})
+        extra = "".join(f"/{k}{s[k]}" for k in keys if k not in ("task", "regime", "seed") and len(train[k]) > 1)
+        jobs.append(Job("train", tid, s, f"train/{s['task']}/{s['regime']}/seed{s['seed']}{extra}", None, n_edges(s)))
+    if discover:
+        dkeys = list(discover)
+        for tj in [j for j in jobs if j.kind == "train"]:
+            for combo in itertools.product(*(discover[k] for k in dkeys)):
+                d = dict(zip(dkeys, combo))
+                did = job_hash({"kind": "discover", "version": ver, "model_id": tj.id, **d})
+                tail = f"{d['method']}/t{d['threshold']}/{d['ablation']}"
+                if d["output"] is not None:
+                    tail += f"/out{d['output']}"
+                if len(discover["seed"]) > 1:
+                    tail += f"/dseed{d['seed']}"
+                label = "discover/" + tj.label.removeprefix("train/") + "/" + tail
+                jobs.append(Job("discover", did, {**d, "task": tj.settings["task"], "regime": tj.settings["regime"],
+                                                   "train_seed": tj.settings["seed"]}, label, tj.id, tj.n_edges))
+    return jobs
+
+
+def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) -> Spec:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{origin}: not valid TOML ({e})") from None
+    for table, value in raw.items():
+        if table not in TABLES:
+            raise SpecError(f"{table}: unknown table; allowed: {', '.join(TABLES)}")
+        if not isinstance(value, dict):
+            raise SpecError(f"{table}: {_show(value)} is not a table; write [{table}]")
+    for table in ("sweep", "train"):
+        if table not in raw:
+            raise SpecError(f"{table}: missing table; a spec needs [sweep] and [train]")
+    sweep = _scalars("sweep", raw["sweep"], SWEEP_FIELDS)
+    train = _grid("train", raw["train"], TRAIN_GRID)
+    discover = _grid("discover", raw["discover"], DISCOVER_GRID) if "discover" in raw else None
+    resources = _scalars("resources", raw.get("resources", {}), RESOURCE_FIELDS)
+    testing_raw = raw.get("testing", {})
+    _unknown_keys("testing", testing_raw, TESTING_FIELDS)
+    testing = {}
+    for key, (_, default) in TESTING_FIELDS.items():
+        val = testing_raw.get(key, default)
+        if not isinstance(val, list):
+            raise SpecError(f"testing.{key}: {_show(val)} is not a list of job selectors")
+        testing[key] = [_selector(f"testing.{key}[{i}]", v) for i, v in enumerate(val)]
+
+    if discover:
+        for i, out in enumerate(discover["output"]):
+            if out is None:
+                continue
+            for task in train["task"]:
+                n_out = TASKS[task].n_outputs
+                if out >= n_out:
+                    raise SpecError(f"discover.output[{i}]: {out} is not an output of task {task} "
+                                    f"(it has outputs 0..{n_out - 1})")
+    for i, w in enumerate(train["width"]):
+        if w is not None and w > 4096:
+            raise SpecError(f"train.width[{i}]: {w} is too wide; allowed: 1..4096")
+    root_path = Path(root if root is not None else sweep["root"]).expanduser()
+    spec = Spec(sweep["name"], root_path, sweep["tracking_uri"], sweep["metrics_port"], train, discover,
+                resources, testing, text)
+    spec.jobs = expand(train, discover)
+    return spec
+
+
+def load_spec(path: str | Path, root: str | Path | None = None) -> Spec:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file; give the path of a .toml sweep spec") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder; give the path of a .toml sweep spec") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file; give a UTF-8 TOML sweep spec") from None
+    return parse_spec(text, str(path), root)
+
+
+def matches(selectors: list[str], job: Job) -> bool:
+    """Test-only fault selectors: a job kind ("train", "discover") or a prefix of a job label."""
+    return any(s == job.kind or job.label.startswith(s) or s == job.id for s in selectors)

@@ -1,0 +1,290 @@
+"""The deployment files in deploy/ (issue 8, static part): they parse, name one image, agree on
+ports with each other and with the code, and the Grafana dashboard only queries series that the
+real exporter (orchestrator.metrics.SweepMetrics) serves over HTTP."""
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+IMAGE = "circuitry:0.1.0"
+YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
+COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+DASHBOARD = DEPLOY / "grafana" / "circuitry.json"
+KUBERAY = DEPLOY / "kuberay"
+
+
+def docs(path: Path) -> list:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def kube(kind: str, name: str | None = None) -> dict:
+    for p in sorted(KUBERAY.glob("*.yaml")):
+        for d in docs(p):
+            if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name):
+                return d
+    raise AssertionError(f"no {kind} {name or ''} in deploy/kuberay")
+
+
+def walk(x):
+    yield x
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from walk(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from walk(v)
+
+
+def images(d) -> list[str]:
+    return [n["image"] for n in walk(d) if isinstance(n, dict) and isinstance(n.get("image"), str)]
+
+
+def containers(d) -> list[dict]:
+    return [c for n in walk(d) if isinstance(n, dict) for c in n.get("containers", []) if isinstance(c, dict)]
+
+
+def default_metrics_port() -> int:
+    from orchestrator.spec import SWEEP_FIELDS
+
+    return SWEEP_FIELDS["metrics_port"][1]
+
+
+# ---------------------------------------------------------------- parsing, image
+
+
+def test_every_yaml_file_parses():
+    assert len(YAML_FILES) >= 8, YAML_FILES
+    for p in YAML_FILES:
+        parsed = docs(p)
+        assert parsed, f"{p}: empty"
+        assert all(isinstance(d, dict) for d in parsed), p
+    for p in KUBERAY.glob("*.yaml"):
+        for d in docs(p):
+            assert {"apiVersion", "kind", "metadata"} <= d.keys(), f"{p}: {d.get('kind')}"
+
+
+def test_one_image_name_everywhere():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert IMAGE == f"circuitry:{version}"
+    ours = [i for p in YAML_FILES for i in images(docs(p)) if "circuitry" in i]
+    assert ours and set(ours) == {IMAGE}, set(ours)
+    compose = docs(COMPOSE)[0]
+    for name in ("ray-head", "ray-worker", "mlflow", "metrics-relay"):
+        assert compose["services"][name]["image"] == IMAGE, name
+    for kind in ("RayCluster", "RayJob", "Deployment"):
+        assert set(images(kube(kind))) == {IMAGE}, kind
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "FROM ${PYTHON_IMAGE}" in dockerfile and "ARG PYTHON_IMAGE=python:3.11-slim" in dockerfile
+    assert "-c /tmp/constraints-no-torch.txt ." in dockerfile and "ARG TORCH_SPEC=" in dockerfile
+    assert f"-t {IMAGE}" in dockerfile
+    for env in ("RAY_USAGE_STATS_ENABLED=0", "MLFLOW_DISABLE_TELEMETRY=true"):
+        assert env in dockerfile
+
+
+# ---------------------------------------------------------------- ports
+
+
+def test_circuitry_metrics_port_is_the_code_default_everywhere():
+    port = default_metrics_port()
+    relay = f"TCP:127.0.0.1:{port}"
+    compose = docs(COMPOSE)[0]["services"]
+    assert relay in compose["metrics-relay"]["command"]
+    assert compose["metrics-relay"]["network_mode"] == "service:ray-head"
+    listen = int(re.search(r"TCP-LISTEN:(\d+)", " ".join(compose["metrics-relay"]["command"])).group(1))
+    head_containers = {c["name"]: c for c in containers(kube("RayCluster")["spec"]["headGroupSpec"])}
+    assert relay in head_containers["metrics-relay"]["command"]
+    assert f"TCP-LISTEN:{listen}," in " ".join(head_containers["metrics-relay"]["command"])
+    svc_ports = {p["name"]: p["port"] for p in kube("Service", "circuitry-metrics")["spec"]["ports"]}
+    assert svc_ports == {"circuitry": listen, "ray-metrics": 8080}
+    scrape = {j["job_name"]: j for j in docs(PROMETHEUS)[0]["scrape_configs"]}
+    assert scrape["circuitry"]["static_configs"][0]["targets"] == [f"ray-head:{listen}"]
+    assert f"127.0.0.1:{port}" in PROMETHEUS.read_text()
+    assert f"metrics_port = {port}" in (DEPLOY / "sweep.toml").read_text()
+
+
+def test_ray_ports_agree():
+    compose = docs(COMPOSE)[0]["services"]
+    head_cmd = compose["ray-head"]["command"]
+    for flag in ("--port=6379", "--dashboard-port=8265", "--ray-client-server-port=10001",
+                 "--metrics-export-port=8080", "--dashboard-host=0.0.0.0"):
+        assert flag in head_cmd
+    assert "--metrics-export-port=8080" in compose["ray-worker"]["command"]
+    assert "--address=ray-head:6379" in compose["ray-worker"]["command"]
+    assert "127.0.0.1:8265:8265" in compose["ray-head"]["ports"]
+    scrape = {j["job_name"]: j for j in docs(PROMETHEUS)[0]["scrape_configs"]}
+    assert scrape["ray-head"]["static_configs"][0]["targets"] == ["ray-head:8080"]
+    assert scrape["ray-workers"]["dns_sd_configs"][0]["port"] == 8080
+
+    rc = kube("RayCluster")["spec"]
+    head = rc["headGroupSpec"]
+    ports = {p["name"]: p["containerPort"] for p in containers(head)[0]["ports"]}
+    assert ports == {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080}
+    assert head["rayStartParams"]["metrics-export-port"] == "8080"
+    groups = {g["groupName"]: g for g in rc["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    for g in groups.values():
+        assert g["rayStartParams"]["metrics-export-port"] == "8080"
+    gpu = containers(groups["gpu"])[0]["resources"]
+    assert gpu["limits"]["nvidia.com/gpu"] == 1
+    assert "nvidia.com/gpu" not in containers(groups["cpu"])[0]["resources"]["limits"]
+    # every Ray pod mounts the shared sweep volume where the spec's root points
+    root = tomllib.loads((DEPLOY / "sweep.toml").read_text())["sweep"]["root"]
+    for group in [head, *groups.values()]:
+        mounts = {m["mountPath"] for m in containers(group)[0]["volumeMounts"]}
+        assert root in mounts
+    for name in ("ray-head", "ray-worker"):
+        assert f"sweeps:{root}" in compose[name]["volumes"]
+
+
+def test_mlflow_port_and_tracking_uri_agree():
+    compose = docs(COMPOSE)[0]["services"]
+    ml = compose["mlflow"]
+    cmd = " ".join(ml["command"])
+    for part in ("--port 5000", "--host 0.0.0.0", "--serve-artifacts", "--artifacts-destination", "--workers 1",
+                 "--backend-store-uri"):
+        assert part in cmd
+    assert ml["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert ml["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
+    assert "mlflow:*" in ml["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert "127.0.0.1:5000:5000" in ml["ports"]
+    for name in ("ray-head", "ray-worker"):
+        assert compose[name]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert compose["grafana"]["volumes"]
+
+    dep = kube("Deployment", "mlflow")
+    c = containers(dep)[0]
+    args = c["args"]
+    assert args[args.index("--port") + 1] == "5000" and args[args.index("--workers") + 1] == "1"
+    assert "--serve-artifacts" in args and "--artifacts-destination" in args
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-db", "key": "uri"}
+    assert args[args.index("--backend-store-uri") + 1] == "$(MLFLOW_BACKEND_STORE_URI)"
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
+    assert c["readinessProbe"]["httpGet"]["port"] == 5000
+    svc = kube("Service", "mlflow")["spec"]["ports"][0]
+    assert svc["port"] == 5000 and svc["targetPort"] == 5000
+    assert kube("ConfigMap", "circuitry-env")["data"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_rayjob_runs_the_mounted_spec():
+    job = kube("RayJob")["spec"]
+    assert job["clusterSelector"] == {"ray.io/cluster": kube("RayCluster")["metadata"]["name"]}
+    entry = job["entrypoint"].split()
+    assert entry[:3] == ["circuitry", "run", "/specs/sweep.toml"]
+    assert entry[entry.index("--address") + 1] == "auto"
+    assert entry[entry.index("--tracking-uri") + 1] == "$MLFLOW_TRACKING_URI"
+    head = kube("RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]
+    specs = next(v for v in head["volumes"] if v["name"] == "specs")
+    assert specs["configMap"]["name"] == "circuitry-sweep"
+    cm = kube("ConfigMap", "circuitry-sweep")
+    text = cm["data"]["sweep.toml"]
+    assert text == (DEPLOY / "sweep.toml").read_text()
+
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec(text, "circuitry-sweep ConfigMap")
+    assert spec.metrics_port == default_metrics_port() and spec.jobs
+
+
+def test_cli_has_the_options_the_deploy_files_use():
+    from orchestrator import cli as cli_mod
+
+    cli_mod._register_commands()
+    group = cli_mod.cli
+    for name in ("run", "submit"):
+        opts = {o for p in group.commands[name].params for o in getattr(p, "opts", [])}
+        assert {"--address", "--tracking-uri"} <= opts, (name, opts)
+
+
+# ---------------------------------------------------------------- Grafana against the real exporter
+
+PROMQL_WORDS = {
+    # functions and aggregations the dashboard may use
+    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "rate", "irate",
+    "increase", "delta", "idelta", "deriv", "histogram_quantile", "clamp_min", "clamp_max", "abs", "ceil",
+    "floor", "round", "label_replace", "label_join", "vector", "scalar", "time", "avg_over_time",
+    "max_over_time", "min_over_time", "sum_over_time", "last_over_time", "absent", "sort", "sort_desc",
+    # keywords
+    "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or", "unless",
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings (label values, legend text)
+    e = re.sub(r"\{[^}]*\}", "", e)  # label matchers
+    e = re.sub(r"\[[^\]]*\]", "", e)  # range selectors ($__rate_interval, 5m)
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)  # label lists
+    words = set(re.findall(r"(?<![\w$.])[A-Za-z_:][A-Za-z0-9_:]*", e))
+    return {w for w in words if w not in PROMQL_WORDS}
+
+
+def test_metric_name_extraction():
+    assert metric_names('histogram_quantile(0.9, sum by (le, kind) (rate(a_bucket{kind="x"}[5m])))') == {"a_bucket"}
+    assert metric_names("sum by (method) (rate(b_total[$__rate_interval])) / on (x) c") == {"b_total", "c"}
+
+
+def scrape_exporter() -> set[str]:
+    from orchestrator.metrics import SweepMetrics
+
+    m = SweepMetrics("deploy-test")
+    port = m.serve(0)
+    assert port, "could not start the exporter on 127.0.0.1"
+    try:
+        m.set_total(3)
+        for kind in ("train", "discover"):
+            m.move(kind, None, "queued")
+            m.move(kind, "queued", "running")
+            m.retried(kind)
+            m.finished(kind, 1.5, 10_000_000)
+            m.move(kind, "running", "finished")
+        m.train_progress("independence", 100, 6400)
+        m.edges_evaluated("acdc", 42)
+        m.worker_rss(12345, 50_000_000)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            assert r.status == 200
+            text = r.read().decode()
+    finally:
+        m.close()
+    names = set()
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            names.add(re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", line).group(0))
+    return names
+
+
+def test_dashboard_queries_only_exported_series():
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", []) if t.get("expr")]
+    assert len(exprs) >= 8
+    used = set().union(*(metric_names(e) for e in exprs))
+    exported = scrape_exporter()
+    assert {"circuitry_edges_evaluated_total", "circuitry_train_steps_total", "circuitry_jobs",
+            "circuitry_job_duration_seconds_bucket", "circuitry_job_peak_memory_bytes",
+            "circuitry_worker_rss_bytes"} <= used
+    unknown = sorted(used - exported)
+    assert not unknown, f"dashboard uses series the exporter does not serve: {unknown}"
+    assert any("histogram_quantile" in e and "circuitry_job_duration_seconds_bucket" in e for e in exprs)
+    assert any("rate(circuitry_edges_evaluated_total" in e for e in exprs)
+    # the provisioned datasource is the one every panel names
+    ds = docs(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")[0]["datasources"][0]
+    assert ds["url"] == "http://prometheus:9090"
+    assert {p["datasource"]["uid"] for p in dash["panels"]} == {ds["uid"]}
+    prov = docs(DEPLOY / "grafana" / "provisioning" / "dashboards" / "circuitry.yml")[0]["providers"][0]
+    mounts = docs(COMPOSE)[0]["services"]["grafana"]["volumes"]
+    assert f"../grafana/circuitry.json:{prov['options']['path']}/circuitry.json:ro" in mounts
+
+
+def test_readme_covers_the_basics():
+    text = (DEPLOY / "README.md").read_text()
+    for needle in ("circuitry submit", "--address http://", "--tracking-uri http://", "RAY_AUTH_MODE",
+                   "tests/test_cluster.py", "kubectl apply", "docker compose", str(default_metrics_port())):
+        assert needle in text, needle

@@ -1,0 +1,152 @@
+"""Sweep specs: validation errors (one line, exit 2), grid expansion and content-hash job ids."""
+import textwrap
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.spec import SpecError, parse_spec
+
+GOOD = """
+[sweep]
+name = "s"
+root = "{root}"
+
+[train]
+task = ["independence", "two_moons"]
+regime = ["vanilla", "bimt"]
+seed = [0, 1]
+steps = 100
+
+[discover]
+method = ["acdc", "exact"]
+threshold = 0.01
+"""
+
+
+def spec_text(root, **replace):
+    text = GOOD.format(root=root)
+    for old, new in replace.items():
+        text = text.replace(old.replace("__", " "), new)
+    return text
+
+
+# (the change to the good spec, a fragment the error must contain)
+BAD = [
+    ('regime = ["vanilla", "bimt"]', 'regime = ["vanilla", "bimt", "bimtt"]', 'train.regime[2]: "bimtt" is not one of vanilla, l1, local, swap, bimt'),
+    ('task = ["independence", "two_moons"]', 'task = "nope"', 'train.task: "nope" is not one of'),
+    ("steps = 100", "steps = 0", "train.steps: 0 is not a positive integer"),
+    ("steps = 100", 'steps = "100"', 'train.steps: "100" is not a positive integer'),
+    ("steps = 100", "steps = 1.5", "train.steps: 1.5 is not a positive integer"),
+    ("steps = 100", "", "train.steps: missing"),
+    ("seed = [0, 1]", "seed = [0, -1]", "train.seed[1]: -1 is not a non-negative integer"),
+    ("seed = [0, 1]", "seed = []", "train.seed: [] is empty"),
+    ("seed = [0, 1]", "seed = [1, 1]", "train.seed[1]: 1 is listed twice"),
+    ("seed = [0, 1]", "seed = [0, 1]\nlam = -1.0", "train.lam: -1.0 is not a non-negative number"),
+    ("seed = [0, 1]", "seed = [0, 1]\nlr = 0", "train.lr: 0.0 is not a positive number"),
+    ("seed = [0, 1]", "seed = [0, 1]\nwidth = [8, true]", "train.width[1]: true is not a positive integer"),
+    ("seed = [0, 1]", "seed = [0, 1]\nstepz = 3", "train.stepz: unknown field; allowed:"),
+    ("seed = [0, 1]", "seed = [0, 1]\nlam = nan", "train.lam: NaN is not a non-negative number"),
+    ('method = ["acdc", "exact"]', 'method = ["acdc", "ACDC"]', 'discover.method[1]: "ACDC" is not one of acdc, exact, eap, eap-ig'),
+    ("threshold = 0.01", "threshold = -0.1", "discover.threshold: -0.1 is not a non-negative number"),
+    ("threshold = 0.01", "", "discover.threshold: missing"),
+    ("threshold = 0.01", 'threshold = 0.01\nablation = "mean_"', 'discover.ablation: "mean_" is not one of resample, zero, mean'),
+    ("threshold = 0.01", "threshold = 0.01\noutput = 5", "discover.output[0]: 5 is not an output of task independence"),
+    ('name = "s"', 'name = "my sweep!"', 'sweep.name: "my sweep!" is not a name'),
+    ('name = "s"', "", "sweep.name: missing"),
+    ('name = "s"', 'name = "s"\nmetrics_port = 70000', "sweep.metrics_port: 70000 is not a port"),
+    ('name = "s"', 'name = "s"\ntracking_uri = "ftp://x"', 'sweep.tracking_uri: "ftp://x" is not a tracking URI'),
+    ('name = "s"', 'name = "s"\ncolour = "red"', "sweep.colour: unknown field"),
+    ("[discover]", "[discovr]", "discovr: unknown table; allowed: sweep, train, discover, resources, testing"),
+    ("[train]", "[trian]", "trian: unknown table"),
+    ("threshold = 0.01", "threshold = 0.01\n[resources]\nmax_retries = -1", "resources.max_retries: -1 is not a non-negative integer"),
+    ("threshold = 0.01", "threshold = 0.01\n[resources]\ntrain_cpus = 0", "resources.train_cpus: 0.0 is not a positive number"),
+    ("threshold = 0.01", "threshold = 0.01\n[resources]\nedge_chunk = \"big\"", 'resources.edge_chunk: "big" is not a non-negative integer'),
+    ("threshold = 0.01", "threshold = 0.01\n[testing]\ncrash_once = \"train\"", 'testing.crash_once: "train" is not a list of job selectors'),
+    ("steps = 100", "steps = [100", "not valid TOML"),
+    ("steps = 100", "steps = {a = 1}", "train.steps: a table is not allowed here"),
+]
+
+
+@pytest.mark.parametrize("old,new,fragment", BAD, ids=[b[2][:40] for b in BAD])
+def test_malformed_spec_one_line_exit_2(tmp_path, capsys, old, new, fragment):
+    good = spec_text(tmp_path / "out")
+    assert old in good
+    path = tmp_path / "bad.toml"
+    path.write_text(good.replace(old, new, 1))
+    with pytest.raises(SystemExit) as e:
+        main(["validate", str(path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert fragment in err, err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_run_rejects_bad_spec_before_anything_runs(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(spec_text(tmp_path / "out").replace('"bimt"]', '"bimtt"]'))
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(path)])
+    assert e.value.code == 2
+    assert 'train.regime[1]: "bimtt" is not one of' in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_spec_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["validate", str(tmp_path / "nope.toml")])
+    assert e.value.code == 2
+    assert "no such spec file" in capsys.readouterr().err
+
+
+def test_validate_prints_job_count(tmp_path, capsys):
+    path = tmp_path / "good.toml"
+    path.write_text(spec_text(tmp_path / "out"))
+    main(["validate", str(path)])
+    out = capsys.readouterr().out
+    assert "8 train + 16 discover = 24 jobs" in out
+
+
+def test_quickstart_is_valid():
+    from pathlib import Path
+
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(Path(__file__).parent.parent / "examples" / "quickstart.toml")
+    tasks = {j.settings["task"] for j in spec.train_jobs()}
+    regimes = {j.settings["regime"] for j in spec.train_jobs()}
+    assert len(tasks) >= 2 and {"vanilla", "bimt"} <= regimes
+    assert {j.settings["method"] for j in spec.discover_jobs()} >= {"acdc", "exact"}
+    assert len({j.settings["seed"] for j in spec.train_jobs()}) >= 2
+
+
+def test_ids_are_content_hashes(tmp_path):
+    a = parse_spec(spec_text(tmp_path))
+    b = parse_spec(spec_text(tmp_path).replace('name = "s"', 'name = "other"'))
+    assert [j.id for j in a.jobs] == [j.id for j in b.jobs]  # the name decides nothing
+    assert len({j.id for j in a.jobs}) == len(a.jobs)
+    # the task default lam written out names the same job
+    c = parse_spec(spec_text(tmp_path).replace("steps = 100", "steps = 100\nlam = 1e-3"))
+    assert {j.id for j in c.jobs} == {j.id for j in a.jobs}
+    # a discover job depends on its model's id
+    d = parse_spec(spec_text(tmp_path).replace("steps = 100", "steps = 101"))
+    assert not {j.id for j in d.jobs} & {j.id for j in a.jobs}
+    for j in a.discover_jobs():
+        assert j.model_id in {t.id for t in a.train_jobs()}
+    # more grid points keep the old ids
+    e = parse_spec(spec_text(tmp_path).replace("seed = [0, 1]", "seed = [0, 1, 2]"))
+    assert {j.id for j in a.jobs} < {j.id for j in e.jobs}
+
+
+def test_id_includes_package_version(tmp_path, monkeypatch):
+    import orchestrator.spec as spec_mod
+
+    a = parse_spec(spec_text(tmp_path))
+    monkeypatch.setattr(spec_mod, "package_version", lambda: "9.9.9")
+    b = parse_spec(spec_text(tmp_path))
+    assert not {j.id for j in a.jobs} & {j.id for j in b.jobs}
+
+
+def test_spec_error_is_a_value_error():
+    with pytest.raises(SpecError):
+        parse_spec("[sweep]\nname='x'\n")
