@@ -187,7 +187,7 @@ def _masks_from_circuit(path: Path, shape: list[int]):
     masks = [torch.zeros(shape[l + 1], shape[l], dtype=torch.bool) for l in range(len(shape) - 1)]
     kept = t[t["in_circuit"]]
     for l, g in kept.groupby("src_layer"):
-        masks[int(l)][g["dst_pos"].to_numpy(), g["src_pos"].to_numpy()] = True
+        masks[int(l)][torch.as_tensor(g["dst_pos"].to_numpy().copy()), torch.as_tensor(g["src_pos"].to_numpy().copy())] = True
     return masks
 
 
