@@ -274,7 +274,7 @@ class Spec:
     tracking_uri: str
     metrics_port: int
     train: dict[str, list]
-    discover: dict[str, list] | None
+    discover: list[dict[str, list]] | None  # one grid per [discover] / [[discover]] table
     resources: dict
     testing: dict
     source: str = ""  # the TOML text
@@ -296,7 +296,9 @@ class Spec:
                    if j.settings["method"] == "exact" and chunk and j.n_edges > chunk)
 
 
-def expand(train: dict[str, list], discover: dict[str, list] | None, ver: str | None = None) -> list[Job]:
+def expand(train: dict[str, list], discover: list[dict[str, list]] | None, ver: str | None = None) -> list[Job]:
+    """Train jobs: the product of the train grid. Discover jobs: for every model, the product of
+    each discover grid (several grids are unioned; a job named by two grids runs once)."""
     ver = ver or package_version()
     jobs: list[Job] = []
     keys = list(train)
@@ -305,16 +307,20 @@ def expand(train: dict[str, list], discover: dict[str, list] | None, ver: str | 
         tid = job_hash({"kind": "train", "version": ver, **s})
         extra = "".join(f"/{k}{s[k]}" for k in keys if k not in ("task", "regime", "seed") and len(train[k]) > 1)
         jobs.append(Job("train", tid, s, f"train/{s['task']}/{s['regime']}/seed{s['seed']}{extra}", None, n_edges(s)))
-    if discover:
-        dkeys = list(discover)
+    seen = set()
+    for grid in discover or []:
+        dkeys = list(grid)
         for tj in [j for j in jobs if j.kind == "train"]:
-            for combo in itertools.product(*(discover[k] for k in dkeys)):
+            for combo in itertools.product(*(grid[k] for k in dkeys)):
                 d = dict(zip(dkeys, combo))
                 did = job_hash({"kind": "discover", "version": ver, "model_id": tj.id, **d})
+                if did in seen:
+                    continue
+                seen.add(did)
                 tail = f"{d['method']}/t{d['threshold']}/{d['ablation']}"
                 if d["output"] is not None:
                     tail += f"/out{d['output']}"
-                if len(discover["seed"]) > 1:
+                if len(grid["seed"]) > 1:
                     tail += f"/dseed{d['seed']}"
                 label = "discover/" + tj.label.removeprefix("train/") + "/" + tail
                 jobs.append(Job("discover", did, {**d, "task": tj.settings["task"], "regime": tj.settings["regime"],
@@ -330,6 +336,8 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
     for table, value in raw.items():
         if table not in TABLES:
             raise SpecError(f"{table}: unknown table; allowed: {', '.join(TABLES)}")
+        if table == "discover" and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            continue  # [[discover]]: several grids, e.g. ACDC at three taus and score methods at one
         if not isinstance(value, dict):
             raise SpecError(f"{table}: {_show(value)} is not a table; write [{table}]")
     for table in ("sweep", "train"):
@@ -337,7 +345,11 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
             raise SpecError(f"{table}: missing table; a spec needs [sweep] and [train]")
     sweep = _scalars("sweep", raw["sweep"], SWEEP_FIELDS)
     train = _grid("train", raw["train"], TRAIN_GRID)
-    discover = _grid("discover", raw["discover"], DISCOVER_GRID) if "discover" in raw else None
+    discover = None
+    if "discover" in raw:
+        tables = raw["discover"] if isinstance(raw["discover"], list) else [raw["discover"]]
+        names = [f"discover[{i}]" for i in range(len(tables))] if isinstance(raw["discover"], list) else ["discover"]
+        discover = [_grid(name, t, DISCOVER_GRID) for name, t in zip(names, tables)]
     resources = _scalars("resources", raw.get("resources", {}), RESOURCE_FIELDS)
     testing_raw = raw.get("testing", {})
     _unknown_keys("testing", testing_raw, TESTING_FIELDS)
@@ -348,14 +360,14 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
             raise SpecError(f"testing.{key}: {_show(val)} is not a list of job selectors")
         testing[key] = [_selector(f"testing.{key}[{i}]", v) for i, v in enumerate(val)]
 
-    if discover:
-        for i, out in enumerate(discover["output"]):
+    for name, grid in zip(names if discover else [], discover or []):
+        for i, out in enumerate(grid["output"]):
             if out is None:
                 continue
             for task in train["task"]:
                 n_out = TASKS[task].n_outputs
                 if out >= n_out:
-                    raise SpecError(f"discover.output[{i}]: {out} is not an output of task {task} "
+                    raise SpecError(f"{name}.output[{i}]: {out} is not an output of task {task} "
                                     f"(it has outputs 0..{n_out - 1})")
     for i, w in enumerate(train["width"]):
         if w is not None and w > 4096:

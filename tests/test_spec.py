@@ -150,3 +150,35 @@ def test_id_includes_package_version(tmp_path, monkeypatch):
 def test_spec_error_is_a_value_error():
     with pytest.raises(SpecError):
         parse_spec("[sweep]\nname='x'\n")
+
+
+def test_several_discover_grids_union_their_jobs():
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec("""
+[sweep]
+name = "g"
+[train]
+task = "independence"
+regime = ["vanilla", "bimt"]
+steps = 10
+[[discover]]
+method = "acdc"
+threshold = [0.001, 0.01, 0.1]
+[[discover]]
+method = ["exact", "eap", "acdc"]
+threshold = 0.01
+""")
+    disc = spec.discover_jobs()
+    assert len(spec.train_jobs()) == 2 and len(disc) == 2 * (3 + 2)  # acdc at 0.01 is named twice, runs once
+    assert len({j.id for j in disc}) == len(disc)
+    assert sorted({(j.settings["method"], j.settings["threshold"]) for j in disc}) == [
+        ("acdc", 0.001), ("acdc", 0.01), ("acdc", 0.1), ("eap", 0.01), ("exact", 0.01)]
+
+
+def test_a_bad_field_in_the_second_discover_grid_is_named():
+    from orchestrator.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError, match=r'^discover\[1\]\.method: "acdcc" is not one of'):
+        parse_spec('[sweep]\nname="g"\n[train]\ntask="independence"\nregime="bimt"\nsteps=1\n'
+                   '[[discover]]\nmethod="acdc"\nthreshold=0.1\n[[discover]]\nmethod="acdcc"\nthreshold=0.1\n')
