@@ -8,13 +8,23 @@ would take longer than --naive-max-seconds, its per-edge time is extrapolated to
 (marked "extrapolated") and the fast circuit is checked on that prefix only; otherwise the whole
 naive pass runs and the circuits are compared edge for edge.
 
-    python benchmarks/acdc.py [--random] [--threads 1]
+    python benchmarks/acdc.py [--random] [--threads N] [--no-big | --big-only] [--device auto]
 By default the independence and digits nets are briefly BIMT-trained (workers.train) and a
 random-weight digits net is added as the dense worst case; --random uses random weights only.
+
+The MNIST-sized row (784-200-200-10, ~199k edges, N = 1000) cannot run the whole naive pass
+(hours), so it checks the fast circuit against the naive definition receiver by receiver
+(`naive_replay`): for a random sample of receivers, the literal sequential loop (one full masked
+forward per candidate) started from the state the definition has when it reaches that receiver,
+i.e. the fast result's final masks for every receiver visited before it and all edges live for it
+and every receiver after it. Its weights are random (MNIST files are not needed; with
+$CIRCUITRY_MNIST_DIR set a trained model could stand in, not done here), its examples uniform in
+[0, 1]; `--big-heavy` adds a BIMT-like variant with heavy-tailed weights.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -27,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tasks  # noqa: E402
 from workers.acdc import acdc, acdc_naive, exact_scores  # noqa: E402
 from workers.attribution import attribution_scores  # noqa: E402
-from workers.discover import prepare  # noqa: E402
+from workers.discover import prepare, resolve_device  # noqa: E402
 from workers.model import CoordMLP  # noqa: E402
 
 
@@ -117,10 +127,86 @@ def bench(name: str, ckpt: dict, naive_budget_edges: int | None, out_rows: list,
     })
 
 
+def naive_replay(p, fast, tau: float, m: int, j: int) -> tuple[bool, float]:
+    """ACDC's definition, literally, for receiver j of layer m (module doc). Returns whether its
+    decisions equal the fast ones and the largest score difference."""
+    g = p.graph
+    masks = [torch.ones_like(mk) for mk in fast.masks]
+    for l in range(m, g.n_layers):  # receivers of later layers were visited before layer m
+        masks[l] = fast.masks[l].clone()
+    masks[m - 1][:j] = fast.masks[m - 1][:j]  # and the receivers of layer m before j
+    current = p.circuit_metric(masks)
+    worst = 0.0
+    for i in range(g.shape[m - 1]):
+        masks[m - 1][j, i] = False
+        new = p.circuit_metric(masks)
+        worst = max(worst, abs((new - current) - float(fast.scores[m - 1][j, i])))
+        if new - current < tau:
+            current = new
+        else:
+            masks[m - 1][j, i] = True
+    return torch.equal(masks[m - 1][j], fast.masks[m - 1][j]), worst
+
+
+def big_checkpoint(heavy: bool, n: int, seed: int = 0) -> tuple[dict, dict]:
+    torch.manual_seed(seed)
+    ckpt = CoordMLP([784, 200, 200, 10]).to_checkpoint("mnist", "random", seed, {})
+    if heavy:  # BIMT-like: most weights near zero, a few large (|N(0,1)|^3 times the init)
+        ckpt["weights"] = [w * torch.randn_like(w).abs() ** 3 for w in ckpt["weights"]]
+    g = torch.Generator().manual_seed(seed)
+    data = {"clean": torch.rand(n, 784, generator=g), "corrupt": torch.rand(n, 784, generator=g),
+            "labels": torch.randint(0, 10, (n,), generator=g)}
+    return ckpt, data
+
+
+def bench_big(name: str, heavy: bool, n: int, per_layer: int, device, out_rows: list):
+    """784-200-200-10 on random weights: exact once (timed; it also picks tau), acdc, and the
+    naive definition replayed on `per_layer` random receivers of each layer."""
+    ckpt, data = big_checkpoint(heavy, n)
+    prep = prepare(ckpt, data=data)
+    p = prep.problem.to(device)
+    E = p.graph.n_edges
+    t0 = time.perf_counter()
+    ex, _ = exact_scores(p)
+    t_exact = time.perf_counter() - t0
+    tau = pick_tau(ex)
+    print(f"{name}: exact {t_exact:.1f}s, tau {tau:.3g}", flush=True)
+    t0 = time.perf_counter()
+    fast = acdc(p, tau)
+    t_fast = time.perf_counter() - t0
+    print(f"{name}: acdc {t_fast:.1f}s", flush=True)
+    cpu_p = p.to("cpu")
+    gen = torch.Generator().manual_seed(1)
+    same, worst, checked, t0 = True, 0.0, 0, time.perf_counter()
+    for m in range(p.graph.n_layers, 0, -1):
+        for j in torch.randperm(p.graph.shape[m], generator=gen)[:per_layer].tolist():
+            ok, w = naive_replay(cpu_p, fast, tau, m, j)
+            same, worst, checked = same and ok, max(worst, w), checked + p.graph.shape[m - 1]
+    t_naive = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    attribution_scores(p, prep.labels_pos.to(device), "eap")
+    t_eap = time.perf_counter() - t0
+    kept = sum(int(mk.sum()) for mk in fast.masks)
+    out_rows.append({
+        "net": name, "edges": E, "N": n, "tau": tau, "kept": kept,
+        "identical": f"{same} (naive replay of {per_layer} receivers/layer, {checked} edges, max |d score| {worst:.1e})",
+        "naive e/s": checked / t_naive, "naive s": E * t_naive / checked, "naive_extrapolated": True,
+        "acdc e/s": E / t_fast, "acdc s": t_fast, "speed-up": (E / t_fast) / (checked / t_naive),
+        "exact e/s": E / t_exact, "eap e/s": E / t_eap, "peak RSS MB": peak_rss_mb(),
+    })
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--random", action="store_true", help="random-weight nets instead of trained ones")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    ap.add_argument("--no-big", action="store_true", help="skip the 784-200-200-10 row (~3 minutes on 2 cores)")
+    ap.add_argument("--big-only", action="store_true", help="only the 784-200-200-10 row")
+    ap.add_argument("--big-heavy", action="store_true", help="add a heavy-tailed (BIMT-like) 784-200-200-10 row")
+    ap.add_argument("--big-n", type=int, default=1000, help="examples of the 784-200-200-10 row")
+    ap.add_argument("--naive-receivers", type=int, default=2,
+                    help="receivers per layer replayed with the naive definition on the big row")
+    ap.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu or cuda")
     ap.add_argument("--naive-edges", type=int, default=4000, help="naive edges timed first on the big net")
     ap.add_argument("--naive-max-seconds", type=float, default=120,
                     help="run the whole naive pass when its extrapolated time is below this")
@@ -134,11 +220,21 @@ def main():
             ("digits 64-200-200-10 random", "digits", 200, args.naive_edges, True)]
     if args.random:
         nets = nets[:2]
+    if args.big_only:
+        nets = []
+    device = resolve_device(args.device)
     for label, task, width, naive_budget, random in nets:
         ckpt, how = make_checkpoint(task, width, args.steps, random)
         print(f"{label}: {how}", flush=True)
         bench(label, ckpt, naive_budget, rows, args.naive_max_seconds)
-    print(f"\ntorch threads: {args.threads}; float64; resample ablation; tau = median exact score above rounding noise (pick_tau)")
+    if not args.no_big:
+        print("mnist 784-200-200-10: random weights and uniform [0, 1] examples (no MNIST files are read; "
+              "timing only)", flush=True)
+        bench_big("mnist-shape 784-200-200-10 random", False, args.big_n, args.naive_receivers, device, rows)
+        if args.big_heavy:
+            bench_big("mnist-shape 784-200-200-10 heavy-tailed", True, args.big_n, args.naive_receivers, device, rows)
+    print(f"\ndevice: {device} (small rows: cpu); torch threads: {args.threads}; float64; resample ablation; "
+          "tau = median exact score above rounding noise (pick_tau)")
     cols = ["net", "edges", "N", "kept", "identical", "naive e/s", "naive s", "acdc e/s", "acdc s",
             "speed-up", "exact e/s", "eap e/s", "peak RSS MB"]
     print(" | ".join(cols))

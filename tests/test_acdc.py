@@ -121,3 +121,31 @@ def test_hand_built_circuit_is_recovered():
     res = acdc(p, 1e-4)
     found = {(l, i, j) for l, m in enumerate(res.masks) for j, i in torch.nonzero(m).tolist()}
     assert found == {(l, 1, 1) for l in range(3)}
+
+
+def test_acdc_guesses_only_affect_speed(monkeypatch):
+    """The quadratic model only guesses decisions: a wrong (negated) model and one-row tiles give
+    the same circuit as the naive definition, just with more wasted rows."""
+    import workers.acdc as A
+    p = problem_for(random_checkpoint([5, 7, 6, 3], 11), "kl", "resample", None)
+    ex, _ = exact_scores(p)
+    tau = float(torch.quantile(ex[ex > 0], 0.5))
+    naive = acdc_naive(p, tau)
+    good = acdc(p, tau)
+    real_model = A._metric_model
+    monkeypatch.setattr(A, "_metric_model", lambda per, eps: tuple(-t for t in real_model(per, eps)))
+    monkeypatch.setattr(A, "TILE_ELEMENTS", {"cpu": 1})
+    bad = acdc(p, tau)
+    assert same_masks(good.masks, naive.masks) and same_masks(bad.masks, naive.masks)
+    for a, b in zip(bad.scores, naive.scores):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert bad.forward_examples > good.forward_examples
+
+
+def test_problem_to_device_keeps_results():
+    """Device plumbing on the CPU: moving a problem is a no-op there, results come back on the CPU."""
+    p = problem_for(random_checkpoint([4, 6, 5, 3], 2), "mse", "mean", None)
+    assert p.to("cpu") is p and p.graph.to("cpu") is p.graph
+    res = acdc(p.to(torch.device("cpu")), 1e-3)
+    assert all(m.device.type == "cpu" for m in res.masks + res.scores)
+    assert same_masks(res.masks, acdc_naive(p, 1e-3).masks)

@@ -147,3 +147,18 @@ def test_graph_api_attribute_and_evaluate(teacher):
     eap = attribute(g, x, xc, method="eap", metric="mse", labels=split.y_test)
     zero_w = [w == 0 for w in g.weights]
     assert all(bool((s[z] == 0).all()) for s, z in zip(eap.scores, zero_w))
+
+
+def test_discover_device_option(teacher):
+    from workers.discover import resolve_device
+    d = discover(teacher, "acdc", 1e-4, device="cpu")
+    assert d.summary["device"] == "cpu"
+    auto = discover(teacher, "acdc", 1e-4)  # "auto": the GPU if torch sees one
+    assert all(torch.equal(a, b) for a, b in zip(d.masks, auto.masks))
+    assert np.array_equal(exact_scores(teacher, stop=40, device="cpu"), exact_scores(teacher, stop=40)[:40]) \
+        or not torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        with pytest.raises(DiscoveryInputError, match="no GPU"):
+            resolve_device("cuda")
+    with pytest.raises(DiscoveryInputError):
+        resolve_device("tpu-9")

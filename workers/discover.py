@@ -141,6 +141,19 @@ def prepare(ckpt: dict, *, ablation: str = "resample", output: int | None = None
     return Prepared(task, graph, problem, clean, labels_pos)
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto": the GPU when torch sees one, else the CPU; "cpu"/"cuda"/"cuda:1" as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DiscoveryInputError("--device", f"unknown device {device!r}: use auto, cpu or cuda") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DiscoveryInputError("--device", "device cuda asked for, but torch sees no GPU; use auto or cpu")
+    return dev
+
+
 def _check_selection(method, threshold, top_k, edge_fraction):
     if method not in METHODS:
         raise DiscoveryInputError("--method", f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
@@ -166,13 +179,15 @@ def _check_selection(method, threshold, top_k, edge_fraction):
 def discover(ckpt: dict, method: str, threshold: float | None = None, *, ablation: str = "resample",
              output: int | None = None, data: dict | None = None, seed: int = 0,
              top_k: int | None = None, edge_fraction: float | None = None,
-             progress: Callable[[int], None] | None = None) -> Discovery:
+             progress: Callable[[int], None] | None = None, device: str = "auto") -> Discovery:
     """Find the circuit of `ckpt` with `method` (module doc); `progress(n)` is called with the
-    number of edges just evaluated. Deterministic for the same inputs."""
+    number of edges just evaluated. Deterministic for the same inputs. The method runs on
+    `device` ("auto": the GPU when torch sees one); its results and the grading are on the CPU."""
     _check_selection(method, threshold, top_k, edge_fraction)
+    dev = resolve_device(device)
     t0 = time.perf_counter()
     prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
-    problem = prep.problem
+    problem = prep.problem.to(dev)
     masks = None
     if method == "acdc":
         res = acdc_mod.acdc(problem, threshold, progress=progress)
@@ -182,23 +197,26 @@ def discover(ckpt: dict, method: str, threshold: float | None = None, *, ablatio
     else:
         if prep.labels_pos is None:
             raise DiscoveryInputError("--data", f"{method} needs labels: add 'labels' to the --data file")
-        per_layer, spent = attribution_scores(problem, prep.labels_pos, method)
-        scores = ev.flatten(per_layer)
+        per_layer, spent = attribution_scores(problem, prep.labels_pos.to(dev), method)
+        scores = ev.flatten([s.cpu() for s in per_layer])
         if progress:
             progress(prep.graph.n_edges)
     seconds = time.perf_counter() - t0
-    return _assemble(ckpt, prep, method, scores, masks, threshold=threshold, top_k=top_k,
-                     edge_fraction=edge_fraction, seconds=seconds, forward_examples=spent,
-                     ablation=ablation, output=output, seed=seed)
+    d = _assemble(ckpt, prep, method, scores, masks, threshold=threshold, top_k=top_k,
+                  edge_fraction=edge_fraction, seconds=seconds, forward_examples=spent,
+                  ablation=ablation, output=output, seed=seed)
+    d.summary["device"] = str(dev)
+    return d
 
 
 def exact_scores(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
                  data: dict | None = None, seed: int = 0, start: int = 0, stop: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """`exact` scores of edges [start, stop) of the canonical order (float64). Chunks of any size
-    concatenate to exactly the one-pass result (bit for bit)."""
+                 progress: Callable[[int], None] | None = None, device: str = "auto") -> np.ndarray:
+    """`exact` scores of edges [start, stop) of the canonical order (float64), computed on
+    `device` (as `discover`). Chunks of any size concatenate to exactly the one-pass result (bit
+    for bit) on one device; across devices they agree to float64 rounding."""
     prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
-    scores, _ = acdc_mod.exact_scores(prep.problem, start, stop, progress=progress)
+    scores, _ = acdc_mod.exact_scores(prep.problem.to(resolve_device(device)), start, stop, progress=progress)
     return scores.numpy()
 
 

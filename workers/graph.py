@@ -63,7 +63,16 @@ class Graph:
         return out
 
     def full_masks(self, value: bool = True) -> list[torch.Tensor]:
-        return [torch.full(w.shape, value, dtype=torch.bool) for w in self.weights]
+        return [torch.full(w.shape, value, dtype=torch.bool, device=w.device) for w in self.weights]
+
+    def to(self, device) -> "Graph":
+        """This graph with every tensor on `device` (itself when already there)."""
+        device = torch.device(device)
+        if self.weights[0].device == device:
+            return self
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Graph(self.shape, tuple(map(move, self.weights)), tuple(map(move, self.biases)),
+                     move(self.in_perm), move(self.out_perm), move(self.embedding))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs -> layer-0 activations in position order (float64)."""
@@ -140,7 +149,7 @@ class Metric:
 
     def relevant_outputs(self, n_out: int) -> torch.Tensor:
         """Output positions whose value the metric reads (bool [n_out])."""
-        keep = torch.zeros(n_out, dtype=torch.bool)
+        keep = torch.zeros(n_out, dtype=torch.bool, device=self.y_full.device)
         if self.kind == "mse" and self.out_pos is not None:
             keep[self.out_pos] = True
         else:
@@ -148,19 +157,24 @@ class Metric:
         return keep
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        return self.per_example(y).mean(-1)
+
+    def per_example(self, y: torch.Tensor) -> torch.Tensor:
+        """Each example's term of the metric: y [..., N, n_out] -> [..., N] (the metric is their
+        mean)."""
         if self.kind == "mse":
             if self.out_pos is None:
-                return ((y - self.y_full) ** 2).mean((-2, -1))
-            return ((y[..., self.out_pos] - self.y_full[:, self.out_pos]) ** 2).mean(-1)
+                return ((y - self.y_full) ** 2).mean(-1)
+            return (y[..., self.out_pos] - self.y_full[:, self.out_pos]) ** 2
         if self.out_pos is None:
             # KL = sum_c p log p - sum_c p y + logsumexp(y), as sum_c p = 1; written out because
             # log_softmax over a short last dim is several times slower than these ops
             top = y.amax(-1, keepdim=True)
             lse = (y - top).exp().sum(-1).log() + top[..., 0]
-            return (self.neg_entropy_full - (self.p_full * y).sum(-1) + lse).mean(-1)
+            return self.neg_entropy_full - (self.p_full * y).sum(-1) + lse
         l1, l0 = self._bernoulli_logs(y)
         q1 = self.lq1_full.exp()
-        return (q1 * (self.lq1_full - l1) + (1 - q1) * (self.lq0_full - l0)).mean(-1)
+        return q1 * (self.lq1_full - l1) + (1 - q1) * (self.lq0_full - l0)
 
 
 @dataclass
@@ -189,6 +203,20 @@ class Problem:
     @property
     def n_examples(self) -> int:
         return self.clean[0].shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.clean[0].device
+
+    def to(self, device) -> "Problem":
+        """This problem with the graph, activations and metric on `device` (the same values:
+        moving float64 tensors is exact)."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        clean = [t.to(device) for t in self.clean]
+        return Problem(self.graph.to(device), clean, [t.to(device) for t in self.ablated],
+                       Metric(self.kind, clean[-1], self.out_pos), self.kind, self.ablation, self.out_pos)
 
     def circuit_output(self, masks) -> torch.Tensor:
         return self.graph.forward(self.clean[0], masks, self.ablated)[-1]
