@@ -80,10 +80,24 @@ def _register_commands() -> None:
     cli.add_command(report_cmd, "report")
 
 
+# The environment circuitry defaults for local use when the user has not set it.
+ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+# Which of them the user had set before main() filled in the defaults (None: main() did not run,
+# so whatever is in os.environ came from the user). `circuitry submit` forwards RAY_AUTH_MODE to
+# the cluster only when the user set it: the default "disabled" must not override a token-auth
+# cluster's own setting.
+USER_SET_ENV: set[str] | None = None
+
+
+def user_set(name: str) -> bool:
+    return name in os.environ if USER_SET_ENV is None else name in USER_SET_ENV
+
+
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    global USER_SET_ENV
+    USER_SET_ENV = {k for k in ENV_DEFAULTS if k in os.environ}
+    for k, v in ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
     _register_commands()
     try:
         cli.main(args=argv, prog_name="circuitry", standalone_mode=False)

@@ -6,12 +6,13 @@ import os
 import shlex
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
-from orchestrator.spec import SpecError, load_spec
+from orchestrator.spec import SpecError, load_spec, parse_spec
+
+SPEC_ENV = "CIRCUITRY_SPEC_TOML"  # submit: the spec's text, in the Ray Job's runtime env
 
 
 class SweepInputError(click.UsageError):
@@ -19,7 +20,11 @@ class SweepInputError(click.UsageError):
 
 
 def _spec(path: str, root: str | None = None):
+    """SPEC is a .toml file, or "-" for the spec's text on stdin (how `circuitry submit` hands it
+    to the driver on the head)."""
     try:
+        if path == "-":
+            return parse_spec(sys.stdin.read(), "stdin", root)
         return load_spec(path, root)
     except SpecError as e:
         raise SweepInputError(str(e)) from None
@@ -61,25 +66,33 @@ def validate_cmd(spec_path):
 @click.command("run")
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray).")
-@click.option("--root", default=None, type=click.Path(file_okay=False), help="Folder for the sweep folder (overrides sweep.root).")
+@click.option("--root", default=None, type=click.Path(file_okay=False),
+              help="Folder for the sweep folder (overrides sweep.root; relative = to the working directory). "
+                   "On a multi-node cluster it must be on a filesystem every node mounts at the same path: "
+                   "workers write the results there and this driver reads them.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: sweep.tracking_uri, else SQLite in the sweep folder).")
 @click.option("--metrics-port", type=click.IntRange(-1, 65535), default=None,
-              help="Prometheus port on 127.0.0.1 (0 = any free port, -1 = none; default: sweep.metrics_port).")
+              help="Prometheus port (0 = any free port, -1 = none; default: sweep.metrics_port).")
+@click.option("--metrics-host", default=None, envvar="CIRCUITRY_METRICS_HOST", show_envvar=True,
+              help="Address the Prometheus endpoint binds (default: sweep.metrics_host, 127.0.0.1); "
+                   "0.0.0.0 lets a cluster's Prometheus scrape the driver's node.")
 @click.option("--num-cpus", type=click.IntRange(min=1), default=None, help="CPUs of the embedded local Ray.")
 @click.option("--no-mlflow", is_flag=True, help="Record jobs.parquet only (backfill later with `circuitry sync`).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def run_cmd(spec_path, address, root, tracking_uri, metrics_port, num_cpus, no_mlflow, quiet):
+def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, num_cpus, no_mlflow, quiet):
     """Run SPEC's sweep on Ray; only jobs without a finished result run."""
     from orchestrator.scheduler import Scheduler, SweepBusy, ensure_ray
 
     spec = _spec(spec_path, root)
-    if tracking_uri is not None:
-        from orchestrator.spec import _tracking_uri
+    from orchestrator.spec import _host, _tracking_uri
 
-        try:
+    try:
+        if tracking_uri is not None:
             _tracking_uri("--tracking-uri", tracking_uri)
-        except SpecError as e:
-            raise SweepInputError(str(e)) from None
+        if metrics_host is not None:
+            _host("--metrics-host", metrics_host)
+    except SpecError as e:
+        raise SweepInputError(str(e)) from None
     from orchestrator.cli import writable_dir
 
     writable_dir(str(spec.sweep_dir), "sweep.root")
@@ -94,7 +107,8 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, num_cpus, no_m
             pass
     started = ensure_ray(address, num_cpus)
     try:
-        sched = Scheduler(spec, tracking_uri=tracking_uri, metrics_port=metrics_port, progress=not quiet,
+        sched = Scheduler(spec, tracking_uri=tracking_uri, metrics_port=metrics_port, metrics_host=metrics_host,
+                          progress=not quiet,
                           record_mlflow=not no_mlflow, echo=lambda m: click.echo(m, err=False))
         try:
             out = sched.run()
@@ -127,22 +141,44 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, num_cpus, no_m
 @click.command("submit")
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--address", required=True, help="The cluster's dashboard, http://HEAD:8265.")
-@click.option("--root", default=None, help="Folder for the sweep folder on the head node (default: sweep.root, made absolute here).")
+@click.option("--root", default=None,
+              help="Folder for the sweep folder on the head (default: sweep.root). Passed through unchanged: a "
+                   "relative path is resolved on the head, against the working directory of its `ray start`, "
+                   "not here. Give a path on a filesystem every node mounts at the same path.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI as seen from the head node.")
-def submit_cmd(spec_path, address, root, tracking_uri):
-    """Submit SPEC's sweep to a Ray cluster as a Ray Job; prints the job id."""
+@click.option("--metrics-host", default=None,
+              help="Address the driver's Prometheus endpoint binds on the head (default: the head's "
+                   "CIRCUITRY_METRICS_HOST, else sweep.metrics_host).")
+def submit_cmd(spec_path, address, root, tracking_uri, metrics_host):
+    """Submit SPEC's sweep to a Ray cluster as a Ray Job; prints the job id.
+
+    The spec travels in the job's runtime env; the driver (`circuitry run`) runs on the head in
+    the working directory of the head's `ray start`. RAY_AUTH_MODE is forwarded only when you
+    set it yourself: otherwise the cluster's own auth setting applies."""
+    from orchestrator.cli import user_set
+    from orchestrator.spec import _host
+
     spec = _spec(spec_path, root)
-    root_abs = str(Path(root or spec.root).resolve())
-    work = Path(tempfile.mkdtemp(prefix="circuitry-submit-"))
-    (work / "spec.toml").write_text(spec.source)
-    entry = f"circuitry run spec.toml --root {shlex.quote(root_abs)}"
+    if metrics_host is not None:
+        try:
+            _host("--metrics-host", metrics_host)
+        except SpecError as e:
+            raise SweepInputError(str(e)) from None
+    entry = f"printenv {SPEC_ENV} | circuitry run -"
+    if root is not None:
+        entry += f" --root {shlex.quote(root)}"
     if tracking_uri:
         entry += f" --tracking-uri {shlex.quote(tracking_uri)}"
+    if metrics_host:
+        entry += f" --metrics-host {shlex.quote(metrics_host)}"
     client = _job_client(address)
-    env = {k: os.environ.get(k, v) for k, v in
-           {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}.items()}
+    env = {SPEC_ENV: spec.source}
+    for k, default in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true")):
+        env[k] = os.environ.get(k, default)
+    if user_set("RAY_AUTH_MODE"):
+        env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
     try:
-        job_id = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(work), "env_vars": env},
+        job_id = client.submit_job(entrypoint=entry, runtime_env={"env_vars": env},
                                    metadata={"circuitry_sweep": spec.name})
     except Exception as e:  # noqa: BLE001
         raise click.ClickException(f"--address: submitting to {address} failed ({e})") from None

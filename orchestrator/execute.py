@@ -138,16 +138,19 @@ def _commit(tmp: Path, sweep_dir: Path, job: Job, record: dict) -> dict:
     return record
 
 
-def _record(job: Job, figures: dict, started: float, peak: int, **extra) -> dict:
+def _record(job: Job, figures: dict, started: float, peak: int, node_id: str | None = None, **extra) -> dict:
+    """A job's record (job.json). `node_id`: the Ray node it ran on (orchestrator.remote passes it;
+    None in a plain loop), beside the host name and pid."""
     return {
         "job_id": job.id, "kind": job.kind, "label": job.label, "status": "finished",
         "settings": job.settings, "model_id": job.model_id, "version": package_version(),
         "figures": figures, "duration_seconds": time.time() - started, "peak_memory_bytes": peak,
-        "worker_pid": os.getpid(), "hostname": socket.gethostname(), "finished_at": time.time(), **extra,
+        "worker_pid": os.getpid(), "hostname": socket.gethostname(), "node_id": node_id, "finished_at": time.time(), **extra,
     }
 
 
-def execute_train(job: Job | dict, sweep_dir: str | Path, actor=None, faults=None, device: str = "cpu"):
+def execute_train(job: Job | dict, sweep_dir: str | Path, actor=None, faults=None, device: str = "cpu",
+                  node_id: str | None = None):
     """Train one model; returns (record, checkpoint)."""
     from workers.outputs import write_training
     from workers.profile import PeakMemory
@@ -169,7 +172,7 @@ def execute_train(job: Job | dict, sweep_dir: str | Path, actor=None, faults=Non
     write_training(result, tmp)
     n_edges = sum(int(w.numel()) for w in result.checkpoint["weights"])
     figures = {**result.metrics, "n_edges": n_edges}
-    record = _commit(tmp, sweep_dir, job, _record(job, figures, started, mem.peak_bytes, curve=result.curve,
+    record = _commit(tmp, sweep_dir, job, _record(job, figures, started, mem.peak_bytes, node_id, curve=result.curve,
                                                   files=["model.pt", "metrics.json", "network.png"]))
     rep.emit("done", flush=True)
     return record, result.checkpoint
@@ -180,17 +183,25 @@ def _discover_kwargs(job: Job) -> dict:
     return {"ablation": s["ablation"], "output": s["output"], "seed": s["seed"]}
 
 
-def _write_discovery(job: Job, sweep_dir: Path, d, ckpt, started: float, peak: int, **extra) -> dict:
+def _discover_device(job: Job) -> str:
+    """Where a discovery runs: the job's "device" setting when it has one, else "auto" (the GPU
+    when the worker's torch sees one)."""
+    return job.settings.get("device") or "auto"
+
+
+def _write_discovery(job: Job, sweep_dir: Path, d, ckpt, started: float, peak: int, node_id: str | None = None,
+                     **extra) -> dict:
     from workers.discover import write_discovery
 
     tmp = _tmp_dir(sweep_dir, job.id)
     write_discovery(d, tmp, ckpt)
     figures = {k: v for k, v in d.summary.items()}
-    return _commit(tmp, sweep_dir, job, _record(job, figures, started, peak,
+    return _commit(tmp, sweep_dir, job, _record(job, figures, started, peak, node_id,
                                                files=["circuit.parquet", "summary.json", "circuit.png"], **extra))
 
 
-def execute_discover(job: Job | dict, sweep_dir: str | Path, ckpt: dict, actor=None, faults=None) -> dict:
+def execute_discover(job: Job | dict, sweep_dir: str | Path, ckpt: dict, actor=None, faults=None,
+                     node_id: str | None = None) -> dict:
     """Find one circuit in one pass; returns the record."""
     from workers.discover import discover
     from workers.profile import PeakMemory
@@ -203,9 +214,9 @@ def execute_discover(job: Job | dict, sweep_dir: str | Path, ckpt: dict, actor=N
     inject_faults(job, sweep_dir, faults)
     with PeakMemory("cpu") as mem:
         d = discover(ckpt, job.settings["method"], job.settings["threshold"], progress=rep.edges,
-                     **_discover_kwargs(job))
+                     device=_discover_device(job), **_discover_kwargs(job))
     rep.flush()
-    record = _write_discovery(job, sweep_dir, d, ckpt, started, mem.peak_bytes, chunks=1)
+    record = _write_discovery(job, sweep_dir, d, ckpt, started, mem.peak_bytes, node_id, chunks=1)
     rep.emit("done", flush=True)
     return record
 
@@ -220,13 +231,14 @@ def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, acto
     rep.emit("chunk", stop - start, flush=True)
     t0 = time.time()
     with PeakMemory("cpu") as mem:
-        scores = exact_scores(ckpt, start=start, stop=stop, progress=rep.edges, **_discover_kwargs(job))
+        scores = exact_scores(ckpt, start=start, stop=stop, progress=rep.edges, device=_discover_device(job),
+                              **_discover_kwargs(job))
     rep.flush(wait=True)
     return scores, t0, time.time(), mem.peak_bytes
 
 
 def execute_exact_merge(job: Job | dict, sweep_dir: str | Path, ckpt: dict, chunks: list, actor=None,
-                        faults=None) -> dict:
+                        faults=None, node_id: str | None = None) -> dict:
     """Assemble the chunks' scores into the circuit, as one-pass `exact` would write it."""
     import numpy as np
 
@@ -243,7 +255,8 @@ def execute_exact_merge(job: Job | dict, sweep_dir: str | Path, ckpt: dict, chun
     d = discovery_from_scores(ckpt, scores, method="exact", threshold=s["threshold"],
                               seconds=max(c[2] for c in chunks) - started, **_discover_kwargs(job))
     d.summary["discovery_seconds_incl_merge"] = time.time() - started
-    record = _write_discovery(job, sweep_dir, d, ckpt, started, max(c[3] for c in chunks), chunks=len(chunks))
+    record = _write_discovery(job, sweep_dir, d, ckpt, started, max(c[3] for c in chunks), node_id,
+                              chunks=len(chunks))
     rep.emit("done", flush=True)
     return record
 

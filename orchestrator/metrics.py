@@ -1,4 +1,5 @@
-"""Prometheus metrics of a running sweep, served on 127.0.0.1 while it runs, and the terminal
+"""Prometheus metrics of a running sweep, served while it runs (on 127.0.0.1 unless
+sweep.metrics_host / --metrics-host / CIRCUITRY_METRICS_HOST say otherwise), and the terminal
 progress line. Fed by the driver: job state changes it sees itself, progress events workers send
 through the Ray progress actor (orchestrator.remote.ProgressActor).
 
@@ -18,6 +19,7 @@ Exported (names follow Prometheus conventions):
 """
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from collections import defaultdict
@@ -93,16 +95,18 @@ class SweepMetrics:
             self.rss.labels(str(pid)).set(rss)
 
     # ------------------------------------------------------------ endpoint
-    def serve(self, port: int) -> int | None:
-        """Serve /metrics on 127.0.0.1:port (0 = any free port); returns the port, or None when
-        the port is taken (the sweep runs on without an endpoint)."""
+    def serve(self, port: int, host: str = "127.0.0.1") -> int | None:
+        """Serve /metrics on host:port (0 = any free port); returns the port, or None when the
+        port is taken (the sweep runs on without an endpoint, after a one-line warning)."""
         if port < 0:
             return None
         try:
-            self.server, _ = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+            self.server, _ = start_http_server(port, addr=host, registry=self.registry)
         except OSError as e:
-            print(f"warning: metrics endpoint 127.0.0.1:{port} not started ({e.strerror}); "
-                  "pass --metrics-port 0 for any free port", file=sys.stderr)
+            why = "port in use, e.g. by another sweep's driver" if e.errno == errno.EADDRINUSE else e.strerror
+            print(f"warning: metrics endpoint {host}:{port} not started ({why}); this sweep runs without "
+                  "one; choose another port with --metrics-port N or sweep.metrics_port (0 = any free port)",
+                  file=sys.stderr, flush=True)
             return None
         self.port = self.server.server_port
         return self.port

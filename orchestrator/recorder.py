@@ -60,7 +60,7 @@ def flat_row(rec: dict) -> dict:
         "job_id": rec["job_id"], "kind": rec["kind"], "label": rec.get("label"), "status": rec.get("status"),
         "model_id": rec.get("model_id"), "duration_seconds": rec.get("duration_seconds"),
         "peak_memory_bytes": rec.get("peak_memory_bytes"), "attempts": rec.get("attempts"),
-        "worker_pid": rec.get("worker_pid"), "hostname": rec.get("hostname"),
+        "worker_pid": rec.get("worker_pid"), "hostname": rec.get("hostname"), "node_id": rec.get("node_id"),
         "finished_at": rec.get("finished_at"), "version": rec.get("version"), "error": rec.get("error"),
         "chunks": rec.get("chunks"),
     }
@@ -127,8 +127,11 @@ class MlflowLogger:
             self.client.set_tag(self.parent, k, str(v)[:5000])
 
     def _known_runs(self) -> dict[str, str]:
-        """job id -> status of the runs already in the experiment (FINISHED wins)."""
+        """job id -> status of the runs already in the experiment (FINISHED wins). Runs that did not
+        finish (a FAILED job, or a run cut off when the server went away) are remembered in
+        self.stale and replaced when the job is logged again: one run per job id."""
         known: dict[str, str] = {}
+        self.stale: dict[str, list[str]] = {}
         token = None
         while True:
             page = self.client.search_runs([self.exp_id], f"tags.`{ROLE_TAG}` = 'job'", max_results=1000,
@@ -137,6 +140,8 @@ class MlflowLogger:
                 jid = run.data.tags.get(JOB_TAG)
                 if jid and known.get(jid) != "FINISHED":
                     known[jid] = run.info.status
+                if jid and run.info.status != "FINISHED":
+                    self.stale.setdefault(jid, []).append(run.info.run_id)
             token = page.token
             if not token:
                 return known
@@ -159,6 +164,8 @@ class MlflowLogger:
         status = "FINISHED" if rec.get("status") == "finished" else "FAILED"
         if self.known.get(jid) == "FINISHED":
             return False
+        for old in self.stale.pop(jid, []):
+            self.client.delete_run(old)
         settings = rec.get("settings") or {}
         tags = {ROLE_TAG: "job", JOB_TAG: jid, "mlflow.parentRunId": self.parent, "kind": rec["kind"],
                 "status": rec.get("status", ""), "sweep": self.sweep_name}
@@ -192,6 +199,8 @@ class MlflowLogger:
             self.client.log_artifacts(run_id, str(folder))
         self.client.set_terminated(run_id, status)
         self.known[jid] = status
+        if status != "FINISHED":
+            self.stale.setdefault(jid, []).append(run_id)
         return True
 
     def end(self, status: str) -> None:

@@ -36,18 +36,19 @@ def job_task(op: str, cpus: float, actor, *args):
     Returns (result, checkpoint or None)."""
     _threads(cpus)
     send = _sender(actor)
+    node = ray.get_runtime_context().get_node_id()  # recorded in job.json (workers import no Ray)
     if op == "train":
         job, sweep_dir, faults, device = args
-        return execute.execute_train(job, sweep_dir, send, faults, device)
+        return execute.execute_train(job, sweep_dir, send, faults, device, node)
     if op == "discover":
         job, sweep_dir, ckpt, faults = args
-        return execute.execute_discover(job, sweep_dir, ckpt, send, faults), None
+        return execute.execute_discover(job, sweep_dir, ckpt, send, faults, node), None
     if op == "chunk":
         job, ckpt, start, stop = args
         return execute.execute_exact_chunk(job, ckpt, start, stop, send), None
     if op == "merge":
         job, sweep_dir, ckpt, faults, *chunks = args
-        return execute.execute_exact_merge(job, sweep_dir, ckpt, list(chunks), send, faults), None
+        return execute.execute_exact_merge(job, sweep_dir, ckpt, list(chunks), send, faults, node), None
     raise ValueError(f"unknown op {op!r}")
 
 

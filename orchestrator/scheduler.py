@@ -80,11 +80,12 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 class Scheduler:
     def __init__(self, spec: Spec, *, tracking_uri: str | None = None, metrics_port: int | None = None,
-                 progress: bool = True, record_mlflow: bool = True, echo=None):
+                 metrics_host: str | None = None, progress: bool = True, record_mlflow: bool = True, echo=None):
         self.spec = spec
         self.sweep_dir = spec.sweep_dir.resolve()
         self.uri = resolve_uri(self.sweep_dir, tracking_uri or spec.tracking_uri)
         self.metrics_port = spec.metrics_port if metrics_port is None else metrics_port
+        self.metrics_host = metrics_host or spec.metrics_host
         self.progress = progress
         self.record_mlflow = record_mlflow
         self.echo = echo or (lambda m: print(m, flush=True))
@@ -132,9 +133,12 @@ class Scheduler:
         m.set_total(len(spec.jobs))
         for kind in ("train", "discover"):
             m.move(kind, None, "cached", sum(1 for j in done_ids if self.jobs[j].kind == kind))
-        out.metrics_port = m.serve(self.metrics_port)
+        out.metrics_port = m.serve(self.metrics_port, self.metrics_host)
         if out.metrics_port:
-            self.echo(f"metrics: http://127.0.0.1:{out.metrics_port}/metrics")
+            host = self.metrics_host
+            shown = f"[{host}]" if ":" in host else host
+            where = " (every interface of this node)" if host in ("0.0.0.0", "::") else ""
+            self.echo(f"metrics: http://{shown}:{out.metrics_port}/metrics{where}")
 
         recorder = Recorder(self.sweep_dir, spec.name, self.uri,
                             {"n_jobs": len(spec.jobs), "spec": spec.source, "sweep_dir": str(self.sweep_dir)},

@@ -3,8 +3,11 @@ into a job graph whose ids are content hashes (design.md, "Identity and resume")
 
 A spec (see examples/quickstart.toml):
 
-    [sweep]      name, root (folder the sweep folder goes under), tracking_uri ("" = an SQLite
-                 store in the sweep folder), metrics_port (Prometheus; 0 = any free port, -1 = off)
+    [sweep]      name, root (folder the sweep folder goes under; relative = to the driver's working
+                 directory; a multi-node cluster needs it on a filesystem every node mounts at the
+                 same path), tracking_uri ("" = an SQLite store in the sweep folder), metrics_port
+                 (Prometheus; 0 = any free port, -1 = off), metrics_host (address the endpoint
+                 binds: 127.0.0.1, or 0.0.0.0 so a cluster's Prometheus can reach it)
     [train]      grid: task, regime, seed, steps, lam, lr, width, swap_every, top_k, final_factor,
                  log_every (each a value or a list of values; lists multiply)
     [discover]   grid: method, threshold, ablation, output, seed (optional table: no discovery)
@@ -124,6 +127,12 @@ def _port(path, v):
     return v
 
 
+def _host(path, v):
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*", v):
+        raise SpecError(f"{path}: {_show(v)} is not a host to bind (127.0.0.1, 0.0.0.0, ::, a host name)")
+    return v
+
+
 def _selector(path, v):
     if not isinstance(v, str) or not v:
         raise SpecError(f"{path}: {_show(v)} is not a job selector (\"train\", \"discover\" or a job label prefix)")
@@ -136,6 +145,7 @@ SWEEP_FIELDS = {
     "root": (_string, "sweeps"),
     "tracking_uri": (_tracking_uri, ""),
     "metrics_port": (_port, 9464),
+    "metrics_host": (_host, "127.0.0.1"),
 }
 TRAIN_GRID = {
     "task": (_choice(tuple(TASKS)), None),
@@ -278,6 +288,7 @@ class Spec:
     resources: dict
     testing: dict
     source: str = ""  # the TOML text
+    metrics_host: str = "127.0.0.1"
     jobs: list[Job] = field(default_factory=list)
 
     @property
@@ -374,7 +385,7 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
             raise SpecError(f"train.width[{i}]: {w} is too wide; allowed: 1..4096")
     root_path = Path(root if root is not None else sweep["root"]).expanduser()
     spec = Spec(sweep["name"], root_path, sweep["tracking_uri"], sweep["metrics_port"], train, discover,
-                resources, testing, text)
+                resources, testing, text, sweep["metrics_host"])
     spec.jobs = expand(train, discover)
     return spec
 

@@ -78,7 +78,7 @@ def test_one_image_name_everywhere():
     ours = [i for p in YAML_FILES for i in images(docs(p)) if "circuitry" in i]
     assert ours and set(ours) == {IMAGE}, set(ours)
     compose = docs(COMPOSE)[0]
-    for name in ("ray-head", "ray-worker", "mlflow", "metrics-relay"):
+    for name in ("ray-head", "ray-worker", "mlflow"):
         assert compose["services"][name]["image"] == IMAGE, name
     for kind in ("RayCluster", "RayJob", "Deployment"):
         assert set(images(kube(kind))) == {IMAGE}, kind
@@ -94,21 +94,90 @@ def test_one_image_name_everywhere():
 
 
 def test_circuitry_metrics_port_is_the_code_default_everywhere():
+    """The driver's endpoint is scraped directly on the head (no relay): it binds 0.0.0.0 there
+    through CIRCUITRY_METRICS_HOST (compose, KubeRay) or --metrics-host (the RayJob)."""
     port = default_metrics_port()
-    relay = f"TCP:127.0.0.1:{port}"
     compose = docs(COMPOSE)[0]["services"]
-    assert relay in compose["metrics-relay"]["command"]
-    assert compose["metrics-relay"]["network_mode"] == "service:ray-head"
-    listen = int(re.search(r"TCP-LISTEN:(\d+)", " ".join(compose["metrics-relay"]["command"])).group(1))
-    head_containers = {c["name"]: c for c in containers(kube("RayCluster")["spec"]["headGroupSpec"])}
-    assert relay in head_containers["metrics-relay"]["command"]
-    assert f"TCP-LISTEN:{listen}," in " ".join(head_containers["metrics-relay"]["command"])
-    svc_ports = {p["name"]: p["port"] for p in kube("Service", "circuitry-metrics")["spec"]["ports"]}
-    assert svc_ports == {"circuitry": listen, "ray-metrics": 8080}
+    assert "metrics-relay" not in compose and "socat" not in COMPOSE.read_text()
+    assert compose["ray-head"]["environment"]["CIRCUITRY_METRICS_HOST"] == "0.0.0.0"
+    assert kube("ConfigMap", "circuitry-env")["data"]["CIRCUITRY_METRICS_HOST"] == "0.0.0.0"
+    head = kube("RayCluster")["spec"]["headGroupSpec"]
+    assert [c["name"] for c in containers(head)] == ["ray-head"]  # no sidecar
+    assert {"containerPort": port, "name": "circuitry-metr"} in containers(head)[0]["ports"]
+    entry = kube("RayJob")["spec"]["entrypoint"].split()
+    assert entry[entry.index("--metrics-host") + 1] == "0.0.0.0"
+    svc_ports = {p["name"]: (p["port"], p["targetPort"]) for p in kube("Service", "circuitry-metrics")["spec"]["ports"]}
+    assert svc_ports == {"circuitry": (port, port), "ray-metrics": (8080, 8080)}
     scrape = {j["job_name"]: j for j in docs(PROMETHEUS)[0]["scrape_configs"]}
-    assert scrape["circuitry"]["static_configs"][0]["targets"] == [f"ray-head:{listen}"]
-    assert f"127.0.0.1:{port}" in PROMETHEUS.read_text()
+    assert scrape["circuitry"]["static_configs"][0]["targets"] == [f"ray-head:{port}"]
     assert f"metrics_port = {port}" in (DEPLOY / "sweep.toml").read_text()
+    assert "socat" not in (DEPLOY / "Dockerfile").read_text()
+
+
+def test_metrics_host_option_and_env():
+    from click.testing import CliRunner
+
+    from orchestrator import cli as cli_mod
+    from orchestrator.spec import SWEEP_FIELDS, SpecError, parse_spec
+
+    assert SWEEP_FIELDS["metrics_host"][1] == "127.0.0.1"
+    cli_mod._register_commands()
+    run = cli_mod.cli.commands["run"]
+    opt = next(p for p in run.params if "--metrics-host" in p.opts)
+    assert opt.envvar == "CIRCUITRY_METRICS_HOST"
+    base = '[sweep]\nname = "h"\n{}[train]\ntask = "independence"\nregime = "bimt"\nsteps = 1\n'
+    assert parse_spec(base.format("")).metrics_host == "127.0.0.1"
+    assert parse_spec(base.format('metrics_host = "0.0.0.0"\n')).metrics_host == "0.0.0.0"
+    with pytest.raises(SpecError, match="sweep.metrics_host"):
+        parse_spec(base.format('metrics_host = "a b"\n'))
+    r = CliRunner().invoke(cli_mod.cli, ["run", "nope.toml", "--metrics-host", "a b"])
+    assert r.exit_code == 2
+    for cmd in ("run", "submit"):  # the shared-filesystem and relative-root rules are in the help
+        assert "every node" in CliRunner().invoke(cli_mod.cli, [cmd, "--help"]).output
+
+
+def test_taken_metrics_port_warns_in_one_line(capfd):
+    from orchestrator.metrics import SweepMetrics
+
+    first, second = SweepMetrics("one"), SweepMetrics("two")
+    port = first.serve(0)
+    try:
+        assert port and second.serve(port) is None
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"127.0.0.1:{port}" in err[0] and "in use" in err[0]
+        assert "metrics_port" in err[0] and "0 = any free port" in err[0]
+    finally:
+        first.close()
+
+
+def test_submit_forwards_ray_auth_mode_only_when_user_set(monkeypatch):
+    from orchestrator import cli as cli_mod
+
+    captured = {}
+
+    class FakeClient:
+        def __init__(self, address):
+            pass
+
+        def submit_job(self, entrypoint, runtime_env, metadata):
+            captured.update(entrypoint=entrypoint, env=runtime_env["env_vars"])
+            return "raysubmit_x"
+
+    import ray.job_submission
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", FakeClient)
+    spec = ROOT / "examples" / "quickstart.toml"
+    for user_env, forwarded in ((None, None), ("token", "token")):
+        if user_env is None:
+            monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        else:
+            monkeypatch.setenv("RAY_AUTH_MODE", user_env)
+        # main() sets RAY_AUTH_MODE=disabled when unset, for local use; submit must not forward that
+        cli_mod.main(["submit", str(spec), "--address", "http://127.0.0.1:1", "--root", "rel/sweeps"])
+        assert captured["env"].get("RAY_AUTH_MODE") == forwarded
+        assert "--root rel/sweeps" in captured["entrypoint"]  # unchanged: resolved on the head
+        assert "CIRCUITRY_SPEC_TOML" in captured["env"]
+    monkeypatch.setattr(cli_mod, "USER_SET_ENV", None)
 
 
 def test_ray_ports_agree():
@@ -127,7 +196,8 @@ def test_ray_ports_agree():
     rc = kube("RayCluster")["spec"]
     head = rc["headGroupSpec"]
     ports = {p["name"]: p["containerPort"] for p in containers(head)[0]["ports"]}
-    assert ports == {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080}
+    assert ports == {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080,
+                     "circuitry-metr": default_metrics_port()}
     assert head["rayStartParams"]["metrics-export-port"] == "8080"
     groups = {g["groupName"]: g for g in rc["workerGroupSpecs"]}
     assert set(groups) == {"cpu", "gpu"}
