@@ -18,6 +18,7 @@ install: $(BIN)/circuitry
 
 demo: install
 	$(BIN)/circuitry run examples/quickstart.toml
+	$(BIN)/circuitry report sweeps/quickstart
 
 test: install
 	$(BIN)/python -m pytest -q

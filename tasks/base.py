@@ -10,6 +10,11 @@ import torch
 import torch.nn.functional as F
 
 
+def live_edges(weights: list[torch.Tensor]) -> set[tuple[int, int, int]]:
+    """Every (layer, src_pos, dst_pos) whose weight is non-zero: a planted net's circuit."""
+    return {(l, i, j) for l, w in enumerate(weights) for j, i in torch.nonzero(w).tolist()}
+
+
 class TaskDataError(ValueError):
     """A task's data cannot be had (a missing or malformed file); the message says what to fix."""
 
@@ -36,7 +41,8 @@ class Task:
     vocab: int | None = None
     embed_dim: int | None = None
     # Ground truth, where known. `dependencies[k]` is the set of input features output k depends
-    # on (0-based). `teacher_edges` is a set of (layer, src_pos, dst_pos) edges of a planted net.
+    # on (0-based). `teacher` builds the checkpoint of a planted net whose live edges
+    # (`live_edges(teacher()['weights'])`) are the ground-truth circuit.
     dependencies: tuple[frozenset[int], ...] | None = None
     teacher: Callable[[], dict] | None = None
     # Training defaults that suit this task (a spec or the CLI may override them).

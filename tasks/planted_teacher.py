@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tasks.base import Data, Task
+from tasks.base import Data, Task, live_edges
 
 SHAPE = (6, 12, 12, 3)
 BLOCKS = 3
@@ -77,8 +77,7 @@ def teacher() -> dict:
 
 def teacher_edges() -> set[tuple[int, int, int]]:
     """The ground-truth circuit: every (layer, src_pos, dst_pos) with a non-zero teacher weight."""
-    weights, _ = _teacher_weights()
-    return {(l, int(i), int(j)) for l, w in enumerate(weights) for j, i in torch.nonzero(w).tolist()}
+    return live_edges(_teacher_weights()[0])
 
 
 def _teacher_forward(x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from tasks import get_task
+from tasks.base import live_edges
 from workers import acdc as acdc_mod
 from workers import evaluate as ev
 from workers.attribution import attribution_scores
@@ -327,7 +328,7 @@ def _ground_truth(ckpt, prep: Prepared, masks, flat_scores, keep, output) -> dic
     out = {}
     if task.teacher is not None:
         teacher_ckpt = task.teacher()
-        truth = _teacher_edge_set(teacher_ckpt)
+        truth = live_edges(teacher_ckpt["weights"])
         if ckpt.get("regime") == "teacher":
             out.update(ev.edge_agreement(truth, flat_scores, keep, graph))
         else:  # a student: match hidden neurons to the teacher's first
@@ -341,10 +342,6 @@ def _ground_truth(ckpt, prep: Prepared, masks, flat_scores, keep, output) -> dic
             dep["dependencies_match"] = dep["dependencies_found"][output] == dep["dependencies_true"][output]
         out.update(dep)
     return out
-
-
-def _teacher_edge_set(teacher_ckpt: dict) -> set:
-    return {(l, int(i), int(j)) for l, w in enumerate(teacher_ckpt["weights"]) for j, i in torch.nonzero(w).tolist()}
 
 
 def circuit_table(graph: Graph, masks, flat_scores: torch.Tensor, config: dict) -> pa.Table:
