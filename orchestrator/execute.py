@@ -149,6 +149,18 @@ def _record(job: Job, figures: dict, started: float, peak: int, node_id: str | N
     }
 
 
+def _begin(job: Job | dict, sweep_dir: str | Path, actor, faults) -> tuple[Job, Path, "Reporter", float]:
+    """How every job starts: its Job, the sweep folder, a progress reporter that has sent
+    "start", the start time, and (test only) the injected faults."""
+    job = Job(**job) if isinstance(job, dict) else job
+    sweep_dir = Path(sweep_dir)
+    rep = Reporter(actor, job)
+    rep.emit("start", flush=True)
+    started = time.time()
+    inject_faults(job, sweep_dir, faults)
+    return job, sweep_dir, rep, started
+
+
 def execute_train(job: Job | dict, sweep_dir: str | Path, actor=None, faults=None, device: str = "cpu",
                   node_id: str | None = None):
     """Train one model; returns (record, checkpoint)."""
@@ -156,12 +168,7 @@ def execute_train(job: Job | dict, sweep_dir: str | Path, actor=None, faults=Non
     from workers.profile import PeakMemory
     from workers.train import TrainConfig, train
 
-    job = Job(**job) if isinstance(job, dict) else job
-    sweep_dir = Path(sweep_dir)
-    rep = Reporter(actor, job)
-    rep.emit("start", flush=True)
-    started = time.time()
-    inject_faults(job, sweep_dir, faults)
+    job, sweep_dir, rep, started = _begin(job, sweep_dir, actor, faults)
     s = job.settings
     config = TrainConfig(task=s["task"], regime=s["regime"], steps=s["steps"], seed=s["seed"], lam=s["lam"],
                          lr=s["lr"], swap_every=s["swap_every"], top_k=s["top_k"], width=s["width"],
@@ -203,18 +210,14 @@ def _write_discovery(job: Job, sweep_dir: Path, d, ckpt, started: float, peak: i
 def execute_discover(job: Job | dict, sweep_dir: str | Path, ckpt: dict, actor=None, faults=None,
                      node_id: str | None = None) -> dict:
     """Find one circuit in one pass; returns the record."""
-    from workers.discover import discover
+    from workers.discover import discover, resolve_device
     from workers.profile import PeakMemory
 
-    job = Job(**job) if isinstance(job, dict) else job
-    sweep_dir = Path(sweep_dir)
-    rep = Reporter(actor, job)
-    rep.emit("start", flush=True)
-    started = time.time()
-    inject_faults(job, sweep_dir, faults)
-    with PeakMemory("cpu") as mem:
+    job, sweep_dir, rep, started = _begin(job, sweep_dir, actor, faults)
+    device = resolve_device(_discover_device(job))
+    with PeakMemory(device) as mem:
         d = discover(ckpt, job.settings["method"], job.settings["threshold"], progress=rep.edges,
-                     device=_discover_device(job), **_discover_kwargs(job))
+                     device=device, **_discover_kwargs(job))
     rep.flush()
     record = _write_discovery(job, sweep_dir, d, ckpt, started, mem.peak_bytes, node_id, chunks=1)
     rep.emit("done", flush=True)
@@ -223,15 +226,16 @@ def execute_discover(job: Job | dict, sweep_dir: str | Path, ckpt: dict, actor=N
 
 def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, actor=None):
     """`exact` scores of edges [start, stop); returns (scores, t_start, t_end, peak_bytes)."""
-    from workers.discover import exact_scores
+    from workers.discover import exact_scores, resolve_device
     from workers.profile import PeakMemory
 
     job = Job(**job) if isinstance(job, dict) else job
     rep = Reporter(actor, job)
     rep.emit("chunk", stop - start, flush=True)
     t0 = time.time()
-    with PeakMemory("cpu") as mem:
-        scores = exact_scores(ckpt, start=start, stop=stop, progress=rep.edges, device=_discover_device(job),
+    device = resolve_device(_discover_device(job))
+    with PeakMemory(device) as mem:
+        scores = exact_scores(ckpt, start=start, stop=stop, progress=rep.edges, device=device,
                               **_discover_kwargs(job))
     rep.flush(wait=True)
     return scores, t0, time.time(), mem.peak_bytes
@@ -244,11 +248,7 @@ def execute_exact_merge(job: Job | dict, sweep_dir: str | Path, ckpt: dict, chun
 
     from workers.discover import discovery_from_scores
 
-    job = Job(**job) if isinstance(job, dict) else job
-    sweep_dir = Path(sweep_dir)
-    rep = Reporter(actor, job)
-    rep.emit("start", flush=True)
-    inject_faults(job, sweep_dir, faults)
+    job, sweep_dir, rep, _ = _begin(job, sweep_dir, actor, faults)
     started = min(c[1] for c in chunks)
     scores = np.concatenate([c[0] for c in chunks])
     s = job.settings
