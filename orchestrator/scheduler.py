@@ -300,12 +300,20 @@ class Scheduler:
         except KeyboardInterrupt:
             interrupted = True
             out.interrupted = True
-            for refs in live.values():
-                for ref in refs:
-                    try:
-                        ray.cancel(ref, force=True)
-                    except Exception:  # noqa: BLE001 - already finished or gone
-                        pass
+            cancelled = [ref for refs in live.values() for ref in refs]
+            for ref in cancelled:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - already finished or gone
+                    pass
+            # force-cancel kills workers asynchronously: wait until they are gone, so none is
+            # still writing when we (or the next run) clear their half-written .tmp- folders
+            try:
+                ray.wait(cancelled, num_returns=len(cancelled), timeout=15)
+            except Exception:  # noqa: BLE001
+                pass
+            for tmp in (self.sweep_dir / "jobs").glob(".tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
         finally:
             try:
                 handle_events(ray.get(actor.drain.remote(), timeout=5))
