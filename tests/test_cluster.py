@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -301,16 +302,27 @@ def test_submit_runs_on_both_nodes_records_to_mlflow_and_serves_metrics(cluster,
     mport = free_port()
     spec = write_spec(tmp_path / "s.toml", "cluster-a", root, mport, steps=100)
     ids = job_ids(spec)
-    job = cluster.submit(spec)
     samples: list[dict] = []
+    stop = threading.Event()
 
-    def scrape_now():
-        try:
-            samples.append(scrape(mport))
-        except OSError:
-            pass  # the driver has not started its endpoint yet, or has stopped it
+    def scrape_while_running():
+        # its own thread, every 0.2 s: each `circuitry status` poll takes seconds, and the
+        # sweep's endpoint lives only while the sweep runs
+        while not stop.is_set():
+            try:
+                samples.append(scrape(mport))
+            except OSError:
+                pass  # the driver has not started its endpoint yet, or has stopped it
+            stop.wait(0.2)
 
-    assert cluster.follow(job, 150, during=scrape_now) == "SUCCEEDED", cluster.logs(job)[-3000:]
+    scraper = threading.Thread(target=scrape_while_running, daemon=True)
+    scraper.start()
+    try:
+        job = cluster.submit(spec)
+        assert cluster.follow(job, 150) == "SUCCEEDED", cluster.logs(job)[-3000:]
+    finally:
+        stop.set()
+        scraper.join(5)
     log = cluster.logs(job)
     assert f"metrics: http://127.0.0.1:{mport}/metrics" in log
     assert "12 jobs ran, 0 were already finished, 0 failed" in log
