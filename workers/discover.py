@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from workers import acdc as acdc_mod
 from workers import evaluate as ev
 from workers.attribution import attribution_scores
 from workers.graph import ABLATIONS, Graph, Problem
+from workers.profile import PeakMemory
 
 METHODS = ("acdc", "exact", "eap", "eap-ig")
 SCORE_METHODS = ("exact", "eap", "eap-ig")
@@ -187,26 +187,30 @@ def discover(ckpt: dict, method: str, threshold: float | None = None, *, ablatio
     _check_selection(method, threshold, top_k, edge_fraction)
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
-    problem = prep.problem.to(dev)
-    masks = None
-    if method == "acdc":
-        res = acdc_mod.acdc(problem, threshold, progress=progress)
-        scores, masks, spent = ev.flatten(res.scores), res.masks, res.forward_examples
-    elif method == "exact":
-        scores, spent = acdc_mod.exact_scores(problem, progress=progress)
-    else:
-        if prep.labels_pos is None:
-            raise DiscoveryInputError("--data", f"{method} needs labels: add 'labels' to the --data file")
-        per_layer, spent = attribution_scores(problem, prep.labels_pos.to(dev), method)
-        scores = ev.flatten([s.cpu() for s in per_layer])
-        if progress:
-            progress(prep.graph.n_edges)
+    with PeakMemory(dev) as mem:
+        prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
+        problem = prep.problem.to(dev)
+        masks = None
+        if method == "acdc":
+            res = acdc_mod.acdc(problem, threshold, progress=progress)
+            scores, masks, spent = ev.flatten(res.scores), res.masks, res.forward_examples
+        elif method == "exact":
+            scores, spent = acdc_mod.exact_scores(problem, progress=progress)
+        else:
+            if prep.labels_pos is None:
+                raise DiscoveryInputError("--data", f"{method} needs labels: add 'labels' to the --data file")
+            per_layer, spent = attribution_scores(problem, prep.labels_pos.to(dev), method)
+            scores = ev.flatten([s.cpu() for s in per_layer])
+            if progress:
+                progress(prep.graph.n_edges)
     seconds = time.perf_counter() - t0
     d = _assemble(ckpt, prep, method, scores, masks, threshold=threshold, top_k=top_k,
                   edge_fraction=edge_fraction, seconds=seconds, forward_examples=spent,
                   ablation=ablation, output=output, seed=seed)
     d.summary["device"] = str(dev)
+    # the discovery's own high-water mark (workers.profile: reset at the start on CPU)
+    d.summary["peak_memory_bytes"] = mem.peak_bytes
+    d.summary["peak_memory_delta_bytes"] = mem.delta_bytes
     return d
 
 
@@ -318,7 +322,6 @@ def _assemble(ckpt, prep: Prepared, method, flat_scores, masks, *, threshold, to
     summary["discovery_seconds"] = seconds
     summary["forward_examples"] = int(forward_examples)
     summary["edges_per_second"] = graph.n_edges / seconds if seconds and seconds > 0 else float("nan")
-    summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak
     table = circuit_table(graph, masks, flat_scores, config)
     return Discovery(table, summary, masks, ev.unflatten(graph, flat_scores), config)
 
