@@ -38,6 +38,7 @@ from workers import acdc as acdc_mod
 from workers import evaluate as ev
 from workers.attribution import attribution_scores
 from workers.graph import ABLATIONS, Graph, Problem
+from workers.outputs import write_json
 from workers.profile import PeakMemory
 
 METHODS = ("acdc", "exact", "eap", "eap-ig")
@@ -411,33 +412,8 @@ def write_discovery(d: Discovery, out_dir, ckpt: dict) -> Path:
     png_tmp = out / "circuit.tmp.png"
     _draw(ckpt, png_tmp, d.masks, title)
     os.replace(png_tmp, out / "circuit.png")
-    _write_json(d.summary, out / "summary.json")
+    write_json(d.summary, out / "summary.json")
     return out
-
-
-def _write_json(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _finite(x):
-    """NaN/inf -> null so summary.json is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
-def _json_default(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def export_eap_ig(d: Discovery, path) -> Path:
