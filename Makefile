@@ -2,7 +2,6 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 

@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -26,6 +25,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from orchestrator import execute  # noqa: E402
+from orchestrator.ray_session import start_local_ray  # noqa: E402
 from orchestrator.scheduler import Scheduler  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 
@@ -73,7 +73,7 @@ def overhead(tmp: Path, n_seeds: int):
     (the sweep's fixed cost, folder/recorder/actor setup, is the rest)."""
     sizes = (n_seeds, 3 * n_seeds)
     ray_s, loop_s = {}, {}
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
+    start_local_ray(1)
     try:
         run_sched(parse_spec(spec_text(tmp / "warm", "w", [1000], 5, ["acdc"], 4)))  # warm the worker
         for n in sizes:
@@ -96,7 +96,7 @@ def exact_fanout(tmp: Path, width: int):
 
     base = parse_spec(spec_text(tmp / "x", "x", [0], 20, [], width, tasks=("two_moons",)).replace(
         "[discover]\nmethod = []\nthreshold = 0.01\n", ""))
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
+    start_local_ray(1)
     try:
         run_sched(base)
     finally:
@@ -115,7 +115,7 @@ def exact_fanout(tmp: Path, width: int):
         spec = parse_spec(spec_text(root, "x", [0], 20, ["exact"], width, chunk=chunk, tasks=("two_moons",)))
         (spec.sweep_dir / "jobs").mkdir(parents=True)
         shutil.copytree(base.sweep_dir / "jobs" / tj.id, spec.sweep_dir / "jobs" / tj.id)  # model: cached
-        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
+        start_local_ray(cpus)
         try:
             run_sched(parse_spec(spec_text(tmp / f"w{cpus}", "w", [1], 5, ["exact"], 4, chunk=10)))  # warm workers
             wall, _ = run_sched(spec)
@@ -139,7 +139,7 @@ def _spin(n):
 def parallelism() -> float:
     """What 2 workers buy on this machine now: time of 2 CPU-bound tasks on 2 workers over 1 task
     (1.0 = perfect parallelism; 2.0 = the cores are taken by something else)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
+    start_local_ray(2)
     try:
         ray.get([_spin.remote(10) for _ in range(2)])
         t = time.perf_counter()

@@ -80,12 +80,14 @@ def _register_commands() -> None:
     cli.add_command(report_cmd, "report")
 
 
-# The environment circuitry defaults for local use when the user has not set it.
-ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-# Which of them the user had set before main() filled in the defaults (None: main() did not run,
-# so whatever is in os.environ came from the user). `circuitry submit` forwards RAY_AUTH_MODE to
-# the cluster only when the user set it: the default "disabled" must not override a token-auth
-# cluster's own setting.
+# The environment circuitry defaults for local use when the user has not set it. RAY_AUTH_MODE is
+# not among them: the embedded Ray runs with a per-run token (orchestrator/ray_session.py) and a
+# cluster keeps its own setting.
+ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+# The variables main() saw set by the user before anything in this process changed them (None:
+# main() did not run, so whatever is in os.environ came from the user). `circuitry submit` forwards
+# RAY_AUTH_MODE to the cluster only when the user set it, so the cluster's own setting applies.
+USER_ENV_KEYS = ("RAY_AUTH_MODE", *ENV_DEFAULTS)
 USER_SET_ENV: set[str] | None = None
 
 
@@ -95,7 +97,7 @@ def user_set(name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     global USER_SET_ENV
-    USER_SET_ENV = {k for k in ENV_DEFAULTS if k in os.environ}
+    USER_SET_ENV = {k for k in USER_ENV_KEYS if k in os.environ}
     for k, v in ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
     _register_commands()

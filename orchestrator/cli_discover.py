@@ -1,5 +1,5 @@
 """`circuitry discover`: find a checkpoint's circuit and write circuit.parquet, summary.json and
-circuit.png (and optionally the EAP-IG graph JSON). Bad input ends in one line naming the option
+circuit.png (and optionally circuit.graphml, or an EAP-IG-style JSON). Bad input ends in one line naming the option
 and the fix, exit code 2 (click.UsageError, which orchestrator.cli turns into that line)."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import click
 import torch
 
 from workers.discover import METHODS, DiscoveryInputError, discover, export_eap_ig, write_discovery
+from workers.export import export_graphml
 from workers.graph import ABLATIONS
 from workers.model import CheckpointError, load_checkpoint
 
@@ -35,7 +36,10 @@ def _load_data(path: str) -> dict:
 @click.option("--top-k", type=click.IntRange(min=0), default=None, help="Score methods: keep the k edges of largest |score|.")
 @click.option("--edge-fraction", type=click.FloatRange(0, 1), default=None, help="Score methods: keep this fraction of edges.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None, help="torch.save'd dict: clean, corrupt[, labels].")
-@click.option("--export", "export", type=click.Choice(["eap-ig"]), default=None, help="Also write the EAP-IG graph JSON.")
+@click.option("--export", "export", type=click.Choice(["graphml", "eap-ig"]), default=None,
+              help="Also write graphml: circuit.graphml (networkx, Gephi, Cytoscape), or eap-ig: graph_eap_ig.json, "
+                   "EAP-IG's node/edge/score layout (EAP-IG's own Graph.from_json cannot load it: it only "
+                   "builds transformer graphs).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Data split and corruption seed.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for circuit.parquet etc.")
 def discover_cmd(model_path, method, threshold, ablation, output, top_k, edge_fraction, data_path, export, seed, out):
@@ -53,7 +57,9 @@ def discover_cmd(model_path, method, threshold, ablation, output, top_k, edge_fr
     except DiscoveryInputError as e:
         raise click.BadParameter(str(e), param_hint=e.option) from None
     out_dir = write_discovery(d, out, ckpt)
-    if export == "eap-ig":
+    if export == "graphml":
+        export_graphml(d.table, ckpt, Path(out_dir) / "circuit.graphml")
+    elif export == "eap-ig":
         export_eap_ig(d, Path(out_dir) / "graph_eap_ig.json")
     s = d.summary
     click.echo(f"{s['task']} {method} ({ablation}): {s['n_edges_kept']}/{s['n_edges_total']} edges kept, "

@@ -81,7 +81,8 @@ def validate_cmd(spec_path):
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, num_cpus, no_mlflow, quiet):
     """Run SPEC's sweep on Ray; only jobs without a finished result run."""
-    from orchestrator.scheduler import Scheduler, SweepBusy, ensure_ray
+    from orchestrator.ray_session import ensure_ray
+    from orchestrator.scheduler import Scheduler, SweepBusy
 
     spec = _spec(spec_path, root)
     from orchestrator.spec import _host, _tracking_uri

@@ -62,22 +62,6 @@ def _short_error(e: BaseException) -> str:
     return f"{type(err).__name__}: {first}"[:500]
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Connect to `address` (or RAY_ADDRESS), else start an embedded local Ray on 127.0.0.1.
-    Returns True when this call started or connected Ray (the caller shuts it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
-                 _node_ip_address="127.0.0.1")
-    return True
-
-
 class Scheduler:
     def __init__(self, spec: Spec, *, tracking_uri: str | None = None, metrics_port: int | None = None,
                  metrics_host: str | None = None, progress: bool = True, record_mlflow: bool = True, echo=None):

@@ -55,13 +55,25 @@ def _show(v: Any) -> str:
     return json.dumps(v) if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
 
 
+# TOML integers are 64-bit; Python's tomllib reads any size, so a spec could carry a value that no
+# other TOML reader (nor torch, nor Parquet) accepts.
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _out_of_int64(path, v) -> None:
+    if isinstance(v, int) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
+        raise SpecError(f"{path}: {_show(v)} is outside TOML's 64-bit integer range; give a smaller value")
+
+
 def _int(path, v, lo=None, what="an integer"):
+    _out_of_int64(path, v)
     if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
         raise SpecError(f"{path}: {_show(v)} is not {what}")
     return v
 
 
 def _float(path, v, lo=None, what="a number"):
+    _out_of_int64(path, v)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (lo is not None and v < lo):
         raise SpecError(f"{path}: {_show(v)} is not {what}")
     return float(v)

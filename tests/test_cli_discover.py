@@ -104,3 +104,53 @@ def test_bad_inputs_exit_2_with_one_line(model, tmp_path, capsys):
         assert code == 2, (argv, cap.err)
         assert len(lines) == 1 and option in lines[0], (argv, cap.err)
         assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def graphml_matches_parquet(out, ckpt):
+    """circuit.graphml loaded by networkx == circuit.parquet's kept edges, weights and scores, and
+    every neuron with the checkpoint's coordinates."""
+    import networkx as nx
+
+    g = nx.read_graphml(out / "circuit.graphml")
+    t = pq.read_table(out / "circuit.parquet").to_pandas()
+    kept = t[t.in_circuit]
+    assert g.is_directed() and g.number_of_edges() == len(kept) > 0
+    assert set(g.edges) == set(zip(kept.src, kept.dst))
+    for row in kept.itertuples():
+        e = g.edges[row.src, row.dst]
+        assert e["weight"] == pytest.approx(float(row.weight), rel=1e-6)
+        assert e["score"] == pytest.approx(row.score, rel=1e-12)
+    assert g.number_of_nodes() == sum(ckpt["shape"])
+    for layer, coords in enumerate(ckpt["coordinates"]):
+        for pos in (0, len(coords) - 1):
+            n = g.nodes[f"L{layer}.{pos}"]
+            c = coords[pos].reshape(-1).tolist()
+            assert (n["layer"], n["position"]) == (layer, pos)
+            assert n["coordinate_x"] == pytest.approx(c[0]) and n.get("coordinate_y", c[-1]) == pytest.approx(c[-1])
+    in_circuit = {n for e in g.edges for n in e}
+    assert {n for n, a in g.nodes(data=True) if a["in_circuit"]} == in_circuit
+    return g
+
+
+def test_graphml_export_loads_in_networkx(model, tmp_path):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(discover_cmd, ["--model", str(model), "--method", "acdc", "--threshold", "1e-4",
+                                          "--out", str(out), "--export", "graphml"])
+    assert r.exit_code == 0, r.output
+    g = graphml_matches_parquet(out, torch.load(model, weights_only=True))
+    assert g.graph["method"] == "acdc" and g.graph["task"] == "planted_teacher"
+    assert g.nodes["L0.0"]["feature"] >= 0 and g.nodes["L1.0"]["feature"] == -1
+
+
+def test_graphml_export_of_a_2d_sheet(tmp_path):
+    from workers.outputs import write_training
+    from workers.train import TrainConfig, train
+
+    write_training(train(TrainConfig(task="digits", regime="bimt", steps=3, seed=0)), tmp_path / "m")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(discover_cmd, ["--model", str(tmp_path / "m" / "model.pt"), "--method", "eap",
+                                          "--top-k", "40", "--out", str(out), "--export", "graphml"])
+    assert r.exit_code == 0, r.output
+    ckpt = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    g = graphml_matches_parquet(out, ckpt)
+    assert g.number_of_edges() == 40 and "coordinate_y" in g.nodes["L1.5"]

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -70,8 +71,9 @@ def wait_for(what: str, check, timeout: float, interval: float = 0.3):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last!r})")
 
 
-def http_get(url: str, timeout: float = 5) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+def http_get(url: str, timeout: float = 5, token: str | None = None) -> str:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
         return r.read().decode()
 
 
@@ -118,7 +120,11 @@ class Cluster:
         self.gcs_port, self.dash_port, self.mlflow_port = free_port(), free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
         self.env["PATH"] = f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"  # `circuitry` for the job's entrypoint
-        self.env.update({MARK: self.token, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+        # token auth, as a real cluster runs: every node, `circuitry submit`/`status` and the job's
+        # driver get the cluster's token from the environment
+        self.ray_token = secrets.token_hex(32)
+        self.env.update({MARK: self.token, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.ray_token,
+                         "RAY_USAGE_STATS_ENABLED": "0",
                          "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                          # a dead node is noticed in ~3 s, not ~15 s
                          "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
@@ -156,7 +162,7 @@ class Cluster:
         wait_for("two alive Ray nodes", lambda: len(self.alive_nodes()) == 2, 60)
 
     def alive_nodes(self) -> list[dict]:
-        data = json.loads(http_get(f"{self.address}/api/v0/nodes?limit=100"))
+        data = json.loads(http_get(f"{self.address}/api/v0/nodes?limit=100", token=self.ray_token))
         return [n for n in data["data"]["result"]["result"] if n["state"] == "ALIVE"]
 
     def stop_worker_node(self) -> None:
@@ -302,6 +308,17 @@ def test_submit_runs_on_both_nodes_records_to_mlflow_and_serves_metrics(cluster,
     mport = free_port()
     spec = write_spec(tmp_path / "s.toml", "cluster-a", root, mport, steps=100)
     ids = job_ids(spec)
+    # the cluster runs with token auth: a job submitted without the token is refused ...
+    req = urllib.request.Request(f"{cluster.address}/api/jobs/", data=json.dumps({"entrypoint": "true"}).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 401
+    # ... and `circuitry status` without it says so in one line, exit 1
+    no_token = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
+    p = subprocess.run([str(BIN / "circuitry"), "status", "--address", cluster.address], env=no_token,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and p.stderr.startswith("error: "), (p.returncode, p.stderr[-2000:])
     samples: list[dict] = []
     stop = threading.Event()
 

@@ -172,7 +172,7 @@ def test_submit_forwards_ray_auth_mode_only_when_user_set(monkeypatch):
             monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
         else:
             monkeypatch.setenv("RAY_AUTH_MODE", user_env)
-        # main() sets RAY_AUTH_MODE=disabled when unset, for local use; submit must not forward that
+        # unset: the cluster's own setting applies, so submit must not forward anything
         cli_mod.main(["submit", str(spec), "--address", "http://127.0.0.1:1", "--root", "rel/sweeps"])
         assert captured["env"].get("RAY_AUTH_MODE") == forwarded
         assert "--root rel/sweeps" in captured["entrypoint"]  # unchanged: resolved on the head

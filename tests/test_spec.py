@@ -62,6 +62,11 @@ BAD = [
     ("threshold = 0.01", "threshold = 0.01\n[resources]\ntrain_cpus = 0", "resources.train_cpus: 0.0 is not a positive number"),
     ("threshold = 0.01", "threshold = 0.01\n[resources]\nedge_chunk = \"big\"", 'resources.edge_chunk: "big" is not a non-negative integer'),
     ("threshold = 0.01", "threshold = 0.01\n[testing]\ncrash_once = \"train\"", 'testing.crash_once: "train" is not a list of job selectors'),
+    ("steps = 100", "steps = 1000000000000000000000000000000",
+     "train.steps: 1000000000000000000000000000000 is outside TOML's 64-bit integer range"),
+    ("seed = [0, 1]", "seed = [0, -9223372036854775809]", "train.seed[1]: -9223372036854775809 is outside TOML's 64-bit"),
+    ("seed = [0, 1]", "seed = [0, 1]\nlam = 1" + "0" * 400,  # too large even for a float
+     "train.lam: 1" + "0" * 400 + " is outside TOML's 64-bit integer range"),
     ("steps = 100", "steps = [100", "not valid TOML"),
     ("steps = 100", "steps = {a = 1}", "train.steps: a table is not allowed here"),
 ]
