@@ -40,7 +40,7 @@ def _load_data(path: str) -> dict:
               help="Also write graphml: circuit.graphml (networkx, Gephi, Cytoscape), or eap-ig: graph_eap_ig.json, "
                    "EAP-IG's node/edge/score layout (EAP-IG's own Graph.from_json cannot load it: it only "
                    "builds transformer graphs).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Data split and corruption seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Corruption pairing seed (the examples come from the model's own training seed).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for circuit.parquet etc.")
 def discover_cmd(model_path, method, threshold, ablation, output, top_k, edge_fraction, data_path, export, seed, out):
     """Find the circuit of a trained model (ACDC, exact ablation scores, EAP, EAP-IG)."""
@@ -63,4 +63,6 @@ def discover_cmd(model_path, method, threshold, ablation, output, top_k, edge_fr
         export_eap_ig(d, Path(out_dir) / "graph_eap_ig.json")
     s = d.summary
     click.echo(f"{s['task']} {method} ({ablation}): {s['n_edges_kept']}/{s['n_edges_total']} edges kept, "
-               f"faithfulness {s['faithfulness']:.3g}, {s['discovery_seconds']:.2f}s -> {out_dir / 'circuit.parquet'}")
+               f"faithfulness {s['faithfulness']:.3g} ({s['n_discovery']} examples), held out "
+               f"{s['evaluation']['faithfulness']:.3g} ({s['n_evaluation']}), {s['discovery_seconds']:.2f}s "
+               f"-> {out_dir / 'circuit.parquet'}")

@@ -198,11 +198,11 @@ def _discover_device(job: Job) -> str:
 
 def _write_discovery(job: Job, sweep_dir: Path, d, ckpt, started: float, peak: int, node_id: str | None = None,
                      **extra) -> dict:
-    from workers.discover import write_discovery
+    from workers.discover import summary_figures, write_discovery
 
     tmp = _tmp_dir(sweep_dir, job.id)
     write_discovery(d, tmp, ckpt)
-    figures = {k: v for k, v in d.summary.items()}
+    figures = summary_figures(d.summary)  # flat: the evaluation examples' figures as eval_*
     return _commit(tmp, sweep_dir, job, _record(job, figures, started, peak, node_id,
                                                files=["circuit.parquet", "summary.json", "circuit.png"], **extra))
 

@@ -63,7 +63,8 @@ def test_score_method_with_user_data(model, tmp_path):
                                           "--data", str(data), "--ablation", "mean", "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert s["n_edges_kept"] == 50 and s["n_examples"] == 100 and s["ablation"] == "mean"
+    assert s["n_edges_kept"] == 50 and s["ablation"] == "mean"
+    assert s["n_discovery"] == s["n_examples"] == 50 and s["n_evaluation"] == 50 and s["data_seed"] is None
 
 
 def bad_inputs(model, tmp):

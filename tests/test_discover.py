@@ -100,12 +100,20 @@ def test_user_data_and_classification_figures():
     for method, kw in [("acdc", {"threshold": 1e-5}), ("eap", {"edge_fraction": 0.3}), ("eap-ig", {"top_k": 20})]:
         d = discover(ckpt, method, data=data, **kw)
         s = d.summary
-        assert s["metric"] == "kl" and s["n_examples"] == 50
-        assert 0 <= s["circuit_accuracy"] <= 1 and s["logit_gap"] >= 0
+        # the 50 examples split in two: 25 find the circuit, 25 grade it again
+        assert s["metric"] == "kl" and s["n_examples"] == s["n_discovery"] == 25 and s["n_evaluation"] == 25
+        assert s["data_seed"] is None and s["examples_from"] == "--data"
+        for figures in (s, s["evaluation"]):
+            assert 0 <= figures["circuit_accuracy"] <= 1 and figures["logit_gap"] >= 0
+            assert figures["normalized_logit_gap"] == pytest.approx(figures["logit_gap"] / figures["empty_logit_gap"])
         if method != "acdc":
             assert len(s["curve_faithfulness"]) == 10 and np.isfinite(s["cmd"])
-    with pytest.raises(DiscoveryInputError, match="labels"):
-        discover(ckpt, "eap", top_k=3, data={"clean": data["clean"], "corrupt": data["corrupt"]})
+            assert len(s["evaluation"]["curve_faithfulness"]) == 10
+    # the attribution metric needs no labels; accuracies then refer to the full model's predictions
+    unlabelled = discover(ckpt, "eap", top_k=3, data={"clean": data["clean"], "corrupt": data["corrupt"]})
+    assert unlabelled.summary["full_accuracy"] == 1.0 and "accuracy_reference" in unlabelled.summary
+    with pytest.raises(DiscoveryInputError, match="at least 2"):
+        discover(ckpt, "acdc", 0.1, data={"clean": data["clean"][:1], "corrupt": data["corrupt"][:1]})
     with pytest.raises(DiscoveryInputError) as e:
         discover(ckpt, "acdc", 0.1, data={"clean": data["clean"][:, :1], "corrupt": data["corrupt"][:, :1]})
     assert e.value.option == "--data"
@@ -144,7 +152,7 @@ def test_graph_api_attribute_and_evaluate(teacher):
     assert found == tasks.teacher_edges()
     out = evaluate(g, res.masks, x, xc, metric="mse")
     assert out["faithfulness"] > 0.999 and out["n_edges_kept"] == len(found)
-    eap = attribute(g, x, xc, method="eap", metric="mse", labels=split.y_test)
+    eap = attribute(g, x, xc, method="eap", metric="mse")
     zero_w = [w == 0 for w in g.weights]
     assert all(bool((s[z] == 0).all()) for s, z in zip(eap.scores, zero_w))
 

@@ -70,6 +70,11 @@ def test_sweep_records_and_resumes(ray_local, tmp_path):
     assert len(df) == 12 and df.job_id.is_unique and set(df.status) == {"finished"}
     assert df[df.kind == "train"].test_loss.notna().all()
     assert df[df.kind == "discover"].n_edges_kept.notna().all()
+    disc = df[df.kind == "discover"]
+    # each model graded on its own held-out examples: discovery half, evaluation half (eval_*)
+    assert (disc.data_seed == disc.train_seed).all() and (disc.n_evaluation > 0).all()
+    assert disc.eval_faithfulness.notna().all() and disc.eval_metric_circuit.notna().all()
+    assert (disc[disc.method == "acdc"].edges_tested > 0).all()
 
     c, runs = mlflow_runs(out)
     assert len(runs) == 12
@@ -88,6 +93,7 @@ def test_sweep_records_and_resumes(ray_local, tmp_path):
     r = by_id[dj.id]
     assert r.data.params["model_id"] == dj.model_id and r.data.tags["method"] == "exact"
     assert "edge_sparsity" in r.data.metrics and "faithfulness" in r.data.metrics
+    assert {"eval_faithfulness", "data_seed", "n_discovery", "n_evaluation", "edges_tested"} <= set(r.data.metrics)
     assert {"circuit.parquet", "summary.json", "circuit.png"} <= {a.path for a in c.list_artifacts(r.info.run_id)}
     assert recs[dj.id]["chunks"] > 1  # fanned out
 
@@ -108,7 +114,10 @@ def test_sweep_records_and_resumes(ray_local, tmp_path):
     # more grid points: only the new jobs run
     more = run(make_spec(tmp_path, seeds=(0, 1), chunk=40))
     assert (more.finished, more.cached) == (12, 12)
-    assert len(pd.read_parquet(spec.sweep_dir / "jobs.parquet")) == 24
+    df = pd.read_parquet(spec.sweep_dir / "jobs.parquet")
+    assert len(df) == 24
+    disc = df[df.kind == "discover"]
+    assert set(disc.train_seed) == {0, 1} and (disc.data_seed == disc.train_seed).all()
     assert len(mlflow_runs(more)[1]) == 24
 
 

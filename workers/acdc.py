@@ -66,6 +66,7 @@ class EdgeResult:
     masks: list[torch.Tensor]  # bool, one per weight matrix, True = kept
     scores: list[torch.Tensor]  # float64, same shapes, see score semantics above
     forward_examples: int  # example-forwards spent (a partial downstream pass counts as one)
+    edges_tested: int | None = None  # acdc: candidates tried (edges into receivers that reach the metric)
 
 
 def _pre_activations(problem: Problem) -> list[torch.Tensor | None]:
@@ -209,6 +210,7 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
     z = [t.clone() if t is not None else None for t in _pre_activations(problem)]
     h = [t.clone() for t in problem.clean]
     spent = 2 * N  # the clean and corrupted full forwards
+    tested = 0
     removed_when_silent = 0.0 < tau  # a candidate whose increase is exactly 0
     for m in range(L, 0, -1):
         down = _Downstream(problem, masks, m, z, h, batch_elements)
@@ -220,6 +222,7 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
                 if progress:
                     progress(n_send)
                 continue
+            tested += n_send
             deltas = g.weights[m - 1][j][:, None] * diff_all.T
             plan = down.plan(j)
             state, kept, row_scores, used = _decide_receiver(down, j, z[m][:, j].clone(), deltas, tau, plan,
@@ -228,7 +231,7 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
             scores[m - 1][j] = torch.tensor(row_scores, dtype=torch.float64)
             spent += used + N
             down.commit(j, state, plan)
-    return EdgeResult([mk.cpu() for mk in masks], scores, spent)
+    return EdgeResult([mk.cpu() for mk in masks], scores, spent, tested)
 
 
 def _next_window(window: int, B: int, accepted: int, chunk: int) -> int:

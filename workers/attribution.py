@@ -1,44 +1,70 @@
 """Attribution patching scores for every edge: EAP and EAP-IG (Hanna et al.'s 'inputs' variant).
 
-An edge i -> j of weight matrix l is scored by the first-order estimate of what ablating it does:
-    score = sum_n (h_abl[n, i] - h[n, i]) * W[j, i] * dLoss/dz_j[n]
-with h the clean activations, h_abl the ablation's value for the sender (workers.graph) and z_j the
-receiver's pre-activation. EAP takes the gradient at the clean input (2 forwards + 1 backward);
-EAP-IG averages it over `steps` inputs interpolated from the ablation's input baseline to the
-clean input (alpha = k/steps, k = 1..steps).
+What is differentiated (design.md, "Attribution metric"): the linear restoration metric
+    r(y) = sum_n <s(y_n) - s(y0_n), s(yN_n) - s(y0_n)> / sum_n ||s(yN_n) - s(y0_n)||^2
+with yN the full model's clean outputs, y0 the empty circuit's (every edge ablated), both
+constants, and s the scored view of an output: raw values for regression, log-softmax for
+classification, only output K's column with `output=K`. r(full) = 1 and r(empty) = 0. The circuit
+metric (MSE / KL to the full model) cannot be used: it is at its minimum at the full model, so its
+gradient there is exactly zero; the task loss against the labels is no better on a well-fit model
+(its gradient is ~0 too). r is linear in s(y), so its gradient is the same size at every point.
 
-Why the task loss and not the circuit metric: the metric compares the circuit with the full
-model's own clean output, so at the clean point it is at its minimum (0) and its gradient is
-exactly zero, which would make every score 0. The attribution methods therefore differentiate the
-task loss against the labels (MSE for regression, cross-entropy for classification; restricted to
-one output with `output`: that column's squared error, or the binary cross-entropy of
-"class == output"). Scores are signed estimates of loss(ablated) - loss(clean); thresholds and
-top-k use |score| as EAP-IG does.
+An edge i -> j of weight matrix l (z_j the receiver's pre-activation, h the clean activations,
+h_abl the ablation's value for the sender, workers.graph) is scored
+    score = sum_n (h_abl[n, i] - h[n, i]) * W[j, i] * dr/dz_j[n]
+the first-order estimate of r(edge ablated) - r(full) = r(edge ablated) - 1: an edge whose
+ablation undoes all of the full model's restoration scores about -1. Signed; thresholds and top-k
+read |score|, as EAP-IG does.
+- EAP: dr/dz at the clean input (2 forwards for the activations, 1 for the empty circuit, then 1
+  forward and 1 backward).
+- EAP-IG: dr/dz averaged over the inputs x_k = x~ + (k/m)(x - x~), k = 0..m-1 (m = `steps`, 5),
+  x~ the ablation's input: the corrupted input (resample), zeros (zero) or the mean input over the
+  discovery examples (mean). As the reference (hannamw/EAP-IG, get_scores_eap_ig) does, the path
+  starts at the ablated end, k = 0, and stops one step short of the clean input. For token tasks
+  the path runs between the *embedded* inputs (the reference interpolates the output of its
+  'input' node, the embeddings, likewise): layer 0 here is the concatenated embeddings.
+Deviations from the reference, named: its EAP-IG 'inputs' variant only patches (x~ = corrupted
+input); zero and mean ablation use x~ = 0 or the mean input, the natural analogue. The reference
+averages scores over examples; here they are sums, as r already divides by its sum of squares.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from workers.graph import Problem
 
-
-def task_loss(kind: str, y: torch.Tensor, labels: torch.Tensor, out_pos: int | None) -> torch.Tensor:
-    """Mean loss over examples; `labels` in position order (regression) or as class positions."""
-    if kind == "mse":
-        if out_pos is None:
-            return ((y - labels) ** 2).mean()
-        return ((y[:, out_pos] - labels[:, out_pos]) ** 2).mean()
-    if out_pos is None:
-        return F.cross_entropy(y, labels)
-    lp = F.log_softmax(y, -1)
-    others = torch.cat([lp[:, :out_pos], lp[:, out_pos + 1:]], 1)
-    target = (labels == out_pos).to(y.dtype)
-    return -(target * lp[:, out_pos] + (1 - target) * torch.logsumexp(others, 1)).mean()
+METHODS = ("eap", "eap-ig")
 
 
-def _receiver_gradients(problem: Problem, h0: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-    """dLoss/dz for every layer's pre-activation (layers 1..L), at input activations h0."""
+def scored_outputs(kind: str, y: torch.Tensor, out_pos: int | None) -> torch.Tensor:
+    """s(y): what r compares. Raw outputs (mse) or log-softmax (kl), [N, 1] for one output."""
+    s = y if kind == "mse" else F.log_softmax(y, -1)
+    return s if out_pos is None else s[:, out_pos:out_pos + 1]
+
+
+def restoration_metric(problem: Problem) -> Callable[[torch.Tensor], torch.Tensor]:
+    """r as a function of the outputs y [N, n_out] (position order), r(full) = 1, r(empty) = 0.
+    If the empty circuit's scored outputs equal the full model's on every example, r is undefined
+    and this returns r = 0 everywhere (every score is then 0)."""
+    full = scored_outputs(problem.kind, problem.clean[-1], problem.out_pos)
+    empty = scored_outputs(problem.kind, problem.circuit_output(problem.graph.full_masks(False)), problem.out_pos)
+    direction = full - empty
+    norm = (direction * direction).sum()
+    if norm == 0:
+        norm = torch.ones_like(norm)
+        direction = torch.zeros_like(direction)
+
+    def r(y: torch.Tensor) -> torch.Tensor:
+        return ((scored_outputs(problem.kind, y, problem.out_pos) - empty) * direction).sum() / norm
+
+    return r
+
+
+def _receiver_gradients(problem: Problem, h0: torch.Tensor, r) -> list[torch.Tensor]:
+    """dr/dz for every layer's pre-activation (layers 1..L), at input activations h0."""
     g = problem.graph
     zs, h = [], h0
     for l, (w, b) in enumerate(zip(g.weights, g.biases)):
@@ -46,33 +72,30 @@ def _receiver_gradients(problem: Problem, h0: torch.Tensor, labels: torch.Tensor
         z = (h @ w.T + b).requires_grad_(True) if l == 0 else h @ w.T + b
         zs.append(z)
         h = z if l == g.n_layers - 1 else F.silu(z)
-    loss = task_loss(problem.kind, h, labels, problem.out_pos)
-    grads = torch.autograd.grad(loss, zs)
+    grads = torch.autograd.grad(r(h), zs)
     return [gr.detach() for gr in grads]
 
 
-def _input_baseline(problem: Problem) -> torch.Tensor:
-    """Where the integration path starts: the ablation's input (corrupted inputs for resample,
-    zeros or the mean input for zero/mean ablation)."""
-    return problem.ablated[0]
-
-
-def attribution_scores(problem: Problem, labels: torch.Tensor, method: str = "eap", steps: int = 5) -> tuple[list[torch.Tensor], int]:
-    """Per-weight-matrix score tensors (shapes of the weights) and example-forwards spent."""
-    if labels is None:
-        raise ValueError("attribution methods need labels: give `labels` in --data (or use the task's own test split)")
-    g = problem.graph
-    clean_h0 = problem.clean[0]
+def path_inputs(problem: Problem, method: str, steps: int = 5) -> list[torch.Tensor]:
+    """The layer-0 activations the gradient is taken at: the clean input (eap), or
+    x~ + (k/steps)(x - x~), k = 0..steps-1, with x~ the ablation's input (eap-ig)."""
+    clean = problem.clean[0]
     if method == "eap":
-        points = [clean_h0]
-    elif method == "eap-ig":
-        base = _input_baseline(problem)
-        points = [base + (k / steps) * (clean_h0 - base) for k in range(1, steps + 1)]
-    else:
-        raise ValueError(f"unknown attribution method {method!r}")
+        return [clean]
+    if method == "eap-ig":
+        base = problem.ablated[0]  # corrupted inputs (resample), zeros or the mean input
+        return [base + (k / steps) * (clean - base) for k in range(steps)]
+    raise ValueError(f"unknown attribution method {method!r}: choose one of {', '.join(METHODS)}")
+
+
+def attribution_scores(problem: Problem, method: str = "eap", steps: int = 5) -> tuple[list[torch.Tensor], int]:
+    """Per-weight-matrix score tensors (shapes of the weights) and example-forwards spent."""
+    g = problem.graph
+    points = path_inputs(problem, method, steps)
+    r = restoration_metric(problem)
     grad_sum = None
     for x in points:
-        grads = _receiver_gradients(problem, x, labels)
+        grads = _receiver_gradients(problem, x, r)
         grad_sum = grads if grad_sum is None else [a + b for a, b in zip(grad_sum, grads)]
     grads = [gr / len(points) for gr in grad_sum]
     scores = []
@@ -80,5 +103,6 @@ def attribution_scores(problem: Problem, labels: torch.Tensor, method: str = "ea
         diff = problem.ablated[l] - problem.clean[l]  # [N, n_l]
         scores.append(w * (grads[l].T @ diff))  # [n_{l+1}, n_l]: sum over examples
     n = problem.n_examples
-    # clean + corrupted forwards, then one forward and one backward (counted as a forward) per point
-    return scores, n * (2 + 2 * len(points))
+    # clean, corrupted and empty-circuit forwards, then a forward and a backward (counted as a
+    # forward) per point
+    return scores, n * (3 + 2 * len(points))

@@ -3,15 +3,29 @@
     d = discover(ckpt, "acdc", 0.01)            # or "exact", "eap", "eap-ig"
     write_discovery(d, out_dir, ckpt)           # circuit.parquet, summary.json, circuit.png
 
+The examples (design.md, "The examples a discovery runs on"): the test split of the model's own
+data seed (its training seed, from the checkpoint's config), in the order the task generates it;
+the first half are the discovery examples (the method sees only these; mean ablation and EAP-IG's
+mean input average over them), the second half the evaluation examples, on which every circuit
+is graded again (summary.json's `evaluation`). Each half holds at most MAX_EXAMPLES_PER_HALF
+examples (MNIST's 10,000 test images; summary.json's `examples_cap_per_half` says when it bit).
+Each half's corrupted inputs pair examples within that half (task.corrupt with the discover
+seed, which chooses nothing else). `--data` examples are split into the same two halves.
+
 Methods and score semantics (design.md; the `score` column of circuit.parquet):
 - `acdc`: the metric increase measured when the edge was tried; the edge is removed when that
   increase is < tau (workers.acdc, exactly the sequential definition).
 - `exact`: metric(full model with only this edge ablated) - metric(full model); metric(full) = 0.
-- `eap`, `eap-ig`: the attribution estimate of that difference, taken on the task loss against the
-  labels because the metric's gradient is zero at the clean point (workers.attribution); signed.
+- `eap`, `eap-ig`: the attribution estimate of the change ablating the edge makes to the linear
+  restoration metric r, r(full) = 1, r(empty circuit) = 0 (workers.attribution); signed.
 Score methods keep edges by tau (|score| >= tau), by top-k or by edge fraction (largest |score|,
 ties to the earlier canonical edge). The metric is MSE to the full model's output (regression) or
 KL(full || circuit) (classification), optionally restricted to one output (`output`).
+
+Discovery cost that does not depend on the implementation: `edges_tested`, the candidate edges
+the method's definition evaluates: for acdc those into receivers that still reach the metric's
+outputs when they are visited, for exact every edge, none (null) for the attribution methods
+(their cost is `forward_examples`).
 
 Edge order everywhere (table rows, `exact_scores` slices, flat score arrays): weight matrix l, then
 dst position, then src position (workers.graph).
@@ -23,7 +37,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +57,9 @@ from workers.profile import PeakMemory
 
 METHODS = ("acdc", "exact", "eap", "eap-ig")
 SCORE_METHODS = ("exact", "eap", "eap-ig")
+# The most examples in each half (discovery, evaluation) of a task's test split: MNIST's 10,000
+# test images give 1,000 + 1,000, every other task's split is smaller than 2,000 and used whole.
+MAX_EXAMPLES_PER_HALF = 1000
 
 
 class DiscoveryInputError(ValueError):
@@ -66,9 +83,12 @@ class Discovery:
 class Prepared:
     task: object
     graph: Graph
-    problem: Problem
-    clean_x: torch.Tensor
+    problem: Problem  # on the discovery examples
+    clean_x: torch.Tensor  # the discovery examples' clean inputs
     labels_pos: torch.Tensor | None  # labels in position order / as class positions
+    evaluation: Problem  # the evaluation examples, ablated as the discovery examples define it
+    eval_labels_pos: torch.Tensor | None
+    examples: dict  # data_seed, n_discovery, n_evaluation, where they came from (summary.json)
 
 
 # ---------------------------------------------------------------- input checks and preparation
@@ -118,29 +138,71 @@ def _check_data(task, data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | 
     return clean, corrupt, labels
 
 
+def data_seed(ckpt: dict) -> int:
+    """The seed the model's data was drawn with: its training seed (the checkpoint's config)."""
+    config = ckpt.get("config") or {}
+    return int(config.get("seed", ckpt.get("seed", 0)))
+
+
+def split_examples(task, ckpt: dict, data: dict | None, seed: int) -> tuple[tuple, tuple, dict]:
+    """(clean, corrupt, labels) of the discovery and of the evaluation examples, and what
+    summary.json says about them (module doc)."""
+    if data is None:
+        split = task.make_data(data_seed(ckpt))
+        x, y = split.x_test, split.y_test
+        half = len(x) // 2
+        halves = [(x[:half], y[:half]), (x[half:], y[half:])]
+        capped = any(len(c) > MAX_EXAMPLES_PER_HALF for c, _ in halves)
+        halves = [(c[:MAX_EXAMPLES_PER_HALF], l[:MAX_EXAMPLES_PER_HALF]) for c, l in halves]
+        parts = [(c, task.corrupt(c, seed), l) for c, l in halves]
+        info = {"data_seed": data_seed(ckpt), "examples_from": "test split", "n_test_split": len(x),
+                "examples_cap_per_half": MAX_EXAMPLES_PER_HALF if capped else None}
+    else:
+        clean, corrupt, labels = _check_data(task, data)
+        if clean.shape[0] < 2:
+            raise DiscoveryInputError("--data", "'clean' needs at least 2 examples: the first half finds the "
+                                      "circuit, the second half grades it")
+        half = clean.shape[0] // 2
+        cut = lambda t: (None, None) if t is None else (t[:half], t[half:])  # noqa: E731
+        (c0, c1), (k0, k1), (l0, l1) = cut(clean), cut(corrupt), cut(labels)
+        parts = [(c0, k0, l0), (c1, k1, l1)]
+        info = {"data_seed": None, "examples_from": "--data", "n_test_split": None, "examples_cap_per_half": None}
+    info.update(n_discovery=int(parts[0][0].shape[0]), n_evaluation=int(parts[1][0].shape[0]))
+    return parts[0], parts[1], info
+
+
+def _labels_pos(task, graph: Graph, labels):
+    if labels is None:
+        return None
+    if task.kind == "classification":
+        return torch.argsort(graph.out_perm)[labels.long()]
+    return labels.reshape(labels.shape[0], -1).to(torch.float64)[:, graph.out_perm]
+
+
+def evaluation_problem(discovery: Problem, clean, corrupt, output: int | None) -> Problem:
+    """The problem on held-out examples: their own clean and corrupted activations, but mean
+    ablation feeds the discovery examples' means (the circuit's ablation is fixed by them)."""
+    p = Problem.build(discovery.graph, clean, corrupt, discovery.kind, discovery.ablation, output)
+    if discovery.ablation == "mean":
+        n = p.n_examples
+        p = replace(p, ablated=[a[:1].expand(n, -1).clone() for a in discovery.ablated])
+    return p
+
+
 def prepare(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
             data: dict | None = None, seed: int = 0) -> Prepared:
-    """The graph, the examples (task test split + task.corrupt, or `data`) and the metric."""
+    """The graph, the discovery and evaluation examples (module doc) and the metric."""
     if ablation not in ABLATIONS:
         raise DiscoveryInputError("--ablation", f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
     task = check_task(ckpt)
     if output is not None and not 0 <= output < task.shape[-1]:
         raise DiscoveryInputError("--output", f"output {output} out of range: the model has outputs 0..{task.shape[-1] - 1}")
-    if data is None:
-        split = task.make_data(seed)
-        clean, labels = split.x_test, split.y_test
-        corrupt = task.corrupt(clean, seed)
-    else:
-        clean, corrupt, labels = _check_data(task, data)
+    (clean, corrupt, labels), (e_clean, e_corrupt, e_labels), info = split_examples(task, ckpt, data, seed)
     graph = Graph.from_checkpoint(ckpt)
     problem = Problem.build(graph, clean, corrupt, task.metric, ablation, output)
-    labels_pos = None
-    if labels is not None:
-        if task.kind == "classification":
-            labels_pos = torch.argsort(graph.out_perm)[labels.long()]
-        else:
-            labels_pos = labels.reshape(labels.shape[0], -1).to(torch.float64)[:, graph.out_perm]
-    return Prepared(task, graph, problem, clean, labels_pos)
+    evaluation = evaluation_problem(problem, e_clean, e_corrupt, output)
+    return Prepared(task, graph, problem, clean, _labels_pos(task, graph, labels), evaluation,
+                    _labels_pos(task, graph, e_labels), info)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -191,23 +253,22 @@ def discover(ckpt: dict, method: str, threshold: float | None = None, *, ablatio
     with PeakMemory(dev) as mem:
         prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
         problem = prep.problem.to(dev)
-        masks = None
+        masks, tested = None, None
         if method == "acdc":
             res = acdc_mod.acdc(problem, threshold, progress=progress)
-            scores, masks, spent = ev.flatten(res.scores), res.masks, res.forward_examples
+            scores, masks, spent, tested = ev.flatten(res.scores), res.masks, res.forward_examples, res.edges_tested
         elif method == "exact":
             scores, spent = acdc_mod.exact_scores(problem, progress=progress)
+            tested = prep.graph.n_edges
         else:
-            if prep.labels_pos is None:
-                raise DiscoveryInputError("--data", f"{method} needs labels: add 'labels' to the --data file")
-            per_layer, spent = attribution_scores(problem, prep.labels_pos.to(dev), method)
+            per_layer, spent = attribution_scores(problem, method)
             scores = ev.flatten([s.cpu() for s in per_layer])
             if progress:
                 progress(prep.graph.n_edges)
     seconds = time.perf_counter() - t0
     d = _assemble(ckpt, prep, method, scores, masks, threshold=threshold, top_k=top_k,
                   edge_fraction=edge_fraction, seconds=seconds, forward_examples=spent,
-                  ablation=ablation, output=output, seed=seed)
+                  edges_tested=tested, ablation=ablation, output=output, seed=seed)
     d.summary["device"] = str(dev)
     # the discovery's own high-water mark (workers.profile: reset at the start on CPU)
     d.summary["peak_memory_bytes"] = mem.peak_bytes
@@ -248,32 +309,25 @@ def discovery_from_scores(ckpt: dict, scores, *, method: str = "exact", threshol
         forward_examples = prep.problem.n_examples * (2 + prep.graph.n_edges)
     return _assemble(ckpt, prep, method, flat, None, threshold=threshold, top_k=top_k,
                      edge_fraction=edge_fraction, seconds=seconds, forward_examples=forward_examples,
+                     edges_tested=prep.graph.n_edges if method == "exact" else None,
                      ablation=ablation, output=output, seed=seed)
 
 
 # ---------------------------------------------------------------- EAP-IG-style API on a Graph
 
-def _labels_in_positions(graph: Graph, metric: str, labels):
-    if labels is None:
-        return None
-    if metric == "kl":
-        return torch.argsort(graph.out_perm)[labels.long()]
-    return labels.reshape(labels.shape[0], -1).to(torch.float64)[:, graph.out_perm]
-
-
 def attribute(graph: Graph, clean: torch.Tensor, corrupt: torch.Tensor, *, method: str, metric: str,
-              ablation: str = "resample", output: int | None = None, labels: torch.Tensor | None = None,
+              ablation: str = "resample", output: int | None = None,
               threshold: float | None = None, progress: Callable[[int], None] | None = None) -> acdc_mod.EdgeResult:
-    """Score (and for acdc, select) every edge of `graph` on these examples. `metric` is "mse" or
-    "kl"; `labels` (output-id order / class ids) are needed by eap and eap-ig. Returns per-matrix
-    masks (acdc's circuit; all True for score methods) and scores (module doc for semantics)."""
+    """Score (and for acdc, select) every edge of `graph` on these examples (all of them: no
+    split). `metric` is "mse" or "kl". Returns per-matrix masks (acdc's circuit; all True for
+    score methods) and scores (module doc for semantics)."""
     problem = Problem.build(graph, clean, corrupt, metric, ablation, output)
     if method == "acdc":
         return acdc_mod.acdc(problem, threshold, progress=progress)
     if method == "exact":
         flat, spent = acdc_mod.exact_scores(problem, progress=progress)
         return acdc_mod.EdgeResult(graph.full_masks(), ev.unflatten(graph, flat), spent)
-    scores, spent = attribution_scores(problem, _labels_in_positions(graph, metric, labels), method)
+    scores, spent = attribution_scores(problem, method)
     return acdc_mod.EdgeResult(graph.full_masks(), scores, spent)
 
 
@@ -304,8 +358,19 @@ def model_id(ckpt: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def grade(problem: Problem, masks, labels_pos, task, method: str, flat_scores) -> dict:
+    """A circuit's figures on one set of examples: faithfulness, for score methods the
+    faithfulness curve, for classifiers logit gaps and accuracies."""
+    out = ev.faithfulness(problem, masks)
+    if method in SCORE_METHODS:
+        out.update(ev.faithfulness_curve(problem, flat_scores))
+    if task.kind == "classification":
+        out.update(ev.classification_figures(problem, masks, labels_pos))
+    return out
+
+
 def _assemble(ckpt, prep: Prepared, method, flat_scores, masks, *, threshold, top_k, edge_fraction,
-              seconds, forward_examples, ablation, output, seed) -> Discovery:
+              seconds, forward_examples, edges_tested, ablation, output, seed) -> Discovery:
     graph, problem, task = prep.graph, prep.problem, prep.task
     if masks is None:
         masks = select_edges(graph, flat_scores, threshold, top_k, edge_fraction)
@@ -314,17 +379,24 @@ def _assemble(ckpt, prep: Prepared, method, flat_scores, masks, *, threshold, to
               "ablation": ablation, "metric": task.metric, "task": task.name,
               "regime": str(ckpt.get("regime", "")), "seed": int(ckpt.get("seed", 0)),
               "discovery_seed": seed, "output": output, "model_id": model_id(ckpt)}
-    summary = {**config, "n_examples": problem.n_examples, **ev.sparsity(masks), **ev.faithfulness(problem, masks)}
-    if method in SCORE_METHODS:
-        summary.update(ev.faithfulness_curve(problem, flat_scores))
-    if task.kind == "classification":
-        summary.update(ev.classification_figures(problem, masks, prep.labels_pos))
+    summary = {**config, **prep.examples, "n_examples": problem.n_examples, **ev.sparsity(masks),
+               **grade(problem, masks, prep.labels_pos, task, method, flat_scores)}
     summary.update(_ground_truth(ckpt, prep, masks, flat_scores, keep, output))
+    summary["evaluation"] = grade(prep.evaluation, masks, prep.eval_labels_pos, task, method, flat_scores)
     summary["discovery_seconds"] = seconds
     summary["forward_examples"] = int(forward_examples)
+    summary["edges_tested"] = None if edges_tested is None else int(edges_tested)
     summary["edges_per_second"] = graph.n_edges / seconds if seconds and seconds > 0 else float("nan")
     table = circuit_table(graph, masks, flat_scores, config)
     return Discovery(table, summary, masks, ev.unflatten(graph, flat_scores), config)
+
+
+def summary_figures(summary: dict) -> dict:
+    """summary.json as one flat record (jobs.parquet columns, MLflow metrics): the evaluation
+    examples' figures become `eval_<name>` (eval_faithfulness, eval_full_accuracy, ...)."""
+    flat = {k: v for k, v in summary.items() if k != "evaluation"}
+    flat.update({f"eval_{k}": v for k, v in (summary.get("evaluation") or {}).items()})
+    return flat
 
 
 def _ground_truth(ckpt, prep: Prepared, masks, flat_scores, keep, output) -> dict:

@@ -76,14 +76,22 @@ def sparsity(masks) -> dict:
 
 
 def classification_figures(problem: Problem, masks, labels_pos: torch.Tensor | None) -> dict:
-    """logit_gap = mean |full logit of the true class - circuit logit of it|; accuracies. Without
+    """logit_gap = mean |full logit of the true class - circuit logit of it| (raw logit units);
+    normalized_logit_gap = logit_gap / the empty circuit's logit gap (a net with larger logits
+    has larger gaps by scale alone; NaN when the empty circuit's gap is 0); accuracies. Without
     labels the full model's own prediction stands in for the true class."""
     full = problem.clean[-1]
-    circ = problem.circuit_output(masks)
     target = full.argmax(1) if labels_pos is None else labels_pos
     idx = target[:, None]
-    gap = (full.gather(1, idx) - circ.gather(1, idx)).abs().mean()
-    out = {"logit_gap": float(gap),
+
+    def gap(y: torch.Tensor) -> float:
+        return float((full.gather(1, idx) - y.gather(1, idx)).abs().mean())
+
+    circ = problem.circuit_output(masks)
+    circuit_gap = gap(circ)
+    empty_gap = gap(problem.circuit_output(problem.graph.full_masks(False)))
+    out = {"logit_gap": circuit_gap, "empty_logit_gap": empty_gap,
+           "normalized_logit_gap": circuit_gap / empty_gap if empty_gap > 0 else float("nan"),
            "circuit_accuracy": float((circ.argmax(1) == target).double().mean()),
            "full_accuracy": float((full.argmax(1) == target).double().mean())}
     if labels_pos is None:

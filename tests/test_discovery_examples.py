@@ -1,0 +1,145 @@
+"""The examples a discovery runs on (design.md): the model's own held-out test split, the first
+half to find the circuit, the second half to grade it; and ACDC's implementation-free cost,
+`edges_tested`."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import tasks
+from workers import discover as discover_mod
+from workers.acdc import acdc, acdc_naive
+from workers.discover import discover, prepare, summary_figures
+from workers.graph import Graph, Problem
+from workers.model import CoordMLP
+from workers.train import TrainConfig, train
+
+torch.set_num_threads(1)
+
+
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {r.tobytes() for r in x.numpy()}
+
+
+def test_seed_2_digits_model_is_never_shown_its_training_examples():
+    ckpt = train(TrainConfig(task="digits", regime="vanilla", steps=2, seed=2, width=8)).checkpoint
+    prep = prepare(ckpt)
+    assert prep.examples["data_seed"] == 2
+    train_rows = _rows(tasks.get_task("digits").make_data(2).x_train)
+    disc = _rows(prep.clean_x)
+    held_out = _rows(tasks.get_task("digits").make_data(2).x_test)
+    assert torch.equal(ckpt["in_perm"], torch.arange(64))  # vanilla: no swaps, positions are features
+    evaluation = _rows(prep.evaluation.clean[0].float())  # layer 0: the inputs in position order
+    assert disc and evaluation and not disc & train_rows and not evaluation & train_rows
+    assert disc | evaluation == held_out and not disc & evaluation  # the two halves, disjoint
+    # what the discover job's seed alone used to choose: seed 0's test split, mostly seed 2's training set
+    assert len(_rows(tasks.get_task("digits").make_data(0).x_test) & train_rows) > 0.5 * len(held_out)
+
+
+def test_halves_in_task_order_corruptions_within_each_half_and_means_from_discovery():
+    task = tasks.get_task("independence")
+    torch.manual_seed(0)
+    ckpt = CoordMLP([4, 6, 5, 2]).to_checkpoint("independence", "vanilla", 0, {"seed": 7})
+    x_test = task.make_data(7).x_test
+    for ablation in ("resample", "mean"):
+        prep = prepare(ckpt, ablation=ablation, seed=3)
+        half = len(x_test) // 2
+        assert torch.equal(prep.clean_x, x_test[:half])
+        assert prep.examples == {"data_seed": 7, "examples_from": "test split", "n_test_split": len(x_test),
+                                 "examples_cap_per_half": None, "n_discovery": half, "n_evaluation": len(x_test) - half}
+        full = Graph.from_checkpoint(ckpt)
+        if ablation == "resample":
+            # example n of each half is patched by another example of the same half
+            want = full.forward(full.features(task.corrupt(x_test[half:], 3)))[0]
+            assert torch.equal(prep.evaluation.ablated[0], want)
+            assert not _rows(prep.problem.ablated[0].float()) & _rows(x_test[half:])
+        else:  # the evaluation grades the same circuit: ablated to the discovery examples' means
+            for a_eval, a_disc in zip(prep.evaluation.ablated, prep.problem.ablated):
+                assert torch.equal(a_eval, a_disc[:1].expand(len(x_test) - half, -1))
+            assert torch.allclose(prep.problem.ablated[0][0], full.features(x_test[:half]).mean(0))
+
+
+def test_large_test_split_is_capped_per_half(monkeypatch):
+    monkeypatch.setattr(discover_mod, "MAX_EXAMPLES_PER_HALF", 30)
+    torch.manual_seed(0)
+    ckpt = CoordMLP([64, 6, 10]).to_checkpoint("digits", "vanilla", 1, {"seed": 1})
+    s = discover(ckpt, "acdc", 0.01).summary
+    x_test = tasks.get_task("digits").make_data(1).x_test
+    assert (s["n_discovery"], s["n_evaluation"], s["examples_cap_per_half"]) == (30, 30, 30)
+    assert s["n_test_split"] == len(x_test)
+    prep = prepare(ckpt)
+    assert torch.equal(prep.clean_x, x_test[:30])
+    assert torch.equal(prep.evaluation.clean[0].float(), x_test[len(x_test) // 2:][:30])
+
+
+def _hand_accuracy(ckpt, x, y) -> float:
+    """The checkpoint format's forward (design.md), in float64, by hand."""
+    h = x.double()[:, ckpt["in_perm"]]
+    L = len(ckpt["weights"])
+    for l, (w, b) in enumerate(zip(ckpt["weights"], ckpt["biases"])):
+        h = h @ w.double().T + b.double()
+        if l < L - 1:
+            h = h * torch.sigmoid(h)
+    out = torch.empty_like(h)
+    out[:, ckpt["out_perm"]] = h
+    return float((out.argmax(1) == y).double().mean())
+
+
+def test_acceptance_digits_bimt_seed_3(tmp_path):
+    """`circuitry train --task digits --regime bimt --steps 300 --seed 3` then `circuitry discover
+    --method acdc --threshold 0.01`: graded on seed 3's own held-out examples. (Hidden width 24
+    instead of the default 200 keeps the test a few seconds long; the data do not depend on it.)"""
+    from orchestrator.cli import main
+
+    model = tmp_path / "M"
+    main(["train", "--task", "digits", "--regime", "bimt", "--steps", "300", "--seed", "3", "--width", "24",
+          "--out", str(model)])
+    main(["discover", "--model", str(model / "model.pt"), "--method", "acdc", "--threshold", "0.01",
+          "--out", str(tmp_path / "C")])
+    s = json.loads((tmp_path / "C" / "summary.json").read_text())
+    split = tasks.get_task("digits").make_data(3)
+    n = len(split.x_test)
+    assert s["data_seed"] == 3 and s["n_discovery"] + s["n_evaluation"] == n == 359
+    ckpt = torch.load(model / "model.pt", weights_only=True)
+    half = s["n_discovery"]
+    assert s["evaluation"]["full_accuracy"] == pytest.approx(_hand_accuracy(ckpt, split.x_test[half:], split.y_test[half:]), abs=1e-12)
+    assert s["full_accuracy"] == pytest.approx(_hand_accuracy(ckpt, split.x_test[:half], split.y_test[:half]), abs=1e-12)
+    assert s["evaluation"]["full_accuracy"] > 0.5  # a trained model, so the check means something
+    for key in ("faithfulness", "metric_circuit", "circuit_accuracy", "logit_gap", "normalized_logit_gap"):
+        assert np.isfinite(s["evaluation"][key]), key
+    assert 0 < s["edges_tested"] <= s["n_edges_total"]
+    flat = summary_figures(s)
+    assert flat["eval_full_accuracy"] == s["evaluation"]["full_accuracy"] and "evaluation" not in flat
+
+
+def _edges_tested_by_definition(graph: Graph, masks, relevant: torch.Tensor) -> int:
+    """ACDC visits layer m's receivers once the masks of layers >= m are final: a receiver's edges
+    are tried iff it reaches a metric output along kept edges of non-zero weight."""
+    reach = relevant.clone()
+    total = 0
+    for m in range(graph.n_layers, 0, -1):
+        total += int(reach.sum()) * graph.shape[m - 1]
+        live = masks[m - 1] & (graph.weights[m - 1] != 0)
+        reach = (live & reach[:, None]).any(0)
+    return total
+
+
+@pytest.mark.parametrize("output", [None, 1])
+def test_edges_tested_counts_the_candidates_acdc_tries(output):
+    teacher = tasks.get_task("planted_teacher").teacher()  # sparse: many receivers cannot reach
+    g = Graph.from_checkpoint(teacher)
+    x = tasks.get_task("planted_teacher").make_data(0).x_test[:60]
+    p = Problem.build(g, x, x.flip(0), "mse", "resample", output)
+    relevant = p.metric.relevant_outputs(g.shape[-1])
+    counts = []
+    for tau in (1e-4, 1e-2, 0.1):
+        res = acdc(p, tau)
+        want = _edges_tested_by_definition(g, acdc_naive(p, tau).masks, relevant)
+        assert res.edges_tested == want
+        counts.append(want)
+    assert min(counts) < g.n_edges  # some receivers were cut off and never tried
+    d = discover(teacher, "acdc", 1e-4, output=output)
+    assert d.summary["edges_tested"] == _edges_tested_by_definition(g, d.masks, relevant)
+    assert discover(teacher, "exact", top_k=5).summary["edges_tested"] == g.n_edges
+    assert discover(teacher, "eap", top_k=5).summary["edges_tested"] is None
