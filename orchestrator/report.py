@@ -1,10 +1,11 @@
 """`circuitry report SWEEP`: the seed paper's comparison, from a finished (or partial) sweep.
 
 Reads SWEEP/jobs.parquet (one row per finished job) and writes SWEEP/report.md plus PNG figures.
-Rows are grouped by task x regime (x discovery method and threshold); each cell is the mean over
-seeds with a 95% t-interval. For every figure, BIMT / vanilla is computed per seed (same seed =
-same data and initialisation) and summarised the same way; `excludes 1` marks ratios whose
-interval lies wholly on one side of 1.
+Tables: one row per task x regime x the settings that name a discovery (method, threshold,
+ablation, ...); each cell is the arithmetic mean over seeds with a 95% t-interval, and says how many
+seeds' values are undefined (NaN, e.g. f of a collapsed model). Ratios: every regime against
+vanilla, paired by seed and by everything else that names the job, summarised as a geometric
+mean with a t-interval on the log ratios (orchestrator.stats).
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from orchestrator.spec import TRAIN_GRID
+from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, paired_ratio
 
 # (column, label, better): better is "higher" or "lower"
 QUALITY = [
@@ -27,10 +31,12 @@ QUALITY = [
     ("cpr", "CPR", "higher"),
     ("cmd", "CMD", "lower"),
     ("logit_gap", "logit gap", "lower"),
+    ("normalized_logit_gap", "logit gap ÷ empty circuit's", "lower"),
     ("circuit_accuracy", "circuit accuracy", "higher"),
     ("full_accuracy", "full accuracy", "higher"),
 ]
 DISCOVERY = [
+    ("edges_tested", "edges tested", "lower"),
     ("discovery_seconds", "wall s", "lower"),
     ("forward_examples", "example-forwards", "lower"),
     ("edges_per_second", "edges/s", "higher"),
@@ -53,6 +59,23 @@ PROFILE = [
     ("test_accuracy", "test accuracy", "higher"),
 ]
 REGIME_ORDER = ["vanilla", "l1", "local", "swap", "bimt"]
+BASELINE = "vanilla"
+# The settings that name a discovery; shown whenever a sweep has them.
+DISCOVERY_KEYS = ("method", "threshold", "ablation", "output")
+# Settings that split a row only where they take several values within a task (a grid over lam
+# must not be averaged as if its points were seeds): the train grid's, the discover job's own
+# seed (its corruption pairing) and the package version.
+VARYING_KEYS = tuple(k for k in TRAIN_GRID if k not in ("task", "regime", "seed")) + ("discover_seed", "version")
+# Settings on which a regime's discovery always pairs with vanilla's (the same discovery).
+PAIRED_ALWAYS = DISCOVERY_KEYS + ("discover_seed",)
+# Yes/no figures: their mean over seeds is a fraction, and a ratio of 0s and 1s is no ratio.
+NO_RATIO = {"dependencies_match"}
+# Figures every discovery computes: a NaN there is an undefined value (f when ablating every
+# edge changes nothing), never a figure the task lacks.
+ALWAYS_DEFINED = {"faithfulness"}
+# Figures added by newer versions: when the column is missing but its companion is present, the
+# tables say n/a rather than leave the figure out without a word.
+NEWER_THAN = {"normalized_logit_gap": "logit_gap", "edges_tested": "forward_examples"}
 
 
 @dataclass
@@ -97,7 +120,8 @@ def estimate(values) -> Estimate:
 
 
 def load_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train rows, discover rows); discover rows carry task/regime/seed of the model they read."""
+    """(train rows, discover rows); discover rows carry the task, regime, seed and train settings
+    of the model they read, and their own seed as `discover_seed`."""
     path = Path(sweep_dir) / "jobs.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no jobs.parquet; run the sweep first (`circuitry run SPEC`)")
@@ -107,9 +131,13 @@ def load_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     train = df[df["kind"] == "train"].copy()
     discover = df[df["kind"] == "discover"].copy()
     if len(discover):
-        models = train.set_index("job_id")[["task", "regime", "seed"]]
-        for col in ("task", "regime", "seed"):
-            discover[col] = discover["model_id"].map(models[col]).fillna(discover.get(col))
+        if "seed" in discover:
+            discover["discover_seed"] = discover["seed"]
+        discover["seed"] = discover.get("train_seed")
+        models = train.set_index("job_id")
+        for col in [c for c in TRAIN_GRID if c in models]:
+            mapped = discover["model_id"].map(models[col])
+            discover[col] = mapped.fillna(discover[col]) if col in discover else mapped
     for frame in (train, discover):
         for col, *_ in QUALITY + DISCOVERY + SPARSITY + PROFILE:
             if col in frame:
@@ -117,65 +145,194 @@ def load_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return train, discover
 
 
-def discovery_keys(discover: pd.DataFrame) -> list[str]:
-    return [k for k in ("method", "threshold", "ablation", "output") if k in discover and discover[k].notna().any()]
+def row_keys(frame: pd.DataFrame) -> list[str]:
+    """The columns besides task and regime that name a table row of these (train or discover) rows."""
+    keys = [k for k in DISCOVERY_KEYS if k in frame and frame[k].notna().any()]
+    for k in VARYING_KEYS:
+        if k in frame and len(frame) and frame.groupby("task")[k].nunique(dropna=False).max() > 1:
+            keys.append(k)
+    return keys
 
 
 def _sorted_regimes(regimes) -> list[str]:
     return sorted(set(regimes), key=lambda r: (REGIME_ORDER.index(r) if r in REGIME_ORDER else 99, r))
 
 
-def table(frame: pd.DataFrame, keys: list[str], figures) -> str:
-    """A markdown table: one row per group of `keys`, one column per figure present."""
-    figures = [f for f in figures if f[0] in frame and frame[f[0]].notna().any()]
-    if frame.empty or not figures:
-        return "_no rows_\n"
-    head = "| " + " | ".join(keys + ["seeds"] + [label for _, label, _ in figures]) + " |"
-    lines = [head, "|" + "---|" * (len(keys) + 1 + len(figures))]
+def _same(column: pd.Series, value) -> pd.Series:
+    """column == value, with NaN equal to NaN (an unset `output` names the same discovery)."""
+    return column.isna() if pd.isna(value) else column == value
+
+
+def _applies(frame: pd.DataFrame, col: str, task, method=None) -> bool:
+    """Whether `col` is a figure of this task (and discovery method): some row of it has a value.
+    Where it applies, a NaN is an undefined value and is counted as one."""
+    if col not in frame:
+        return False
+    if col in ALWAYS_DEFINED:
+        return True
+    rows = frame[_same(frame["task"], task)] if "task" in frame else frame
+    if method is not None and "method" in rows:
+        rows = rows[_same(rows["method"], method)]
+    return bool(rows[col].notna().any())
+
+
+def _shown_figures(frame: pd.DataFrame, figures) -> list[tuple]:
+    """The figures with a value somewhere, and newer figures this (older) sweep lacks (as n/a)."""
+    return [f for f in figures if (f[0] in frame and frame[f[0]].notna().any())
+            or (f[0] not in frame and NEWER_THAN.get(f[0]) in frame)]
+
+
+def figure_cell(frame: pd.DataFrame, group: pd.DataFrame, col: str) -> str:
+    """mean ± half-width over the defined values, and how many seeds' values are undefined."""
+    if col not in group:
+        return "n/a"
+    values = group[col]
+    method = group["method"].iloc[0] if "method" in group else None
+    task = group["task"].iloc[0] if "task" in group else None
+    undefined = int(values.isna().sum()) if _applies(frame, col, task, method) else 0
+    return str(estimate(values)) + (f" ({undefined} undefined)" if undefined else "")
+
+
+def _ordered_groups(frame: pd.DataFrame, keys: list[str]):
     groups = frame.groupby(keys, dropna=False, sort=False)
     order = sorted(groups.groups, key=lambda g: tuple(
         (REGIME_ORDER.index(v) if v in REGIME_ORDER else 99, str(v)) for v in (g if isinstance(g, tuple) else (g,))))
     for key in order:
-        g = groups.get_group(key)
-        key = key if isinstance(key, tuple) else (key,)
+        yield (key if isinstance(key, tuple) else (key,)), groups.get_group(key)
+
+
+def table(frame: pd.DataFrame, keys: list[str], figures) -> str:
+    """A markdown table: one row per group of `keys`, one column per figure present."""
+    figures = _shown_figures(frame, figures)
+    if frame.empty or not figures:
+        return "_no rows_\n"
+    head = "| " + " | ".join(keys + ["seeds"] + [label for _, label, _ in figures]) + " |"
+    lines = [head, "|" + "---|" * (len(keys) + 1 + len(figures))]
+    for key, g in _ordered_groups(frame, keys):
         cells = [str(k) for k in key] + [str(g["seed"].nunique() if "seed" in g else len(g))]
-        cells += [str(estimate(g[col])) for col, _, _ in figures]
+        cells += [figure_cell(frame, g, col) for col, _, _ in figures]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def ratios(frame: pd.DataFrame, keys: list[str], figures, pair_on: list[str]) -> list[dict]:
-    """BIMT / vanilla per seed-matched pair, summarised per group of `keys` (without regime)."""
-    out = []
-    if not {"bimt", "vanilla"} <= set(frame.get("regime", pd.Series(dtype=str)).unique()):
-        return out
-    for key, g in frame.groupby(keys, dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        b = g[g["regime"] == "bimt"].set_index(pair_on)
-        v = g[g["regime"] == "vanilla"].set_index(pair_on)
-        common = b.index.intersection(v.index)
+# ---------------------------------------------------------------- ratios against vanilla
+@dataclass
+class Comparison:
+    """One figure's regime ÷ vanilla over the seeds of one cell."""
+
+    cell: tuple  # (task, *keys)
+    figure: str
+    better: str  # "higher" or "lower"
+    ratio: RatioSummary
+    unpaired: int  # seeds with a row on one side only (a partial sweep)
+
+    @property
+    def regime_better(self) -> str:
+        gm = self.ratio.geometric_mean
+        if not self.ratio.n or gm == 1:
+            return "-"
+        return "yes" if (gm > 1) == (self.better == "higher") else "no"
+
+
+def compare(frame: pd.DataFrame, regime: str, keys: list[str], figures) -> list[Comparison]:
+    """`regime` ÷ vanilla for every figure, per cell (task x keys), paired by seed.
+
+    A vanilla model pairs with every model of the same task and seed that agrees with it on the
+    settings vanilla's own rows take several values of: the discovery settings, and a train
+    setting only where the grid varies it for vanilla too (lam, which vanilla ignores and may
+    record as a single value, then pairs every lam with the one vanilla model)."""
+    out: list[Comparison] = []
+    rows = frame[frame["regime"] == regime]
+    baseline = frame[frame["regime"] == BASELINE]
+    for cell, g in rows.groupby(["task"] + keys, dropna=False, sort=True):
+        cell = cell if isinstance(cell, tuple) else (cell,)
+        base = baseline[_same(baseline["task"], cell[0])]
+        for k, value in zip(keys, cell[1:]):
+            if k in PAIRED_ALWAYS or base[k].nunique(dropna=False) > 1:
+                base = base[_same(base[k], value)]
+        if base.empty:
+            continue
+        method = cell[1 + keys.index("method")] if "method" in keys else None
         for col, label, better in figures:
-            if col not in g or common.empty:
+            if col in NO_RATIO or not _applies(frame, col, cell[0], method):
                 continue
-            r = (b.loc[common, col].astype(float) / v.loc[common, col].astype(float)).replace([np.inf, -np.inf], np.nan)
-            est = estimate(r.dropna())
-            if est.n == 0:
-                continue
-            excludes = est.half_width is not None and (est.low > 1 or est.high < 1)
-            wins = (est.mean > 1) == (better == "higher") and est.mean != 1
-            out.append({"group": " / ".join(str(k) for k in key), "figure": label, "ratio": est,
-                        "better": better, "bimt_better": wins, "excludes_1": excludes})
+            x = g.groupby("seed")[col].mean()
+            y = base.groupby("seed")[col].mean()
+            common = x.index.intersection(y.index)
+            out.append(Comparison(cell, label, better, paired_ratio(x[common].to_numpy(), y[common].to_numpy()),
+                                  len(x.index.symmetric_difference(y.index))))
     return out
 
 
-def ratio_table(rows: list[dict]) -> str:
-    if not rows:
-        return "_needs both bimt and vanilla rows with matching seeds_\n"
-    lines = ["| group | figure | BIMT ÷ vanilla | better is | BIMT better? | interval excludes 1 |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['group']} | {r['figure']} | {r['ratio']} | {r['better']} | "
-                     f"{'yes' if r['bimt_better'] else 'no'} | {'yes' if r['excludes_1'] else ('-' if r['ratio'].half_width is None else 'no')} |")
+def ratio_text(r: RatioSummary) -> str:
+    if r.n == 0:
+        return "-"
+    if r.n == 1:
+        return fmt(r.geometric_mean)
+    return f"{fmt(r.geometric_mean)} [{fmt(r.low)}, {fmt(r.high)}]"
+
+
+def excludes_1_text(r: RatioSummary) -> str:
+    if r.n < MIN_N_FOR_CLAIM:
+        return f"- (n < {MIN_N_FOR_CLAIM})"
+    if r.degenerate:
+        return "no (zero width)"
+    return "yes" if r.excludes_1 else "no"
+
+
+def left_out_text(c: Comparison) -> str:
+    parts = [f"{c.ratio.n_undefined} undefined"] if c.ratio.n_undefined else []
+    parts += [f"{c.unpaired} unpaired"] if c.unpaired else []
+    return ", ".join(parts) or "0"
+
+
+def ratio_table(comparisons: list[Comparison], regime: str, keys: list[str]) -> str:
+    if not comparisons:
+        return f"_no {regime} and {BASELINE} rows with matching seeds_\n"
+    head = ["task"] + keys + ["figure", f"{regime} ÷ {BASELINE}", "n", "left out", "better is",
+                              f"{regime} better?", "interval excludes 1"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in comparisons:
+        cells = [str(k) for k in c.cell] + [c.figure, ratio_text(c.ratio), str(c.ratio.n), left_out_text(c),
+                                            c.better, c.regime_better, excludes_1_text(c.ratio)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def speed_figure(discover: pd.DataFrame) -> tuple[list[tuple], str]:
+    """The figure the discovery-speed comparison is made on, and the sentence that says why."""
+    if "edges_tested" in discover and discover["edges_tested"].notna().any():
+        return [DISCOVERY[0]], ("Discovery speed is compared on edges tested: the candidate edges ACDC's "
+                                "definition tries, which no implementation changes.")
+    return [("forward_examples", "example-forwards", "lower")], (
+        "Discovery speed is compared on example-forwards: this sweep's rows have no `edges_tested` "
+        "(an older sweep), and example-forwards depend on how an implementation batches its trials.")
+
+
+def ratio_sections(train: pd.DataFrame, discover: pd.DataFrame) -> list[str]:
+    speed, speed_note = speed_figure(discover)
+    lines = ["## Ratios against vanilla", "",
+             "Each regime ÷ vanilla, paired by seed and by every setting that names the job (task, method, "
+             "threshold, ablation, ...). A cell is the geometric mean of the paired ratios with a 95% "
+             "t-interval on the log ratios, exponentiated; n counts the pairs it rests on. A pair whose ratio "
+             "is undefined (a zero, negative, NaN or infinite value on either side) is left out and counted "
+             "under `left out`, as are seeds with a row on one side only. `interval excludes 1` needs "
+             f"n >= {MIN_N_FOR_CLAIM} and an interval of non-zero width.", "", speed_note]
+    if len(discover) and "logit_gap" in discover and "normalized_logit_gap" not in discover:
+        lines += ["", "logit gap ÷ empty circuit's: n/a (this sweep's rows have no `normalized_logit_gap`)."]
+    circuit_figures = QUALITY + speed + SPARSITY
+    regimes = [r for r in _sorted_regimes(set(train.get("regime", [])) | set(discover.get("regime", [])))
+               if r != BASELINE]
+    if not regimes:
+        lines += ["", f"_no regime besides {BASELINE} in this sweep_"]
+    for regime in regimes:
+        lines += ["", f"### {regime} ÷ {BASELINE}", "", "Training:", ""]
+        train_keys = row_keys(train)
+        lines.append(ratio_table(compare(train, regime, train_keys, PROFILE), regime, train_keys))
+        if len(discover):
+            keys = row_keys(discover)
+            lines += ["Circuits:", "", ratio_table(compare(discover, regime, keys, circuit_figures), regime, keys)]
+    return lines
 
 
 # ---------------------------------------------------------------- figures
@@ -312,11 +469,12 @@ def missing_jobs(sweep_dir: Path, done: set[str]) -> list[str] | None:
 def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
     sweep_dir = Path(sweep_dir)
     train, discover = load_jobs(sweep_dir)
-    keys = discovery_keys(discover)
+    keys = row_keys(discover)
     pictures: list[Path] = []
     lines = [f"# circuitry report: {sweep_dir.name}", ""]
     lines.append(f"{len(train)} trained models, {len(discover)} circuits; cells are mean ± 95% CI half-width over seeds "
-                 "(no interval with one seed).")
+                 "(no interval with one seed); `(k undefined)`: k seeds' values are NaN (e.g. f when ablating every "
+                 "edge changes the metric by round-off only) and the mean is over the others.")
     missing = missing_jobs(sweep_dir, set(train["job_id"]) | set(discover["job_id"]))
     if missing:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
@@ -324,16 +482,12 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
     elif missing is None:
         lines += ["", "(The sweep folder has no spec.toml, so missing jobs cannot be listed.)"]
 
-    lines += ["", "## BIMT ÷ vanilla", ""]
-    ratio_rows = ratios(train, ["task"], PROFILE, ["seed"])
-    if len(discover):
-        ratio_rows += ratios(discover, ["task"] + keys, QUALITY + DISCOVERY + SPARSITY, ["seed"])
-    lines.append(ratio_table(ratio_rows))
+    lines += [""] + ratio_sections(train, discover) + [""]
     sections = [
         ("Circuit quality", discover, ["task", "regime"] + keys, QUALITY),
         ("Discovery cost", discover, ["task", "regime"] + keys, DISCOVERY),
         ("Sparsity", discover, ["task", "regime"] + keys, SPARSITY),
-        ("Computational profile (training)", train, ["task", "regime"], PROFILE),
+        ("Computational profile (training)", train, ["task", "regime"] + row_keys(train), PROFILE),
     ]
     for title, frame, group, figures in sections:
         lines += [f"## {title}", "", table(frame, group, figures) if len(frame) else "_no rows_\n"]

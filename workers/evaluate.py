@@ -4,6 +4,8 @@ accuracy. Every function takes a `Problem` (workers.graph) and masks; nothing is
 files."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -15,12 +17,40 @@ from workers.graph import Graph, Problem
 CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 
 
-def normalized_faithfulness(m_circuit: float, m_empty: float, m_full: float = 0.0) -> float:
-    """MIB's f = (m(C) - m(empty)) / (m(N) - m(empty)); m(N) = 0 under our metrics."""
+# f is undefined when ablating every edge moves the metric by no more than round-off: then
+# (m(C) - m(empty)) / (m(N) - m(empty)) divides noise by noise (a collapsed model whose output
+# ignores its edges has m(empty) ~ 1e-17).
+F_UNDEFINED_RTOL = 1e-9
+
+
+def normalized_faithfulness(m_circuit: float, m_empty: float, m_full: float = 0.0, scale: float = 0.0) -> float:
+    """MIB's f = (m(C) - m(empty)) / (m(N) - m(empty)); m(N) = 0 under our metrics.
+
+    NaN (undefined) when |m(empty) - m(N)| <= F_UNDEFINED_RTOL * max(|m(empty)|, |m(N)|, scale).
+    `scale` is the size of the numbers the metric is computed from (`metric_scale`): with
+    m(N) = 0 exactly, max(|m(empty)|, |m(N)|) alone would only catch an exact 0."""
     denom = m_full - m_empty
-    if denom == 0:
+    if not (math.isfinite(denom) and math.isfinite(m_circuit)):
+        return float("nan")
+    if abs(denom) <= F_UNDEFINED_RTOL * max(abs(m_empty), abs(m_full), abs(scale)):
         return float("nan")
     return (m_circuit - m_empty) / denom
+
+
+def metric_scale(problem: Problem) -> float:
+    """The size of the terms the circuit metric subtracts, at the full model's output, so that
+    round-off in the metric is ~ machine epsilon x this: MSE, the mean square of the outputs it
+    reads; KL, the mean of |sum p log p| + |sum p y| + |logsumexp y| (the three terms of
+    graph.Metric's formula); the Bernoulli KL of one output, |log q| + |log(1 - q)|."""
+    m, y = problem.metric, problem.clean[-1].double()
+    if m.kind == "mse":
+        cols = y if m.out_pos is None else y[:, m.out_pos]
+        return float((cols ** 2).mean())
+    if m.out_pos is not None:
+        return float((m.lq1_full.abs() + m.lq0_full.abs()).double().mean())
+    p = m.p_full.double()
+    terms = m.neg_entropy_full.double().abs() + (p * y).sum(-1).abs() + torch.logsumexp(y, -1).abs()
+    return float(terms.mean())
 
 
 def top_k_masks(graph: Graph, flat_scores: torch.Tensor, k: int) -> list[torch.Tensor]:
@@ -45,7 +75,7 @@ def faithfulness(problem: Problem, masks) -> dict:
     m_c = problem.circuit_metric(masks)
     m_e = problem.circuit_metric(problem.graph.full_masks(False))
     return {"metric_circuit": m_c, "metric_empty": m_e, "metric_full": 0.0,
-            "faithfulness": normalized_faithfulness(m_c, m_e)}
+            "faithfulness": normalized_faithfulness(m_c, m_e, scale=metric_scale(problem))}
 
 
 def faithfulness_curve(problem: Problem, flat_scores: torch.Tensor) -> dict:
@@ -53,10 +83,11 @@ def faithfulness_curve(problem: Problem, flat_scores: torch.Tensor) -> dict:
     CMD = area under |1 - f|, trapezoids over the edge fraction in [0, 1]."""
     g = problem.graph
     m_e = problem.circuit_metric(g.full_masks(False))
+    scale = metric_scale(problem)
     xs, fs = [], []
     for pct in CURVE_PERCENTS:
         k = int(round(pct / 100 * g.n_edges))
-        fs.append(normalized_faithfulness(problem.circuit_metric(top_k_masks(g, flat_scores, k)), m_e))
+        fs.append(normalized_faithfulness(problem.circuit_metric(top_k_masks(g, flat_scores, k)), m_e, scale=scale))
         xs.append(pct / 100)
     x, f = np.array(xs), np.array(fs)
     return {"curve_fractions": xs, "curve_faithfulness": fs,
