@@ -21,13 +21,19 @@ Why `acdc` can be much faster and still return the same circuit:
   guessing only affects speed.
 - Guesses come from a per-example quadratic model of the metric in the receiver's pre-activation
   (`_metric_model`: the metric is a mean over examples of terms that each depend on that
-  example's value only, so two probe rows per round give every candidate's predicted increase,
-  interactions between the window's removals included). A round stops at the first candidate
-  whose prediction is within the model's recently seen error of tau, so wrong guesses rarely
-  waste rows: on a dense 784-200-200-10 net a layer-1 receiver costs ~1.1 rows per candidate.
-- Rows are pushed through the downstream layers in cache-sized tiles whose intermediates are
-  written in place into reused buffers (no allocation in the hot loop); on a GPU the tiles are
-  large. Everything runs on the problem's device (`Problem.to`); results come back on the CPU.
+  example's value only, so two probe rows give every candidate's predicted increase,
+  interactions between the window's removals included; `_guess` finds the sequential guesses by
+  whole-window sweeps). Probes are taken at a receiver's start and again after a round whose
+  guesses were contradicted. A round stops at the first candidate whose prediction is within the
+  model's recently seen error of tau, so wrong guesses rarely waste rows.
+- The current circuit's per-example metric terms are kept (`terms`), so a round evaluates only
+  its candidates' rows (no row for the current state), and silent candidates (below) are decided
+  without any row: ~1.04 rows per candidate on a dense vanilla digits net.
+- Rows are pushed through the downstream layers in tiles whose intermediates are written in
+  place into reused buffers (no allocation in the hot loop: fresh multi-MiB tensors cost page
+  faults), neuron-major ([neurons, rows, examples]) so that each layer is one `W @ h` matmul
+  with the long dimension last; on a GPU the tiles are large. Everything runs on the problem's
+  device (`Problem.to`); results come back on the CPU.
 - Edges whose delta is identically zero (zero weight, or an ablated value equal to the clean one)
   and receivers with no path to the metric get an increase of exactly 0.0, as the naive
   definition does (its forward is unchanged bit for bit), so tau = 0 ties agree as well.
