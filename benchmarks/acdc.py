@@ -46,7 +46,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_checkpoint(task_name: str, width: int | None, steps: int, random: bool) -> tuple[dict, str]:
+def make_checkpoint(task_name: str, width: int | None, steps: int, random: bool,
+                    regime: str = "bimt") -> tuple[dict, str]:
     task = tasks.get_task(task_name)
     shape = list(task.shape)
     if width:
@@ -54,10 +55,10 @@ def make_checkpoint(task_name: str, width: int | None, steps: int, random: bool)
     if not random:
         try:
             from workers.train import TrainConfig, train
-            cfg = TrainConfig(task=task_name, regime="bimt", steps=steps, seed=0, width=width, device="cpu")
+            cfg = TrainConfig(task=task_name, regime=regime, steps=steps, seed=0, width=width, device="cpu")
             t0 = time.perf_counter()
             ckpt = train(cfg).checkpoint
-            return ckpt, f"bimt-trained {steps} steps ({time.perf_counter() - t0:.0f}s)"
+            return ckpt, f"{regime}-trained {steps} steps ({time.perf_counter() - t0:.0f}s)"
         except ImportError:
             pass
     torch.manual_seed(0)
@@ -88,12 +89,37 @@ def pick_tau(exact: torch.Tensor) -> float:
     return float(0.5 * (real[k - 1] + real[k]))
 
 
-def bench(name: str, ckpt: dict, naive_budget_edges: int | None, out_rows: list, naive_max_seconds: float):
+def gemm_rate() -> float:
+    """This process's float64 matrix-multiply rate (FLOP/s, best of 3) at the current threads."""
+    a = torch.randn(1024, 1024, dtype=torch.float64)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 1024 ** 3 / best
+
+
+def flop_limit(shape, n_examples: int) -> float:
+    """The multiply-adds that deciding every edge needs at least, with one exact evaluation per
+    candidate and nothing else (the issue's estimate): a candidate into layer m changes one
+    pre-activation, so its effect needs the rank-one update of layer m+1 and the dense layers
+    after it; into the output layer, only the metric's n_out terms."""
+    L = len(shape) - 1
+    total = 0
+    for m in range(1, L + 1):
+        per = shape[L] if m == L else shape[m + 1] + sum(shape[l] * shape[l + 1] for l in range(m + 1, L))
+        total += shape[m - 1] * shape[m] * n_examples * per
+    return float(total)
+
+
+def bench(name: str, ckpt: dict, naive_budget_edges: int | None, out_rows: list, naive_max_seconds: float,
+          tau: float | None = None, rate: float = 0.0):
     prep = prepare(ckpt, ablation="resample")
     p, g = prep.problem, prep.graph
     E = g.n_edges
     ex, _ = exact_scores(p)
-    tau = pick_tau(ex)
+    tau = pick_tau(ex) if tau is None else tau
 
     t0 = time.perf_counter()
     fast = acdc(p, tau)
@@ -125,6 +151,7 @@ def bench(name: str, ckpt: dict, naive_budget_edges: int | None, out_rows: list,
         "naive e/s": naive_eps, "naive s": E / naive_eps, "naive_extrapolated": n_naive != E,
         "acdc e/s": E / t_fast, "acdc s": t_fast, "speed-up": (E / t_fast) / naive_eps,
         "exact e/s": E / t_exact, "eap e/s": E / t_eap, "peak RSS MB": rss_fast,
+        "limit s": 2 * flop_limit(g.shape, p.n_examples) / rate,
     })
 
 
@@ -160,7 +187,7 @@ def big_checkpoint(heavy: bool, n: int, seed: int = 0) -> tuple[dict, dict]:
     return ckpt, data
 
 
-def bench_big(name: str, heavy: bool, n: int, per_layer: int, device, out_rows: list):
+def bench_big(name: str, heavy: bool, n: int, per_layer: int, device, out_rows: list, rate: float):
     """784-200-200-10 on random weights: exact once (timed; it also picks tau), acdc, and the
     naive definition replayed on `per_layer` random receivers of each layer."""
     ckpt, data = big_checkpoint(heavy, n)
@@ -194,6 +221,7 @@ def bench_big(name: str, heavy: bool, n: int, per_layer: int, device, out_rows: 
         "naive e/s": checked / t_naive, "naive s": E * t_naive / checked, "naive_extrapolated": True,
         "acdc e/s": E / t_fast, "acdc s": t_fast, "speed-up": (E / t_fast) / (checked / t_naive),
         "exact e/s": E / t_exact, "eap e/s": E / t_eap, "peak RSS MB": peak_rss_mb(),
+        "limit s": 2 * flop_limit(p.graph.shape, n) / rate,
     })
 
 
@@ -203,6 +231,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     ap.add_argument("--no-big", action="store_true", help="skip the 784-200-200-10 row (~3 minutes on 2 cores)")
     ap.add_argument("--big-only", action="store_true", help="only the 784-200-200-10 row")
+    ap.add_argument("--dense-only", action="store_true", help="only the vanilla (dense) digits rows")
     ap.add_argument("--big-heavy", action="store_true", help="add a heavy-tailed (BIMT-like) 784-200-200-10 row")
     ap.add_argument("--big-n", type=int, default=1000, help="examples of the 784-200-200-10 row")
     ap.add_argument("--naive-receivers", type=int, default=2,
@@ -215,29 +244,40 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    nets = [("independence 4-20-20-2", "independence", None, None, args.random),
-            ("digits 64-200-200-10", "digits", 200, args.naive_edges, args.random),
+    # (label, task, width, naive edges timed first, random weights, regime, steps, tau: None = pick_tau)
+    nets = [("independence 4-20-20-2", "independence", None, None, args.random, "bimt", args.steps, None),
+            ("digits 64-200-200-10", "digits", 200, args.naive_edges, args.random, "bimt", args.steps, None),
             # the worst case: dense random weights, every receiver reaches the outputs
-            ("digits 64-200-200-10 random", "digits", 200, args.naive_edges, True)]
+            ("digits 64-200-200-10 random", "digits", 200, args.naive_edges, True, "bimt", 0, None),
+            # dense trained nets (no penalty), at the thresholds a user tried (issue 13)
+            ("digits 64-200-200-10 vanilla 200 steps", "digits", 200, args.naive_edges, False, "vanilla", 200, 1e-2),
+            ("digits 64-200-200-10 vanilla 2000 steps", "digits", 200, args.naive_edges, False, "vanilla", 2000,
+             1e-3)]
     if args.random:
         nets = nets[:2]
+    if args.dense_only:
+        nets = nets[3:]
     if args.big_only:
         nets = []
     device = resolve_device(args.device)
-    for label, task, width, naive_budget, random in nets:
-        ckpt, how = make_checkpoint(task, width, args.steps, random)
+    rate = gemm_rate()
+    for label, task, width, naive_budget, random, regime, steps, tau in nets:
+        ckpt, how = make_checkpoint(task, width, steps, random, regime)
         print(f"{label}: {how}", flush=True)
-        bench(label, ckpt, naive_budget, rows, args.naive_max_seconds)
+        bench(label, ckpt, naive_budget, rows, args.naive_max_seconds, tau, rate)
     if not args.no_big:
         print("mnist 784-200-200-10: random weights and uniform [0, 1] examples (no MNIST files are read; "
               "timing only)", flush=True)
-        bench_big("mnist-shape 784-200-200-10 random", False, args.big_n, args.naive_receivers, device, rows)
+        bench_big("mnist-shape 784-200-200-10 random", False, args.big_n, args.naive_receivers, device, rows, rate)
         if args.big_heavy:
-            bench_big("mnist-shape 784-200-200-10 heavy-tailed", True, args.big_n, args.naive_receivers, device, rows)
+            bench_big("mnist-shape 784-200-200-10 heavy-tailed", True, args.big_n, args.naive_receivers, device, rows,
+                      rate)
     print(f"\ndevice: {device} (small rows: cpu); torch threads: {args.threads}; float64; resample ablation; "
-          "tau = median exact score above rounding noise (pick_tau)")
-    cols = ["net", "edges", "N", "kept", "identical", "naive e/s", "naive s", "acdc e/s", "acdc s",
-            "speed-up", "exact e/s", "eap e/s", "peak RSS MB"]
+          "tau = median exact score above rounding noise (pick_tau), vanilla rows: the issue's 1e-2 / 1e-3")
+    print(f"limit s = the FLOP limit (flop_limit: one exact evaluation per candidate, nothing else) at this "
+          f"process's float64 gemm rate, {rate / 1e9:.1f} GFLOP/s (CPU; on a GPU only a yardstick)")
+    cols = ["net", "edges", "N", "tau", "kept", "identical", "naive e/s", "naive s", "acdc e/s", "acdc s",
+            "limit s", "speed-up", "exact e/s", "eap e/s", "peak RSS MB"]
     print(" | ".join(cols))
     for r in rows:
         cells = []

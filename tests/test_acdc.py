@@ -149,3 +149,58 @@ def test_problem_to_device_keeps_results():
     res = acdc(p.to(torch.device("cpu")), 1e-3)
     assert all(m.device.type == "cpu" for m in res.masks + res.scores)
     assert same_masks(res.masks, acdc_naive(p, 1e-3).masks)
+
+
+def vanilla_checkpoint(task, width, steps):
+    """A small dense net trained without any penalty (the networks ACDC is slowest on)."""
+    from workers.train import TrainConfig, train
+    return train(TrainConfig(task=task, regime="vanilla", steps=steps, seed=0, width=width, device="cpu")).checkpoint
+
+
+@pytest.fixture(scope="module")
+def dense_nets():
+    """Dense nets on their tasks' own examples: untrained (random, no zero weights) and
+    vanilla-trained, one regression (MSE) and one classification (KL) each."""
+    return {("mse", "untrained"): random_checkpoint([4, 8, 8, 2], 5, zero_fraction=0.0),
+            ("kl", "untrained"): random_checkpoint([64, 6, 6, 10], 6, zero_fraction=0.0),
+            ("mse", "vanilla"): vanilla_checkpoint("independence", 8, 150),
+            ("kl", "vanilla"): vanilla_checkpoint("digits", 6, 60)}
+
+
+@pytest.mark.parametrize("kind", ["mse", "kl"])
+@pytest.mark.parametrize("net", ["untrained", "vanilla"])
+def test_acdc_equals_naive_on_dense_nets(dense_nets, kind, net):
+    """Every ablation and output=K on dense nets, with the examples a discovery would use (digits:
+    real images, many pixels equal in a clean/corrupted pair)."""
+    from workers.discover import prepare
+    ckpt = dense_nets[(kind, net)]
+    for ablation in ("resample", "zero", "mean"):
+        for output in (None, 1):
+            if net == "untrained":
+                p = problem_for(ckpt, kind, ablation, output, n=48)
+            else:
+                p = prepare(ckpt, ablation=ablation, output=output).problem
+            assert not any(bool((w == 0).any()) for w in p.graph.weights)  # dense
+            ex, _ = exact_scores(p)
+            for q in (0.3, 0.7):
+                tau = float(torch.quantile(ex[ex > 0], q))
+                fast, naive = acdc(p, tau), acdc_naive(p, tau)
+                assert same_masks(fast.masks, naive.masks), (ablation, output, q)
+                for a, b in zip(fast.scores, naive.scores):
+                    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+                kept = sum(int(m.sum()) for m in fast.masks)
+                assert 0 < kept < p.graph.n_edges, (ablation, output, q)
+
+
+def test_device_code_path_runs_on_cpu(monkeypatch):
+    """What a GPU runs (its large tiles: every candidate row of a round in one tile) gives the
+    naive circuit on the CPU too, so nothing GPU-only goes untested."""
+    import workers.acdc as A
+    monkeypatch.setattr(A, "TILE_ELEMENTS", {})  # the CPU falls back to TILE_ELEMENTS_OTHER
+    for kind in ("mse", "kl"):
+        p = problem_for(random_checkpoint([5, 9, 7, 4], 12, zero_fraction=0.0), kind, "resample", None)
+        ex, _ = exact_scores(p)
+        tau = float(torch.quantile(ex[ex > 0], 0.5))
+        fast, naive = acdc(p, tau), acdc_naive(p, tau)
+        assert same_masks(fast.masks, naive.masks)
+        torch.testing.assert_close(exact_scores(p)[0], exact_naive(p), rtol=0, atol=1e-12)

@@ -21,13 +21,19 @@ Why `acdc` can be much faster and still return the same circuit:
   guessing only affects speed.
 - Guesses come from a per-example quadratic model of the metric in the receiver's pre-activation
   (`_metric_model`: the metric is a mean over examples of terms that each depend on that
-  example's value only, so two probe rows per round give every candidate's predicted increase,
-  interactions between the window's removals included). A round stops at the first candidate
-  whose prediction is within the model's recently seen error of tau, so wrong guesses rarely
-  waste rows: on a dense 784-200-200-10 net a layer-1 receiver costs ~1.1 rows per candidate.
-- Rows are pushed through the downstream layers in cache-sized tiles whose intermediates are
-  written in place into reused buffers (no allocation in the hot loop); on a GPU the tiles are
-  large. Everything runs on the problem's device (`Problem.to`); results come back on the CPU.
+  example's value only, so two probe rows give every candidate's predicted increase,
+  interactions between the window's removals included; `_guess` finds the sequential guesses by
+  whole-window sweeps). Probes are taken at a receiver's start and again after a round whose
+  guesses were contradicted. A round stops at the first candidate whose prediction is within the
+  model's recently seen error of tau, so wrong guesses rarely waste rows.
+- The current circuit's per-example metric terms are kept (`terms`), so a round evaluates only
+  its candidates' rows (no row for the current state), and silent candidates (below) are decided
+  without any row: ~1.04 rows per candidate on a dense vanilla digits net.
+- Rows are pushed through the downstream layers in tiles whose intermediates are written in
+  place into reused buffers (no allocation in the hot loop: fresh multi-MiB tensors cost page
+  faults), neuron-major ([neurons, rows, examples]) so that each layer is one `W @ h` matmul
+  with the long dimension last; on a GPU the tiles are large. Everything runs on the problem's
+  device (`Problem.to`); results come back on the CPU.
 - Edges whose delta is identically zero (zero weight, or an ablated value equal to the clean one)
   and receivers with no path to the metric get an increase of exactly 0.0, as the naive
   definition does (its forward is unchanged bit for bit), so tau = 0 ties agree as well.
@@ -41,6 +47,7 @@ where metric(full model) = 0.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -114,25 +121,28 @@ class _Downstream:
             return slice(None) if idx.numel() == g.shape[layer] else idx
 
         r = positions(self.live[self.m][:, j] & self.co[self.m + 1], self.m + 1)
-        # z_{m+1} = z_now + dh_j * w: rank one, only j's live out-edges move
-        steps = [(r, self.wlive[self.m][r, j].contiguous(), self.z[self.m + 1][:, r].contiguous())]
+        # z_{m+1} = z_now + dh_j * w: rank one, only j's live out-edges move. Tiles are evaluated
+        # neuron-major ([neurons, rows, examples]: `w @ h` with the long rows*examples dimension
+        # last is the fast shape of a skinny matmul), so the constants are stored transposed
+        steps = [(r, self.wlive[self.m][r, j].contiguous(), self.z[self.m + 1][:, r].T.contiguous())]
         for l in range(self.m + 1, self.L):
             r_next = positions(self.live[l][:, r].any(1) & self.co[l + 1], l + 1)
             w = self.wlive[l][r_next][:, r]
-            # z_next = h_new @ w.T + (z_next_now - h_now @ w.T): one matmul and one add per row
+            # z_next = w @ h_new + (z_next_now - w @ h_now): one matmul and one add per row
             offset = self.z[l + 1][:, r_next] - self.h[l][:, r] @ w.T
-            steps.append((r_next, w.T.contiguous(), offset.contiguous()))
+            steps.append((r_next, w.contiguous(), offset.T.contiguous()))
             r = r_next
         return steps
 
     def _buffer(self, key, shape) -> torch.Tensor:
         """A reusable scratch tensor (a tile's intermediates are written in place into these, so
         the hot loop allocates nothing and its working set stays in cache)."""
+        n = math.prod(shape)
         buf = self._buffers.get(key)
-        if buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:]:
-            buf = torch.empty(shape, dtype=torch.float64, device=self.device)
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=torch.float64, device=self.device)
             self._buffers[key] = buf
-        return buf[:shape[0]]
+        return buf[:n].view(shape)
 
     def _outputs(self, j: int, zc: torch.Tensor, plan) -> torch.Tensor:
         """The circuit's output [T, N, n_out] for a tile of candidate pre-activations zc [T, N] of
@@ -145,18 +155,19 @@ class _Downstream:
             y[:, :, j] = zc
             return y
         dh = F.silu(zc) - h[m][:, j]
-        r, w, base = plan[0]
-        zl = torch.addcmul(base, dh[..., None], w, out=self._buffer(0, (T, N, w.shape[0])))
+        r, w, base_t = plan[0]
+        zl = torch.addcmul(base_t[:, None], w[:, None, None], dh[None], out=self._buffer(0, (w.shape[0], T, N)))
         for k, l in enumerate(range(m + 1, L)):
             F.silu(zl, inplace=True)
-            r, w_t, offset = plan[k + 1]
-            zl = torch.matmul(zl, w_t, out=self._buffer(k + 1, (T, N, w_t.shape[1])))
-            zl.add_(offset)
+            r, w, offset_t = plan[k + 1]
+            out = self._buffer(k + 1, (w.shape[0], T, N))
+            torch.mm(w, zl.view(w.shape[1], T * N), out=out.view(w.shape[0], T * N))
+            zl = out.add_(offset_t[:, None])
         if isinstance(r, slice):
-            return zl
+            return zl.permute(1, 2, 0)
         y = self._buffer("y", (T, N, h[L].shape[1]))
         y.copy_(h[L].expand(T, *h[L].shape))
-        y[:, :, r] = zl
+        y[:, :, r] = zl.permute(1, 2, 0)
         return y
 
     def evaluate(self, j: int, zc: torch.Tensor, plan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +177,9 @@ class _Downstream:
         per = torch.empty(B, N, dtype=torch.float64, device=self.device)
         for a in range(0, B, self.tile):
             b = min(B, a + self.tile)
-            per[a:b] = self.p.metric.per_example(self._outputs(j, zc[a:b], plan))
+            y = self._outputs(j, zc[a:b], plan)
+            scratch = self._buffer("scratch", (y.numel(),)).as_strided(y.shape, y.stride())  # y's layout
+            per[a:b] = self.p.metric.per_example(y, scratch=scratch)
         return per.mean(-1), per
 
     def commit(self, j: int, zj: torch.Tensor, plan) -> None:
@@ -179,16 +192,16 @@ class _Downstream:
         h[m][:, j] = hj
         if m == L:
             return
-        r, w, base = plan[0]
-        zl = base + dh[:, None] * w
+        r, w, base_t = plan[0]
+        zl = base_t.T + dh[:, None] * w
         for k, l in enumerate(range(m + 1, L + 1)):
             hl = zl if l == L else F.silu(zl)
             z[l][:, r] = zl
             h[l][:, r] = hl
             if l == L:
                 return
-            r, w_t, offset = plan[k + 1]
-            zl = hl @ w_t + offset
+            r, w, offset_t = plan[k + 1]
+            zl = hl @ w.T + offset_t.T
 
 
 def _deltas(problem: Problem, layer: int, j: int) -> torch.Tensor:
@@ -212,6 +225,7 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
     spent = 2 * N  # the clean and corrupted full forwards
     tested = 0
     removed_when_silent = 0.0 < tau  # a candidate whose increase is exactly 0
+    terms = problem.metric.per_example(h[L])  # the current circuit's per-example metric terms
     for m in range(L, 0, -1):
         down = _Downstream(problem, masks, m, z, h, batch_elements)
         diff_all = problem.ablated[m - 1] - problem.clean[m - 1]
@@ -225,12 +239,15 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
             tested += n_send
             deltas = g.weights[m - 1][j][:, None] * diff_all.T
             plan = down.plan(j)
-            state, kept, row_scores, used = _decide_receiver(down, j, z[m][:, j].clone(), deltas, tau, plan,
-                                                             progress)
+            state, kept, row_scores, used = _decide_receiver(down, j, z[m][:, j].clone(), terms, deltas, tau,
+                                                             plan, progress)
             masks[m - 1][j] = torch.tensor(kept, dtype=torch.bool, device=dev)
             scores[m - 1][j] = torch.tensor(row_scores, dtype=torch.float64)
-            spent += used + N
-            down.commit(j, state, plan)
+            spent += used
+            if not all(kept):  # the state moved: write it downstream (N example-forwards)
+                down.commit(j, state, plan)
+                terms = problem.metric.per_example(h[L])
+                spent += N
     return EdgeResult([mk.cpu() for mk in masks], scores, spent, tested)
 
 
@@ -255,56 +272,84 @@ def _metric_model(per: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def _guess(model, shift: torch.Tensor, deltas: torch.Tensor, tau: float, known: list,
-           margin: float) -> tuple[list[bool], list[float], int]:
+           margin: float, sweeps: int = 4) -> tuple[list[bool], list[float], int]:
     """Sequential guesses for a window of candidates (rows of `deltas`) starting at the state
     `shift` away from where the model was taken: the predicted increase of candidate k is the
     model's change between the chain state before k (the deltas of the earlier guessed removals
     added) and that state plus its own delta. `known` holds decisions measured earlier (None
     where none). Also returns how many candidates to evaluate: up to and including the first
-    whose prediction is within `margin` of tau (a likely wrong guess; later rows would be wasted)."""
+    whose prediction is within `margin` of tau (a likely wrong guess; later rows would be wasted).
+
+    The sequential guesses g_k = [pred_k(g_<k) < tau] are found by sweeps of whole-window tensor
+    ops: each sweep recomputes every prediction from the previous sweep's guesses, and the
+    prefix on which two sweeps agree is exactly the sequential answer (g_0 is right after one
+    sweep, and each g_k is right once the guesses before it are); the window is cut there."""
     d1, d2 = model
-    own = (deltas @ (d1 + d2 * shift) + 0.5 * (deltas * deltas) @ d2).tolist()
-    cross = ((deltas * d2) @ deltas.T).cpu().numpy()  # [k, k']: the second-order interaction
-    acc = np.zeros(len(own))
-    guesses, preds = [], []
-    for k, inc in enumerate(own):
-        pred = inc + float(acc[k])
-        g = known[k] if known[k] is not None else pred < tau
-        guesses.append(g)
-        preds.append(pred)
-        if known[k] is None and abs(pred - tau) <= margin:
+    B = deltas.shape[0]
+    own = deltas @ (d1 + d2 * shift) + 0.5 * (deltas * deltas) @ d2
+    curv = deltas * d2  # pred_k = own_k + <curv_k, sum of the earlier guessed removals' deltas>
+    has_known = torch.tensor([k is not None for k in known], device=deltas.device)
+    known_g = torch.tensor([bool(k) for k in known], device=deltas.device)
+    g = torch.where(has_known, known_g, own < tau)
+    agreed, pred = 0, own
+    for _ in range(sweeps):
+        moved = torch.cumsum(g[:, None] * deltas, 0)
+        pred = own.clone()
+        pred[1:] += (curv[1:] * moved[:-1]).sum(1)
+        g_new = torch.where(has_known, known_g, pred < tau)
+        diff = torch.nonzero(g_new != g)
+        g = g_new
+        if diff.numel() == 0:
+            agreed = B
             break
-        if g:
-            acc += cross[k]
-    return guesses, preds, len(guesses)
+        agreed = int(diff[0, 0]) + 1  # g_new is right up to and including its first change
+    uncertain = torch.nonzero(~has_known & ((pred - tau).abs() <= margin))
+    n = min(agreed, int(uncertain[0, 0]) + 1 if uncertain.numel() else B)
+    return g[:n].tolist(), pred[:n].tolist(), n
 
 
-def _decide_receiver(down: _Downstream, j, state, deltas, tau, plan, progress):
+def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, progress):
     """Sequential ACDC decisions for the edges into receiver j (ascending sender), evaluated in
-    speculative batches (module doc). Returns the receiver's final pre-activation, the kept flags
-    and the scores of its edges (Python lists) and the example-forwards spent."""
+    speculative batches (module doc). `terms` are the current circuit's per-example metric terms
+    (the metric at `state`), so a round evaluates only its candidates' rows. Returns the
+    receiver's final pre-activation, the kept flags and the scores of its edges (Python lists)
+    and the example-forwards spent."""
     N = state.shape[0]
     n_send = deltas.shape[0]
     dev = state.device
-    removed_when_silent = 0.0 < tau  # a candidate whose increase is exactly 0
-    silent = (deltas == 0).all(1).tolist()
     kept = [True] * n_send
     scores = [0.0] * n_send
-    # guesses: silent edges are known; the others come from a quadratic model of the metric
-    # around the current state, refreshed every round, or from a measurement made in an earlier
-    # round at a slightly different state (the tail of a batch after its first wrong guess)
-    guesses: list[bool | None] = [removed_when_silent if s else None for s in silent]
+    # silent candidates (delta identically 0) change nothing: increase exactly 0, decided without
+    # evaluation; they do not move the state, so the others are decided as if they were absent
+    silent = (deltas == 0).all(1)
+    if bool(silent.any()):
+        for i in torch.nonzero(silent)[:, 0].tolist():
+            kept[i] = not (0.0 < tau)
+        if progress:
+            progress(int(silent.sum()))
+        live = torch.nonzero(~silent)[:, 0]
+        senders, deltas = live.tolist(), deltas[live]
+    else:
+        senders = list(range(n_send))
+    K = len(senders)
+    if K == 0:
+        return state, kept, scores, 0
+    # guesses come from a quadratic model of the metric around a recent state (probes at +-eps
+    # beside it, refreshed after a round whose guesses were contradicted), or from a measurement
+    # made in an earlier round at a slightly different state (the tail of a batch after its first
+    # wrong guess)
+    guesses: list[bool | None] = [None] * K
     # finite-difference step per example: the typical size of the candidates' deltas
     eps = deltas.pow(2).mean(0).sqrt()
     eps = torch.where(eps > 0, eps, torch.ones_like(eps))
-    probe = torch.stack([-eps, eps])
-    start, spent, window = 0, 0, down.chunk
-    _, per = down.evaluate(j, state + torch.stack([-eps, torch.zeros_like(eps), eps]), plan)
-    spent += 3 * N
-    model, model_state = _metric_model(per, eps), state
+    _, per = down.evaluate(j, torch.stack([state - eps, state + eps]), plan)
+    spent = 2 * N
+    model, model_state = _metric_model(torch.stack([per[0], terms, per[1]]), eps), state
+    met_now = float(terms.mean())
+    start, window, refresh = 0, down.chunk, False
     margin = 0.1 * abs(tau)  # of the model's prediction error; then the largest error seen last round
-    while start < n_send:
-        B = min(n_send - start, window)
+    while start < K:
+        B = min(K - start, window)
         g, preds, B = _guess(model, state - model_state, deltas[start:start + B], tau, guesses[start:start + B],
                              margin)
         d = deltas[start:start + B]
@@ -312,36 +357,40 @@ def _decide_receiver(down: _Downstream, j, state, deltas, tau, plan, progress):
         taken = torch.cumsum(gmask[:, None] * d, 0)
         before = torch.cat([torch.zeros(1, N, dtype=torch.float64, device=dev), taken[:-1]]) + state
         after = before + d
-        rows = torch.cat([state[None], after, state + probe])
+        rows = torch.cat([after, state - eps[None], state + eps[None]]) if refresh else after
         met_t, per = down.evaluate(j, rows, plan)
         spent += rows.shape[0] * N
         met = met_t.tolist()
-        met_before, accepted, last, worst = met[0], B, None, 0.0
+        met_before, accepted, last, worst = met_now, B, None, 0.0
         for k in range(B):
-            i = start + k
-            inc = 0.0 if silent[i] else met[k + 1] - met_before
+            inc = met[k] - met_before
             remove = inc < tau
             if last is None:  # this edge's chain state was right: an exact decision
-                scores[i] = inc
+                scores[senders[start + k]] = inc
                 worst = max(worst, abs(inc - preds[k]))
                 if remove != g[k]:
                     accepted, last = k + 1, (k, remove)
             if g[k]:
-                met_before = met[k + 1]
-            if not silent[i]:
-                guesses[i] = remove  # exact up to the contradiction, the next guess after it
+                met_before = met[k]
+            guesses[start + k] = remove  # exact up to the contradiction, the next guess after it
         k, remove = last if last is not None else (B - 1, g[B - 1])
         for kk in range(accepted):
-            kept[start + kk] = not guesses[start + kk]
+            kept[senders[start + kk]] = not guesses[start + kk]
         margin = max(worst, 0.5 * margin)
-        model_state = state
-        # the state after the last accepted edge, exactly as evaluated in the batch
-        state = (after[k] if remove else before[k]).clone()
+        if refresh:  # the model at this round's start state (a few accepted edges behind)
+            model = _metric_model(torch.stack([per[B], terms, per[B + 1]]), eps)
+            model_state = state
+        refresh = last is not None
+        # the state after the last accepted edge and its terms, exactly as evaluated in the batch
+        if remove:
+            state, terms, met_now = after[k].clone(), per[k].clone(), met[k]
+        else:
+            removed = [kk for kk in range(k) if g[kk]]
+            state = before[k].clone()
+            if removed:
+                terms, met_now = per[removed[-1]].clone(), met[removed[-1]]
         start += accepted
         window = _next_window(window, B, accepted, down.chunk)
-        if start < n_send:
-            # the model at this batch's start state (a few accepted edges behind; `_guess` shifts it)
-            model = _metric_model(torch.stack([per[B + 1], per[0], per[B + 2]]), eps)
         if progress:
             progress(accepted)
     return state, kept, scores, spent

@@ -139,6 +139,7 @@ class Metric:
             self.logp_full = F.log_softmax(y_full, -1)
             self.p_full = self.logp_full.exp()
             self.neg_entropy_full = (self.p_full * self.logp_full).sum(-1)
+            self.top_full = y_full.amax(-1, keepdim=True)  # the logsumexp shift (see per_example)
             if out_pos is not None:
                 self.lq1_full, self.lq0_full = self._bernoulli_logs(y_full)
 
@@ -159,19 +160,26 @@ class Metric:
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         return self.per_example(y).mean(-1)
 
-    def per_example(self, y: torch.Tensor) -> torch.Tensor:
+    def per_example(self, y: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
         """Each example's term of the metric: y [..., N, n_out] -> [..., N] (the metric is their
-        mean)."""
+        mean). `scratch` (optional, y's shape) holds the temporaries, so that a hot loop allocates
+        nothing (fresh multi-MiB tensors cost page faults)."""
         if self.kind == "mse":
             if self.out_pos is None:
-                return ((y - self.y_full) ** 2).mean(-1)
+                return torch.sub(y, self.y_full, out=scratch).square_().mean(-1)
             return (y[..., self.out_pos] - self.y_full[:, self.out_pos]) ** 2
         if self.out_pos is None:
             # KL = sum_c p log p - sum_c p y + logsumexp(y), as sum_c p = 1; written out because
-            # log_softmax over a short last dim is several times slower than these ops
-            top = y.amax(-1, keepdim=True)
-            lse = (y - top).exp().sum(-1).log() + top[..., 0]
-            return self.neg_entropy_full - (self.p_full * y).sum(-1) + lse
+            # log_softmax over a short last dim is several times slower than these ops. The
+            # logsumexp is shifted by the full model's top logit (a constant: no max pass over y);
+            # where that shift over- or underflows (a logit moved by ~700) the row's own max is used
+            lse = torch.sub(y, self.top_full, out=scratch).exp_().sum(-1).log_().add_(self.top_full[..., 0])
+            bad = ~torch.isfinite(lse)
+            if bad.any():
+                yb = y[bad]
+                top = yb.amax(-1, keepdim=True)
+                lse[bad] = (yb - top).exp().sum(-1).log() + top[..., 0]
+            return (self.neg_entropy_full - torch.mul(y, self.p_full, out=scratch).sum(-1)).add_(lse)
         l1, l0 = self._bernoulli_logs(y)
         q1 = self.lq1_full.exp()
         return q1 * (self.lq1_full - l1) + (1 - q1) * (self.lq0_full - l0)
