@@ -82,14 +82,17 @@ def clean(x):
     return str(x)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def _write_synced(path: Path, data: bytes, fsync: bool = True) -> None:
     with open(path, "xb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path, fsync: bool = True) -> None:
+    if not fsync:
+        return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -102,10 +105,12 @@ def _plain_name(name: str) -> bool:
 
 
 class JobStore:
-    """`SWEEP/jobs/`: finished results, one folder each, written only by the driver."""
+    """`SWEEP/jobs/`: finished results, one folder each, written only by the driver. `fsync=False`
+    only for benchmarks/orchestration.py, to show what the durability costs."""
 
-    def __init__(self, sweep_dir: str | Path):
+    def __init__(self, sweep_dir: str | Path, fsync: bool = True):
         self.root = Path(sweep_dir) / "jobs"
+        self.fsync = fsync
 
     def folder(self, job_id: str) -> Path:
         return self.root / job_id
@@ -160,14 +165,14 @@ class JobStore:
         tmp.mkdir()
         try:
             for name, data in result.files.items():
-                _write_synced(tmp / name, data)
-            _write_synced(tmp / RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
-            _fsync_dir(tmp)
+                _write_synced(tmp / name, data, self.fsync)
+            _write_synced(tmp / RECORD, json.dumps(record, indent=2, sort_keys=True).encode(), self.fsync)
+            _fsync_dir(tmp, self.fsync)
             final = self.folder(job_id)
             if final.exists():
                 self.set_aside(final)
             os.rename(tmp, final)
-            _fsync_dir(self.root)
+            _fsync_dir(self.root, self.fsync)
         except BaseException:  # Ctrl-C included: leave no half-written folder behind
             shutil.rmtree(tmp, ignore_errors=True)
             raise
