@@ -1,5 +1,11 @@
 """Orchestration overhead and exact-scoring fan-out.
 
+0. How a result reaches the sweep folder, on a 2-node local Ray (ray.cluster_utils.Cluster: a head
+   and a second node, separate raylets and object stores on this machine), every job on the
+   second node: (new) the task returns its record and files through the object store and the
+   driver writes the folder (orchestrator.store: temp folder, fsync, rename) vs (old) the task
+   writes the folder itself into a folder both nodes see (no fsync, as before) and returns the
+   record. Per job: submit, wait, write; both paths alternate in rounds, side by side.
 1. Per-job overhead of the Ray path (orchestrator.scheduler: Ray tasks, progress actor, ray.wait
    loop, jobs.parquet; MLflow off, it runs on its own thread) against calling the same job
    functions (orchestrator.execute) in a plain loop. Ray gets 1 CPU so both run the jobs one after
@@ -7,13 +13,14 @@
 2. `exact` on a wider model: one pass in this process, then the edge list fanned out in chunks
    over a local Ray with 1 and with 2 CPUs.
 
-    python benchmarks/orchestration.py [--jobs 12] [--width 256]
+    python benchmarks/orchestration.py [--jobs 12] [--width 256] [--results 30]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +35,7 @@ from orchestrator import execute  # noqa: E402
 from orchestrator.ray_session import start_local_ray  # noqa: E402
 from orchestrator.scheduler import Scheduler  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
+from orchestrator.store import JobResult, JobStore  # noqa: E402
 
 
 def spec_text(root, name, seeds, steps, methods, width, chunk=0, tasks=("independence",)):
@@ -61,11 +69,83 @@ def run_sched(spec):
 def plain_loop(spec):
     t = time.perf_counter()
     ckpts = {}
+    store = JobStore(spec.sweep_dir)
+    store.prepare()
     for j in spec.train_jobs():
-        _, ckpts[j.id] = execute.execute_train(j, spec.sweep_dir)
+        result, ckpts[j.id] = execute.execute_train(j)
+        store.commit(j.id, result)
     for j in spec.discover_jobs():
-        execute.execute_discover(j, spec.sweep_dir, ckpts[j.model_id])
+        store.commit(j.id, execute.execute_discover(j, ckpts[j.model_id]))
     return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------- 0. the result path
+
+@ray.remote(num_cpus=1, resources={"second": 1})
+def _return_result(record, files):
+    return JobResult(record, files)
+
+
+@ray.remote(num_cpus=1, resources={"second": 1})
+def _write_shared_folder(jobs_dir, record, files):
+    """The old path (before issue 16): the worker writes its folder, temp name then rename."""
+    import json
+    import secrets
+
+    tmp = Path(jobs_dir) / f".tmp-{record['job_id']}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+    (tmp / "job.json").write_text(json.dumps({**record, "files": list(files)}, indent=2, sort_keys=True))
+    os.rename(tmp, Path(jobs_dir) / record["job_id"])
+    return record
+
+
+def real_files() -> dict[str, bytes]:
+    """The files of a real small train job (the workers' own bytes)."""
+    from workers.outputs import training_files
+    from workers.train import TrainConfig, train
+
+    return training_files(train(TrainConfig(task="independence", regime="bimt", steps=20, width=6, log_every=10)))
+
+
+def result_path(tmp: Path, n_jobs: int, rounds: int = 5):
+    """Seconds per job of each path (old; new without fsync, the transport alone; new as shipped),
+    for a real small job's files and for 5 MB of files: the median over rounds of each round's
+    mean (every round runs the three paths one after another)."""
+    from ray.cluster_utils import Cluster
+
+    sizes = {"small job (real files)": real_files(),
+             "5 MB of files": {"model.pt": os.urandom(4 << 20), "circuit.parquet": os.urandom(1 << 20)}}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    cluster.add_node(num_cpus=1, resources={"second": 1})
+    ray.init(address=cluster.address, logging_level="ERROR")
+    rows = []
+    try:
+        for label, files in sizes.items():
+            files_ref = ray.put(files)
+            ray.get(_return_result.remote({"job_id": "warm"}, files_ref))  # a warm worker on node 2
+            paths = {"old": [], "new, no fsync": [], "new": []}
+            for r in range(rounds):
+                for path, times in paths.items():
+                    out = tmp / f"{path}-{label[:5]}-{r}".replace(" ", "_").replace(",", "")
+                    store = JobStore(out, fsync=path == "new")
+                    store.prepare()
+                    t = time.perf_counter()
+                    for i in range(n_jobs):
+                        jid = f"{r:04x}{i:012x}"
+                        record = {"job_id": jid, "kind": "train"}
+                        if path == "old":
+                            ray.get(_write_shared_folder.remote(str(store.root), record, files_ref))
+                        else:
+                            store.commit(jid, ray.get(_return_result.remote(record, files_ref)))
+                    times.append((time.perf_counter() - t) / n_jobs)
+            rows.append((label, sum(len(b) for b in files.values()),
+                         *(statistics.median(times) for times in paths.values())))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return rows
 
 
 def overhead(tmp: Path, n_seeds: int):
@@ -156,9 +236,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=12, help="jobs in the overhead test (half train, half acdc)")
     ap.add_argument("--width", type=int, default=256, help="hidden width of the exact-scoring model")
+    ap.add_argument("--results", type=int, default=30, help="jobs per round in the result-path comparison")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="circuitry-bench-"))
     try:
+        print("how a result reaches the sweep folder (2-node local Ray, jobs on the second node; ms per job)")
+        print("| files | bytes | old: worker writes a shared folder | new without fsync | new (driver writes, fsync) "
+              "| new / old |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for label, nbytes, old_s, nosync_s, new_s in result_path(tmp, args.results):
+            print(f"| {label} | {nbytes} | {1000 * old_s:.1f} | {1000 * nosync_s:.1f} | {1000 * new_s:.1f} "
+                  f"| {new_s / old_s:.2f}x |")
+        print()
         rows, per_job, fixed = overhead(tmp, max(1, args.jobs // 2))
         print("per-job overhead (tiny train + acdc jobs; Ray on 1 CPU vs the same functions in a plain loop)")
         print("| jobs | plain loop s | Ray sweep s | (Ray - loop) / job, ms |")

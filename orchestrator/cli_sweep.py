@@ -68,8 +68,8 @@ def validate_cmd(spec_path):
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray).")
 @click.option("--root", default=None, type=click.Path(file_okay=False),
               help="Folder for the sweep folder (overrides sweep.root; relative = to the working directory). "
-                   "On a multi-node cluster it must be on a filesystem every node mounts at the same path: "
-                   "workers write the results there and this driver reads them.")
+                   "Only the driver (this command) writes it; workers return their results through Ray's object "
+                   "store, so on a cluster it need exist on the driver's node only.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: sweep.tracking_uri, else SQLite in the sweep folder).")
 @click.option("--metrics-port", type=click.IntRange(-1, 65535), default=None,
               help="Prometheus port (0 = any free port, -1 = none; default: sweep.metrics_port).")
@@ -145,7 +145,7 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
 @click.option("--root", default=None,
               help="Folder for the sweep folder on the head (default: sweep.root). Passed through unchanged: a "
                    "relative path is resolved on the head, against the working directory of its `ray start`, "
-                   "not here. Give a path on a filesystem every node mounts at the same path.")
+                   "not here. Only the driver writes it (workers mount nothing): a volume on the head is enough.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI as seen from the head node.")
 @click.option("--metrics-host", default=None,
               help="Address the driver's Prometheus endpoint binds on the head (default: the head's "

@@ -1,7 +1,8 @@
 """Recording a sweep: `jobs.parquet` (the local source of truth, one row per job with all its
 figures) and MLflow (one experiment per sweep, a parent run for the sweep, a child run per job).
 
-Only the driver records; workers return their records. MLflow calls run on one background thread,
+Only the driver records; workers return their records (and files, which orchestrator.store writes
+before they are recorded here). MLflow calls run on one background thread,
 so a slow or unreachable tracking server never stalls the sweep: the first failure is reported
 once (naming the tracking URI), MLflow is switched off for the rest of the sweep, and
 `circuitry sync SWEEP` backfills it later. Runs are keyed by the tag `circuitry.job_id`: a job
@@ -38,20 +39,10 @@ def resolve_uri(sweep_dir: Path, uri: str | None) -> str:
 
 
 def read_records(sweep_dir: Path) -> dict[str, dict]:
-    """The finished jobs' records (SWEEP/jobs/<id>/job.json); unreadable ones are skipped."""
-    out = {}
-    jobs = Path(sweep_dir) / "jobs"
-    if not jobs.is_dir():
-        return out
-    for p in sorted(jobs.glob("*/job.json")):
-        if p.parent.name.startswith("."):
-            continue
-        try:
-            rec = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        out[rec["job_id"]] = rec
-    return out
+    """The finished jobs' records (SWEEP/jobs/<id>/job.json); damaged folders are skipped."""
+    from orchestrator.store import JobStore
+
+    return JobStore(sweep_dir).records()
 
 
 def flat_row(rec: dict) -> dict:

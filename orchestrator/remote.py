@@ -1,5 +1,6 @@
 """The Ray side: remote tasks wrapping orchestrator.execute, and the progress actor workers report
-to. Imports no MLflow (workers never record; the driver does)."""
+to. Imports no MLflow and writes no file: a task returns its result through the object store and
+the driver records it (orchestrator.store)."""
 from __future__ import annotations
 
 import ray
@@ -28,27 +29,35 @@ def _sender(actor):
     return send
 
 
+def _faults(actor, selectors):
+    """execute.Faults asking the progress actor whether an injected fault fires (test only)."""
+    if not selectors:
+        return None
+    return execute.Faults(selectors, lambda job_id, fault: ray.get(actor.first_time.remote(job_id, fault)))
+
+
 @ray.remote(num_returns=2)
 def job_task(op: str, cpus: float, actor, *args):
     """Every kind of work is this one task (`op` picks it), so Ray sees one scheduling class and
     hands the next job to the same warm worker process (a lease is reused only within a class;
     with one function per kind, workers were started and killed between kinds, ~1 s a job).
-    Returns (result, checkpoint or None)."""
+    Returns (result, checkpoint or None): a JobResult (record and files) for train, discover and
+    merge, the scores of its edges for a chunk."""
     _threads(cpus)
     send = _sender(actor)
     node = ray.get_runtime_context().get_node_id()  # recorded in job.json (workers import no Ray)
     if op == "train":
-        job, sweep_dir, faults, device = args
-        return execute.execute_train(job, sweep_dir, send, faults, device, node)
+        job, faults, device = args
+        return execute.execute_train(job, send, _faults(actor, faults), device, node)
     if op == "discover":
-        job, sweep_dir, ckpt, faults = args
-        return execute.execute_discover(job, sweep_dir, ckpt, send, faults, node), None
+        job, ckpt, faults = args
+        return execute.execute_discover(job, ckpt, send, _faults(actor, faults), node), None
     if op == "chunk":
         job, ckpt, start, stop = args
         return execute.execute_exact_chunk(job, ckpt, start, stop, send), None
     if op == "merge":
-        job, sweep_dir, ckpt, faults, *chunks = args
-        return execute.execute_exact_merge(job, sweep_dir, ckpt, list(chunks), send, faults, node), None
+        job, ckpt, faults, *chunks = args
+        return execute.execute_exact_merge(job, ckpt, list(chunks), send, _faults(actor, faults), node), None
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -79,10 +88,13 @@ def progress_actor():
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class ProgressActor:
-    """Collects workers' progress events; the driver drains them into Prometheus."""
+    """Collects workers' progress events; the driver drains them into Prometheus. Also the judge
+    of test-only injected faults: `first_time` is True once per (job, fault) since `arm`, and
+    reports a "fault" event so the driver keeps a marker (SWEEP/.faults/)."""
 
     def __init__(self):
         self.events: list = []
+        self.fired: set = set()
 
     def report(self, events: list) -> None:
         self.events.extend(events)
@@ -90,3 +102,14 @@ class ProgressActor:
     def drain(self) -> list:
         out, self.events = self.events, []
         return out
+
+    def arm(self, fired: list) -> None:
+        """A new sweep: these (job id, fault) pairs fired in its earlier runs."""
+        self.fired = {tuple(f) for f in fired}
+
+    def first_time(self, job_id: str, fault: str) -> bool:
+        if (job_id, fault) in self.fired:
+            return False
+        self.fired.add((job_id, fault))
+        self.events.append(("fault", job_id, None, None, fault, 0, 0))
+        return True

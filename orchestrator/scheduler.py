@@ -6,27 +6,30 @@ is submitted the moment its model exists (its train job finished now or in an ea
 checkpoint travels through the object store. `exact` on a model with more than
 `resources.edge_chunk` edges fans out into chunk tasks whose scores a merge task assembles (Ray
 starts the merge when the last chunk is done). The driver loops over `ray.wait`, drains the
-progress actor into Prometheus, records finished jobs (jobs.parquet + MLflow) and draws progress.
+progress actor into Prometheus, and for every finished job writes its folder (the only writer of
+the sweep folder: tasks return their record and files through the object store, so workers need
+no shared filesystem; orchestrator.store), then records it (jobs.parquet + MLflow) and draws
+progress.
 
 Resume: a job whose folder SWEEP/jobs/<id>/ exists is finished and never runs again; re-running a
 spec after a crash, a Ctrl-C or with more grid points runs only the rest. Ctrl-C cancels the
-running tasks (their half-written .tmp- folders are removed by the next run) and leaves the sweep
-resumable. One driver per sweep folder at a time (SWEEP/.lock).
+running tasks (a result the driver has not written yet is run again next time) and leaves the
+sweep resumable. One driver per sweep folder at a time (SWEEP/.lock).
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from orchestrator.execute import TransientError, job_dir
+from orchestrator.execute import TransientError
 from orchestrator.metrics import ProgressBar, SweepMetrics
-from orchestrator.recorder import Recorder, read_records, resolve_uri
+from orchestrator.recorder import Recorder, resolve_uri
 from orchestrator.spec import Job, Spec
+from orchestrator.store import JobResult, JobStore
 
 
 class SweepBusy(RuntimeError):
@@ -63,10 +66,14 @@ def _short_error(e: BaseException) -> str:
 
 
 class Scheduler:
+    """One run of a sweep: submit what is unfinished, then collect results as they come (the
+    driver alone writes them, orchestrator.store), until nothing is pending or Ctrl-C."""
+
     def __init__(self, spec: Spec, *, tracking_uri: str | None = None, metrics_port: int | None = None,
                  metrics_host: str | None = None, progress: bool = True, record_mlflow: bool = True, echo=None):
         self.spec = spec
         self.sweep_dir = spec.sweep_dir.resolve()
+        self.store = JobStore(self.sweep_dir)
         self.uri = resolve_uri(self.sweep_dir, tracking_uri or spec.tracking_uri)
         self.metrics_port = spec.metrics_port if metrics_port is None else metrics_port
         self.metrics_host = metrics_host or spec.metrics_host
@@ -79,237 +86,285 @@ class Scheduler:
     # ------------------------------------------------------------ setup
     def _prepare_folder(self) -> None:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        (self.sweep_dir / "jobs").mkdir(exist_ok=True)
         self._lock = open(self.sweep_dir / ".lock", "a+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise SweepBusy(f"{self.sweep_dir} is being run by another `circuitry run`; wait for it "
                             "or stop it first") from None
-        for tmp in (self.sweep_dir / "jobs").glob(".tmp-*"):  # half-written results of a crash
-            shutil.rmtree(tmp, ignore_errors=True)
+        self.store.prepare()  # removes the half-written results of a crash
         meta = {"name": self.spec.name, "tracking_uri": self.uri, "n_jobs": len(self.spec.jobs)}
         (self.sweep_dir / "sweep.json").write_text(json.dumps(meta, indent=2))
         (self.sweep_dir / "spec.toml").write_text(self.spec.source)
 
-    # ------------------------------------------------------------ the run
     def run(self) -> SweepOutcome:
         import ray
 
         from orchestrator import remote
 
+        self.ray, self.remote = ray, remote
         t_start = time.monotonic()
         self._prepare_folder()
         try:
-            return self._run(ray, remote, t_start)
+            return self._run(t_start)
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
 
-    def _run(self, ray, remote, t_start) -> SweepOutcome:
-        spec, res = self.spec, self.spec.resources
-        out = SweepOutcome(self.sweep_dir, self.uri, len(spec.jobs))
-        existing = read_records(self.sweep_dir)
-        done_ids = {jid for jid in existing if jid in self.jobs}
-        out.cached = len(done_ids)
+    # ------------------------------------------------------------ the run
+    def _run(self, t_start: float) -> SweepOutcome:
+        self._start()
+        interrupted = False
+        try:
+            self._submit_unfinished()
+            while self.pending:
+                for ref in self._wait():
+                    self._collect(ref)
+                self.bar.draw(*self._counts())
+                self.recorder.flush_parquet()
+        except KeyboardInterrupt:
+            interrupted = True
+            self.cancel()
+        finally:
+            self._close(interrupted, t_start)
+        return self.out
 
-        m = self.metrics
+    def _start(self) -> None:
+        """Read the finished results, start the metrics endpoint, the recorder and the progress
+        actor, and decide the tasks' resource requests."""
+        spec, res, m = self.spec, self.spec.resources, self.metrics
+        self.out = SweepOutcome(self.sweep_dir, self.uri, len(spec.jobs))
+        existing = self.store.records()
+        self.done_ids = {jid for jid in existing if jid in self.jobs}
+        self.existing = {jid: existing[jid] for jid in self.done_ids}
+        self.out.cached = len(self.done_ids)
+
         m.set_total(len(spec.jobs))
         for kind in ("train", "discover"):
-            m.move(kind, None, "cached", sum(1 for j in done_ids if self.jobs[j].kind == kind))
-        out.metrics_port = m.serve(self.metrics_port, self.metrics_host)
-        if out.metrics_port:
+            m.move(kind, None, "cached", sum(1 for j in self.done_ids if self.jobs[j].kind == kind))
+        self.out.metrics_port = m.serve(self.metrics_port, self.metrics_host)
+        if self.out.metrics_port:
             host = self.metrics_host
             shown = f"[{host}]" if ":" in host else host
             where = " (every interface of this node)" if host in ("0.0.0.0", "::") else ""
-            self.echo(f"metrics: http://{shown}:{out.metrics_port}/metrics{where}")
+            self.echo(f"metrics: http://{shown}:{self.out.metrics_port}/metrics{where}")
 
-        recorder = Recorder(self.sweep_dir, spec.name, self.uri,
-                            {"n_jobs": len(spec.jobs), "spec": spec.source, "sweep_dir": str(self.sweep_dir)},
-                            mlflow_enabled=self.record_mlflow, warn=self.echo)
-        recorder.start(existing)
+        self.recorder = Recorder(self.sweep_dir, spec.name, self.uri,
+                                 {"n_jobs": len(spec.jobs), "spec": spec.source, "sweep_dir": str(self.sweep_dir)},
+                                 mlflow_enabled=self.record_mlflow, warn=self.echo)
+        self.recorder.start(existing)
 
-        gpus = ray.cluster_resources().get("GPU", 0) > 0
-        faults = spec.testing if (spec.testing["transient_once"] or spec.testing["crash_once"]) else None
+        gpus = self.ray.cluster_resources().get("GPU", 0) > 0
         retry = {"max_retries": res["max_retries"], "retry_exceptions": [TransientError]}
-        t_opts = {"num_cpus": res["train_cpus"], "num_gpus": res["train_gpus"] if gpus else 0, **retry}
-        d_opts = {"num_cpus": res["discover_cpus"], "num_gpus": res["discover_gpus"] if gpus else 0, **retry}
-        device = "cuda" if gpus and res["train_gpus"] > 0 else "cpu"
-        sweep = str(self.sweep_dir)
-        actor = remote.progress_actor()
+        self.t_opts = {"num_cpus": res["train_cpus"], "num_gpus": res["train_gpus"] if gpus else 0, **retry}
+        self.d_opts = {"num_cpus": res["discover_cpus"], "num_gpus": res["discover_gpus"] if gpus else 0, **retry}
+        self.device = "cuda" if gpus and res["train_gpus"] > 0 else "cpu"
+        self.actor = self.remote.progress_actor()
+        self.faults = spec.testing if (spec.testing["transient_once"] or spec.testing["crash_once"]) else None
+        if self.faults:
+            self.ray.get(self.actor.arm.remote(self._fired_faults()))
 
-        state: dict[str, str] = {}
-        attempts: dict[str, int] = {}
-        pending: dict = {}  # ObjectRef -> job
-        live: dict[str, list] = {}  # job id -> every ref to cancel on Ctrl-C
-        ckpt_refs: dict[str, object] = {}
-        n_edges_of: dict[str, int] = {}
-        children: dict[str, list[Job]] = {}
+        self.state: dict[str, str] = {}
+        self.attempts: dict[str, int] = {}
+        self.pending: dict = {}  # ObjectRef of a job's result -> job
+        self.live: dict[str, list] = {}  # job id -> every ref to cancel on Ctrl-C
+        self.ckpt_refs: dict[str, object] = {}
+        self.n_edges_of: dict[str, int] = {}
+        self.children: dict[str, list[Job]] = {}
         for j in spec.discover_jobs():
-            children.setdefault(j.model_id, []).append(j)
+            self.children.setdefault(j.model_id, []).append(j)
+        self.last_drain = 0.0
+        self.bar = ProgressBar(len(spec.jobs), enabled=self.progress)
+        self.echo(f"sweep {spec.name}: {len(spec.jobs)} jobs, {self.out.cached} already finished, "
+                  f"{len(spec.jobs) - self.out.cached} to run -> {self.sweep_dir}")
 
-        def set_state(job: Job, new: str) -> None:
-            m.move(job.kind, state.get(job.id), new)
-            state[job.id] = new
+    # ------------------------------------------------------------ submitting
+    def _submit_unfinished(self) -> None:
+        """Unfinished train jobs, and discover jobs whose model is already finished."""
+        for tj in self.spec.train_jobs():
+            if tj.id not in self.done_ids:
+                self.submit_train(tj)
+            elif any(dj.id not in self.done_ids for dj in self.children.get(tj.id, [])):
+                self.ckpt_refs[tj.id] = self.ray.put(self._cached_model(tj))
+                self.n_edges_of[tj.id] = self.existing[tj.id]["figures"].get("n_edges", tj.n_edges)
+                self._model_ready(tj.id)
+        for dj in self.spec.discover_jobs():  # waiting for a model: count as queued
+            if dj.id not in self.done_ids and dj.id not in self.state:
+                self._set_state(dj, "queued")
 
-        def submit_discover(job: Job, ckpt_ref) -> None:
-            jd = asdict(job)
-            cpus = res["discover_cpus"]
-            n = n_edges_of.get(job.model_id, job.n_edges)
-            chunk = res["edge_chunk"]
-            if job.settings["method"] == "exact" and chunk and n > chunk:
-                parts = [remote.submit("chunk", d_opts, cpus, actor, jd, ckpt_ref, a, min(a + chunk, n))[0]
-                         for a in range(0, n, chunk)]
-                ref = remote.submit("merge", d_opts, cpus, actor, jd, sweep, ckpt_ref, faults, *parts)[0]
-                live[job.id] = parts + [ref]
-            else:
-                ref = remote.submit("discover", d_opts, cpus, actor, jd, sweep, ckpt_ref, faults)[0]
-                live[job.id] = [ref]
-            pending[ref] = job
-            set_state(job, "queued")
+    def _cached_model(self, tj: Job) -> dict:
+        from workers.model import load_checkpoint
 
-        def model_ready(train_id: str, ckpt_ref) -> None:
-            for dj in children.get(train_id, []):
-                if dj.id not in done_ids:
-                    submit_discover(dj, ckpt_ref)
+        return load_checkpoint(self.store.folder(tj.id) / "model.pt")
 
-        # submit: unfinished train jobs; discover jobs whose model is already on disk
-        for tj in spec.train_jobs():
-            if tj.id in done_ids:
-                todo = [dj for dj in children.get(tj.id, []) if dj.id not in done_ids]
-                if todo:
-                    from workers.model import load_checkpoint
+    def submit_train(self, tj: Job) -> None:
+        res = self.spec.resources
+        rec_ref, self.ckpt_refs[tj.id] = self.remote.submit("train", self.t_opts, res["train_cpus"], self.actor,
+                                                            asdict(tj), self.faults, self.device)
+        self._pending(tj, rec_ref, [rec_ref])
 
-                    ckpt_refs[tj.id] = ray.put(load_checkpoint(job_dir(self.sweep_dir, tj.id) / "model.pt"))
-                    n_edges_of[tj.id] = existing[tj.id]["figures"].get("n_edges", tj.n_edges)
-                    model_ready(tj.id, ckpt_refs[tj.id])
-                continue
-            rec_ref, ckpt_ref = remote.submit("train", t_opts, res["train_cpus"], actor, asdict(tj), sweep, faults,
-                                              device)
-            ckpt_refs[tj.id] = ckpt_ref
-            pending[rec_ref] = tj
-            live[tj.id] = [rec_ref]
-            set_state(tj, "queued")
-        for dj in spec.discover_jobs():  # waiting for a model: count as queued
-            if dj.id not in done_ids and dj.id not in state:
-                set_state(dj, "queued")
+    def submit_discover(self, job: Job, ckpt_ref) -> None:
+        """One task, or (exact with resources.edge_chunk) chunk tasks and a merge task that
+        gets their scores."""
+        remote, d_opts, cpus, jd = self.remote, self.d_opts, self.spec.resources["discover_cpus"], asdict(job)
+        n = self.n_edges_of.get(job.model_id, job.n_edges)
+        chunk = self.spec.resources["edge_chunk"]
+        if job.settings["method"] == "exact" and chunk and n > chunk:
+            parts = [remote.submit("chunk", d_opts, cpus, self.actor, jd, ckpt_ref, a, min(a + chunk, n))[0]
+                     for a in range(0, n, chunk)]
+            ref = remote.submit("merge", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults, *parts)[0]
+            self._pending(job, ref, parts + [ref])
+        else:
+            ref = remote.submit("discover", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults)[0]
+            self._pending(job, ref, [ref])
 
-        to_run = len(spec.jobs) - out.cached
-        self.echo(f"sweep {spec.name}: {len(spec.jobs)} jobs, {out.cached} already finished, {to_run} to run "
-                  f"-> {self.sweep_dir}")
-        bar = ProgressBar(len(spec.jobs), enabled=self.progress)
+    def _pending(self, job: Job, result_ref, refs: list) -> None:
+        self.pending[result_ref] = job
+        self.live[job.id] = refs
+        self._set_state(job, "queued")
 
-        def counts():
-            done = out.cached + out.finished
-            running = sum(1 for s in state.values() if s == "running")
-            return done, out.failed + out.skipped, running, m.edges_done
+    def _model_ready(self, train_id: str) -> None:
+        for dj in self.children.get(train_id, []):
+            if dj.id not in self.done_ids:
+                self.submit_discover(dj, self.ckpt_refs[train_id])
 
-        def handle_events(events) -> None:
-            for event, jid, kind, label, value, pid, rss in events:
-                m.worker_rss(pid, rss)
-                job = self.jobs.get(jid)
-                if job is None:
-                    continue
-                if event == "start":
-                    attempts[jid] = attempts.get(jid, 0) + 1
-                    if attempts[jid] > 1:
-                        m.retried(kind)
-                        out.retries += 1
-                        bar.note(f"retrying {label} (attempt {attempts[jid]})", *counts())
-                    if state.get(jid) == "queued":
-                        set_state(job, "running")
-                elif event == "chunk":
-                    if state.get(jid) == "queued":
-                        set_state(job, "running")
-                elif event == "steps":
-                    m.steps.labels(job.settings["task"]).inc(value)
-                elif event == "examples":
-                    m.examples.labels(job.settings["task"]).inc(value)
-                elif event == "edges":
-                    m.edges_evaluated(job.settings["method"], value)
+    # ------------------------------------------------------------ collecting
+    def _wait(self) -> list:
+        """The refs that are ready now (waiting at most 0.25 s); drains progress events first."""
+        ray, pending = self.ray, self.pending
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
+        if ready:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        now = time.monotonic()
+        if now - self.last_drain > 0.25 or ready:
+            self._handle_events(ray.get(self.actor.drain.remote()))
+            self.last_drain = now
+        return ready
 
-        def fail(job: Job, error: str, status: str = "failed") -> None:
-            if status == "failed":
-                out.failed += 1
-                out.failures.append((job.label, error))
-                rec = {"job_id": job.id, "kind": job.kind, "label": job.label, "status": "failed",
-                       "settings": job.settings, "model_id": job.model_id, "error": error,
-                       "attempts": attempts.get(job.id, 0), "finished_at": time.time()}
-                recorder.add(rec)
-                bar.note(f"FAILED {job.label}: {error}", *counts())
-            else:
-                out.skipped += 1
-            set_state(job, status)
-            if job.kind == "train":
-                for dj in children.get(job.id, []):
-                    if dj.id not in done_ids and state.get(dj.id) == "queued":
-                        out.skipped += 1
-                        set_state(dj, "skipped")
-                        recorder.add({"job_id": dj.id, "kind": dj.kind, "label": dj.label, "status": "skipped",
-                                      "settings": dj.settings, "model_id": dj.model_id,
-                                      "error": f"its model ({job.label}) failed", "finished_at": time.time()})
-
-        last_drain = 0.0
-        interrupted = False
+    def _collect(self, ref) -> None:
+        job = self.pending.pop(ref)
+        self.live.pop(job.id, None)
         try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
-                if ready:
-                    ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
-                now = time.monotonic()
-                if now - last_drain > 0.25 or ready:
-                    handle_events(ray.get(actor.drain.remote()))
-                    last_drain = now
-                for ref in ready:
-                    job = pending.pop(ref)
-                    live.pop(job.id, None)
-                    try:
-                        rec = ray.get(ref)
-                    except ray.exceptions.TaskCancelledError:
-                        continue
-                    except Exception as e:  # noqa: BLE001 - the job failed after its retries
-                        fail(job, _short_error(e))
-                        continue
-                    rec["attempts"] = max(1, attempts.get(job.id, 1))
-                    out.finished += 1
-                    set_state(job, "finished")
-                    m.finished(job.kind, rec.get("duration_seconds") or 0.0, rec.get("peak_memory_bytes") or 0)
-                    recorder.add(rec)
-                    bar.note(f"finished {job.label} ({rec.get('duration_seconds', 0):.1f} s)", *counts())
-                    if job.kind == "train":
-                        n_edges_of[job.id] = rec["figures"].get("n_edges", job.n_edges)
-                        model_ready(job.id, ckpt_refs[job.id])
-                bar.draw(*counts())
-                recorder.flush_parquet()
-        except KeyboardInterrupt:
-            interrupted = True
-            out.interrupted = True
-            cancelled = [ref for refs in live.values() for ref in refs]
-            for ref in cancelled:
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001 - already finished or gone
-                    pass
-            # force-cancel kills workers asynchronously: wait until they are gone, so none is
-            # still writing when we (or the next run) clear their half-written .tmp- folders
+            result = self.ray.get(ref)
+        except self.ray.exceptions.TaskCancelledError:
+            return
+        except Exception as e:  # noqa: BLE001 - the job failed after its retries
+            self.on_failure(job, _short_error(e))
+            return
+        self.on_result(job, result)
+
+    def on_result(self, job: Job, result: JobResult) -> None:
+        """Write the job's folder (the only writer), then record it and release its dependents."""
+        result.record["attempts"] = max(1, self.attempts.get(job.id, 1))
+        try:
+            rec = self.store.commit(job.id, result)
+        except (OSError, ValueError) as e:
+            self.on_failure(job, f"its result could not be written to {self.store.root}: {_short_error(e)}")
+            return
+        self.out.finished += 1
+        self._set_state(job, "finished")
+        self.metrics.finished(job.kind, rec.get("duration_seconds") or 0.0, rec.get("peak_memory_bytes") or 0)
+        self.recorder.add(rec)
+        self.bar.note(f"finished {job.label} ({rec.get('duration_seconds', 0):.1f} s)", *self._counts())
+        if job.kind == "train":
+            self.n_edges_of[job.id] = rec["figures"].get("n_edges", job.n_edges)
+            self._model_ready(job.id)
+
+    def on_failure(self, job: Job, error: str) -> None:
+        """Record the failure; a failed train job's discover jobs are skipped."""
+        self.out.failed += 1
+        self.out.failures.append((job.label, error))
+        self.recorder.add({"job_id": job.id, "kind": job.kind, "label": job.label, "status": "failed",
+                           "settings": job.settings, "model_id": job.model_id, "error": error,
+                           "attempts": self.attempts.get(job.id, 0), "finished_at": time.time()})
+        self.bar.note(f"FAILED {job.label}: {error}", *self._counts())
+        self._set_state(job, "failed")
+        for dj in self.children.get(job.id, []) if job.kind == "train" else []:
+            if dj.id not in self.done_ids and self.state.get(dj.id) == "queued":
+                self.out.skipped += 1
+                self._set_state(dj, "skipped")
+                self.recorder.add({"job_id": dj.id, "kind": dj.kind, "label": dj.label, "status": "skipped",
+                                   "settings": dj.settings, "model_id": dj.model_id,
+                                   "error": f"its model ({job.label}) failed", "finished_at": time.time()})
+
+    def cancel(self) -> None:
+        """Ctrl-C: cancel every running task. Results the driver has not written are not results:
+        the next run runs those jobs again."""
+        self.out.interrupted = True
+        cancelled = [ref for refs in self.live.values() for ref in refs]
+        for ref in cancelled:
             try:
-                ray.wait(cancelled, num_returns=len(cancelled), timeout=15)
-            except Exception:  # noqa: BLE001
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - already finished or gone
                 pass
-            for tmp in (self.sweep_dir / "jobs").glob(".tmp-*"):
-                shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            try:
-                handle_events(ray.get(actor.drain.remote(), timeout=5))
-            except Exception:  # noqa: BLE001
-                pass
-            bar.end(*counts())
-            status = "KILLED" if interrupted else ("FAILED" if out.failed else "FINISHED")
-            recorder.close(status, timeout=None if not interrupted else 30)
-            out.mlflow_error = recorder.mlflow_error
-            m.close()
-            out.seconds = time.monotonic() - t_start
-        return out
+        # force-cancel kills workers asynchronously: wait until they are gone, so none still
+        # reports progress into a next sweep on the same Ray
+        try:
+            self.ray.wait(cancelled, num_returns=len(cancelled), timeout=15)
+        except Exception:  # noqa: BLE001
+            pass
+        self.store.clear_temp()  # a commit that Ctrl-C cut short (it removes its own, too)
+
+    def _close(self, interrupted: bool, t_start: float) -> None:
+        try:
+            self._handle_events(self.ray.get(self.actor.drain.remote(), timeout=5))
+        except Exception:  # noqa: BLE001
+            pass
+        self.bar.end(*self._counts())
+        status = "KILLED" if interrupted else ("FAILED" if self.out.failed else "FINISHED")
+        self.recorder.close(status, timeout=None if not interrupted else 30)
+        self.out.mlflow_error = self.recorder.mlflow_error
+        self.metrics.close()
+        self.out.seconds = time.monotonic() - t_start
+
+    # ------------------------------------------------------------ progress
+    def _set_state(self, job: Job, new: str) -> None:
+        self.metrics.move(job.kind, self.state.get(job.id), new)
+        self.state[job.id] = new
+
+    def _counts(self):
+        done = self.out.cached + self.out.finished
+        running = sum(1 for s in self.state.values() if s == "running")
+        return done, self.out.failed + self.out.skipped, running, self.metrics.edges_done
+
+    def _handle_events(self, events) -> None:
+        m = self.metrics
+        for event, jid, kind, label, value, pid, rss in events:
+            job = self.jobs.get(jid)
+            if event == "fault":
+                self._keep_fault_marker(jid, value)
+                continue
+            m.worker_rss(pid, rss)
+            if job is None:
+                continue
+            if event == "start":
+                self.attempts[jid] = self.attempts.get(jid, 0) + 1
+                if self.attempts[jid] > 1:
+                    m.retried(kind)
+                    self.out.retries += 1
+                    self.bar.note(f"retrying {label} (attempt {self.attempts[jid]})", *self._counts())
+                if self.state.get(jid) == "queued":
+                    self._set_state(job, "running")
+            elif event == "chunk":
+                if self.state.get(jid) == "queued":
+                    self._set_state(job, "running")
+            elif event == "steps":
+                m.steps.labels(job.settings["task"]).inc(value)
+            elif event == "examples":
+                m.examples.labels(job.settings["task"]).inc(value)
+            elif event == "edges":
+                m.edges_evaluated(job.settings["method"], value)
+
+    # ------------------------------------------------------------ test-only faults
+    def _fired_faults(self) -> list[tuple[str, str]]:
+        """(job id, fault) of the faults that fired in earlier runs of this sweep."""
+        d = self.sweep_dir / ".faults"
+        return [tuple(p.name.rsplit(".", 1)) for p in d.iterdir()] if d.is_dir() else []
+
+    def _keep_fault_marker(self, job_id: str, fault: str) -> None:
+        d = self.sweep_dir / ".faults"
+        d.mkdir(exist_ok=True)
+        (d / f"{job_id}.{fault}").touch()
 
 
 def run_sweep(spec: Spec, **kwargs) -> SweepOutcome:

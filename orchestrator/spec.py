@@ -4,8 +4,8 @@ into a job graph whose ids are content hashes (design.md, "Identity and resume")
 A spec (see examples/quickstart.toml):
 
     [sweep]      name, root (folder the sweep folder goes under; relative = to the driver's working
-                 directory; a multi-node cluster needs it on a filesystem every node mounts at the
-                 same path), tracking_uri ("" = an SQLite store in the sweep folder), metrics_port
+                 directory; only the driver writes it, workers need no access to it),
+                 tracking_uri ("" = an SQLite store in the sweep folder), metrics_port
                  (Prometheus; 0 = any free port, -1 = off), metrics_host (address the endpoint
                  binds: 127.0.0.1, or 0.0.0.0 so a cluster's Prometheus can reach it)
     [train]      grid: task, regime, seed, steps, lam, lr, width, swap_every, top_k, final_factor,

@@ -11,6 +11,12 @@ environment marker CIRCUITRY_TEST_CLUSTER=<token> (Ray and MLflow pass their env
 processes they start), and teardown kills exactly the processes that carry it, also when a test
 fails. The rest of the suite (tests/conftest.py's own local Ray) is not touched: no RAY_ADDRESS in
 this process, no `ray stop`.
+
+Workers need no volume (issue 16): the second node runs in its own mount namespace (`unshare -m`)
+where pytest's whole temporary folder, and so every sweep root of these tests, is bind-mounted
+read-only; jobs that run there still finish and are recorded once, because only the driver (on
+the head) writes the sweep folder. Where a mount namespace cannot be made (not root, no
+unshare), the second node runs unconfined and the read-only check is skipped with the reason.
 """
 from __future__ import annotations
 
@@ -48,6 +54,21 @@ from ray.scripts.scripts import main
 sys.argv[0] = "ray"
 main()
 """
+
+
+def readonly_namespace(path: Path) -> list[str] | str:
+    """The command prefix that runs a command in its own mount namespace in which `path` is
+    read-only (a read-only bind mount onto itself), or why that cannot be done here."""
+    if shutil.which("unshare") is None:
+        return "no `unshare` command on this machine"
+    ro = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0"'
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+    probe = subprocess.run([*prefix, f'{ro} && ! touch "$0/.ro-probe" 2>/dev/null', str(path)],
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        why = probe.stderr.strip().splitlines()[-1:] or ["the path stayed writable"]
+        return f"`unshare --mount` with a read-only bind mount failed as uid {os.getuid()}: {why[0]}"
+    return [*prefix, f'{ro} && exec "$@"', str(path)]
 
 
 def free_port() -> int:
@@ -109,9 +130,12 @@ def kill_marked(key: str, value: str, timeout: float = 20) -> None:
 
 
 class Cluster:
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, readonly: Path):
         self.token = secrets.token_hex(8)
         self.base = base
+        # the second node's view of `readonly` (every test's sweep root): read-only, if we can
+        self.readonly = readonly
+        self.confine = readonly_namespace(readonly)
         # short temp dirs: Ray's unix socket paths must stay under ~107 characters
         self.head_tmp = tempfile.mkdtemp(prefix="crt-h-")
         self.worker_tmp = tempfile.mkdtemp(prefix="crt-w-")
@@ -134,8 +158,9 @@ class Cluster:
         self.tracking = f"http://127.0.0.1:{self.mlflow_port}"
 
     # ------------------------------------------------------------ processes
-    def _ray_start(self, args: list[str], env: dict, cwd: Path | None = None, loopback_patch=False):
-        cmd = ([sys.executable, "-c", _LOOPBACK_RAY] if loopback_patch else [str(BIN / "ray")]) + ["start", *args]
+    def _ray_start(self, args: list[str], env: dict, cwd: Path | None = None, loopback_patch=False, prefix=()):
+        cmd = [*prefix, *([sys.executable, "-c", _LOOPBACK_RAY] if loopback_patch else [str(BIN / "ray")]),
+               "start", *args]
         log = open(self.base / f"ray-start-{len(list(self.base.glob('ray-start-*')))}.log", "w")
         p = subprocess.run(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, timeout=120,
                            start_new_session=True)
@@ -157,9 +182,14 @@ class Cluster:
                   f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
         env = {**self.env, NODE_MARK: f"{self.token}-worker"}
         env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+        # `ray start` returns once the node's daemons run; they stay in its mount namespace
         self._ray_start([f"--address=127.0.0.1:{self.gcs_port}", f"--temp-dir={self.worker_tmp}",
-                         "--resources={\"second\": 1}", *common], env, loopback_patch=True)
+                         "--resources={\"second\": 1}", *common], env, loopback_patch=True,
+                        prefix=self.confine if isinstance(self.confine, list) else ())
         wait_for("two alive Ray nodes", lambda: len(self.alive_nodes()) == 2, 60)
+
+    def second_node_id(self) -> str:
+        return next(n["node_id"] for n in self.alive_nodes() if "second" in n["resources_total"])
 
     def alive_nodes(self) -> list[dict]:
         data = json.loads(http_get(f"{self.address}/api/v0/nodes?limit=100", token=self.ray_token))
@@ -232,7 +262,9 @@ def _listening(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    c = Cluster(tmp_path_factory.mktemp("cluster"), tmp_path_factory.getbasetemp())
+    if isinstance(c.confine, str):
+        print(f"\nworkers-need-no-volume check not possible here: {c.confine}; the second node runs unconfined")
     try:
         c.start_ray()
         c.start_mlflow()
@@ -351,6 +383,9 @@ def test_submit_runs_on_both_nodes_records_to_mlflow_and_serves_metrics(cluster,
     node_ids = {r["node_id"] for r in records}
     assert None not in node_ids and len(node_ids) >= 2, node_ids
     assert node_ids <= {n["node_id"] for n in cluster.alive_nodes()}
+    # jobs ran on the second node, which (test_second_node_cannot_write_the_sweep_root) sees the
+    # sweep root read-only: its results reached the folder through the object store and the driver
+    assert cluster.second_node_id() in node_ids
     assert set(df.node_id) == node_ids
 
     # the endpoint was scraped over HTTP while the sweep ran, and its counters rose
@@ -374,12 +409,31 @@ def test_submit_runs_on_both_nodes_records_to_mlflow_and_serves_metrics(cluster,
     assert any((cluster.base / "mlartifacts").rglob("model.pt"))  # stored by the server (--serve-artifacts)
 
 
+def test_second_node_cannot_write_the_sweep_root(cluster, tmp_path):
+    """The second node's processes live in a mount namespace where every sweep root of these
+    tests is read-only, while this process (and the head, where the driver runs) can write it."""
+    if isinstance(cluster.confine, str):
+        pytest.skip(f"workers-need-no-volume check: {cluster.confine}")
+    probe = tmp_path / "sweeps" / "probe"
+    probe.parent.mkdir()
+    probe.write_text("head side")  # writable outside the namespace
+    raylets = [pid for pid in marked_pids(NODE_MARK, f"{cluster.token}-worker")
+               if b"raylet" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert raylets, "the second node's raylet is not running"
+    p = subprocess.run(["nsenter", "--mount", f"--target={raylets[0]}", "sh", "-c", f"echo worker > {probe}"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and "Read-only file system" in p.stderr, (p.returncode, p.stderr)
+    assert probe.read_text() == "head side"
+
+
 def test_sweep_survives_a_lost_node_and_an_mlflow_outage(cluster, tmp_path):
     """Mid-sweep: the second Ray node is killed, then the MLflow server. The sweep still finishes
     with every result exactly once; the driver names the tracking URI; `circuitry sync` backfills
     MLflow without duplicate runs."""
     root = tmp_path / "sweeps"
-    spec = write_spec(tmp_path / "s.toml", "cluster-b", root, free_port(), steps=1500)
+    # two seeds: 8 train jobs for 2 one-CPU nodes, so the sweep is still running for several
+    # train jobs' time after the first result (results appear when the driver writes them)
+    spec = write_spec(tmp_path / "s.toml", "cluster-b", root, free_port(), steps=1500, seeds=(0, 1))
     ids = job_ids(spec)
     sweep = root / "cluster-b"
     job = cluster.submit(spec)

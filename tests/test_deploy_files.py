@@ -132,8 +132,8 @@ def test_metrics_host_option_and_env():
         parse_spec(base.format('metrics_host = "a b"\n'))
     r = CliRunner().invoke(cli_mod.cli, ["run", "nope.toml", "--metrics-host", "a b"])
     assert r.exit_code == 2
-    for cmd in ("run", "submit"):  # the shared-filesystem and relative-root rules are in the help
-        assert "every node" in CliRunner().invoke(cli_mod.cli, [cmd, "--help"]).output
+    for cmd in ("run", "submit"):  # the only-the-driver-writes and relative-root rules are in the help
+        assert "only the driver" in " ".join(CliRunner().invoke(cli_mod.cli, [cmd, "--help"]).output.lower().split())
 
 
 def test_taken_metrics_port_warns_in_one_line(capfd):
@@ -206,13 +206,30 @@ def test_ray_ports_agree():
     gpu = containers(groups["gpu"])[0]["resources"]
     assert gpu["limits"]["nvidia.com/gpu"] == 1
     assert "nvidia.com/gpu" not in containers(groups["cpu"])[0]["resources"]["limits"]
-    # every Ray pod mounts the shared sweep volume where the spec's root points
+
+
+
+def test_only_the_head_mounts_the_sweep_volume():
+    """Only the driver (on the head) writes sweep folders; workers return results through Ray's
+    object store, so they mount no volume, and the head's is an ordinary ReadWriteOnce one."""
     root = tomllib.loads((DEPLOY / "sweep.toml").read_text())["sweep"]["root"]
-    for group in [head, *groups.values()]:
-        mounts = {m["mountPath"] for m in containers(group)[0]["volumeMounts"]}
-        assert root in mounts
-    for name in ("ray-head", "ray-worker"):
-        assert f"sweeps:{root}" in compose[name]["volumes"]
+    compose = docs(COMPOSE)[0]
+    assert f"sweeps:{root}" in compose["services"]["ray-head"]["volumes"]
+    assert "volumes" not in compose["services"]["ray-worker"]
+    rc = kube("RayCluster")["spec"]
+    head = containers(rc["headGroupSpec"])[0]
+    assert root in {m["mountPath"] for m in head["volumeMounts"]}
+    for g in rc["workerGroupSpecs"]:
+        spec = g["template"]["spec"]
+        assert [v for v in spec["volumes"] if "persistentVolumeClaim" in v] == [], g["groupName"]
+        assert {m["mountPath"] for m in containers(g)[0]["volumeMounts"]} == {"/dev/shm"}, g["groupName"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for n in walk(rc) if isinstance(n, dict)
+              for v in n.get("volumes", []) if "persistentVolumeClaim" in v]
+    assert claims == ["circuitry-sweeps"]
+    assert kube("PersistentVolumeClaim", "circuitry-sweeps")["spec"]["accessModes"] == ["ReadWriteOnce"]
+    text = (DEPLOY / "README.md").read_text()
+    assert "ReadWriteMany" not in text and "no shared filesystem" in text
+    assert "ReadWriteMany" not in (KUBERAY / "raycluster.yaml").read_text()
 
 
 def test_mlflow_port_and_tracking_uri_agree():

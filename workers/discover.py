@@ -52,7 +52,7 @@ from workers import acdc as acdc_mod
 from workers import evaluate as ev
 from workers.attribution import attribution_scores
 from workers.graph import ABLATIONS, Graph, Problem
-from workers.outputs import write_json
+from workers.outputs import json_bytes, png_bytes, write_files
 from workers.profile import PeakMemory
 
 METHODS = ("acdc", "exact", "eap", "eap-ig")
@@ -445,7 +445,7 @@ def circuit_table(graph: Graph, masks, flat_scores: torch.Tensor, config: dict) 
 
 # ---------------------------------------------------------------- files
 
-def _draw(ckpt, path, masks, title):
+def _draw(ckpt, masks, title, path):
     try:
         from workers.draw import draw_network
     except ImportError:  # fallback until workers/draw.py is available everywhere
@@ -465,27 +465,28 @@ def _draw_fallback(ckpt, path, masks, title):
             ax.plot([xs0[i], xs1[j]], [l, l + 1], color="C3" if w[j, i] > 0 else "C0", lw=0.5)
     ax.set_title(title)
     ax.axis("off")
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
-def write_discovery(d: Discovery, out_dir, ckpt: dict) -> Path:
-    """OUT/circuit.parquet, OUT/circuit.png, then OUT/summary.json (its presence marks the result
-    finished); each written to a temporary name and renamed."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "circuit.parquet.tmp"
-    pq.write_table(d.table, tmp)
-    os.replace(tmp, out / "circuit.parquet")
+def discovery_files(d: Discovery, ckpt: dict) -> dict[str, bytes]:
+    """circuit.parquet, circuit.png, then summary.json (last: its presence marks the result
+    finished), as bytes."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(d.table, sink)
     c = d.config
     sel = f"tau={c['threshold']}" if c["threshold"] is not None else (
         f"top-k={c['top_k']}" if c["top_k"] is not None else f"fraction={c['edge_fraction']}")
     title = f"{c['task']}/{c['regime']} {c['method']} {sel} {c['ablation']}: {d.summary['n_edges_kept']}/{d.summary['n_edges_total']} edges"
-    png_tmp = out / "circuit.tmp.png"
-    _draw(ckpt, png_tmp, d.masks, title)
-    os.replace(png_tmp, out / "circuit.png")
-    write_json(d.summary, out / "summary.json")
-    return out
+    return {"circuit.parquet": sink.getvalue().to_pybytes(),
+            "circuit.png": png_bytes(_draw, ckpt, d.masks, title),
+            "summary.json": json_bytes(d.summary)}
+
+
+def write_discovery(d: Discovery, out_dir, ckpt: dict) -> Path:
+    """OUT/circuit.parquet, OUT/circuit.png, then OUT/summary.json, each written to a temporary
+    name and renamed."""
+    return write_files(discovery_files(d, ckpt), out_dir)
 
 
 def export_eap_ig(d: Discovery, path) -> Path:

@@ -30,11 +30,11 @@ def is_wide(ckpt: dict) -> bool:
     return any(c.dim() == 2 for c in ckpt["coordinates"]) or max(ckpt["shape"]) > 40
 
 
-def draw_network(ckpt: dict, path: str | Path, edge_mask: list[torch.Tensor] | None = None, title: str = "") -> None:
+def draw_network(ckpt: dict, path, edge_mask: list[torch.Tensor] | None = None, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(7 if is_wide(ckpt) else 4, 1.6 * len(ckpt["coordinates"])))
     draw_network_on(ax, ckpt, edge_mask, title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # `path` may be a file object
     plt.close(fig)
 
 

@@ -6,6 +6,7 @@ position i of layer l to position j of layer l+1, exactly as in `circuitry.mlp/1
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -194,6 +195,13 @@ def load_checkpoint(path: str | Path) -> dict:
     if missing:
         raise CheckpointError(f"{path}: {FORMAT} checkpoint lacks {', '.join(missing)}")
     return ckpt
+
+
+def checkpoint_bytes(ckpt: dict) -> bytes:
+    """model.pt's bytes, exactly what save_checkpoint writes."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    return buf.getvalue()
 
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> None:

@@ -1,7 +1,11 @@
 """What a training run leaves in its folder: model.pt, metrics.json (with the loss curve) and
-network.png. Written atomically so a crash never leaves a finished-looking half result."""
+network.png. A result's files are made as bytes (`training_files`), so a Ray task can hand them
+to the driver through the object store and only the driver writes the sweep folder; the CLI
+writes them itself with `write_files`, each atomically, so a crash never leaves a
+finished-looking half result."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -10,14 +14,36 @@ from pathlib import Path
 import numpy as np
 
 from workers.draw import draw_network
-from workers.model import save_checkpoint
+from workers.model import checkpoint_bytes
+
+
+def json_bytes(obj) -> bytes:
+    """Strict JSON (NaN/inf -> null, numpy scalars as numbers)."""
+    return json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default).encode()
 
 
 def write_json(obj, path: Path) -> None:
-    """Strict JSON (NaN/inf -> null, numpy scalars as numbers), written atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
+    """Strict JSON, written atomically."""
+    write_files({Path(path).name: json_bytes(obj)}, Path(path).parent)
+
+
+def write_files(files: dict[str, bytes], out_dir: str | Path) -> Path:
+    """Write {name: bytes} into OUT, in order (the last one marks the result finished), each to a
+    temporary name and renamed."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        tmp = out / f"{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, out / name)
+    return out
+
+
+def png_bytes(draw, *args, **kwargs) -> bytes:
+    """What `draw(..., path)` would save, as bytes (matplotlib writes to a file object too)."""
+    buf = io.BytesIO()
+    draw(*args, buf, **kwargs)
+    return buf.getvalue()
 
 
 def _finite(x):
@@ -36,11 +62,14 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
+def training_files(result) -> dict[str, bytes]:
+    """model.pt, network.png, then metrics.json (last: its presence marks the run finished)."""
+    return {
+        "model.pt": checkpoint_bytes(result.checkpoint),
+        "network.png": png_bytes(draw_network, result.checkpoint),
+        "metrics.json": json_bytes({**result.metrics, "config": result.checkpoint["config"], "curve": result.curve}),
+    }
+
+
 def write_training(result, out_dir: str | Path) -> None:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(result.checkpoint, out_dir / "model.pt")
-    draw_network(result.checkpoint, out_dir / "network.png")
-    # metrics.json last: its presence marks the run finished
-    write_json({**result.metrics, "config": result.checkpoint["config"], "curve": result.curve},
-               out_dir / "metrics.json")
+    write_files(training_files(result), out_dir)

@@ -1,0 +1,185 @@
+"""The sweep folder's results, `SWEEP/jobs/<job_id>/`, and their one writer: the driver.
+
+Ray tasks write nothing here. A job returns a `JobResult` (its record and its files as bytes)
+through Ray's object store, and the driver commits it:
+
+1. write every file, then job.json, into `jobs/.tmp-<id>-<pid>-<random>/`, fsync each file;
+2. fsync that folder, rename it to `jobs/<id>/`, fsync `jobs/`.
+
+So a job folder that exists is finished (a half-written result is only ever a dot-folder, which
+readers skip and `prepare` removes), and after a power loss the rename is either there with all
+its files or not there at all. Only jobs of the spec that have no finished folder are submitted,
+so a folder found in the way of a commit is damaged or foreign: it is moved aside to
+`jobs/.damaged-<id>-<time>/`, never overwritten, never read as a result.
+
+Reading: `records()` returns the finished jobs; every folder goes through `load(folder)`, the one
+place that decides whether a folder is a finished result (valid job.json whose job_id is the
+folder's name, the files it lists present). A folder that fails raises DamagedResult; `records`
+skips it (the job runs again and its commit moves the folder aside).
+
+Size: a result travels as one Ray object, held whole in the worker node's object store and in
+the driver's memory while it is written; Ray spills objects to disk, so the practical limit is
+the head's memory. `RESULT_LIMIT_BYTES` (1 GiB) stops a job with a clear error before that; the
+results of this project are KB to a few MB. An output beyond it would go the same path in
+chunks: a streaming generator task (`num_returns="streaming"`) yielding pieces the driver
+appends to the temporary folder before the same rename.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RESULT_LIMIT_BYTES = 1 << 30
+RECORD = "job.json"
+
+
+class DamagedResult(ValueError):
+    """A job folder that is not a finished result (unreadable, inconsistent or incomplete)."""
+
+
+@dataclass
+class JobResult:
+    """What a job hands the driver: its record (job.json) and its files, name -> bytes, in the
+    order they are written."""
+
+    record: dict
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for b in self.files.values())
+
+
+def check_size(result: JobResult) -> JobResult:
+    """Called in the worker: a result too big for one object fails there, naming the limit."""
+    if result.nbytes > RESULT_LIMIT_BYTES:
+        raise ValueError(f"job {result.record.get('label')}: its files are {result.nbytes} bytes, over the "
+                         f"{RESULT_LIMIT_BYTES}-byte limit of one result (orchestrator.store.RESULT_LIMIT_BYTES)")
+    return result
+
+
+def clean(x):
+    """JSON-safe: non-finite floats -> None, numpy/torch scalars -> numbers, anything else -> str."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):  # numpy / torch scalars
+        try:
+            return clean(x.item())
+        except (ValueError, RuntimeError):
+            return str(x)
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def _write_synced(path: Path, data: bytes, fsync: bool = True) -> None:
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path, fsync: bool = True) -> None:
+    if not fsync:
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name == Path(name).name and not name.startswith(".") and name != RECORD
+
+
+class JobStore:
+    """`SWEEP/jobs/`: finished results, one folder each, written only by the driver. `fsync=False`
+    only for benchmarks/orchestration.py, to show what the durability costs."""
+
+    def __init__(self, sweep_dir: str | Path, fsync: bool = True):
+        self.root = Path(sweep_dir) / "jobs"
+        self.fsync = fsync
+
+    def folder(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def prepare(self) -> None:
+        """Create jobs/ and remove the half-written results of a crash (the caller holds the
+        sweep lock, so no commit of another driver is under way)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.clear_temp()
+
+    def clear_temp(self) -> None:
+        for tmp in self.root.glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------ reading
+    def load(self, folder: Path) -> dict:
+        """The record of a finished result, or DamagedResult saying why the folder is not one."""
+        try:
+            rec = json.loads((folder / RECORD).read_text())
+        except (OSError, ValueError) as e:
+            raise DamagedResult(f"{folder / RECORD}: unreadable ({type(e).__name__})") from None
+        if not isinstance(rec, dict) or rec.get("job_id") != folder.name:
+            got = rec.get("job_id") if isinstance(rec, dict) else type(rec).__name__
+            raise DamagedResult(f"{folder / RECORD}: job_id {got!r} is not the folder's name")
+        missing = [n for n in rec.get("files") or [] if not (folder / n).is_file()]
+        if missing:
+            raise DamagedResult(f"{folder}: lacks {', '.join(missing)}")
+        return rec
+
+    def records(self) -> dict[str, dict]:
+        """job id -> record of every finished result; damaged folders are skipped."""
+        out = {}
+        if not self.root.is_dir():
+            return out
+        for folder in sorted(self.root.iterdir()):
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            try:
+                out[folder.name] = self.load(folder)
+            except DamagedResult:
+                continue
+        return out
+
+    # ------------------------------------------------------------ writing
+    def commit(self, job_id: str, result: JobResult) -> dict:
+        """Write one result atomically (see the module doc); returns the record as written."""
+        record = clean({**result.record, "job_id": job_id, "files": list(result.files)})
+        for name in result.files:
+            if not _plain_name(name):
+                raise ValueError(f"job {job_id}: file name {name!r} is not a plain file name")
+        tmp = self.root / f".tmp-{job_id}-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            for name, data in result.files.items():
+                _write_synced(tmp / name, data, self.fsync)
+            _write_synced(tmp / RECORD, json.dumps(record, indent=2, sort_keys=True).encode(), self.fsync)
+            _fsync_dir(tmp, self.fsync)
+            final = self.folder(job_id)
+            if final.exists():
+                self.set_aside(final)
+            os.rename(tmp, final)
+            _fsync_dir(self.root, self.fsync)
+        except BaseException:  # Ctrl-C included: leave no half-written folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return record
+
+    def set_aside(self, folder: Path) -> Path:
+        """Move a folder that is not a finished result out of the way, kept for inspection."""
+        aside = self.root / f".damaged-{folder.name}-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+        os.rename(folder, aside)
+        return aside

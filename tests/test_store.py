@@ -1,0 +1,88 @@
+"""The driver's writer of SWEEP/jobs/ (orchestrator.store), without Ray: what a result looks like
+on disk, what a reader accepts as finished, and what happens to folders that are not results."""
+import json
+import os
+
+import pytest
+
+from orchestrator.store import JobResult, JobStore, check_size
+
+
+def result(job_id="a1b2c3d4e5f60718", **files):
+    return JobResult({"job_id": job_id, "kind": "train", "label": "train/x", "status": "finished",
+                      "figures": {"test_loss": float("nan"), "n_edges": 12}},
+                     files or {"model.pt": b"weights", "metrics.json": b"{}"})
+
+
+def test_commit_writes_the_folder_and_the_reader_sees_it(tmp_path):
+    store = JobStore(tmp_path)
+    store.prepare()
+    rec = store.commit("a1b2c3d4e5f60718", result())
+    folder = tmp_path / "jobs" / "a1b2c3d4e5f60718"
+    assert sorted(p.name for p in folder.iterdir()) == ["job.json", "metrics.json", "model.pt"]
+    assert (folder / "model.pt").read_bytes() == b"weights"
+    on_disk = json.loads((folder / "job.json").read_text())
+    assert on_disk == rec and rec["files"] == ["model.pt", "metrics.json"]
+    assert rec["figures"]["test_loss"] is None  # strict JSON: NaN -> null
+    assert store.records() == {"a1b2c3d4e5f60718": rec}
+    assert [p.name for p in (tmp_path / "jobs").iterdir()] == ["a1b2c3d4e5f60718"]  # no temp left
+
+
+def test_the_driver_decides_the_job_id_and_file_names(tmp_path):
+    store = JobStore(tmp_path)
+    store.prepare()
+    rec = store.commit("00000000000000aa", result(job_id="../../elsewhere"))
+    assert rec["job_id"] == "00000000000000aa" and (tmp_path / "jobs" / "00000000000000aa").is_dir()
+    for bad in ("../x", "job.json", ".hidden", "a/b"):
+        with pytest.raises(ValueError, match="not a plain file name"):
+            store.commit("00000000000000bb", result(**{bad: b"x"}))
+    assert not (tmp_path / "jobs" / "00000000000000bb").exists()
+    assert not list((tmp_path / "jobs").glob(".tmp-*"))
+
+
+def test_half_written_and_damaged_folders_are_never_results(tmp_path):
+    store = JobStore(tmp_path)
+    store.prepare()
+    jobs = tmp_path / "jobs"
+    (jobs / ".tmp-00000000000000cc-1-ab").mkdir()  # a commit cut off by a crash
+    (jobs / ".tmp-00000000000000cc-1-ab" / "job.json").write_text('{"job_id": "00000000000000cc"}')
+    (jobs / "00000000000000dd").mkdir()
+    (jobs / "00000000000000dd" / "job.json").write_text('{"job_id": "00000000')  # truncated
+    (jobs / "00000000000000ee").mkdir()
+    (jobs / "00000000000000ee" / "job.json").write_text('{"job_id": "/etc"}')  # foreign id
+    (jobs / "00000000000000ff").mkdir()
+    (jobs / "00000000000000ff" / "job.json").write_text('{"job_id": "00000000000000ff", "files": ["model.pt"]}')
+    (jobs / "0000000000000011").mkdir()
+    (jobs / "0000000000000011" / "job.json").write_text('{"kind": "train"}')  # no job_id
+    assert store.records() == {}
+    store.prepare()  # the next run clears half-written results
+    assert not list(jobs.glob(".tmp-*"))
+
+    # the job runs again; its commit moves the damaged folder aside instead of failing on it
+    rec = store.commit("00000000000000dd", result())
+    assert store.records() == {"00000000000000dd": rec}
+    aside = list(jobs.glob(".damaged-00000000000000dd-*"))
+    assert len(aside) == 1 and (aside[0] / "job.json").read_text() == '{"job_id": "00000000'
+
+
+def test_an_interrupted_commit_leaves_nothing(tmp_path, monkeypatch):
+    store = JobStore(tmp_path)
+    store.prepare()
+
+    def interrupted(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.commit("00000000000000aa", result())
+    monkeypatch.undo()
+    assert list((tmp_path / "jobs").iterdir()) == [] and store.records() == {}
+
+
+def test_a_result_over_the_size_limit_fails_in_the_worker(monkeypatch):
+    import orchestrator.store as store_mod
+
+    monkeypatch.setattr(store_mod, "RESULT_LIMIT_BYTES", 10)
+    assert check_size(result(small=b"123456789")).nbytes == 9
+    with pytest.raises(ValueError, match="over the 10-byte limit of one result"):
+        check_size(result(big=b"12345678901"))
