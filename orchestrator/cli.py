@@ -2,7 +2,6 @@
 and the fix, with exit code 2; nothing already written is touched."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path

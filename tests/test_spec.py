@@ -1,5 +1,4 @@
 """Sweep specs: validation errors (one line, exit 2), grid expansion and content-hash job ids."""
-import textwrap
 
 import pytest
 
