@@ -63,7 +63,7 @@ class TrainConfig:
     width: int | None = None  # hidden width override
     sheets: bool | None = None  # 2-D neuron sheets; None: the task's default (image tasks)
     final_factor: float | None = None  # lam multiplier of the schedule's last phase
-    batch_size: int | None = None  # 0: full batch
+    batch_size: int | None = None  # 0: full batch (None: the recipe's, like the fields above)
     log_every: int = 100
     device: str = "auto"
 
