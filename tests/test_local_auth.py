@@ -27,14 +27,18 @@ BIN = Path(sys.executable).parent
 MARK = "CIRCUITRY_TEST_AUTH"
 
 
-def listening_ports(pids: set[int]) -> dict[int, str]:
-    """TCP ports in LISTEN state owned by `pids` (port -> process name), from `ss -ltnpH`."""
+AGENT_PORT = 52365  # Ray's dashboard agent (job-agent HTTP API) on a local start
+
+
+def listening_ports(pids: set[int] | None) -> dict[int, str]:
+    """TCP ports in LISTEN state owned by `pids` (None: by anyone), port -> process name, from `ss -ltnpH`."""
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     ports = {}
     for line in out.splitlines():
-        for pid in pids:
-            if f"pid={pid}," in line:
-                ports[int(line.split()[3].rsplit(":", 1)[1])] = line.split('(("', 1)[1].split('"', 1)[0]
+        port = int(line.split()[3].rsplit(":", 1)[1])
+        name = line.split('(("', 1)[1].split('"', 1)[0] if '(("' in line else "?"
+        if pids is None or any(f"pid={pid}," in line for pid in pids):
+            ports[port] = name
     return ports
 
 
@@ -103,7 +107,10 @@ steps = 20000
     marker = tmp_path / "pwned"
     try:
         # wait until the run's Ray is up and its dashboard agent serves the job-agent API (the agent
-        # binds its HTTP port seconds after the rest; slower on a loaded machine)
+        # binds its HTTP port seconds after the rest; slower on a loaded machine). Ray's agent always
+        # takes port 52365 on a local start: when another Ray on this machine holds it, this run's
+        # agent serves no HTTP at all (nothing to attack there), and only the other ports are tried.
+        agent_port_taken = AGENT_PORT in listening_ports(None)
         deadline = time.monotonic() + 300
         ports: dict[int, str] = {}
         answers: dict[int, str] = {}
@@ -111,13 +118,15 @@ steps = 20000
             ports = listening_ports(set(marked_pids(MARK, value)))
             agents = {p: n for p, n in ports.items() if n.startswith("ray::Dashboard")}
             answers = {p: f"{n}: {post_job(p, marker)}" for p, n in agents.items()}
-            if "gcs_server" in ports.values() and any("/api/job_agent/jobs/ 401" in a for a in answers.values()):
-                break
             assert not any(" 200" in a for a in answers.values()), answers
+            refused = any("/api/job_agent/jobs/ 401" in a for a in answers.values())
+            if "gcs_server" in ports.values() and (refused or (agent_port_taken and len(agents) >= 2)):
+                break
             time.sleep(1)
         assert run.poll() is None, f"the run ended early: {run.stdout.read()}"
-        assert any("/api/job_agent/jobs/ 401" in a for a in answers.values()), \
-            f"the run's dashboard agent never answered the job-agent request with 401: {answers} {ports}"
+        if not agent_port_taken:
+            assert any("/api/job_agent/jobs/ 401" in a for a in answers.values()), \
+                f"the run's dashboard agent never answered the job-agent request with 401: {answers} {ports}"
 
         # every port the run opened, HTTP or not, refuses an unauthenticated job
         ports = listening_ports(set(marked_pids(MARK, value)))
