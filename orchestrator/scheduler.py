@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -382,7 +381,3 @@ class Scheduler:
         d = self.sweep_dir / ".faults"
         d.mkdir(exist_ok=True)
         (d / f"{job_id}.{fault}").touch()
-
-
-def run_sweep(spec: Spec, **kwargs) -> SweepOutcome:
-    return Scheduler(spec, **kwargs).run()

@@ -106,12 +106,6 @@ def _positive_float(path, v):
     return v
 
 
-def _bool(path, v):
-    if not isinstance(v, bool):
-        raise SpecError(f"{path}: {_show(v)} is not true or false")
-    return v
-
-
 def _name(path, v):
     if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
         raise SpecError(f"{path}: {_show(v)} is not a name (letters, digits, '.', '-', '_'; up to 100)")
