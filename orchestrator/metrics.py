@@ -120,7 +120,7 @@ class SweepMetrics:
         if self.server is None or seconds <= 0:
             return
         if echo:
-            echo(f"metrics: the final figures stay scrapeable for {seconds:g} s (sweep.metrics_linger; "
+            echo(f"metrics: the final figures stay scrapeable for {seconds:.1f} s (sweep.metrics_linger; "
                  "Ctrl-C ends it now)")
         try:
             time.sleep(seconds)
