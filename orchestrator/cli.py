@@ -2,7 +2,6 @@
 and the fix, with exit code 2; nothing already written is touched."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -38,7 +37,7 @@ def cli():
 @cli.command()
 @click.option("--task", required=True, type=click.Choice(list(TASKS)), help="The learning problem.")
 @click.option("--regime", required=True, type=click.Choice(list(REGIMES)), help="The training regime.")
-@click.option("--steps", type=click.IntRange(min=1), default=20000, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (task default).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--lam", type=click.FloatRange(min=0), default=None, help="Penalty strength (task default).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Hidden width (task default).")
@@ -57,6 +56,7 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, o
     if data_dir:
         os.environ["CIRCUITRY_MNIST_DIR"] = data_dir
     out_dir = writable_dir(out, "--out")
+    steps = steps or TASKS[task].recipe.steps
     config = TrainConfig(task=task, regime=regime, steps=steps, seed=seed, lam=lam, width=width,
                          swap_every=swap_every, device=device)
     try:

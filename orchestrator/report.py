@@ -23,6 +23,7 @@ from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, paired_ratio
 # (column, label, better): better is "higher" or "lower"
 QUALITY = [
     ("faithfulness", "faithfulness f", "higher"),
+    ("eval_faithfulness", "held-out f", "higher"),
     ("metric_circuit", "metric(circuit)", "lower"),
     ("edge_roc_auc", "edge ROC AUC", "higher"),
     ("edge_precision", "edge precision", "higher"),
@@ -32,7 +33,9 @@ QUALITY = [
     ("cmd", "CMD", "lower"),
     ("logit_gap", "logit gap", "lower"),
     ("normalized_logit_gap", "logit gap ÷ empty circuit's", "lower"),
+    ("eval_normalized_logit_gap", "held-out logit gap ÷ empty's", "lower"),
     ("circuit_accuracy", "circuit accuracy", "higher"),
+    ("eval_circuit_accuracy", "held-out circuit accuracy", "higher"),
     ("full_accuracy", "full accuracy", "higher"),
 ]
 DISCOVERY = [
@@ -72,10 +75,12 @@ PAIRED_ALWAYS = DISCOVERY_KEYS + ("discover_seed",)
 NO_RATIO = {"dependencies_match"}
 # Figures every discovery computes: a NaN there is an undefined value (f when ablating every
 # edge changes nothing), never a figure the task lacks.
-ALWAYS_DEFINED = {"faithfulness"}
+ALWAYS_DEFINED = {"faithfulness", "eval_faithfulness"}
 # Figures added by newer versions: when the column is missing but its companion is present, the
 # tables say n/a rather than leave the figure out without a word.
-NEWER_THAN = {"normalized_logit_gap": "logit_gap", "edges_tested": "forward_examples"}
+NEWER_THAN = {"normalized_logit_gap": "logit_gap", "edges_tested": "forward_examples",
+              "eval_faithfulness": "faithfulness", "eval_normalized_logit_gap": "logit_gap",
+              "eval_circuit_accuracy": "circuit_accuracy"}
 
 
 @dataclass

@@ -9,7 +9,8 @@ A spec (see examples/quickstart.toml):
                  (Prometheus; 0 = any free port, -1 = off), metrics_host (address the endpoint
                  binds: 127.0.0.1, or 0.0.0.0 so a cluster's Prometheus can reach it)
     [train]      grid: task, regime, seed, steps, lam, lr, width, swap_every, top_k, final_factor,
-                 log_every (each a value or a list of values; lists multiply)
+                 log_every (each a value or a list of values; lists multiply; lam, lr, swap_every,
+                 top_k, final_factor default to the task's BIMT recipe, tasks.recipe)
     [discover]   grid: method, threshold, ablation, output, seed (optional table: no discovery)
     [resources]  train_cpus, train_gpus, discover_cpus, discover_gpus, max_retries, edge_chunk
     [testing]    TEST-ONLY fault injection: transient_once, crash_once (job selectors, see below)
@@ -25,7 +26,7 @@ import json
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -170,11 +171,11 @@ TRAIN_GRID = {
     "seed": (_nonneg_int, [0]),
     "steps": (_positive_int, None),
     "lam": (_nonneg_float, [None]),
-    "lr": (_positive_float, [2e-3]),
+    "lr": (_positive_float, [None]),
     "width": (_positive_int, [None]),
     "swap_every": (_positive_int, [None]),
-    "top_k": (_nonneg_int, [5]),
-    "final_factor": (_nonneg_float, [1.0]),
+    "top_k": (_nonneg_int, [None]),
+    "final_factor": (_nonneg_float, [None]),
     "log_every": (_positive_int, [100]),
 }
 DISCOVER_GRID = {
@@ -271,15 +272,20 @@ class Job:
 
 
 def _resolve_train(s: dict) -> dict:
-    """Task defaults filled in the way workers.train.TrainConfig.resolved() does, so `lam = 1e-3`
+    """The task's recipe filled in the way workers.train.TrainConfig.resolved() does, so `lam = 1e-3`
     and an omitted lam with the task's default 1e-3 name the same job."""
-    task = TASKS[s["task"]]
+    recipe = TASKS[s["task"]].recipe
     s = dict(s)
-    if s["lam"] is None:
-        s["lam"] = float(task.defaults.get("lam", 1e-3))
-    if s["swap_every"] is None:
-        s["swap_every"] = int(task.defaults.get("swap_every", 200))
+    for key in ("lam", "lr", "swap_every", "top_k", "final_factor"):
+        if s[key] is None:
+            s[key] = getattr(recipe, key)
     return s
+
+
+def _recipe_fields(task: str) -> dict:
+    """The rest of the task's recipe (cost normalisation, l0, schedule, layout, loss, ...): part of a
+    train job's id, so a sweep made under other task settings is never resumed as if it were this one."""
+    return {k: list(map(list, v)) if k == "lam_phases" else v for k, v in asdict(TASKS[task].recipe).items()}
 
 
 def model_shape(settings: dict) -> list[int]:
@@ -334,7 +340,7 @@ def expand(train: dict[str, list], discover: list[dict[str, list]] | None, ver: 
     keys = list(train)
     for combo in itertools.product(*(train[k] for k in keys)):
         s = _resolve_train(dict(zip(keys, combo)))
-        tid = job_hash({"kind": "train", "version": ver, **s})
+        tid = job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s})
         extra = "".join(f"/{k}{s[k]}" for k in keys if k not in ("task", "regime", "seed") and len(train[k]) > 1)
         jobs.append(Job("train", tid, s, f"train/{s['task']}/{s['regime']}/seed{s['seed']}{extra}", None, n_edges(s)))
     seen = set()

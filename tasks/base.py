@@ -9,6 +9,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from tasks.recipe import Recipe
+
 
 def live_edges(weights: list[torch.Tensor]) -> set[tuple[int, int, int]]:
     """Every (layer, src_pos, dst_pos) whose weight is non-zero: a planted net's circuit."""
@@ -45,8 +47,8 @@ class Task:
     # (`live_edges(teacher()['weights'])`) are the ground-truth circuit.
     dependencies: tuple[frozenset[int], ...] | None = None
     teacher: Callable[[], dict] | None = None
-    # Training defaults that suit this task (a spec or the CLI may override them).
-    defaults: dict = field(default_factory=dict)
+    # How BIMT's authors trained it (tasks.recipe; a spec or the CLI may override lam, lr, ...).
+    recipe: Recipe = field(default_factory=Recipe)
     # Input laid out as a 2-D sheet (rows, cols) for image tasks, else None.
     input_grid: tuple[int, int] | None = None
 
@@ -67,6 +69,14 @@ class Task:
         if self.kind == "regression":
             return torch.mean((pred - y) ** 2)
         return F.cross_entropy(pred, y)
+
+    def training_loss(self, pred: torch.Tensor, y: torch.Tensor, loss: str = "task") -> torch.Tensor:
+        """The loss training minimises: the task's own, or (`"mse_onehot"`, BIMT's MNIST notebook)
+        the mean squared error between the logits and the one-hot labels. The circuit metric does
+        not change with it (design.md: KL for classification)."""
+        if loss == "mse_onehot":
+            return F.mse_loss(pred, F.one_hot(y, pred.shape[1]).to(pred.dtype))
+        return self.loss(pred, y)
 
     def corrupt(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """Resample corruption: example n is replaced by another example of the same split, drawn

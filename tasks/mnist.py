@@ -3,8 +3,11 @@
 The folder comes from the sweep spec / `--data-dir` (passed to `load_idx_folder`) or from
 $CIRCUITRY_MNIST_DIR. Files may be gzipped (`.gz`) or not:
     train-images-idx3-ubyte  train-labels-idx1-ubyte  t10k-images-idx3-ubyte  t10k-labels-idx1-ubyte
-Settings as BIMT's MNIST run: 784-200-200-10 on 2-D sheets (28x28 input), lam 0.01, swaps every
-500 steps, 40,000 steps (a spec can shorten them).
+Trained as mnist_3.5.ipynb does (docs/bimt_reference.md): 784-100-100-10 on 2-D sheets (28x28 input,
+10x10 hidden, outputs on a ring), Manhattan wire lengths, the per-layer mean connection cost with
+l0 0.5 and wire length weighted 2 (none on the last layer), biases penalised from the start, lam
+0.01 -> 0.1 at steps/4 -> 1.0 at steps/2, minibatches of 100, MSE on one-hot labels, lr 1e-3, no
+input swaps, the 30 most connected neurons relocated every 500 steps, 40,000 steps.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from tasks.base import Data, Task, TaskDataError
+from tasks.recipe import Recipe
 
 FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -75,6 +79,14 @@ def load_idx_folder(folder: str | Path | None = None) -> Data:
     return Data(as_x(arrays["x_train"]), as_y(arrays["y_train"]), as_x(arrays["x_test"]), as_y(arrays["y_test"]))
 
 
+MNIST_RECIPE = Recipe(
+    steps=40000, lr=1e-3, batch_size=100, loss="mse_onehot", lam=0.01,
+    lam_phases=((0.0, 1.0), (0.25, 10.0), (0.5, 100.0)), bias_from=0.0, cost_norm="mean", l0=0.5,
+    distance_weight=2.0, last_layer_distance=False, distance="manhattan", output_layout="ring",
+    swap_inputs=False, swap_every=500, top_k=30,
+)
+
+
 def generate(seed: int) -> Data:
     """MNIST has a fixed split; the seed only changes initialisation and corruption pairing."""
     return load_idx_folder()
@@ -83,9 +95,9 @@ def generate(seed: int) -> Data:
 mnist = Task(
     name="mnist",
     kind="classification",
-    shape=(784, 200, 200, 10),
+    shape=(784, 100, 100, 10),
     generate=generate,
     description="MNIST from local IDX files ($CIRCUITRY_MNIST_DIR), 60k train / 10k test",
     input_grid=(28, 28),
-    defaults={"lam": 1e-2, "steps": 40000, "swap_every": 500},
+    recipe=MNIST_RECIPE,
 )

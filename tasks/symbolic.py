@@ -1,4 +1,5 @@
-"""The BIMT paper's symbolic formulas (section 3.1): inputs U(-1, 1), 100 train / 100 test."""
+"""The BIMT paper's symbolic formulas (section 3.1): inputs U(-1, 1), 100 train / 100 test, trained as
+symbolic_formulas_3.1.ipynb does (tasks.recipe's defaults; compositionality deeper, its own lam schedule)."""
 from __future__ import annotations
 
 import math
@@ -6,11 +7,12 @@ import math
 import torch
 
 from tasks.base import Data, Task
+from tasks.recipe import Recipe
 
 N_TRAIN = N_TEST = 100
 
 
-def _formula_task(name, n_in, formula, dependencies, description) -> Task:
+def _formula_task(name, n_in, formula, dependencies, description, hidden=(20, 20), recipe=Recipe()) -> Task:
     def generate(seed: int) -> Data:
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(N_TRAIN + N_TEST, n_in, generator=g) * 2 - 1
@@ -21,11 +23,11 @@ def _formula_task(name, n_in, formula, dependencies, description) -> Task:
     return Task(
         name=name,
         kind="regression",
-        shape=(n_in, 20, 20, n_out),
+        shape=(n_in, *hidden, n_out),
         generate=generate,
         description=description,
         dependencies=tuple(frozenset(d) for d in dependencies),
-        defaults={"lam": 1e-3, "steps": 20000, "swap_every": 200},
+        recipe=recipe,
     )
 
 
@@ -51,6 +53,9 @@ feature_sharing = _formula_task(
     "feature_sharing", 3, _feature_sharing, [{0}, {0, 1}, {0, 1, 2}],
     "[x1^2, x1^2+x2^2, x1^2+x2^2+x3^2]",
 )
+# The notebook's compositionality cell (symbolic_formulas_3.1.ipynb, cell 11) is deeper, 4-20-20-20-20-1,
+# and its lam goes x3 at steps/4 and stays there (`lamb *= 3`, then `lamb *= 1`).
 compositionality = _formula_task(
-    "compositionality", 4, _compositionality, [{0, 1, 2, 3}], "sqrt((x1-x2)^2+(x3-x4)^2)"
+    "compositionality", 4, _compositionality, [{0, 1, 2, 3}], "sqrt((x1-x2)^2+(x3-x4)^2)",
+    hidden=(20, 20, 20, 20), recipe=Recipe(lam_phases=((0.0, 1.0), (0.25, 3.0), (0.75, 3.0))),
 )

@@ -1,12 +1,16 @@
-"""Two interleaving half-circles (scikit-learn's make_moons), a 2-class classifier."""
+"""Two interleaving half-circles (scikit-learn's make_moons), a 2-class classifier, trained as
+two_moon_3.2.ipynb does: 200 train / 200 test, l0 0.2, biases penalised from the start, lam 1e-3 then
+1e-2 from step 5,000 of 10,000 (the notebook's step-15,000 return to 1e-3 is never reached), the
+10 most connected neurons of each layer relocated every 200 steps."""
 from __future__ import annotations
 
 import torch
 from sklearn.datasets import make_moons
 
 from tasks.base import Data, Task
+from tasks.recipe import Recipe
 
-N_TRAIN = N_TEST = 500
+N_TRAIN = N_TEST = 200
 
 
 def generate(seed: int) -> Data:
@@ -21,6 +25,6 @@ two_moons = Task(
     kind="classification",
     shape=(2, 20, 20, 2),
     generate=generate,
-    description="make_moons(noise=0.1), 500 train / 500 test",
-    defaults={"lam": 1e-3, "steps": 20000, "swap_every": 200},
+    description="make_moons(noise=0.1), 200 train / 200 test",
+    recipe=Recipe(steps=10000, lam=1e-3, lam_phases=((0.0, 1.0), (0.5, 10.0)), bias_from=0.0, l0=0.2, top_k=10),
 )

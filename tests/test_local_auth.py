@@ -19,24 +19,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import kill_marked, marked_pids
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 MARK = "CIRCUITRY_TEST_AUTH"
-
-
-def marked_pids(value: str) -> list[int]:
-    needle = f"{MARK}={value}".encode()
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                if needle in Path(f"/proc/{name}/environ").read_bytes().split(b"\0"):
-                    out.append(int(name))
-            except OSError:
-                pass
-    return out
 
 
 def listening_ports(pids: set[int]) -> dict[int, str]:
@@ -120,7 +108,7 @@ steps = 20000
         ports: dict[int, str] = {}
         answers: dict[int, str] = {}
         while time.monotonic() < deadline and run.poll() is None:
-            ports = listening_ports(set(marked_pids(value)))
+            ports = listening_ports(set(marked_pids(MARK, value)))
             agents = {p: n for p, n in ports.items() if n.startswith("ray::Dashboard")}
             answers = {p: f"{n}: {post_job(p, marker)}" for p, n in agents.items()}
             if "gcs_server" in ports.values() and any("/api/job_agent/jobs/ 401" in a for a in answers.values()):
@@ -132,7 +120,7 @@ steps = 20000
             f"the run's dashboard agent never answered the job-agent request with 401: {answers} {ports}"
 
         # every port the run opened, HTTP or not, refuses an unauthenticated job
-        ports = listening_ports(set(marked_pids(value)))
+        ports = listening_ports(set(marked_pids(MARK, value)))
         answers = {port: f"{name}: {post_job(port, marker)}" for port, name in ports.items()}
         assert not any(" 200" in a for a in answers.values()), answers
 
@@ -145,7 +133,7 @@ steps = 20000
         time.sleep(3)  # a job that got through would have run by now
         assert not marker.exists(), f"an unauthenticated request ran code: {answers}"
 
-        token = next((e.split(b"=", 1)[1].decode() for pid in marked_pids(value)
+        token = next((e.split(b"=", 1)[1].decode() for pid in marked_pids(MARK, value)
                       for e in _environ(pid) if e.startswith(b"RAY_AUTH_TOKEN=")), None)
         assert token and len(token) >= 32, "the run's Ray does not carry a token"
     finally:
@@ -154,16 +142,7 @@ steps = 20000
             run.wait(timeout=60)
         except subprocess.TimeoutExpired:
             run.kill()
-        for _ in range(60):
-            pids = marked_pids(value)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.5)
+        kill_marked(MARK, value, timeout=30)
     leaked = [p for p in (tmp_path / "sweeps").rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
     assert not leaked, f"the token was written to {leaked}"
 

@@ -1,5 +1,4 @@
 """Sweep specs: validation errors (one line, exit 2), grid expansion and content-hash job ids."""
-import textwrap
 
 import pytest
 
@@ -150,6 +149,27 @@ def test_id_includes_package_version(tmp_path, monkeypatch):
     monkeypatch.setattr(spec_mod, "package_version", lambda: "9.9.9")
     b = parse_spec(spec_text(tmp_path))
     assert not {j.id for j in a.jobs} & {j.id for j in b.jobs}
+
+
+def test_train_settings_resolve_to_the_task_recipe_and_the_recipe_is_in_the_id(tmp_path, monkeypatch):
+    """An omitted lr / top_k / final_factor is the task's BIMT recipe, written out it names the same
+    job; a task trained under another recipe (e.g. older defaults) never shares a job id."""
+    from dataclasses import replace
+
+    import orchestrator.spec as spec_mod
+
+    text = spec_text(tmp_path).replace('task = ["independence", "two_moons"]', 'task = "independence"')
+    a = parse_spec(text)
+    s = a.train_jobs()[0].settings
+    assert (s["lr"], s["top_k"], s["final_factor"], s["swap_every"]) == (2e-3, 5, 1.0, 200)
+    written = parse_spec(text.replace("steps = 100", "steps = 100\nlr = 2e-3\ntop_k = 5\nfinal_factor = 1.0"))
+    assert [j.id for j in written.jobs] == [j.id for j in a.jobs]
+    moons = parse_spec(text.replace('task = "independence"', 'task = "two_moons"')).train_jobs()[0].settings
+    assert (moons["top_k"], moons["final_factor"]) == (10, 10.0)
+    task = spec_mod.TASKS["independence"]
+    monkeypatch.setitem(spec_mod.TASKS, "independence", replace(task, recipe=replace(task.recipe, cost_norm="mean")))
+    b = parse_spec(text)
+    assert not {j.id for j in a.train_jobs()} & {j.id for j in b.train_jobs()}
 
 
 def test_spec_error_is_a_value_error():

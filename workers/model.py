@@ -39,10 +39,26 @@ def sheet_coordinates(rows: int, cols: int) -> torch.Tensor:
     return torch.stack([xx.flatten(), yy.flatten()], 1)
 
 
-def wire_lengths(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """|x_dst - x_src| for every (dst, src) pair: [n_dst, n_src]; Euclidean for 2-D sheets."""
+def ring_coordinates(n: int) -> torch.Tensor:
+    """BIMT's MNIST output ring: n neurons at angles (i + 1/2) 2pi/n on a circle of radius 1/4
+    around the centre of the unit square."""
+    theta = torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n, dtype=torch.float64) * 2 * math.pi
+    return (0.5 + torch.stack([theta.cos(), theta.sin()], 1) / 4).float()
+
+
+def folded_line_coordinates(n: int, fold: int) -> torch.Tensor:
+    """BIMT's `in_fold`: n neurons in `fold` blocks that share n/fold positions (block f's neuron i
+    sits where block 0's neuron i sits), e.g. token a's and token b's embedding dimension i."""
+    return line_coordinates(n // fold).repeat(fold)
+
+
+def wire_lengths(dst: torch.Tensor, src: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
+    """|x_dst - x_src| for every (dst, src) pair: [n_dst, n_src]; on 2-D sheets Euclidean, or
+    Manhattan (|dx| + |dy|, BIMT's MNIST notebook)."""
     if dst.dim() == 1:
         return (dst[:, None] - src[None, :]).abs()
+    if metric == "manhattan":
+        return (dst[:, None, :] - src[None, :, :]).abs().sum(-1)
     return torch.cdist(dst, src)
 
 
@@ -56,16 +72,22 @@ class CoordMLP(nn.Module):
         l0: float = L0,
         vocab: int | None = None,
         embed_dim: int | None = None,
+        distance: str = "euclidean",
+        in_fold: int = 1,
     ):
         super().__init__()
+        if shape[0] % in_fold:
+            raise ValueError(f"in_fold {in_fold} does not divide the input layer's {shape[0]} neurons")
         self.shape = list(shape)
         self.l0 = float(l0)
+        self.distance = distance
+        self.in_fold = int(in_fold)  # swaps move the input layer's folds together (workers.swap)
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(shape[:-1], shape[1:]))
         coordinates = coordinates or [line_coordinates(n) for n in shape]
         for l, c in enumerate(coordinates):
             self.register_buffer(f"coord{l}", c.float().clone())
         for l in range(len(self.linears)):
-            dist = wire_lengths(coordinates[l + 1].double(), coordinates[l].double())
+            dist = wire_lengths(coordinates[l + 1].double(), coordinates[l].double(), distance)
             self.register_buffer(f"dist{l}", dist.float())
             # swaps compare costs in float64 (workers.swap); kept here so they need no conversion
             self.register_buffer(f"dist64_{l}", dist, persistent=False)
@@ -104,32 +126,50 @@ class CoordMLP(nn.Module):
         y[:, self.out_perm] = h
         return y
 
-    def connection_cost(self, weight_factor: float = 1.0, penalize_bias: bool = True) -> torch.Tensor:
-        """BIMT's connection cost: sum |w| * (weight_factor * wire length + l0), plus |b| * l0 and
-        |embedding| * l0 where asked. weight_factor 0 is plain L1 (times l0)."""
-        cost = 0.0
-        for linear, dist in zip(self.linears, self.distances):
-            cost = cost + (linear.weight.abs() * (weight_factor * dist + self.l0)).sum()
-            if penalize_bias:
-                cost = cost + linear.bias.abs().sum() * self.l0
+    def _cost_terms(self, weight_factor: float, norm: str, last_layer_distance: bool):
+        """(tensor, factor, its bias or None) for every penalised tensor: the cost is the sum over
+        tensors of agg(|p| * factor) (+ agg(|bias|) * l0), agg = sum, or mean over the tensor's
+        entries (BIMT's modular addition and MNIST notebooks)."""
+        if norm not in ("sum", "mean"):
+            raise ValueError(f"cost norm {norm!r} is not sum or mean")
+        last = len(self.linears) - 1
+        for l, (linear, dist) in enumerate(zip(self.linears, self.distances)):
+            wf = weight_factor if (l < last or last_layer_distance) else 0.0
+            factor = self.l0 + wf * dist if wf else self.l0
+            yield linear.weight, factor, linear.bias
         if self.embedding is not None:
-            cost = cost + self.embedding.abs().sum() * self.l0
+            yield self.embedding, self.l0, None
+
+    def connection_cost(self, weight_factor: float = 1.0, penalize_bias: bool = True, norm: str = "sum",
+                        last_layer_distance: bool = True) -> torch.Tensor:
+        """BIMT's connection cost: |w| * (weight_factor * wire length + l0) summed (or averaged, per
+        tensor) over each layer, plus |b| * l0 where asked and |embedding| * l0. weight_factor 0 is
+        plain L1 (times l0); last_layer_distance False drops the last layer's wire length."""
+        cost = 0.0
+        for p, factor, bias in self._cost_terms(weight_factor, norm, last_layer_distance):
+            agg = torch.sum if norm == "sum" else torch.mean
+            cost = cost + agg(p.abs() * factor)
+            if penalize_bias and bias is not None:
+                cost = cost + agg(bias.abs()) * self.l0
         return cost
 
     @torch.no_grad()
-    def add_connection_cost_grad(self, lam: float, weight_factor: float = 1.0, penalize_bias: bool = True) -> None:
+    def add_connection_cost_grad(self, lam: float, weight_factor: float = 1.0, penalize_bias: bool = True,
+                                 norm: str = "sum", last_layer_distance: bool = True) -> None:
         """Add the gradient of lam * connection_cost(...) to .grad, without building its graph.
 
         d|w|/dw = sign(w) (0 at 0, as autograd's abs), so the penalty's gradient is
-        lam * sign(W) * (weight_factor * wire length + l0): two fused ops a layer instead of a
-        dozen autograd nodes, which is most of BIMT's per-step overhead on small nets."""
-        for linear, dist in zip(self.linears, self.distances):
-            factor = self.l0 + weight_factor * dist if weight_factor else self.l0
-            linear.weight.grad.add_(torch.sign(linear.weight) * factor, alpha=lam)
-            if penalize_bias:
-                linear.bias.grad.add_(torch.sign(linear.bias), alpha=lam * self.l0)
-        if self.embedding is not None:
-            self.embedding.grad.add_(torch.sign(self.embedding), alpha=lam * self.l0)
+        lam * sign(W) * (weight_factor * wire length + l0) (/ numel for the mean): two fused ops a
+        layer instead of a dozen autograd nodes, which is most of BIMT's per-step overhead on small nets."""
+        for p, factor, bias in self._cost_terms(weight_factor, norm, last_layer_distance):
+            scale = lam / p.numel() if norm == "mean" else lam
+            if isinstance(factor, torch.Tensor):
+                p.grad.add_(torch.sign(p) * factor, alpha=scale)
+            else:
+                p.grad.add_(torch.sign(p), alpha=scale * factor)
+            if penalize_bias and bias is not None:
+                b_scale = lam / bias.numel() if norm == "mean" else lam
+                bias.grad.add_(torch.sign(bias), alpha=b_scale * self.l0)
 
     def to_checkpoint(self, task: str, regime: str, seed: int, config: dict) -> dict:
         ckpt = {
@@ -154,12 +194,15 @@ class CoordMLP(nn.Module):
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "CoordMLP":
         emb = ckpt.get("embedding")
+        config = ckpt.get("config") or {}
         model = cls(
             ckpt["shape"],
             coordinates=list(ckpt["coordinates"]),
             l0=ckpt["l0"],
             vocab=None if emb is None else emb.shape[0],
             embed_dim=None if emb is None else emb.shape[1],
+            distance=config.get("distance", "euclidean"),  # checkpoints before it was recorded: Euclidean
+            in_fold=config.get("in_fold", 1),
         )
         with torch.no_grad():
             for linear, w, b in zip(model.linears, ckpt["weights"], ckpt["biases"]):

@@ -1,29 +1,34 @@
 """Training under the five regimes whose circuits circuitry compares.
 
-Following the BIMT reference (KindXiaoming/BIMT, symbolic_formulas_3.1.ipynb), full-batch AdamW
-(lr 2e-3, no weight decay) on  loss + lam_t * cost,  where cost is the connection cost
+Every task is trained as BIMT's authors trained it (KindXiaoming/BIMT notebooks): the task's
+`Recipe` (tasks.recipe, docs/bimt_reference.md) gives the optimiser settings, the loss, minibatches,
+the float type, the layout and the connection cost. AdamW (no weight decay) minimises
+loss + lam_t * cost,  where cost (tasks.recipe) is, per regime,
 
     vanilla  no penalty
-    l1       sum |W| * l0                   (weight factor 0)
-    local    sum |W| * (|dx| + l0)          (weight factor 1)
+    l1       |W| * l0                                  (distance weight 0)
+    local    |W| * (distance_weight * wire length + l0)
     swap     l1 + neuron swaps
     bimt     local + neuron swaps
 
-and the schedule is the reference's: lam for the first quarter of steps, 10 lam for the middle
-half, then lam again (the reference multiplies by 10, then by 0.1) for the last quarter, where
-biases are penalised too. `final_factor` changes that last factor for users who want lam/10 there.
+summed or averaged per layer as the recipe says, lam_t following the recipe's phases (e.g. lam,
+10 lam in the middle half, lam again), biases penalised from the recipe's `bias_from` on.
 Swaps run after every `swap_every`-th step (the reference's `(step+1) % swap_log == 0`).
+A TrainConfig field left None takes the recipe's value; the resolved settings, all of them, are
+recorded in the checkpoint's `config`.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
 
 from tasks import get_task
-from workers.model import CoordMLP, line_coordinates, sheet_coordinates, sheet_shape
+from tasks.recipe import Recipe
+from workers.model import (CoordMLP, folded_line_coordinates, line_coordinates, ring_coordinates,
+                           sheet_coordinates, sheet_shape)
 from workers.profile import PeakMemory, count_parameters, inference_speed, weights_above
 from workers.swap import relocate
 
@@ -50,28 +55,45 @@ class TrainConfig:
     regime: str
     steps: int
     seed: int = 0
-    lam: float | None = None  # None: the task's default
-    lr: float = 2e-3
-    swap_every: int | None = None  # None: the task's default
-    top_k: int = 5
+    # None: the task's recipe (tasks.recipe)
+    lam: float | None = None
+    lr: float | None = None
+    swap_every: int | None = None
+    top_k: int | None = None
     width: int | None = None  # hidden width override
     sheets: bool | None = None  # 2-D neuron sheets; None: the task's default (image tasks)
-    final_factor: float = 1.0  # lam multiplier in the last quarter, relative to lam
+    final_factor: float | None = None  # lam multiplier of the schedule's last phase
+    batch_size: int | None = None  # 0: full batch (None: the recipe's, like the fields above)
     log_every: int = 100
     device: str = "auto"
 
     def resolved(self) -> "TrainConfig":
-        """The config with task defaults filled in (what is recorded with the model)."""
+        """The config with the task's recipe filled in."""
         task = get_task(self.task)
         if self.regime not in REGIMES:
             raise ValueError(f"unknown regime {self.regime!r}: choose one of {', '.join(REGIMES)}")
         if self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps}")
+        r = task.recipe
         d = asdict(self)
-        d["lam"] = task.defaults.get("lam", 1e-3) if self.lam is None else self.lam
-        d["swap_every"] = task.defaults.get("swap_every", 200) if self.swap_every is None else self.swap_every
+        for key in ("lam", "lr", "swap_every", "top_k", "final_factor"):
+            d[key] = getattr(r, key) if d[key] is None else d[key]
+        d["batch_size"] = (r.batch_size or 0) if self.batch_size is None else self.batch_size
         d["sheets"] = task.input_grid is not None if self.sheets is None else self.sheets
         return TrainConfig(**d)
+
+    def recipe(self) -> Recipe:
+        """The task's recipe with this config's overrides applied (call on a resolved config)."""
+        r = get_task(self.task).recipe
+        return replace(r.with_final_factor(self.final_factor), lam=self.lam, lr=self.lr, swap_every=self.swap_every,
+                       top_k=self.top_k, batch_size=self.batch_size or None)
+
+    def record(self) -> dict:
+        """Every resolved setting, flat: the checkpoint's `config` (job ids and resume rest on it)."""
+        recipe = asdict(self.recipe())
+        recipe["lam_phases"] = [list(p) for p in recipe["lam_phases"]]
+        del recipe["steps"]  # the recipe's default length; the run's own is `steps`
+        return {**recipe, **asdict(self)}
 
 
 @dataclass
@@ -94,21 +116,31 @@ def network_shape(task, width: int | None) -> list[int]:
     return shape
 
 
-def layout(shape: list[int], sheets: bool, input_grid: tuple[int, int] | None) -> list[torch.Tensor]:
-    """Neuron coordinates: BIMT's 1-D lines, or 2-D sheets (input = the image grid, hidden layers
-    the most nearly square grid, outputs a row) as in BIMT's MNIST network."""
+def layout(shape: list[int], sheets: bool, input_grid: tuple[int, int] | None, recipe: Recipe = Recipe()
+           ) -> list[torch.Tensor]:
+    """Neuron coordinates: BIMT's 1-D lines (the input folded as the recipe says), or 2-D sheets
+    (input = the image grid, hidden layers the most nearly square grid, outputs a row or BIMT's
+    MNIST ring)."""
     if not sheets:
-        return [line_coordinates(n) for n in shape]
-    grids = [input_grid or sheet_shape(shape[0])] + [sheet_shape(n) for n in shape[1:-1]] + [(1, shape[-1])]
-    return [sheet_coordinates(r, c) for r, c in grids]
+        return [folded_line_coordinates(shape[0], recipe.in_fold)] + [line_coordinates(n) for n in shape[1:]]
+    grids = [input_grid or sheet_shape(shape[0])] + [sheet_shape(n) for n in shape[1:-1]]
+    coords = [sheet_coordinates(r, c) for r, c in grids]
+    if recipe.output_layout == "ring":
+        return coords + [ring_coordinates(shape[-1])]
+    return coords + [sheet_coordinates(1, shape[-1])]
 
 
-def lam_at(step: int, steps: int, lam: float, final_factor: float) -> float:
-    if step < steps // 4:
-        return lam
-    if step < 3 * steps // 4:
-        return 10 * lam
-    return lam * final_factor
+def minibatches(n: int, batch_size: int | None, seed: int, device: torch.device):
+    """Example indices for each step: everything (full batch), or shuffled minibatches of
+    `batch_size`, reshuffled every epoch, the last one of an epoch possibly smaller (as a
+    DataLoader with shuffle=True, which the MNIST notebook cycles through)."""
+    if not batch_size or batch_size >= n:
+        while True:
+            yield None
+    g = torch.Generator().manual_seed(seed + 104729)
+    while True:
+        for chunk in torch.randperm(n, generator=g).split(batch_size):
+            yield chunk.to(device)
 
 
 def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -120,41 +152,52 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
     increments since the last call (the orchestrator turns them into Prometheus counters)."""
     cfg = config.resolved()
     task = get_task(cfg.task)
+    recipe = cfg.recipe()
     regime = REGIMES[cfg.regime]
     device = pick_device(cfg.device)
+    dtype = getattr(torch, recipe.dtype)
     torch.manual_seed(cfg.seed)
     shape = network_shape(task, cfg.width)
     model = CoordMLP(
-        shape, layout(shape, cfg.sheets, task.input_grid), vocab=task.vocab, embed_dim=task.embed_dim
-    ).to(device)
+        shape, layout(shape, cfg.sheets, task.input_grid, recipe), l0=recipe.l0, vocab=task.vocab,
+        embed_dim=task.embed_dim, distance=recipe.distance, in_fold=recipe.in_fold,
+    ).to(device=device, dtype=dtype)
     data = task.make_data(cfg.seed)
-    x, y = data.x_train.to(device), data.y_train.to(device)
-    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    as_input = lambda t: t.to(device) if task.vocab else t.to(device=device, dtype=dtype)  # noqa: E731
+    as_target = lambda t: t.to(device) if task.kind == "classification" else t.to(device=device, dtype=dtype)  # noqa: E731
+    x, y = as_input(data.x_train), as_target(data.y_train)
+    x_test, y_test = as_input(data.x_test), as_target(data.y_test)
+    loss_fn = lambda pred, target: task.training_loss(pred, target, recipe.loss)  # noqa: E731
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    weight_factor = 1.0 if regime.local else 0.0
+    weight_factor = recipe.distance_weight if regime.local else 0.0
+    batches = minibatches(len(x), cfg.batch_size, cfg.seed, device)
 
-    curve, swap_seconds, n_swapped, last_logged = [], 0.0, 0, 0
+    curve, swap_seconds, n_swapped, last_logged, examples = [], 0.0, 0, 0, 0
     with PeakMemory(device) as mem:
         start = time.perf_counter()
         for step in range(cfg.steps):
-            loss = task.loss(model(x), y)
+            idx = next(batches)
+            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+            loss = loss_fn(model(xb), yb)
             opt.zero_grad(set_to_none=False)
             loss.backward()
             if regime.penalty:  # the gradient of lam * connection cost, added in closed form
-                lam = lam_at(step, cfg.steps, cfg.lam, cfg.final_factor)
-                model.add_connection_cost_grad(lam, weight_factor, penalize_bias=step >= 3 * cfg.steps // 4)
+                model.add_connection_cost_grad(
+                    recipe.lam_at(step, cfg.steps), weight_factor, penalize_bias=recipe.penalize_bias_at(step, cfg.steps),
+                    norm=recipe.cost_norm, last_layer_distance=recipe.last_layer_distance)
             opt.step()
+            examples += len(xb)
             if regime.swaps and (step + 1) % cfg.swap_every == 0:
                 t0 = time.perf_counter()
-                n_swapped += relocate(model, cfg.top_k)
+                n_swapped += relocate(model, cfg.top_k, recipe.cost_norm, recipe.swap_inputs)
                 swap_seconds += time.perf_counter() - t0
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 with torch.no_grad():
-                    test_loss = float(task.loss(model(x_test), y_test))
+                    test_loss = float(loss_fn(model(x_test), y_test))
                 curve.append({"step": step, "train_loss": float(loss.detach()), "test_loss": test_loss})
                 if progress:
-                    progress(step + 1 - last_logged, (step + 1 - last_logged) * len(x))
-                    last_logged = step + 1
+                    progress(step + 1 - last_logged, examples)
+                    last_logged, examples = step + 1, 0
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - start
@@ -162,11 +205,12 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
     model.eval()
     with torch.no_grad():
         pred, pred_test = model(x), model(x_test)
+        # one yardstick for every regime of a task: summed, distance weight 1, biases included
         cost = float(model.connection_cost(1.0, penalize_bias=True))
     weights = [l.weight.detach().cpu() for l in model.linears]
     metrics = {
-        "train_loss": float(task.loss(pred, y)),
-        "test_loss": float(task.loss(pred_test, y_test)),
+        "train_loss": float(loss_fn(pred, y)),
+        "test_loss": float(loss_fn(pred_test, y_test)),
         "connection_cost": cost,
         "train_seconds": train_seconds,
         "steps_per_second": cfg.steps / train_seconds,
@@ -178,6 +222,7 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
         "n_parameters": count_parameters(model),
         "inference_per_second_batch1": inference_speed(model, x_test, 1),
         "inference_per_second_batch1024": inference_speed(model, x_test, 1024),
+        "train_examples": cfg.steps * (min(cfg.batch_size, len(x)) if cfg.batch_size else len(x)),
         "weights_above_1e-2": weights_above(weights, 1e-2),
         "weights_above_5e-2": weights_above(weights, 5e-2),
         "weights_above_1e-1": weights_above(weights, 1e-1),
@@ -185,7 +230,7 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
     if task.kind == "classification":
         metrics["train_accuracy"] = _accuracy(pred, y)
         metrics["test_accuracy"] = _accuracy(pred_test, y_test)
-    record = asdict(cfg)
+    record = cfg.record()
     record["device"] = device.type
-    ckpt = model.cpu().to_checkpoint(cfg.task, cfg.regime, cfg.seed, record)
+    ckpt = model.cpu().float().to_checkpoint(cfg.task, cfg.regime, cfg.seed, record)
     return TrainResult(checkpoint=ckpt, metrics=metrics, curve=curve)
