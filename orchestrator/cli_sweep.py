@@ -76,22 +76,31 @@ def validate_cmd(spec_path):
 @click.option("--metrics-host", default=None, envvar="CIRCUITRY_METRICS_HOST", show_envvar=True,
               help="Address the Prometheus endpoint binds (default: sweep.metrics_host, 127.0.0.1); "
                    "0.0.0.0 lets a cluster's Prometheus scrape the driver's node.")
+@click.option("--metrics-linger", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Keep the Prometheus endpoint up this long after the last job, so the final figures are "
+                   "scraped (default: sweep.metrics_linger, 10 s = 2 scrape intervals of deploy/prometheus).")
+@click.option("--pushgateway", default=None, envvar="CIRCUITRY_PUSHGATEWAY", show_envvar=True, metavar="URL",
+              help="Also push the final figures to this Prometheus Pushgateway, http://HOST:9091 "
+                   "(default: sweep.pushgateway, none).")
 @click.option("--num-cpus", type=click.IntRange(min=1), default=None, help="CPUs of the embedded local Ray.")
 @click.option("--no-mlflow", is_flag=True, help="Record jobs.parquet only (backfill later with `circuitry sync`).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, num_cpus, no_mlflow, quiet):
+def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, metrics_linger, pushgateway, num_cpus,
+            no_mlflow, quiet):
     """Run SPEC's sweep on Ray; only jobs without a finished result run."""
     from orchestrator.ray_session import ensure_ray
     from orchestrator.scheduler import Scheduler, SweepBusy
 
     spec = _spec(spec_path, root)
-    from orchestrator.spec import _host, _tracking_uri
+    from orchestrator.spec import _host, _pushgateway, _tracking_uri
 
     try:
         if tracking_uri is not None:
             _tracking_uri("--tracking-uri", tracking_uri)
         if metrics_host is not None:
             _host("--metrics-host", metrics_host)
+        if pushgateway is not None:
+            _pushgateway("--pushgateway", pushgateway)
     except SpecError as e:
         raise SweepInputError(str(e)) from None
     from orchestrator.cli import writable_dir
@@ -109,7 +118,7 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
     started = ensure_ray(address, num_cpus)
     try:
         sched = Scheduler(spec, tracking_uri=tracking_uri, metrics_port=metrics_port, metrics_host=metrics_host,
-                          progress=not quiet,
+                          metrics_linger=metrics_linger, pushgateway=pushgateway, progress=not quiet,
                           record_mlflow=not no_mlflow, echo=lambda m: click.echo(m, err=False))
         try:
             out = sched.run()

@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 from orchestrator.spec import Job, matches, package_version
@@ -25,16 +24,6 @@ from orchestrator.store import JobResult, check_size
 
 class TransientError(RuntimeError):
     """A failure worth retrying (Ray retries tasks that raise it, up to resources.max_retries)."""
-
-
-def rss_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 class Reporter:
@@ -54,6 +43,8 @@ class Reporter:
     def emit(self, event: str, value: float = 0, flush: bool = False) -> None:
         if self.actor is None:
             return
+        from workers.profile import rss_bytes  # imported once the first job runs (torch), not with the driver
+
         self.buf.append((event, self.job.id, self.job.kind, self.job.label, value, self.pid, rss_bytes()))
         if flush or time.monotonic() - self.last >= self.interval:
             self.flush(wait=event in ("start", "done"))
@@ -208,7 +199,3 @@ def execute_exact_merge(job: Job | dict, ckpt: dict, chunks: list, actor=None, f
     out = _discovery_result(job, d, ckpt, started, max(c[3] for c in chunks), node_id, chunks=len(chunks))
     rep.emit("done", flush=True)
     return out
-
-
-def job_to_dict(job: Job) -> dict:
-    return asdict(job)

@@ -1,6 +1,10 @@
 """Prometheus metrics of a running sweep, served while it runs (on 127.0.0.1 unless
 sweep.metrics_host / --metrics-host / CIRCUITRY_METRICS_HOST say otherwise), and the terminal
-progress line. Fed by the driver: job state changes it sees itself, progress events workers send
+progress line. A sweep is a batch job: its final figures would never be scraped if the endpoint
+closed with the last job, so it stays up `sweep.metrics_linger` seconds more (default 10 s, two
+scrape intervals of deploy/prometheus/prometheus.yml), and, where `sweep.pushgateway` /
+--pushgateway names a Prometheus Pushgateway, the final figures are pushed there too (grouping
+key job="circuitry", sweep=<name>; Prometheus's documented pattern for batch jobs). Fed by the driver: job state changes it sees itself, progress events workers send
 through the Ray progress actor (orchestrator.remote.ProgressActor).
 
 Exported (names follow Prometheus conventions):
@@ -110,6 +114,30 @@ class SweepMetrics:
             return None
         self.port = self.server.server_port
         return self.port
+
+    def linger(self, seconds: float, echo=None) -> None:
+        """Keep serving the final figures for `seconds` (Ctrl-C ends it early)."""
+        if self.server is None or seconds <= 0:
+            return
+        if echo:
+            echo(f"metrics: the final figures stay scrapeable for {seconds:.1f} s (sweep.metrics_linger; "
+                 "Ctrl-C ends it now)")
+        try:
+            time.sleep(seconds)
+        except KeyboardInterrupt:
+            pass
+
+    def push(self, gateway: str) -> str | None:
+        """Push the current figures to a Pushgateway (replacing this sweep's group there); returns
+        None, or the one-line reason it failed (the sweep's results do not depend on it)."""
+        from prometheus_client import push_to_gateway
+
+        try:
+            push_to_gateway(gateway, job="circuitry", grouping_key={"sweep": self.sweep}, registry=self.registry,
+                            timeout=10)
+        except Exception as e:  # noqa: BLE001 - unreachable, refused, bad address: all non-fatal
+            return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        return None
 
     def close(self) -> None:
         if self.server is not None:

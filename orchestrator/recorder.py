@@ -17,6 +17,7 @@ import json
 import math
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -81,11 +82,74 @@ def write_parquet(rows: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def run_times(rec: dict) -> tuple[int, int]:
+    """(start, end) of a job in epoch milliseconds, as MLflow wants them: the end is the record's
+    finished_at, the start that minus the job's duration in the worker (a failed job has no
+    duration: the driver's first sight of its first attempt, else its end)."""
+    end = rec.get("finished_at") or time.time()
+    dur = rec.get("duration_seconds")
+    start = end - dur if isinstance(dur, (int, float)) and dur >= 0 else (rec.get("started_at") or end)
+    return int(start * 1000), int(end * 1000)
+
+
+_TAIL = re.compile(r"(out|dseed)\d+")
+
+
+def run_name(rec: dict) -> str:
+    """The MLflow run name: what tells a sweep's runs apart first, since the runs table cuts names
+    short ("acdc t=0.01 · bimt s1 · independence", "bimt s1 steps=3000 · independence"); the
+    job's label (orchestrator.spec.expand) is in the run's description and its tags. Settings
+    the label shows because the grid varies them (train: steps, lam, ...; discover: output and
+    the discover seed) come after the regime and seed they belong to."""
+    from orchestrator.spec import TRAIN_GRID
+
+    s, label = rec.get("settings") or {}, rec.get("label") or ""
+    parts = label.split("/")
+    if len(parts) < 4 or not {"task", "regime"} <= set(s):
+        return label or rec["job_id"]
+    tail: list[str] = []
+    if rec["kind"] == "discover":
+        while parts and _TAIL.fullmatch(parts[-1]):
+            tail.insert(0, parts.pop())
+        parts = parts[:-3]  # method, threshold, ablation: from the settings below
+    extras = []
+    for p in parts[4:]:  # train grid axes that vary, as "<key><value>" in the label
+        key = max((k for k in TRAIN_GRID if p.startswith(k)), key=len, default=None)
+        extras.append(f"{key}={p[len(key):]}" if key else p)
+    seed = s.get("train_seed", s.get("seed"))
+    model = " ".join([f"{s['regime']} s{seed}", *extras])
+    if rec["kind"] != "discover":
+        return f"{model} · {s['task']}"
+    method = f"{s.get('method')} t={s.get('threshold'):g}" if isinstance(s.get("threshold"), (int, float)) \
+        else str(s.get("method"))
+    if s.get("ablation") not in (None, "resample"):
+        method += f" {s['ablation']}"
+    return " ".join([method, *tail]) + f" · {model} · {s['task']}"
+
+
+def run_tags(rec: dict) -> dict[str, str]:
+    """Tags for the runs table's columns, filters and group-by (`tags.method = 'acdc'`): the
+    settings that tell a sweep's runs apart. `seed` is the model's seed for both kinds."""
+    s = rec.get("settings") or {}
+    tags = {k: str(s[k]) for k in ("task", "regime", "method", "threshold", "ablation", "output")
+            if s.get(k) is not None}
+    seed = s.get("train_seed", s.get("seed"))
+    if seed is not None:
+        tags["seed"] = str(seed)
+    if rec["kind"] == "discover" and s.get("seed") is not None:
+        tags["discover_seed"] = str(s["seed"])
+    return tags
+
+
 class MlflowLogger:
     """Synchronous MLflow logging of job records (used by the Recorder's thread and by sync)."""
 
     def __init__(self, uri: str, sweep_name: str, sweep_dir: Path, spec_params: dict | None = None):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # with an http(s) URI, MlflowClient.set_terminated prints "View run ... / View experiment
+        # ..." to stdout for every run (two lines per job amid the progress output) and asks the
+        # server for the run once more to do it; the sweep prints where its store is once
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         if uri.startswith("http"):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -137,33 +201,36 @@ class MlflowLogger:
             if not token:
                 return known
 
-    def _log(self, run_id: str, params: dict | None = None, metrics: list | None = None) -> None:
+    def _log(self, run_id: str, params: dict | None = None, metrics: list | None = None,
+             when_ms: int | None = None) -> None:
+        """Params, and metrics (name, value, timestamp or None for `when_ms`, step) in batches."""
         from mlflow.entities import Metric, Param
 
         ps = [Param(str(k)[:250], str(v)[:6000]) for k, v in (params or {}).items()]
         ms = metrics or []
         for i in range(0, len(ps), 100):
             self.client.log_batch(run_id, params=ps[i:i + 100])
-        now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now if ts is None else ts, step) for k, v, ts, step in ms]
+        when_ms = when_ms or int(time.time() * 1000)
+        ms = [Metric(k, float(v), when_ms if ts is None else ts, step) for k, v, ts, step in ms]
         for i in range(0, len(ms), 1000):
             self.client.log_batch(run_id, metrics=ms[i:i + 1000])
 
     def log_job(self, rec: dict) -> bool:
-        """One child run for a job record; False when the job already has a FINISHED run."""
+        """One child run for a job record; False when the job already has a FINISHED run. The run's
+        start and end are the job's own (in the worker), not the time it was logged."""
         jid = rec["job_id"]
         status = "FINISHED" if rec.get("status") == "finished" else "FAILED"
         if self.known.get(jid) == "FINISHED":
             return False
         for old in self.stale.pop(jid, []):
             self.client.delete_run(old)
-        settings = rec.get("settings") or {}
         tags = {ROLE_TAG: "job", JOB_TAG: jid, "mlflow.parentRunId": self.parent, "kind": rec["kind"],
-                "status": rec.get("status", ""), "sweep": self.sweep_name}
-        for key in ("task", "regime", "method", "ablation"):
-            if settings.get(key) is not None:
-                tags[key] = str(settings[key])
-        run_id = self.client.create_run(self.exp_id, run_name=rec.get("label") or jid, tags=tags).info.run_id
+                "status": rec.get("status", ""), "sweep": self.sweep_name, **run_tags(rec),
+                "mlflow.note.content": f"{rec.get('label') or jid} (job id {jid})"}
+        start_ms, end_ms = run_times(rec)
+        run_id = self.client.create_run(self.exp_id, start_time=start_ms, run_name=run_name(rec),
+                                        tags=tags).info.run_id
+        settings = rec.get("settings") or {}
         params = {"job_id": jid, "kind": rec["kind"], **settings}
         if rec.get("model_id"):
             params["model_id"] = rec["model_id"]
@@ -182,13 +249,13 @@ class MlflowLogger:
             for k in ("train_loss", "test_loss"):
                 if point.get(k) is not None and math.isfinite(point[k]):
                     metrics.append((f"curve_{k}", point[k], None, int(point["step"])))
-        self._log(run_id, params, metrics)
+        self._log(run_id, params, metrics, end_ms)
         if rec.get("error"):
             self.client.set_tag(run_id, "error", str(rec["error"])[:5000])
         folder = self.sweep_dir / "jobs" / jid
         if status == "FINISHED" and folder.is_dir():
             self.client.log_artifacts(run_id, str(folder))
-        self.client.set_terminated(run_id, status)
+        self.client.set_terminated(run_id, status, end_time=end_ms)
         self.known[jid] = status
         if status != "FINISHED":
             self.stale.setdefault(jid, []).append(run_id)

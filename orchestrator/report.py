@@ -457,17 +457,18 @@ def figure_discovery_time(discover: pd.DataFrame, out: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------- the report
-def missing_jobs(sweep_dir: Path, done: set[str]) -> list[str] | None:
-    """Labels of the spec's jobs without a finished row, when the sweep kept its spec."""
+def missing_jobs(sweep_dir: Path, done: set[str]) -> list[str] | str:
+    """Labels of the spec's jobs without a finished row; or why they cannot be listed (a sweep
+    folder without spec.toml, or one whose spec.toml this version cannot read)."""
     spec_path = Path(sweep_dir) / "spec.toml"
     if not spec_path.is_file():
-        return None
-    from orchestrator.spec import load_spec
+        return "the sweep folder has no spec.toml"
+    from orchestrator.spec import SpecError, load_spec
 
     try:
         spec = load_spec(spec_path, root=Path(sweep_dir).parent)
-    except Exception:
-        return None
+    except SpecError as e:
+        return f"its spec.toml does not parse ({e})"
     return [j.label for j in spec.jobs if j.id not in done]
 
 
@@ -481,11 +482,11 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
                  "(no interval with one seed); `(k undefined)`: k seeds' values are NaN (e.g. f when ablating every "
                  "edge changes the metric by round-off only) and the mean is over the others.")
     missing = missing_jobs(sweep_dir, set(train["job_id"]) | set(discover["job_id"]))
-    if missing:
+    if isinstance(missing, str):
+        lines += ["", f"(Missing jobs cannot be listed: {missing}.)"]
+    elif missing:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
         lines += ["", f"**Partial sweep**: {len(missing)} jobs have no result yet: {shown}."]
-    elif missing is None:
-        lines += ["", "(The sweep folder has no spec.toml, so missing jobs cannot be listed.)"]
 
     lines += [""] + ratio_sections(train, discover) + [""]
     sections = [

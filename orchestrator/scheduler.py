@@ -69,13 +69,16 @@ class Scheduler:
     driver alone writes them, orchestrator.store), until nothing is pending or Ctrl-C."""
 
     def __init__(self, spec: Spec, *, tracking_uri: str | None = None, metrics_port: int | None = None,
-                 metrics_host: str | None = None, progress: bool = True, record_mlflow: bool = True, echo=None):
+                 metrics_host: str | None = None, metrics_linger: float | None = None, pushgateway: str | None = None,
+                 progress: bool = True, record_mlflow: bool = True, echo=None):
         self.spec = spec
         self.sweep_dir = spec.sweep_dir.resolve()
         self.store = JobStore(self.sweep_dir)
         self.uri = resolve_uri(self.sweep_dir, tracking_uri or spec.tracking_uri)
         self.metrics_port = spec.metrics_port if metrics_port is None else metrics_port
         self.metrics_host = metrics_host or spec.metrics_host
+        self.metrics_linger = spec.metrics_linger if metrics_linger is None else metrics_linger
+        self.pushgateway = spec.pushgateway if pushgateway is None else pushgateway
         self.progress = progress
         self.record_mlflow = record_mlflow
         self.echo = echo or (lambda m: print(m, flush=True))
@@ -165,6 +168,7 @@ class Scheduler:
 
         self.state: dict[str, str] = {}
         self.attempts: dict[str, int] = {}
+        self.started_at: dict[str, float] = {}  # job id -> when the driver heard of its first attempt
         self.pending: dict = {}  # ObjectRef of a job's result -> job
         self.live: dict[str, list] = {}  # job id -> every ref to cancel on Ctrl-C
         self.ckpt_refs: dict[str, object] = {}
@@ -275,7 +279,8 @@ class Scheduler:
         self.out.failures.append((job.label, error))
         self.recorder.add({"job_id": job.id, "kind": job.kind, "label": job.label, "status": "failed",
                            "settings": job.settings, "model_id": job.model_id, "error": error,
-                           "attempts": self.attempts.get(job.id, 0), "finished_at": time.time()})
+                           "attempts": self.attempts.get(job.id, 0), "started_at": self.started_at.get(job.id),
+                           "finished_at": time.time()})
         self.bar.note(f"FAILED {job.label}: {error}", *self._counts())
         self._set_state(job, "failed")
         for dj in self.children.get(job.id, []) if job.kind == "train" else []:
@@ -309,16 +314,27 @@ class Scheduler:
             self._handle_events(self.ray.get(self.actor.drain.remote(), timeout=5))
         except Exception:  # noqa: BLE001
             pass
+        t_last = time.monotonic()  # the metrics hold their final figures from here on
         self.bar.end(*self._counts())
+        if self.pushgateway:
+            failed = self.metrics.push(self.pushgateway)
+            if failed:
+                self.echo(f"warning: pushing the final metrics to the Pushgateway at {self.pushgateway} "
+                          f"failed ({failed}); the sweep's results are not affected")
         status = "KILLED" if interrupted else ("FAILED" if self.out.failed else "FINISHED")
         self.recorder.close(status, timeout=None if not interrupted else 30)
         self.out.mlflow_error = self.recorder.mlflow_error
-        self.metrics.close()
         self.out.seconds = time.monotonic() - t_start
+        if not interrupted:  # a batch job's last figures must be scrapeable: serve them a while longer
+            self.metrics.linger(self.metrics_linger - (time.monotonic() - t_last), self.echo)
+        self.metrics.close()
 
     # ------------------------------------------------------------ progress
     def _set_state(self, job: Job, new: str) -> None:
-        self.metrics.move(job.kind, self.state.get(job.id), new)
+        old = self.state.get(job.id)
+        if old == new:  # a discover job is queued while it waits for its model, and stays so when submitted
+            return
+        self.metrics.move(job.kind, old, new)
         self.state[job.id] = new
 
     def _counts(self):
@@ -338,6 +354,7 @@ class Scheduler:
                 continue
             if event == "start":
                 self.attempts[jid] = self.attempts.get(jid, 0) + 1
+                self.started_at.setdefault(jid, time.time())
                 if self.attempts[jid] > 1:
                     m.retried(kind)
                     self.out.retries += 1
@@ -364,7 +381,3 @@ class Scheduler:
         d = self.sweep_dir / ".faults"
         d.mkdir(exist_ok=True)
         (d / f"{job_id}.{fault}").touch()
-
-
-def run_sweep(spec: Spec, **kwargs) -> SweepOutcome:
-    return Scheduler(spec, **kwargs).run()

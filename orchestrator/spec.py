@@ -107,12 +107,6 @@ def _positive_float(path, v):
     return v
 
 
-def _bool(path, v):
-    if not isinstance(v, bool):
-        raise SpecError(f"{path}: {_show(v)} is not true or false")
-    return v
-
-
 def _name(path, v):
     if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
         raise SpecError(f"{path}: {_show(v)} is not a name (letters, digits, '.', '-', '_'; up to 100)")
@@ -146,6 +140,13 @@ def _host(path, v):
     return v
 
 
+def _pushgateway(path, v):
+    _string(path, v)
+    if v and not re.fullmatch(r"(https?://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]+)?/?", v):
+        raise SpecError(f"{path}: {_show(v)} is not a Pushgateway address (\"\" for none, http://HOST:9091)")
+    return v
+
+
 def _selector(path, v):
     if not isinstance(v, str) or not v:
         raise SpecError(f"{path}: {_show(v)} is not a job selector (\"train\", \"discover\" or a job label prefix)")
@@ -159,6 +160,10 @@ SWEEP_FIELDS = {
     "tracking_uri": (_tracking_uri, ""),
     "metrics_port": (_port, 9464),
     "metrics_host": (_host, "127.0.0.1"),
+    # seconds the endpoint stays up after the last job, so that a scraper sees the final counts:
+    # at least 2 scrape intervals of deploy/prometheus/prometheus.yml (5 s)
+    "metrics_linger": (_nonneg_float, 10.0),
+    "pushgateway": (_pushgateway, ""),  # also push the final figures there ("" = no push)
 }
 TRAIN_GRID = {
     "task": (_choice(tuple(TASKS)), None),
@@ -307,6 +312,8 @@ class Spec:
     testing: dict
     source: str = ""  # the TOML text
     metrics_host: str = "127.0.0.1"
+    metrics_linger: float = 10.0
+    pushgateway: str = ""
     jobs: list[Job] = field(default_factory=list)
 
     @property
@@ -403,7 +410,7 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
             raise SpecError(f"train.width[{i}]: {w} is too wide; allowed: 1..4096")
     root_path = Path(root if root is not None else sweep["root"]).expanduser()
     spec = Spec(sweep["name"], root_path, sweep["tracking_uri"], sweep["metrics_port"], train, discover,
-                resources, testing, text, sweep["metrics_host"])
+                resources, testing, text, sweep["metrics_host"], sweep["metrics_linger"], sweep["pushgateway"])
     spec.jobs = expand(train, discover)
     return spec
 

@@ -253,6 +253,7 @@ name = "{name}"
 root = "{root}"
 metrics_port = {metrics_port}
 metrics_host = "127.0.0.1"
+metrics_linger = 2
 
 [train]
 task = ["independence", "two_moons"]
@@ -367,6 +368,14 @@ def test_submit_runs_on_both_nodes_records_to_mlflow_and_serves_metrics(cluster,
     assert len(samples) >= 2, samples
     assert steps == sorted(steps) and steps[-1] > steps[0], steps
     assert done == sorted(done) and done[-1] > done[0], done
+    # the endpoint outlived the sweep (sweep.metrics_linger): the last scrape holds the final
+    # counts, each job submitted once; and MLflow's "View run" links stayed out of the log
+    last = samples[-1]
+    assert done[-1] == len(ids) and sum(v for k, v in last.items() if k.startswith("circuitry_jobs{")
+                                        and 'state="finished"' in k) == len(ids), last
+    assert sum(v for k, v in last.items() if k.startswith("circuitry_job_events_total")
+               and 'event="submitted"' in k) == len(ids), last
+    assert "View run" not in log and "View experiment" not in log
 
     # MLflow, over HTTP: the parent run, one child per job (tagged with its id), artifacts served
     c, parents, children = mlflow_children(cluster.tracking, "cluster-a")

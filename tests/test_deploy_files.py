@@ -375,3 +375,72 @@ def test_readme_covers_the_basics():
     for needle in ("circuitry submit", "--address http://", "--tracking-uri http://", "RAY_AUTH_MODE",
                    "tests/test_cluster.py", "kubectl apply", "docker compose", str(default_metrics_port())):
         assert needle in text, needle
+
+
+def test_metrics_linger_outlasts_two_scrapes_of_the_shipped_prometheus():
+    """A sweep is a batch job: its endpoint stays up long enough after the last job for the shipped
+    Prometheus to scrape the final figures twice."""
+    from orchestrator.spec import SWEEP_FIELDS, SpecError, parse_spec
+
+    def seconds(d: str) -> float:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", d)
+        return float(m[1]) * {"ms": 0.001, "s": 1, "m": 60}[m[2]]
+
+    prom = docs(PROMETHEUS)[0]
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "circuitry")
+    interval = seconds(job.get("scrape_interval", prom["global"]["scrape_interval"]))
+    assert SWEEP_FIELDS["metrics_linger"][1] >= 2 * interval
+    base = '[sweep]\nname = "h"\n{}[train]\ntask = "independence"\nregime = "bimt"\nsteps = 1\n'
+    assert parse_spec(base.format("")).metrics_linger == SWEEP_FIELDS["metrics_linger"][1]
+    assert parse_spec(base.format("metrics_linger = 0\n")).metrics_linger == 0
+    assert parse_spec(base.format('pushgateway = "http://pg:9091"\n')).pushgateway == "http://pg:9091"
+    for bad, field in (("metrics_linger = -1", "sweep.metrics_linger"), ('pushgateway = "a b"', "sweep.pushgateway")):
+        with pytest.raises(SpecError, match=field) as e:
+            parse_spec(base.format(bad + "\n"))
+        assert "\n" not in str(e.value)
+
+
+def test_final_figures_are_pushed_to_a_pushgateway():
+    """push_to_gateway's PUT, received by a plain HTTP server in Pushgateway's place: the body is
+    the registry's exposition, under /metrics/job/circuitry/sweep/<name>."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from orchestrator.metrics import SweepMetrics
+
+    got = {}
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_PUT(self):
+            got[self.path] = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        m = SweepMetrics("pushed")
+        m.set_total(3)
+        m.move("train", None, "cached", 1)
+        m.move("train", None, "queued", 2)
+        m.move("train", "queued", "running", 2)
+        m.move("train", "running", "finished", 2)
+        assert m.push(f"http://127.0.0.1:{server.server_port}") is None
+        body = got["/metrics/job/circuitry/sweep/pushed"]
+        values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                  for fam in text_string_to_metric_families(body) for s in fam.samples}
+        assert values[("circuitry_jobs", (("kind", "train"), ("state", "finished")))] == 2
+        assert values[("circuitry_jobs", (("kind", "train"), ("state", "cached")))] == 1
+        assert values[("circuitry_job_events_total", (("event", "submitted"), ("kind", "train")))] == 2
+        assert values[("circuitry_sweep_jobs", (("sweep", "pushed"),))] == 3
+    finally:
+        server.shutdown()
+        server.server_close()
+    # no gateway there: one line saying why, not an exception
+    reason = m.push(f"http://127.0.0.1:{server.server_port}")
+    assert reason and "\n" not in reason

@@ -17,6 +17,7 @@ SPEC = """
 name = "m"
 root = "{root}"
 metrics_port = 0
+metrics_linger = 1.5
 
 [train]
 task = ["independence", "two_moons"]
@@ -49,9 +50,11 @@ def total(sample, prefix):
     return sum(v for k, v in sample.items() if k.split("|")[0] == prefix)
 
 
-def test_metrics_rise_during_sweep(ray_local, tmp_path):
-    spec = parse_spec(SPEC.format(root=tmp_path))
-    sched = Scheduler(spec, echo=lambda m: None, progress=False, record_mlflow=False)
+def scrape_until_closed(sched):
+    """Run the sweep in a thread and scrape its endpoint every 0.2 s, as Prometheus would, until
+    the endpoint closes; returns (outcome, samples, lines echoed)."""
+    said = []
+    sched.echo = said.append
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("out", sched.run()))
     t.start()
@@ -62,10 +65,35 @@ def test_metrics_rise_during_sweep(ray_local, tmp_path):
             try:
                 samples.append(scrape(sched.metrics.port))
             except OSError:
-                pass  # the endpoint closes when the sweep ends
+                pass  # not up yet, or closed after the sweep
         time.sleep(0.2)
     t.join()
-    assert result["out"].finished == len(spec.jobs)
+    return result["out"], samples, said
+
+
+def assert_final_counts(sample, n_jobs, n_cached):
+    """What a dashboard shows at the end: every job finished or cached, each submitted once."""
+    jobs = {s: sum(v for k, v in sample.items() if k.startswith("circuitry_jobs|") and k.endswith(f"state={s}"))
+            for s in ("queued", "running", "finished", "failed", "skipped", "cached")}
+    assert jobs["finished"] + jobs["cached"] == n_jobs == sample["circuitry_sweep_jobs|sweep=m"]
+    assert jobs == {"queued": 0, "running": 0, "finished": n_jobs - n_cached, "failed": 0, "skipped": 0,
+                    "cached": n_cached}
+    events = {e: sum(v for k, v in sample.items() if k.startswith("circuitry_job_events_total|") and f"event={e}" in k)
+              for e in ("submitted", "started", "finished")}
+    assert events == {"submitted": n_jobs - n_cached, "started": n_jobs - n_cached, "finished": n_jobs - n_cached}
+
+
+def test_metrics_rise_during_sweep(ray_local, tmp_path):
+    spec = parse_spec(SPEC.format(root=tmp_path))
+    sched = Scheduler(spec, echo=lambda m: None, progress=False, record_mlflow=False)
+    out, samples, said = scrape_until_closed(sched)
+    assert out.finished == len(spec.jobs)
+    # the endpoint outlived the sweep (sweep.metrics_linger): the last scrape has the final counts,
+    # and discover jobs (queued while their model trains) were submitted once each
+    assert_final_counts(samples[-1], len(spec.jobs), 0)
+    assert any("stay scrapeable for" in line for line in said)
+    by_kind = {k: samples[-1][f"circuitry_job_events_total|event=submitted|kind={k}"] for k in ("train", "discover")}
+    assert by_kind == {"train": 4, "discover": 8}
     assert len(samples) >= 3
     steps = [total(s, "circuitry_train_steps_total") for s in samples]
     assert steps == sorted(steps) and steps[-1] > steps[0]  # counters only rise, and they did
@@ -88,6 +116,11 @@ def test_metrics_rise_during_sweep(ray_local, tmp_path):
     # the endpoint is gone after the sweep
     with pytest.raises(OSError):
         scrape(sched.metrics.port)
+
+    # the same sweep again: nothing runs, and the last scrape says all of it was cached
+    again, samples, _ = scrape_until_closed(Scheduler(spec, progress=False, record_mlflow=False))
+    assert (again.finished, again.cached) == (0, len(spec.jobs)) and samples
+    assert_final_counts(samples[-1], len(spec.jobs), len(spec.jobs))
 
 
 def test_metrics_names_follow_conventions():

@@ -279,3 +279,15 @@ def test_pairs_match_the_grid_point_not_only_the_seed(tmp_path):
     assert ratio_row(text, "bimt", "Training:", "connection cost", lam="0.01", width="16")["bimt ÷ vanilla"] == "1 [1, 1]"
     lams = {r["lam"] for r in table_rows(table(train, ["task", "regime"] + row_keys(train), [("connection_cost", "c", "lower")]))}
     assert lams == {"0.001", "0.01"}  # the tables keep grid points apart too
+
+
+def test_missing_jobs_says_why_it_cannot_list_them(tmp_path):
+    from orchestrator.report import missing_jobs
+
+    assert missing_jobs(tmp_path, set()) == "the sweep folder has no spec.toml"
+    spec = '[sweep]\nname = "m"\n[train]\ntask = "independence"\nregime = "{}"\nsteps = 1\n'
+    (tmp_path / "spec.toml").write_text(spec.format("bimtt"))
+    why = missing_jobs(tmp_path, set())
+    assert why.startswith("its spec.toml does not parse") and "train.regime" in why  # not "no spec.toml"
+    (tmp_path / "spec.toml").write_text(spec.format("bimt"))
+    assert missing_jobs(tmp_path, set()) == ["train/independence/bimt/seed0"]

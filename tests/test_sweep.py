@@ -56,6 +56,27 @@ def mlflow_runs(out, name="t"):
     return c, c.search_runs([exp.experiment_id], "tags.`circuitry.role` = 'job'", max_results=1000)
 
 
+def assert_runs_are_the_jobs(runs, recs):
+    """Each child run spans its job's own time in the worker (not the moment it was logged), and
+    its name leads with what tells it apart from its siblings."""
+    for r in runs:
+        rec = recs[r.data.tags["circuitry.job_id"]]
+        end, dur = rec["finished_at"], rec["duration_seconds"]
+        assert abs(r.info.end_time - end * 1000) <= 1 and abs(r.info.start_time - (end - dur) * 1000) <= 1
+        ms = r.info.end_time - r.info.start_time
+        assert abs(ms / 1000 - dur) <= max(0.1 * dur, 0.01)
+        s = rec["settings"]
+        if rec["kind"] == "train":
+            assert r.info.run_name == f"{s['regime']} s{s['seed']} · {s['task']}"
+            assert (r.data.tags["regime"], r.data.tags["seed"]) == (s["regime"], str(s["seed"]))
+        else:
+            assert r.info.run_name == f"{s['method']} t=0.01 · {s['regime']} s{s['train_seed']} · {s['task']}"
+            assert (r.data.tags["method"], r.data.tags["threshold"], r.data.tags["seed"]) == (
+                s["method"], "0.01", str(s["train_seed"]))
+        assert rec["label"] in r.data.tags["mlflow.note.content"]
+    assert len({r.info.run_name for r in runs}) == len(runs)
+
+
 def test_sweep_records_and_resumes(ray_local, tmp_path):
     spec = make_spec(tmp_path, chunk=40)
     out = run(spec)
@@ -96,6 +117,7 @@ def test_sweep_records_and_resumes(ray_local, tmp_path):
     assert {"eval_faithfulness", "data_seed", "n_discovery", "n_evaluation", "edges_tested"} <= set(r.data.metrics)
     assert {"circuit.parquet", "summary.json", "circuit.png"} <= {a.path for a in c.list_artifacts(r.info.run_id)}
     assert recs[dj.id]["chunks"] > 1  # fanned out
+    assert_runs_are_the_jobs(runs, recs)
 
     # chunked exact == one-pass exact
     from workers.discover import discover

@@ -446,27 +446,9 @@ def circuit_table(graph: Graph, masks, flat_scores: torch.Tensor, config: dict) 
 # ---------------------------------------------------------------- files
 
 def _draw(ckpt, masks, title, path):
-    try:
-        from workers.draw import draw_network
-    except ImportError:  # fallback until workers/draw.py is available everywhere
-        return _draw_fallback(ckpt, path, masks, title)
+    from workers.draw import draw_network
+
     draw_network(ckpt, path, edge_mask=masks, title=title)
-
-
-def _draw_fallback(ckpt, path, masks, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    shape = ckpt["shape"]
-    for l, w in enumerate(ckpt["weights"]):
-        xs0, xs1 = np.linspace(0, 1, shape[l]), np.linspace(0, 1, shape[l + 1])
-        for j, i in torch.nonzero(masks[l]).tolist():
-            ax.plot([xs0[i], xs1[j]], [l, l + 1], color="C3" if w[j, i] > 0 else "C0", lw=0.5)
-    ax.set_title(title)
-    ax.axis("off")
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
 
 
 def discovery_files(d: Discovery, ckpt: dict) -> dict[str, bytes]:

@@ -24,6 +24,12 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+def rss_bytes() -> int:
+    """This process's resident memory now (0 where /proc is not there)."""
+    kib = _status_kib("VmRSS")
+    return kib * 1024 if kib else 0
+
+
 class PeakMemory:
     """Context manager: `peak_bytes` (high-water mark inside the block) and `delta_bytes`
     (that peak above the resident size at entry)."""
