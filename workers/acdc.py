@@ -24,8 +24,8 @@ Why `acdc` can be much faster and still return the same circuit:
   example's value only, so two probe rows give every candidate's predicted increase,
   interactions between the window's removals included; `_guess` finds the sequential guesses by
   whole-window sweeps). Probes are taken at a receiver's start and again after a round whose
-  guesses were contradicted. A round stops at the first candidate whose prediction is within the
-  model's recently seen error of tau, so wrong guesses rarely waste rows.
+  guesses were contradicted. A round is not cut at candidates predicted close to tau: on dense
+  nets the rounds (a fixed cost of op dispatch each), not the rows, are what takes the time.
 - The current circuit's per-example metric terms are kept (`terms`), so a round evaluates only
   its candidates' rows (no row for the current state), and silent candidates (below) are decided
   without any row: ~1.04 rows per candidate on a dense vanilla digits net.
@@ -145,14 +145,14 @@ class _Downstream:
         return buf[:n].view(shape)
 
     def _outputs(self, j: int, zc: torch.Tensor, plan) -> torch.Tensor:
-        """The circuit's output [T, N, n_out] for a tile of candidate pre-activations zc [T, N] of
-        receiver j; may return a scratch buffer (use it before the next call)."""
+        """The circuit's output, output-major [n_out, T, N], for a tile of candidate pre-activations
+        zc [T, N] of receiver j; may return a scratch buffer (use it before the next call)."""
         m, L, h = self.m, self.L, self.h
         T, N = zc.shape
         if m == L:
-            y = self._buffer("y", (T, N, h[L].shape[1]))
-            y.copy_(h[L].expand(T, *h[L].shape))
-            y[:, :, j] = zc
+            y = self._buffer("y", (h[L].shape[1], T, N))
+            y.copy_(h[L].T[:, None])
+            y[j] = zc
             return y
         dh = F.silu(zc) - h[m][:, j]
         r, w, base_t = plan[0]
@@ -164,10 +164,10 @@ class _Downstream:
             torch.mm(w, zl.view(w.shape[1], T * N), out=out.view(w.shape[0], T * N))
             zl = out.add_(offset_t[:, None])
         if isinstance(r, slice):
-            return zl.permute(1, 2, 0)
-        y = self._buffer("y", (T, N, h[L].shape[1]))
-        y.copy_(h[L].expand(T, *h[L].shape))
-        y[:, :, r] = zl.permute(1, 2, 0)
+            return zl
+        y = self._buffer("y", (h[L].shape[1], T, N))
+        y.copy_(h[L].T[:, None])
+        y[r] = zl
         return y
 
     def evaluate(self, j: int, zc: torch.Tensor, plan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,8 +178,7 @@ class _Downstream:
         for a in range(0, B, self.tile):
             b = min(B, a + self.tile)
             y = self._outputs(j, zc[a:b], plan)
-            scratch = self._buffer("scratch", (y.numel(),)).as_strided(y.shape, y.stride())  # y's layout
-            per[a:b] = self.p.metric.per_example(y, scratch=scratch)
+            per[a:b] = self.p.metric.per_example_t(y, scratch=self._buffer("scratch", y.shape))
         return per.mean(-1), per
 
     def commit(self, j: int, zj: torch.Tensor, plan) -> None:
@@ -252,8 +251,8 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
 
 
 def _next_window(window: int, B: int, accepted: int, chunk: int) -> int:
-    """The most candidates to speculate about next (`_guess` may stop earlier, at an uncertain
-    one): a contradicted guess wastes the rest of its batch, so after one aim at about twice the
+    """The most candidates to speculate about next (`_guess` may stop earlier, where its sweeps
+    disagree): a contradicted guess wastes the rest of its batch, so after one aim at about twice the
     run of correct guesses just seen; an all-correct batch earns a batch twice as large."""
     return min(chunk, 2 * window if accepted == B else max(8, 2 * accepted))
 
@@ -272,13 +271,15 @@ def _metric_model(per: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def _guess(model, shift: torch.Tensor, deltas: torch.Tensor, tau: float, known: list,
-           margin: float, sweeps: int = 4) -> tuple[list[bool], list[float], int]:
+           sweeps: int = 4) -> tuple[list[bool], int]:
     """Sequential guesses for a window of candidates (rows of `deltas`) starting at the state
     `shift` away from where the model was taken: the predicted increase of candidate k is the
     model's change between the chain state before k (the deltas of the earlier guessed removals
     added) and that state plus its own delta. `known` holds decisions measured earlier (None
-    where none). Also returns how many candidates to evaluate: up to and including the first
-    whose prediction is within `margin` of tau (a likely wrong guess; later rows would be wasted).
+    where none). Also returns how many candidates to evaluate (the agreed prefix, below). The
+    window is not cut at predictions close to tau: a wrong guess there costs the rest of the
+    window's rows, but a cut costs a round for every near-tau candidate, and rounds (a fixed
+    ~0.3 ms of op dispatch each) are what dense nets spend their time on.
 
     The sequential guesses g_k = [pred_k(g_<k) < tau] are found by sweeps of whole-window tensor
     ops: each sweep recomputes every prediction from the previous sweep's guesses, and the
@@ -291,7 +292,7 @@ def _guess(model, shift: torch.Tensor, deltas: torch.Tensor, tau: float, known: 
     has_known = torch.tensor([k is not None for k in known], device=deltas.device)
     known_g = torch.tensor([bool(k) for k in known], device=deltas.device)
     g = torch.where(has_known, known_g, own < tau)
-    agreed, pred = 0, own
+    agreed = 0
     for _ in range(sweeps):
         moved = torch.cumsum(g[:, None] * deltas, 0)
         pred = own.clone()
@@ -303,9 +304,7 @@ def _guess(model, shift: torch.Tensor, deltas: torch.Tensor, tau: float, known: 
             agreed = B
             break
         agreed = int(diff[0, 0]) + 1  # g_new is right up to and including its first change
-    uncertain = torch.nonzero(~has_known & ((pred - tau).abs() <= margin))
-    n = min(agreed, int(uncertain[0, 0]) + 1 if uncertain.numel() else B)
-    return g[:n].tolist(), pred[:n].tolist(), n
+    return g[:agreed].tolist(), agreed
 
 
 def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, progress):
@@ -347,11 +346,9 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, prog
     model, model_state = _metric_model(torch.stack([per[0], terms, per[1]]), eps), state
     met_now = float(terms.mean())
     start, window, refresh = 0, down.chunk, False
-    margin = 0.1 * abs(tau)  # of the model's prediction error; then the largest error seen last round
     while start < K:
         B = min(K - start, window)
-        g, preds, B = _guess(model, state - model_state, deltas[start:start + B], tau, guesses[start:start + B],
-                             margin)
+        g, B = _guess(model, state - model_state, deltas[start:start + B], tau, guesses[start:start + B])
         d = deltas[start:start + B]
         gmask = torch.tensor(g, dtype=torch.float64, device=dev)
         taken = torch.cumsum(gmask[:, None] * d, 0)
@@ -361,13 +358,12 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, prog
         met_t, per = down.evaluate(j, rows, plan)
         spent += rows.shape[0] * N
         met = met_t.tolist()
-        met_before, accepted, last, worst = met_now, B, None, 0.0
+        met_before, accepted, last = met_now, B, None
         for k in range(B):
             inc = met[k] - met_before
             remove = inc < tau
             if last is None:  # this edge's chain state was right: an exact decision
                 scores[senders[start + k]] = inc
-                worst = max(worst, abs(inc - preds[k]))
                 if remove != g[k]:
                     accepted, last = k + 1, (k, remove)
             if g[k]:
@@ -376,7 +372,6 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, prog
         k, remove = last if last is not None else (B - 1, g[B - 1])
         for kk in range(accepted):
             kept[senders[start + kk]] = not guesses[start + kk]
-        margin = max(worst, 0.5 * margin)
         if refresh:  # the model at this round's start state (a few accepted edges behind)
             model = _metric_model(torch.stack([per[B], terms, per[B + 1]]), eps)
             model_state = state
