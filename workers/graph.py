@@ -185,6 +185,16 @@ class Metric:
         q1 = self.lq1_full.exp()
         return q1 * (self.lq1_full - l1) + (1 - q1) * (self.lq0_full - l0)
 
+    def on_examples(self, idx: torch.Tensor) -> "Metric":
+        """The same metric against the full model's outputs for the examples `idx` only (per-example
+        terms of a list of (example, value) pairs: example idx[k] in column k)."""
+        sub = object.__new__(Metric)  # the per-example constants, gathered (not recomputed: that costs more)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                value = value.index_select(1 if name == "p_full_t" else 0, idx)
+            setattr(sub, name, value)
+        return sub
+
     def per_example_t(self, yt: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
         """`per_example` for outputs stored output-major, yt [n_out, ..., N] -> [..., N] (the layout of
         ACDC's downstream tiles: a reduction over the leading dimension adds whole contiguous rows,
