@@ -204,3 +204,27 @@ def test_device_code_path_runs_on_cpu(monkeypatch):
         fast, naive = acdc(p, tau), acdc_naive(p, tau)
         assert same_masks(fast.masks, naive.masks)
         torch.testing.assert_close(exact_scores(p)[0], exact_naive(p), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,output", [("mse", None), ("kl", None), ("kl", 2), ("mse", 1)])
+def test_acdc_equals_naive_with_exact_zero_deltas(kind, output):
+    """Inputs equal in a clean/corrupted pair (blank pixels) give candidates whose delta is exactly 0
+    on some examples only: those (candidate, example) pairs are not evaluated but copied from the
+    state before (chain_terms); decisions and scores must still be the naive ones."""
+    for seed, shape in ((0, [6, 7, 5, 4]), (1, [5, 6, 6, 5, 3])):
+        ckpt = random_checkpoint(shape, 20 + seed, zero_fraction=0.0)
+        g = torch.Generator().manual_seed(seed)
+        x, xc = torch.randn(40, shape[0], generator=g), torch.randn(40, shape[0], generator=g)
+        blank = torch.rand(40, shape[0], generator=g) < 0.5
+        x[blank], xc[blank] = 0.0, 0.0
+        p = Problem.build(Graph.from_checkpoint(ckpt), x, xc, kind, "resample", output)
+        diff = p.ablated[0] - p.clean[0]
+        assert 0 < int((diff == 0).sum()) < diff.numel()  # some pairs are zero, not whole candidates
+        ex, _ = exact_scores(p)
+        for q in (0.3, 0.7):
+            tau = float(torch.quantile(ex[ex > 0], q))
+            for budget in (1, 1 << 22):
+                fast, naive = acdc(p, tau, batch_elements=budget), acdc_naive(p, tau)
+                assert same_masks(fast.masks, naive.masks), (seed, q, budget)
+                for a, b in zip(fast.scores, naive.scores):
+                    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

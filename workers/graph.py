@@ -140,6 +140,7 @@ class Metric:
             self.p_full = self.logp_full.exp()
             self.neg_entropy_full = (self.p_full * self.logp_full).sum(-1)
             self.top_full = y_full.amax(-1, keepdim=True)  # the logsumexp shift (see per_example)
+            self.p_full_t = self.p_full.T.contiguous()  # [n_out, N], for per_example_t
             if out_pos is not None:
                 self.lq1_full, self.lq0_full = self._bernoulli_logs(y_full)
 
@@ -183,6 +184,33 @@ class Metric:
         l1, l0 = self._bernoulli_logs(y)
         q1 = self.lq1_full.exp()
         return q1 * (self.lq1_full - l1) + (1 - q1) * (self.lq0_full - l0)
+
+    def on_examples(self, idx: torch.Tensor) -> "Metric":
+        """The same metric against the full model's outputs for the examples `idx` only (per-example
+        terms of a list of (example, value) pairs: example idx[k] in column k)."""
+        sub = object.__new__(Metric)  # the per-example constants, gathered (not recomputed: that costs more)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                value = value.index_select(1 if name == "p_full_t" else 0, idx)
+            setattr(sub, name, value)
+        return sub
+
+    def per_example_t(self, yt: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """`per_example` for outputs stored output-major, yt [n_out, ..., N] -> [..., N] (the layout of
+        ACDC's downstream tiles: a reduction over the leading dimension adds whole contiguous rows,
+        several times faster than one over a short, strided last dimension). The same formulas."""
+        if self.out_pos is not None:
+            return self.per_example(yt.movedim(0, -1), scratch=None if scratch is None else scratch.movedim(0, -1))
+        if self.kind == "mse":
+            return torch.sub(yt, self.y_full.T.reshape(yt.shape[:1] + (1,) * (yt.dim() - 2) + yt.shape[-1:]),
+                             out=scratch).square_().mean(0)
+        top = self.top_full[:, 0]
+        lse = torch.sub(yt, top, out=scratch).exp_().sum(0).log_().add_(top)
+        bad = ~torch.isfinite(lse)
+        if bad.any():  # as in per_example: the row's own max where the shift over- or underflows
+            lse[bad] = torch.logsumexp(yt.movedim(0, -1)[bad], -1)
+        p_t = self.p_full_t.view(yt.shape[:1] + (1,) * (yt.dim() - 2) + yt.shape[-1:])
+        return (self.neg_entropy_full - torch.mul(yt, p_t, out=scratch).sum(0)).add_(lse)
 
 
 @dataclass
