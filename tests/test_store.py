@@ -146,3 +146,25 @@ def test_sweep_lock_and_atomic_writes(tmp_path):
         write_atomic(tmp_path / "jobs.parquet", b"two")
     assert (tmp_path / "jobs.parquet").read_bytes() == b"two"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "jobs.parquet"]  # no temp left
+
+
+def test_sync_and_report_wait_for_no_one(tmp_path, capsys):
+    """`circuitry sync` and `circuitry report` take the sweep lock: while another process holds
+    it they stop with one line (exit 1) and write nothing."""
+    from orchestrator.cli import main
+
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "t", "tracking_uri": "sqlite:///x.db"}))
+    (tmp_path / "spec.toml").write_text('[sweep]\nname = "t"\n[train]\ntask = "independence"\n'
+                                        'regime = "vanilla"\nsteps = 1\n')
+    (tmp_path / "jobs.parquet").write_bytes(b"")
+    with sweep_lock(tmp_path):
+        for args in (["sync", str(tmp_path)], ["report", str(tmp_path), "--no-mlflow"]):
+            with pytest.raises(SystemExit) as e:
+                main(args)
+            assert e.value.code == 1
+            assert "is in use by another circuitry run, sync or report" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "jobs.parquet", "spec.toml", "sweep.json"]
+    (tmp_path / "spec.toml").unlink()
+    with pytest.raises(SystemExit) as e:
+        main(["sync", str(tmp_path)])
+    assert e.value.code == 2 and "has no spec.toml" in capsys.readouterr().err
