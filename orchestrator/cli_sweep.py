@@ -248,13 +248,24 @@ def ui_cmd(sweep, port):
 @click.argument("sweep", metavar="SWEEP")
 @click.option("--tracking-uri", default=None, help="Log to this store instead of the sweep's own.")
 def sync_cmd(sweep, tracking_uri):
-    """Backfill MLflow from SWEEP's finished results (no duplicate runs)."""
+    """Backfill MLflow from SWEEP's finished results (no duplicate runs).
+
+    Only the jobs of SWEEP/spec.toml are logged (nothing else in the folder is read), while
+    holding the sweep's lock (it waits for no `run`: a running sweep records MLflow itself)."""
     from orchestrator.recorder import sync
+    from orchestrator.store import SweepBusy
 
     d, meta = _sweep_dir(sweep)
+    if not (d / "spec.toml").is_file():
+        raise SweepInputError(f"SWEEP: {d} has no spec.toml, so which results are its jobs is unknown; "
+                              "run its spec once with `circuitry run` (finished jobs do not run again)")
     uri = tracking_uri or meta["tracking_uri"]
     try:
         logged, present = sync(d, meta["name"], uri)
+    except SweepBusy as e:
+        raise click.ClickException(str(e)) from None
+    except SpecError as e:
+        raise SweepInputError(f"SWEEP: {e}") from None
     except Exception as e:  # noqa: BLE001
         raise click.ClickException(f"MLflow at {uri} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     click.echo(f"{logged} runs logged, {present} were already there -> {uri}")

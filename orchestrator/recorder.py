@@ -6,7 +6,10 @@ before they are recorded here). MLflow calls run on one background thread,
 so a slow or unreachable tracking server never stalls the sweep: the first failure is reported
 once (naming the tracking URI), MLflow is switched off for the rest of the sweep, and
 `circuitry sync SWEEP` backfills it later. Runs are keyed by the tag `circuitry.job_id`: a job
-that already has a FINISHED run is never logged twice.
+that already has a FINISHED run is never logged twice by a backfill; a job that ran again (its
+folder was damaged and moved aside) replaces its older run, so MLflow shows the result on disk.
+Only jobs of the sweep's spec are recorded, and a run's artifacts come from `jobs/<job id>/`
+where the id is the spec's (orchestrator.store.is_job_id), never from a record's fields.
 
 Embedded default tracking store: `sqlite:///SWEEP/mlflow.db` with artifacts in `SWEEP/mlartifacts`,
 created once by the driver before anything is logged.
@@ -27,6 +30,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orchestrator.store import JobStore, is_job_id, sweep_lock, write_atomic
+
 JOB_TAG = "circuitry.job_id"
 ROLE_TAG = "circuitry.role"
 
@@ -41,8 +46,6 @@ def resolve_uri(sweep_dir: Path, uri: str | None) -> str:
 
 def read_records(sweep_dir: Path) -> dict[str, dict]:
     """The finished jobs' records (SWEEP/jobs/<id>/job.json); damaged folders are skipped."""
-    from orchestrator.store import JobStore
-
     return JobStore(sweep_dir).records()
 
 
@@ -77,9 +80,9 @@ def write_parquet(rows: list[dict], path: Path) -> None:
             if len(kinds) > 1 and not kinds <= {int, float}:
                 df[col] = df[col].map(lambda v: None if v is None else str(v))
     table = pa.Table.from_pandas(df, preserve_index=False)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    write_atomic(path, buf.getvalue().to_pybytes())  # unique temp name, fsync, rename
 
 
 def run_times(rec: dict) -> tuple[int, int]:
@@ -187,6 +190,7 @@ class MlflowLogger:
         self.stale and replaced when the job is logged again: one run per job id."""
         known: dict[str, str] = {}
         self.stale: dict[str, list[str]] = {}
+        self.finished_runs: dict[str, list[str]] = {}
         token = None
         while True:
             page = self.client.search_runs([self.exp_id], f"tags.`{ROLE_TAG}` = 'job'", max_results=1000,
@@ -197,6 +201,8 @@ class MlflowLogger:
                     known[jid] = run.info.status
                 if jid and run.info.status != "FINISHED":
                     self.stale.setdefault(jid, []).append(run.info.run_id)
+                elif jid:
+                    self.finished_runs.setdefault(jid, []).append(run.info.run_id)
             token = page.token
             if not token:
                 return known
@@ -215,11 +221,17 @@ class MlflowLogger:
         for i in range(0, len(ms), 1000):
             self.client.log_batch(run_id, metrics=ms[i:i + 1000])
 
-    def log_job(self, rec: dict) -> bool:
-        """One child run for a job record; False when the job already has a FINISHED run. The run's
+    def log_job(self, rec: dict, replace: bool = False) -> bool:
+        """One child run for a job record; False when the job already has a FINISHED run, unless
+        `replace` (a result just written, which supersedes the run of an earlier one). The run's
         start and end are the job's own (in the worker), not the time it was logged."""
         jid = rec["job_id"]
+        if not is_job_id(jid):  # callers pass the spec's jobs only; the id becomes a path below
+            raise ValueError(f"{jid!r} is not a job id")
         status = "FINISHED" if rec.get("status") == "finished" else "FAILED"
+        if replace and jid in self.finished_runs:
+            self.stale.setdefault(jid, []).extend(self.finished_runs.pop(jid))
+            self.known.pop(jid, None)
         if self.known.get(jid) == "FINISHED":
             return False
         for old in self.stale.pop(jid, []):
@@ -259,6 +271,8 @@ class MlflowLogger:
         self.known[jid] = status
         if status != "FINISHED":
             self.stale.setdefault(jid, []).append(run_id)
+        else:
+            self.finished_runs[jid] = [run_id]
         return True
 
     def end(self, status: str) -> None:
@@ -303,14 +317,15 @@ class Recorder:
             self.thread = threading.Thread(target=self._run, name="circuitry-mlflow", daemon=True)
             self.thread.start()
             for rec in existing.values():  # backfill finished jobs without a run (no duplicates)
-                self.q.put(rec)
+                self.q.put((rec, False))
 
     def add(self, rec: dict) -> None:
+        """A job that ran now: its row, and its run (replacing the run of an earlier result)."""
         self.rows[rec["job_id"]] = flat_row(rec)
         self.dirty = True
         self.flush_parquet()
         if self.mlflow_enabled:
-            self.q.put(rec)
+            self.q.put((rec, True))
 
     def flush_parquet(self, force: bool = False) -> None:
         if self.dirty and (force or time.monotonic() - self.last_write > 2.0):
@@ -339,7 +354,7 @@ class Recorder:
             if self.logger is None or self.mlflow_error is not None:
                 continue
             try:
-                if self.logger.log_job(item):
+                if self.logger.log_job(*item):
                     self.logged += 1
             except Exception as e:  # noqa: BLE001
                 self._fail(e)
@@ -354,13 +369,23 @@ class Recorder:
             self.thread.join(timeout)
 
 
+def spec_job_ids(sweep_dir: Path) -> set[str]:
+    """The ids of the jobs of SWEEP/spec.toml (as this version of circuitry expands it)."""
+    from orchestrator.spec import parse_spec
+
+    path = Path(sweep_dir) / "spec.toml"
+    return {j.id for j in parse_spec(path.read_text(), str(path)).jobs}
+
+
 def sync(sweep_dir: Path, sweep_name: str, tracking_uri: str) -> tuple[int, int]:
-    """Backfill MLflow from the finished results; returns (runs logged, jobs already there)."""
-    records = read_records(sweep_dir)
-    logger = MlflowLogger(tracking_uri, sweep_name, sweep_dir)
-    logged = sum(logger.log_job(rec) for rec in records.values())
-    logger.end("FINISHED")
-    write_parquet([flat_row(r) for r in records.values()], Path(sweep_dir) / "jobs.parquet")
+    """Backfill MLflow from the finished results of the jobs of SWEEP/spec.toml (nothing else in
+    the folder is read), under the sweep lock; returns (runs logged, jobs already there)."""
+    with sweep_lock(sweep_dir):
+        records = JobStore(sweep_dir).records(spec_job_ids(sweep_dir))
+        logger = MlflowLogger(tracking_uri, sweep_name, sweep_dir)
+        logged = sum(logger.log_job(rec) for rec in records.values())
+        logger.end("FINISHED")
+        write_parquet([flat_row(r) for r in records.values()], Path(sweep_dir) / "jobs.parquet")
     return logged, len(records) - logged
 
 

@@ -14,11 +14,18 @@ progress.
 Resume: a job whose folder SWEEP/jobs/<id>/ exists is finished and never runs again; re-running a
 spec after a crash, a Ctrl-C or with more grid points runs only the rest. Ctrl-C cancels the
 running tasks (a result the driver has not written yet is run again next time) and leaves the
-sweep resumable. One driver per sweep folder at a time (SWEEP/.lock).
+sweep resumable. One driver per sweep folder at a time (SWEEP/.lock, orchestrator.store.sweep_lock).
+
+Healing: at the start of a run, a job folder that is not a finished result (unreadable or
+inconsistent job.json, a file missing or changed, a model.pt that does not load) is moved aside
+with a one-line warning and its job runs again (orchestrator.store.JobStore.heal). A re-trained
+model keeps its job id, so its discover jobs' results stay, as long as they were found on the
+same model: a kept result whose recorded model content id (`figures.model_id`, the sha256 of the
+checkpoint's weights, workers.discover.model_id) differs from the new checkpoint's is moved aside
+too and its job runs again. Training is deterministic for a seed on CPU, so normally none does.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,11 +35,9 @@ from orchestrator.execute import TransientError
 from orchestrator.metrics import ProgressBar, SweepMetrics
 from orchestrator.recorder import Recorder, resolve_uri
 from orchestrator.spec import Job, Spec
-from orchestrator.store import JobResult, JobStore
+from orchestrator.store import JobResult, JobStore, SweepBusy, sweep_lock, write_atomic
 
-
-class SweepBusy(RuntimeError):
-    pass
+__all__ = ["Scheduler", "SweepBusy", "SweepOutcome", "run_sweep"]
 
 
 @dataclass
@@ -87,17 +92,12 @@ class Scheduler:
 
     # ------------------------------------------------------------ setup
     def _prepare_folder(self) -> None:
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.sweep_dir / ".lock", "a+")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise SweepBusy(f"{self.sweep_dir} is being run by another `circuitry run`; wait for it "
-                            "or stop it first") from None
+        """Under the sweep lock: clear a crash's half-written results, then write sweep.json and
+        spec.toml (the spec names the jobs that `sync` may record)."""
         self.store.prepare()  # removes the half-written results of a crash
         meta = {"name": self.spec.name, "tracking_uri": self.uri, "n_jobs": len(self.spec.jobs)}
-        (self.sweep_dir / "sweep.json").write_text(json.dumps(meta, indent=2))
-        (self.sweep_dir / "spec.toml").write_text(self.spec.source)
+        write_atomic(self.sweep_dir / "sweep.json", json.dumps(meta, indent=2).encode())
+        write_atomic(self.sweep_dir / "spec.toml", self.spec.source.encode())
 
     def run(self) -> SweepOutcome:
         import ray
@@ -106,12 +106,10 @@ class Scheduler:
 
         self.ray, self.remote = ray, remote
         t_start = time.monotonic()
-        self._prepare_folder()
-        try:
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        with sweep_lock(self.sweep_dir):
+            self._prepare_folder()
             return self._run(t_start)
-        finally:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
 
     # ------------------------------------------------------------ the run
     def _run(self, t_start: float) -> SweepOutcome:
@@ -132,13 +130,12 @@ class Scheduler:
         return self.out
 
     def _start(self) -> None:
-        """Read the finished results, start the metrics endpoint, the recorder and the progress
-        actor, and decide the tasks' resource requests."""
+        """Read the spec's finished results (moving damaged folders aside), start the metrics
+        endpoint, the recorder and the progress actor, and decide the tasks' resource requests."""
         spec, res, m = self.spec, self.spec.resources, self.metrics
         self.out = SweepOutcome(self.sweep_dir, self.uri, len(spec.jobs))
-        existing = self.store.records()
-        self.done_ids = {jid for jid in existing if jid in self.jobs}
-        self.existing = {jid: existing[jid] for jid in self.done_ids}
+        self.existing = self.store.heal(set(self.jobs), warn=self.echo)
+        self.done_ids = set(self.existing)
         self.out.cached = len(self.done_ids)
 
         m.set_total(len(spec.jobs))
@@ -154,7 +151,7 @@ class Scheduler:
         self.recorder = Recorder(self.sweep_dir, spec.name, self.uri,
                                  {"n_jobs": len(spec.jobs), "spec": spec.source, "sweep_dir": str(self.sweep_dir)},
                                  mlflow_enabled=self.record_mlflow, warn=self.echo)
-        self.recorder.start(existing)
+        self.recorder.start(self.existing)  # only the spec's jobs are ever recorded
 
         gpus = self.ray.cluster_resources().get("GPU", 0) > 0
         retry = {"max_retries": res["max_retries"], "retry_exceptions": [TransientError]}
@@ -271,7 +268,29 @@ class Scheduler:
         self.bar.note(f"finished {job.label} ({rec.get('duration_seconds', 0):.1f} s)", *self._counts())
         if job.kind == "train":
             self.n_edges_of[job.id] = rec["figures"].get("n_edges", job.n_edges)
+            self._drop_circuits_of_another_model(job)
             self._model_ready(job.id)
+
+    def _drop_circuits_of_another_model(self, tj: Job) -> None:
+        """A model trained again (its folder was damaged): its discover jobs' finished results
+        stay if they were found on the same weights, else they are moved aside and run again."""
+        kept = [dj for dj in self.children.get(tj.id, []) if dj.id in self.done_ids]
+        if not kept:
+            return
+        from workers.discover import model_id
+
+        now = model_id(self.ray.get(self.ckpt_refs[tj.id]))
+        for dj in kept:
+            was = (self.existing[dj.id].get("figures") or {}).get("model_id")
+            if was == now:
+                continue
+            aside = self.store.set_aside(self.store.folder(dj.id))
+            self.echo(f"warning: {dj.label} was found on model {was}, but {tj.label} now gives model {now}; "
+                      f"moved aside to {aside.relative_to(self.sweep_dir)}, the job runs again")
+            self.done_ids.discard(dj.id)
+            del self.existing[dj.id]
+            self.out.cached -= 1
+            self.state[dj.id] = "cached"  # its submission moves it from cached to queued
 
     def on_failure(self, job: Job, error: str) -> None:
         """Record the failure; a failed train job's discover jobs are skipped."""

@@ -12,10 +12,18 @@ its files or not there at all. Only jobs of the spec that have no finished folde
 so a folder found in the way of a commit is damaged or foreign: it is moved aside to
 `jobs/.damaged-<id>-<time>/`, never overwritten, never read as a result.
 
-Reading: `records()` returns the finished jobs; every folder goes through `load(folder)`, the one
-place that decides whether a folder is a finished result (valid job.json whose job_id is the
-folder's name, the files it lists present). A folder that fails raises DamagedResult; `records`
-skips it (the job runs again and its commit moves the folder aside).
+Reading: every folder goes through `load(folder)`, the one place that decides whether a folder
+is a finished result: its name is a job id (16 hex digits), job.json is valid JSON whose job_id is
+that name, every file it lists is a plain name that is present with the sha256 it was written
+with, and a model.pt loads as a checkpoint (workers.model.load_checkpoint). A folder that fails
+raises DamagedResult.
+
+Healing (`heal(job_ids)`, at the start of every run, under the sweep lock): the folders of the
+spec's jobs that fail `load`, and every folder in jobs/ whose name is no job id at all, are moved
+aside to `jobs/.damaged-<name>-<time>-<rand>/` with a one-line warning each, and their jobs run
+again. A finished result of a job the spec does not name (a grid point dropped from the spec) is
+left where it is and never read, recorded or uploaded: only jobs of the spec are (`records(ids)`).
+A record's fields never become a path: the folder's name, checked above, is the only id used.
 
 Size: a result travels as one Ray object, held whole in the worker node's object store and in
 the driver's memory while it is written; Ray spills objects to disk, so the practical limit is
@@ -26,17 +34,51 @@ appends to the temporary folder before the same rename.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 RESULT_LIMIT_BYTES = 1 << 30
 RECORD = "job.json"
+JOB_ID = re.compile(r"[0-9a-f]{16}")  # orchestrator.spec.job_hash
+
+
+def is_job_id(name) -> bool:
+    return isinstance(name, str) and JOB_ID.fullmatch(name) is not None
+
+
+class SweepBusy(RuntimeError):
+    """Another circuitry process holds the sweep folder's lock."""
+
+
+@contextmanager
+def sweep_lock(sweep_dir: str | Path):
+    """Hold SWEEP/.lock (flock, exclusive, not waiting) while writing the sweep folder: `run`,
+    `sync` and `report` each take it, so one process at a time writes jobs/ and jobs.parquet.
+    flock is enough because the sweep folder lives on the driver's node only (deploy/README.md:
+    the head's local volume); on NFS its behaviour depends on the mount, which the deploy avoids."""
+    sweep_dir = Path(sweep_dir)
+    f = open(sweep_dir / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise SweepBusy(f"{sweep_dir} is in use by another circuitry run, sync or report; wait for it "
+                        "or stop it first") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 class DamagedResult(ValueError):
@@ -100,8 +142,27 @@ def _fsync_dir(path: Path, fsync: bool = True) -> None:
         os.close(fd)
 
 
-def _plain_name(name: str) -> bool:
-    return bool(name) and name == Path(name).name and not name.startswith(".") and name != RECORD
+def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Replace `path` with `data`: a uniquely named temporary file beside it, fsynced, renamed over
+    it, and the folder fsynced (concurrent writers never share a temporary file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        _write_synced(tmp, data, fsync)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent, fsync)
+
+
+def _plain_name(name) -> bool:
+    return isinstance(name, str) and bool(name) and name == Path(name).name and not name.startswith(".") \
+        and name != RECORD
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class JobStore:
@@ -124,10 +185,14 @@ class JobStore:
     def clear_temp(self) -> None:
         for tmp in self.root.glob(".tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in self.root.parent.glob(".*.tmp-*"):  # write_atomic's (jobs.parquet, spec.toml)
+            tmp.unlink(missing_ok=True)
 
     # ------------------------------------------------------------ reading
     def load(self, folder: Path) -> dict:
         """The record of a finished result, or DamagedResult saying why the folder is not one."""
+        if not is_job_id(folder.name):
+            raise DamagedResult(f"{folder}: not a job folder (a job id is 16 hex digits)")
         try:
             rec = json.loads((folder / RECORD).read_text())
         except (OSError, ValueError) as e:
@@ -135,18 +200,32 @@ class JobStore:
         if not isinstance(rec, dict) or rec.get("job_id") != folder.name:
             got = rec.get("job_id") if isinstance(rec, dict) else type(rec).__name__
             raise DamagedResult(f"{folder / RECORD}: job_id {got!r} is not the folder's name")
-        missing = [n for n in rec.get("files") or [] if not (folder / n).is_file()]
+        files, sums = rec.get("files") or [], rec.get("sha256") or {}
+        if not isinstance(files, list) or not all(_plain_name(n) for n in files) or not isinstance(sums, dict):
+            raise DamagedResult(f"{folder / RECORD}: its file list is not a list of plain file names")
+        missing = [n for n in files if not (folder / n).is_file()]
         if missing:
             raise DamagedResult(f"{folder}: lacks {', '.join(missing)}")
+        for name in files:
+            if name in sums and _sha256((folder / name).read_bytes()) != sums[name]:
+                raise DamagedResult(f"{folder / name}: its sha256 differs from the one written")
+        if "model.pt" in files:
+            from workers.model import CheckpointError, load_checkpoint
+
+            try:
+                load_checkpoint(folder / "model.pt")
+            except CheckpointError as e:
+                raise DamagedResult(str(e).split(";")[0]) from None
         return rec
 
-    def records(self) -> dict[str, dict]:
-        """job id -> record of every finished result; damaged folders are skipped."""
+    def records(self, job_ids=None) -> dict[str, dict]:
+        """job id -> record of every finished result (of the jobs in `job_ids` only, when given:
+        other folders are not read); damaged folders are skipped."""
         out = {}
         if not self.root.is_dir():
             return out
         for folder in sorted(self.root.iterdir()):
-            if folder.name.startswith(".") or not folder.is_dir():
+            if folder.name.startswith(".") or (job_ids is not None and folder.name not in job_ids):
                 continue
             try:
                 out[folder.name] = self.load(folder)
@@ -154,10 +233,31 @@ class JobStore:
                 continue
         return out
 
+    def heal(self, job_ids, warn) -> dict[str, dict]:
+        """The records of the spec's finished jobs (`job_ids`); moves aside, with one warning line
+        each, the spec's folders that are not finished results and every folder whose name is no
+        job id (see the module doc). Results of jobs outside the spec are left alone, unread."""
+        out = {}
+        if not self.root.is_dir():
+            return out
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(".") or (is_job_id(entry.name) and entry.name not in job_ids):
+                continue
+            try:
+                out[entry.name] = self.load(entry)
+            except DamagedResult as e:
+                aside = self.set_aside(entry)
+                again = "the job runs again" if entry.name in job_ids else "it is no job of this sweep"
+                warn(f"warning: {e}; moved aside to {aside.relative_to(self.root.parent)}, {again}")
+        return out
+
     # ------------------------------------------------------------ writing
     def commit(self, job_id: str, result: JobResult) -> dict:
         """Write one result atomically (see the module doc); returns the record as written."""
-        record = clean({**result.record, "job_id": job_id, "files": list(result.files)})
+        if not is_job_id(job_id):
+            raise ValueError(f"{job_id!r} is not a job id (16 hex digits)")
+        record = clean({**result.record, "job_id": job_id, "files": list(result.files),
+                        "sha256": {name: _sha256(data) for name, data in result.files.items()}})
         for name in result.files:
             if not _plain_name(name):
                 raise ValueError(f"job {job_id}: file name {name!r} is not a plain file name")
@@ -179,7 +279,8 @@ class JobStore:
         return record
 
     def set_aside(self, folder: Path) -> Path:
-        """Move a folder that is not a finished result out of the way, kept for inspection."""
-        aside = self.root / f".damaged-{folder.name}-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+        """Move a folder that is not a finished result out of the way, kept for inspection (a
+        dot-folder: never read as a result, never uploaded)."""
+        aside = self.root / f".damaged-{folder.name[:64]}-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
         os.rename(folder, aside)
         return aside

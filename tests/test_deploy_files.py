@@ -444,3 +444,133 @@ def test_final_figures_are_pushed_to_a_pushgateway():
     # no gateway there: one line saying why, not an exception
     reason = m.push(f"http://127.0.0.1:{server.server_port}")
     assert reason and "\n" not in reason
+
+
+# ---------------------------------------------------------------- safe as shipped (issue 15)
+
+SECRETS = ("RAY_AUTH_TOKEN", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+
+
+def pod_specs(d) -> list[dict]:
+    """Every pod spec in a manifest (a dict with a `containers` list)."""
+    return [n for n in walk(d) if isinstance(n, dict) and isinstance(n.get("containers"), list)]
+
+
+def kube_docs() -> list[dict]:
+    return [d for p in sorted(KUBERAY.glob("*.yaml")) for d in docs(p)]
+
+
+def test_token_auth_on_in_both_stacks():
+    compose = docs(COMPOSE)[0]["services"]
+    for name in ("ray-head", "ray-worker"):
+        env = compose[name]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?"), name
+    assert kube("ConfigMap", "circuitry-env")["data"]["RAY_AUTH_MODE"] == "token"
+    ray_containers = containers(kube("RayCluster")) + containers(kube("RayJob"))
+    assert len(ray_containers) == 4  # head, cpu and gpu workers, the RayJob's submitter
+    for c in ray_containers:
+        assert {"configMapRef": {"name": "circuitry-env"}} in c["envFrom"], c["name"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "circuitry-ray-auth",
+                                                                      "key": "auth_token"}, c["name"]
+
+
+def test_compose_refuses_to_start_without_its_secrets():
+    """Every use of a secret is `${VAR:?message}` (compose stops with the message when it is unset
+    or empty); none has a default, and .env.example leaves them empty."""
+    text = COMPOSE.read_text()
+    for var in SECRETS:
+        uses = re.findall(r"\$\{" + var + r"([^}]*)\}", text)
+        assert uses, var
+        assert all(u.startswith(":?") and len(u) > 10 for u in uses), (var, uses)
+    assert not re.search(r"\$\{RAY_AUTH_MODE", text)  # not even overridable to disabled
+    assert not re.search(r"\$\{\w*(PASSWORD|TOKEN)\w*:?-", text)  # no defaults for any secret
+    example = dict(line.split("=", 1) for line in (DEPLOY / "compose" / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert all(example[var] == "" for var in SECRETS), example
+    grafana = docs(COMPOSE)[0]["services"]["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+
+
+def test_no_secret_in_the_kubectl_apply_path():
+    """`kubectl apply -f deploy/kuberay/` (-R too) applies *.yaml, *.yml and *.json: none of them
+    may hold a Secret; the example keeps its shape under a name kubectl skips."""
+    applied = [p for p in KUBERAY.rglob("*") if p.suffix in (".yaml", ".yml", ".json")]
+    for p in applied:
+        for d in docs(p):
+            assert d.get("kind") != "Secret", p
+    example = KUBERAY / "secrets.yaml.example"
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs(example)}
+    assert kinds == {("Secret", "circuitry-ray-auth"), ("Secret", "mlflow-db")}
+    refs = {n["secretKeyRef"]["name"] for d in kube_docs() for n in walk(d)
+            if isinstance(n, dict) and "secretKeyRef" in n}
+    assert refs == {"circuitry-ray-auth", "mlflow-db"}
+
+
+def test_only_the_ray_head_reaches_mlflow():
+    mlflow_labels = kube("Deployment", "mlflow")["spec"]["template"]["metadata"]["labels"]
+    policies = [d for d in kube_docs() if d["kind"] == "NetworkPolicy"
+                and d["spec"]["podSelector"]["matchLabels"].items() <= mlflow_labels.items()]
+    assert len(policies) == 1
+    spec = policies[0]["spec"]
+    assert "Ingress" in spec["policyTypes"]
+    cluster = kube("RayCluster")["metadata"]["name"]
+    for rule in spec["ingress"]:
+        assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]
+        for peer in rule["from"]:
+            assert set(peer) == {"podSelector"}, peer  # no namespaceSelector, no ipBlock
+            assert peer["podSelector"]["matchLabels"] == {"ray.io/cluster": cluster, "ray.io/node-type": "head"}
+    # compose: PostgreSQL only with MLflow; MLflow only with the Ray head (the driver)
+    services = docs(COMPOSE)[0]["services"]
+    nets = {name: set(s.get("networks", [])) for name, s in services.items()}
+    assert all(nets.values()), nets  # nobody on the default network, where everyone meets
+    assert [n for n in nets if nets[n] & nets["postgres"]] == ["postgres", "mlflow"]
+    assert sorted(n for n in nets if nets[n] & nets["mlflow"] and n != "mlflow") == ["postgres", "ray-head"]
+
+
+def test_ray_and_mlflow_run_unprivileged():
+    pods = [p for kind in ("RayCluster", "RayJob", "Deployment") for p in pod_specs(kube(kind))]
+    assert len(pods) == 5  # head, cpu, gpu, submitter, mlflow
+    for pod in pods:
+        sc = pod["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0 and sc["fsGroup"] == 1000, sc
+        for c in pod["containers"]:
+            csc = c["securityContext"]
+            assert csc["allowPrivilegeEscalation"] is False, c["name"]
+            assert csc["capabilities"]["drop"] == ["ALL"], c["name"]
+    assert "useradd --create-home --uid 1000" in (DEPLOY / "Dockerfile").read_text()
+    services = docs(COMPOSE)[0]["services"]
+    for name in ("ray-head", "ray-worker", "mlflow"):
+        s = services[name]
+        assert s["cap_drop"] == ["ALL"] and "no-new-privileges:true" in s["security_opt"], name
+        assert s["user"].split(":")[0] not in ("0", "root"), name
+
+
+def third_party_images() -> set[str]:
+    found = {i for p in YAML_FILES for i in images(docs(p)) if i != IMAGE}
+    found.add(re.search(r"ARG PYTHON_IMAGE=(\S+)", (DEPLOY / "Dockerfile").read_text()).group(1))
+    return found
+
+
+def test_third_party_images_are_pinned_or_listed_for_a_pin():
+    """Digests cannot be checked here (no registry): an image is either pinned by digest in the
+    files or listed in deploy/README.md's table of images that need a pin -- and the table lists
+    only images the files use."""
+    text = (DEPLOY / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([^`]+)` \|[^\n]*\| needs a pin \|$", text, re.M))
+    used = third_party_images()
+    assert {"postgres:16-alpine", "python:3.11-slim"} <= used
+    for image in used:
+        assert re.search(r"@sha256:[0-9a-f]{64}$", image) or image in listed, image
+    assert listed <= used, listed - used
+    assert "crane digest" in text and "docker buildx imagetools inspect" in text
+
+
+def test_readme_has_a_threat_model():
+    text = (DEPLOY / "README.md").read_text()
+    model = text[text.index("## Threat model"):text.index("## Images")]
+    for needle in (*SECRETS, "NetworkPolicy", "127.0.0.1", "basic-auth", "MLFLOW_TRACKING_PASSWORD",
+                   "ingress"):
+        assert needle in model, needle
+    assert "flock" in text and "NFS" in text  # the sweep lock: the head's local volume
