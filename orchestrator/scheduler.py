@@ -37,7 +37,7 @@ from orchestrator.recorder import Recorder, resolve_uri
 from orchestrator.spec import Job, Spec
 from orchestrator.store import JobResult, JobStore, SweepBusy, sweep_lock, write_atomic
 
-__all__ = ["Scheduler", "SweepBusy", "SweepOutcome", "run_sweep"]
+__all__ = ["Scheduler", "SweepBusy", "SweepOutcome"]
 
 
 @dataclass
