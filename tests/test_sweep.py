@@ -183,7 +183,7 @@ def test_permanent_failure_skips_dependents(ray_local, tmp_path):
 
 
 def test_ctrl_c_leaves_resumable_sweep(ray_local, tmp_path):
-    spec = make_spec(tmp_path, steps=1500, methods=("acdc",))
+    spec = make_spec(tmp_path, steps=3000, methods=("acdc",))  # long enough that Ctrl-C lands mid-sweep
     sched = Scheduler(spec, echo=lambda m: None, progress=False)
     fired = threading.Event()
 
