@@ -1,6 +1,7 @@
 """Sweeps on a real local Ray: results, MLflow runs, resume, retries, worker death, Ctrl-C."""
 import _thread
 import json
+import signal
 import threading
 import time
 
@@ -198,6 +199,9 @@ def test_ctrl_c_leaves_resumable_sweep(ray_local, tmp_path):
                 time.sleep(0.5)
             time.sleep(0.05)
 
+    # a CLI process has Python's own SIGINT handler; in the full suite something before this test
+    # leaves another one (interrupt_main then does nothing), so install it for the test's duration
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
     t = threading.Thread(target=interrupt_after_first, daemon=True)
     t.start()
     out = None
@@ -209,6 +213,8 @@ def test_ctrl_c_leaves_resumable_sweep(ray_local, tmp_path):
     except KeyboardInterrupt:
         fired.set()
         t.join()
+    finally:
+        signal.signal(signal.SIGINT, found)
     # the driver may be interrupted before it has seen a result that a worker already committed:
     # count finished results on disk, which is what a resume reads
     assert out.interrupted and out.finished < 8
