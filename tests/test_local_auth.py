@@ -95,7 +95,7 @@ metrics_port = 0
 [train]
 task = "independence"
 regime = "vanilla"
-seed = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]  # outlasts the probing
+seed = [0, 1, 2, 3, 4, 5, 6, 7]
 steps = 20000
 """)
     value = secrets.token_hex(6)
@@ -120,7 +120,7 @@ steps = 20000
             answers = {p: f"{n}: {post_job(p, marker)}" for p, n in agents.items()}
             assert not any(" 200" in a for a in answers.values()), answers
             refused = any("/api/job_agent/jobs/ 401" in a for a in answers.values())
-            if "gcs_server" in ports.values() and (refused or (agent_port_taken and agents)):
+            if "gcs_server" in ports.values() and (refused or (agent_port_taken and len(agents) >= 2)):
                 break
             time.sleep(1)
         assert run.poll() is None, f"the run ended early: {run.stdout.read()}"
