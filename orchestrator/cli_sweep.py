@@ -89,7 +89,8 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
             no_mlflow, quiet):
     """Run SPEC's sweep on Ray; only jobs without a finished result run."""
     from orchestrator.ray_session import ensure_ray
-    from orchestrator.scheduler import Scheduler, SweepBusy
+    from orchestrator.scheduler import Scheduler
+    from orchestrator.store import SweepBusy
 
     spec = _spec(spec_path, root)
     from orchestrator.spec import _host, _pushgateway, _tracking_uri

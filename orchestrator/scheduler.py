@@ -35,9 +35,7 @@ from orchestrator.execute import TransientError
 from orchestrator.metrics import ProgressBar, SweepMetrics
 from orchestrator.recorder import Recorder, resolve_uri
 from orchestrator.spec import Job, Spec
-from orchestrator.store import JobResult, JobStore, SweepBusy, sweep_lock, write_atomic
-
-__all__ = ["Scheduler", "SweepBusy", "SweepOutcome"]
+from orchestrator.store import JobResult, JobStore, sweep_lock, write_atomic
 
 
 @dataclass
