@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from orchestrator.spec import TRAIN_GRID
-from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, paired_ratio
+from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, paired_ratio, t_half_width
 
 # (column, label, better): better is "higher" or "lower"
 QUALITY = [
@@ -120,8 +119,7 @@ def estimate(values) -> Estimate:
         return Estimate(float("nan"), None, 0)
     if len(v) == 1:
         return Estimate(float(v[0]), None, 1)
-    sem = float(np.std(v, ddof=1)) / math.sqrt(len(v))
-    return Estimate(float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1)) * sem, len(v))
+    return Estimate(float(v.mean()), t_half_width(v), len(v))
 
 
 def load_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
