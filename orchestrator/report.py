@@ -328,12 +328,12 @@ def ratio_sections(train: pd.DataFrame, discover: pd.DataFrame) -> list[str]:
                if r != BASELINE]
     if not regimes:
         lines += ["", f"_no regime besides {BASELINE} in this sweep_"]
+    train_keys = row_keys(train)
+    keys = row_keys(discover) if len(discover) else []
     for regime in regimes:
         lines += ["", f"### {regime} ÷ {BASELINE}", "", "Training:", ""]
-        train_keys = row_keys(train)
         lines.append(ratio_table(compare(train, regime, train_keys, PROFILE), regime, train_keys))
         if len(discover):
-            keys = row_keys(discover)
             lines += ["Circuits:", "", ratio_table(compare(discover, regime, keys, circuit_figures), regime, keys)]
     return lines
 
