@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.base import Data, Task, live_edges
-from tasks.recipe import Recipe
+from tasks.recipe import SYMBOLIC
 
 SHAPE = (6, 12, 12, 3)
 BLOCKS = 3
@@ -106,5 +106,5 @@ planted_teacher = Task(
     description="3 independent sparse blocks, 6-12-12-3; ground truth = the teacher's live edges",
     dependencies=tuple(frozenset({2 * b, 2 * b + 1}) for b in range(BLOCKS)),
     teacher=teacher,
-    recipe=Recipe(),  # no notebook: the symbolic formulas' recipe (a small regression MLP, as they are)
+    recipe=SYMBOLIC,  # no notebook: the symbolic formulas' recipe (a small regression MLP, as they are)
 )

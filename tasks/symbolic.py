@@ -7,12 +7,12 @@ import math
 import torch
 
 from tasks.base import Data, Task
-from tasks.recipe import Recipe
+from tasks.recipe import SYMBOLIC, Recipe
 
 N_TRAIN = N_TEST = 100
 
 
-def _formula_task(name, n_in, formula, dependencies, description, hidden=(20, 20), recipe=Recipe()) -> Task:
+def _formula_task(name, n_in, formula, dependencies, description, hidden=(20, 20), recipe=SYMBOLIC) -> Task:
     def generate(seed: int) -> Data:
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(N_TRAIN + N_TEST, n_in, generator=g) * 2 - 1

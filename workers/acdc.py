@@ -248,12 +248,6 @@ class _Downstream:
             zl = hl @ w.T + offset_t.T
 
 
-def _deltas(problem: Problem, layer: int, j: int) -> torch.Tensor:
-    """[n_senders, N]: the change of receiver j's pre-activation when each edge into it is removed."""
-    diff = problem.ablated[layer] - problem.clean[layer]
-    return problem.graph.weights[layer][j][:, None] * diff.T
-
-
 def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = None,
          batch_elements: int = BATCH_ELEMENTS) -> EdgeResult:
     """ACDC, exactly the circuit of `acdc_naive`, computed with cached state, downstream-only

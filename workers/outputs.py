@@ -22,11 +22,6 @@ def json_bytes(obj) -> bytes:
     return json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default).encode()
 
 
-def write_json(obj, path: Path) -> None:
-    """Strict JSON, written atomically."""
-    write_files({Path(path).name: json_bytes(obj)}, Path(path).parent)
-
-
 def write_files(files: dict[str, bytes], out_dir: str | Path) -> Path:
     """Write {name: bytes} into OUT, in order (the last one marks the result finished), each to a
     temporary name and renamed."""
