@@ -50,7 +50,7 @@ def restoration_metric(problem: Problem) -> Callable[[torch.Tensor], torch.Tenso
     If the empty circuit's scored outputs equal the full model's on every example, r is undefined
     and this returns r = 0 everywhere (every score is then 0)."""
     full = scored_outputs(problem.kind, problem.clean[-1], problem.out_pos)
-    empty = scored_outputs(problem.kind, problem.circuit_output(problem.graph.full_masks(False)), problem.out_pos)
+    empty = scored_outputs(problem.kind, problem.empty_output, problem.out_pos)
     direction = full - empty
     norm = (direction * direction).sum()
     if norm == 0:

@@ -73,7 +73,7 @@ def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 def faithfulness(problem: Problem, masks) -> dict:
     m_c = problem.circuit_metric(masks)
-    m_e = problem.circuit_metric(problem.graph.full_masks(False))
+    m_e = problem.empty_metric
     return {"metric_circuit": m_c, "metric_empty": m_e, "metric_full": 0.0,
             "faithfulness": normalized_faithfulness(m_c, m_e, scale=metric_scale(problem))}
 
@@ -82,7 +82,7 @@ def faithfulness_curve(problem: Problem, flat_scores: torch.Tensor) -> dict:
     """f at MIB's edge fractions (top-|score| edges) and the areas: CPR = area under f,
     CMD = area under |1 - f|, trapezoids over the edge fraction in [0, 1]."""
     g = problem.graph
-    m_e = problem.circuit_metric(g.full_masks(False))
+    m_e = problem.empty_metric
     scale = metric_scale(problem)
     xs, fs = [], []
     for pct in CURVE_PERCENTS:
@@ -120,7 +120,7 @@ def classification_figures(problem: Problem, masks, labels_pos: torch.Tensor | N
 
     circ = problem.circuit_output(masks)
     circuit_gap = gap(circ)
-    empty_gap = gap(problem.circuit_output(problem.graph.full_masks(False)))
+    empty_gap = gap(problem.empty_output)
     out = {"logit_gap": circuit_gap, "empty_logit_gap": empty_gap,
            "normalized_logit_gap": circuit_gap / empty_gap if empty_gap > 0 else float("nan"),
            "circuit_accuracy": float((circ.argmax(1) == target).double().mean()),

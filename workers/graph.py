@@ -17,6 +17,7 @@ forward pass, so a circuit's pre-activation is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -259,3 +260,14 @@ class Problem:
 
     def circuit_metric(self, masks) -> float:
         return float(self.metric(self.circuit_output(masks)))
+
+    @cached_property
+    def empty_output(self) -> torch.Tensor:
+        """The empty circuit's output (every edge ablated), computed once per problem: the
+        faithfulness figures, the faithfulness curve, the logit gaps and EAP's r all read it."""
+        return self.circuit_output(self.graph.full_masks(False))
+
+    @property
+    def empty_metric(self) -> float:
+        """circuit_metric of the empty circuit."""
+        return float(self.metric(self.empty_output))
