@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -489,7 +488,5 @@ def export_eap_ig(d: Discovery, path) -> Path:
     shape = [d.masks[0].shape[1]] + [m.shape[0] for m in d.masks]
     cfg = {"n_layers": len(shape), "shape": shape, **{k: v for k, v in d.config.items()}}
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"cfg": cfg, "nodes": nodes, "edges": edges}))
-    os.replace(tmp, path)
+    write_files({path.name: json.dumps({"cfg": cfg, "nodes": nodes, "edges": edges}).encode()}, path.parent)
     return path

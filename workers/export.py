@@ -14,11 +14,13 @@ The file holds every neuron of the network as a node and exactly the circuit's e
 """
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import networkx as nx
 import pyarrow as pa
+
+from workers.outputs import write_files
 
 GRAPH_KEYS = ("method", "threshold", "ablation", "metric", "task", "regime", "seed", "model_id")
 
@@ -50,7 +52,7 @@ def circuit_graph(table: pa.Table, ckpt: dict) -> nx.DiGraph:
 def export_graphml(table: pa.Table, ckpt: dict, path) -> Path:
     """Write circuit_graph(table, ckpt) to `path` (temporary name, then renamed)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    nx.write_graphml(circuit_graph(table, ckpt), tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    nx.write_graphml(circuit_graph(table, ckpt), buf)
+    write_files({path.name: buf.getvalue()}, path.parent)
     return path

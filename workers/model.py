@@ -251,5 +251,5 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> None:
     """Write atomically: a reader never sees a half-written model.pt."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt, tmp)
+    tmp.write_bytes(checkpoint_bytes(ckpt))
     tmp.replace(path)
