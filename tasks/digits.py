@@ -6,10 +6,10 @@ input sheet 8x8 instead of 28x28 and the hidden sheets kept at MNIST's 10x10, an
 instead of 40,000 (1,438 training images, ~1,400 epochs of minibatches of 100)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from sklearn.datasets import load_digits
-
-from dataclasses import replace
 
 from tasks.base import Data, Task
 from tasks.mnist import MNIST_RECIPE
