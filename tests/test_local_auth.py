@@ -106,12 +106,13 @@ steps = 20000
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     marker = tmp_path / "pwned"
     try:
-        # wait until the run's Ray is up and its dashboard agent serves the job-agent API (the agent
-        # binds its HTTP port seconds after the rest; slower on a loaded machine). Ray's agent always
-        # takes port 52365 on a local start: when another Ray on this machine holds it, this run's
-        # agent serves no HTTP at all (nothing to attack there), and only the other ports are tried.
+        # Ray's dashboard agent always asks for port 52365 on a local start. When another Ray holds
+        # it (in this suite: the session's own embedded Ray, started by the same start_local_ray),
+        # the run's agent retries, then serves no HTTP at all: nothing to attack there. Then the
+        # holder's agent is probed, and the run's other ports once its GCS has been up a while.
         agent_port_taken = AGENT_PORT in listening_ports(None)
         deadline = time.monotonic() + 300
+        gcs_since = None
         ports: dict[int, str] = {}
         answers: dict[int, str] = {}
         while time.monotonic() < deadline and run.poll() is None:
@@ -120,11 +121,16 @@ steps = 20000
             answers = {p: f"{n}: {post_job(p, marker)}" for p, n in agents.items()}
             assert not any(" 200" in a for a in answers.values()), answers
             refused = any("/api/job_agent/jobs/ 401" in a for a in answers.values())
-            if "gcs_server" in ports.values() and (refused or (agent_port_taken and len(agents) >= 2)):
+            if "gcs_server" in ports.values() and gcs_since is None:
+                gcs_since = time.monotonic()
+            if refused or (agent_port_taken and gcs_since and time.monotonic() - gcs_since > 10):
                 break
             time.sleep(1)
         assert run.poll() is None, f"the run ended early: {run.stdout.read()}"
-        if not agent_port_taken:
+        if agent_port_taken:
+            held = post_job(AGENT_PORT, marker)
+            assert "/api/job_agent/jobs/ 401" in held, f"the agent holding port {AGENT_PORT}: {held}"
+        else:
             assert any("/api/job_agent/jobs/ 401" in a for a in answers.values()), \
                 f"the run's dashboard agent never answered the job-agent request with 401: {answers} {ports}"
 
