@@ -247,6 +247,16 @@ def _grid(table: str, given: dict, fields: dict) -> dict[str, list]:
     return out
 
 
+def _table_names(table: str, value) -> list[str]:
+    """How errors name a table: `train` for [train], `train[1]` for the second [[train]]."""
+    return [f"{table}[{i}]" for i in range(len(value))] if isinstance(value, list) else [table]
+
+
+def _grids(table: str, value, fields: dict) -> list[dict[str, list]]:
+    tables = value if isinstance(value, list) else [value]
+    return [_grid(name, t, fields) for name, t in zip(_table_names(table, value), tables)]
+
+
 # ---------------------------------------------------------------- jobs
 
 
@@ -306,7 +316,7 @@ class Spec:
     root: Path
     tracking_uri: str
     metrics_port: int
-    train: dict[str, list]
+    train: list[dict[str, list]]  # one grid per [train] / [[train]] table
     discover: list[dict[str, list]] | None  # one grid per [discover] / [[discover]] table
     resources: dict
     testing: dict
@@ -332,16 +342,24 @@ class Spec:
                    if j.settings["method"] == "exact" and chunk and j.n_edges > chunk)
 
 
-def expand(train: dict[str, list], discover: list[dict[str, list]] | None, ver: str | None = None) -> list[Job]:
-    """Train jobs: the product of the train grid. Discover jobs: for every model, the product of
-    each discover grid (several grids are unioned; a job named by two grids runs once)."""
+def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None, ver: str | None = None) -> list[Job]:
+    """Train jobs: the product of each train grid (several [[train]] grids are unioned; a job named
+    by two grids runs once). Discover jobs: for every model, the product of each discover grid
+    (unioned the same way)."""
     ver = ver or package_version()
+    settings: dict[str, dict] = {}
+    for grid in train:
+        keys = list(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            s = _resolve_train(dict(zip(keys, combo)))
+            tid = job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s})
+            settings.setdefault(tid, s)
+    # a label names what tells the sweep's models apart: the settings that vary across its jobs
+    varying = [k for k in TRAIN_GRID if k not in ("task", "regime", "seed")
+               and len({repr(s[k]) for s in settings.values()}) > 1]
     jobs: list[Job] = []
-    keys = list(train)
-    for combo in itertools.product(*(train[k] for k in keys)):
-        s = _resolve_train(dict(zip(keys, combo)))
-        tid = job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s})
-        extra = "".join(f"/{k}{s[k]}" for k in keys if k not in ("task", "regime", "seed") and len(train[k]) > 1)
+    for tid, s in settings.items():
+        extra = "".join(f"/{k}{s[k]}" for k in varying)
         jobs.append(Job("train", tid, s, f"train/{s['task']}/{s['regime']}/seed{s['seed']}{extra}", None, n_edges(s)))
     seen = set()
     for grid in discover or []:
@@ -372,20 +390,19 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
     for table, value in raw.items():
         if table not in TABLES:
             raise SpecError(f"{table}: unknown table; allowed: {', '.join(TABLES)}")
-        if table == "discover" and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            continue  # [[discover]]: several grids, e.g. ACDC at three taus and score methods at one
+        if table in ("train", "discover") and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            continue  # [[train]] / [[discover]]: several grids, e.g. one lam grid per task
         if not isinstance(value, dict):
             raise SpecError(f"{table}: {_show(value)} is not a table; write [{table}]")
     for table in ("sweep", "train"):
         if table not in raw:
             raise SpecError(f"{table}: missing table; a spec needs [sweep] and [train]")
     sweep = _scalars("sweep", raw["sweep"], SWEEP_FIELDS)
-    train = _grid("train", raw["train"], TRAIN_GRID)
+    train = _grids("train", raw["train"], TRAIN_GRID)
     discover = None
     if "discover" in raw:
-        tables = raw["discover"] if isinstance(raw["discover"], list) else [raw["discover"]]
-        names = [f"discover[{i}]" for i in range(len(tables))] if isinstance(raw["discover"], list) else ["discover"]
-        discover = [_grid(name, t, DISCOVER_GRID) for name, t in zip(names, tables)]
+        names = _table_names("discover", raw["discover"])
+        discover = _grids("discover", raw["discover"], DISCOVER_GRID)
     resources = _scalars("resources", raw.get("resources", {}), RESOURCE_FIELDS)
     testing_raw = raw.get("testing", {})
     _unknown_keys("testing", testing_raw, TESTING_FIELDS)
@@ -400,14 +417,15 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
         for i, out in enumerate(grid["output"]):
             if out is None:
                 continue
-            for task in train["task"]:
+            for task in sorted({t for g in train for t in g["task"]}):
                 n_out = TASKS[task].n_outputs
                 if out >= n_out:
                     raise SpecError(f"{name}.output[{i}]: {out} is not an output of task {task} "
                                     f"(it has outputs 0..{n_out - 1})")
-    for i, w in enumerate(train["width"]):
-        if w is not None and w > 4096:
-            raise SpecError(f"train.width[{i}]: {w} is too wide; allowed: 1..4096")
+    for name, grid in zip(_table_names("train", raw["train"]), train):
+        for i, w in enumerate(grid["width"]):
+            if w is not None and w > 4096:
+                raise SpecError(f"{name}.width[{i}]: {w} is too wide; allowed: 1..4096")
     root_path = Path(root if root is not None else sweep["root"]).expanduser()
     spec = Spec(sweep["name"], root_path, sweep["tracking_uri"], sweep["metrics_port"], train, discover,
                 resources, testing, text, sweep["metrics_host"], sweep["metrics_linger"], sweep["pushgateway"])

@@ -207,3 +207,52 @@ def test_a_bad_field_in_the_second_discover_grid_is_named():
     with pytest.raises(SpecError, match=r'^discover\[1\]\.method: "acdcc" is not one of'):
         parse_spec('[sweep]\nname="g"\n[train]\ntask="independence"\nregime="bimt"\nsteps=1\n'
                    '[[discover]]\nmethod="acdc"\nthreshold=0.1\n[[discover]]\nmethod="acdcc"\nthreshold=0.1\n')
+
+
+def test_several_train_grids_union_their_jobs_and_labels_name_what_varies(tmp_path):
+    # one lam grid per task (their reference lams differ), vanilla once as a point
+    text = f"""
+[sweep]
+name = "s"
+root = "{tmp_path}"
+
+[[train]]
+task = "two_moons"
+regime = "vanilla"
+seed = [0, 1]
+steps = 100
+
+[[train]]
+task = "two_moons"
+regime = ["l1", "bimt"]
+lam = [1e-4, 1e-3]
+seed = [0, 1]
+steps = 100
+
+[[train]]                  # names two_moons/bimt at lam 1e-3 again: it runs once
+task = "two_moons"
+regime = "bimt"
+lam = 1e-3
+seed = 0
+steps = 100
+"""
+    spec = parse_spec(text)
+    jobs = spec.train_jobs()
+    assert len(jobs) == 2 + 2 * 2 * 2
+    assert len({j.id for j in jobs}) == len(jobs)
+    labels = sorted(j.label for j in jobs)
+    assert len(set(labels)) == len(labels)
+    assert "train/two_moons/bimt/seed0/lam0.0001" in labels
+    # vanilla's lam is the recipe's (two_moons: 1e-3), and named since lam varies in the sweep
+    assert "train/two_moons/vanilla/seed1/lam0.001" in labels
+    # the same job named by one [train] table has the same id
+    one = parse_spec(text.split("[[train]]")[0] + '[train]\ntask = "two_moons"\nregime = "bimt"\nlam = 1e-3\nseed = 0\n'
+                     'steps = 100\n')
+    assert one.train_jobs()[0].id in {j.id for j in jobs}
+
+
+def test_errors_name_the_train_table_they_come_from(tmp_path):
+    text = f'[sweep]\nname = "s"\nroot = "{tmp_path}"\n[[train]]\ntask = "two_moons"\nregime = "bimt"\nsteps = 10\n' \
+           '[[train]]\ntask = "two_moons"\nregime = "bimt"\nsteps = 0\n'
+    with pytest.raises(SpecError, match=r"^train\[1\]\.steps: 0 is not a positive integer"):
+        parse_spec(text)
