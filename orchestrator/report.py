@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from orchestrator.matched import matched_sections
 from orchestrator.spec import TRAIN_GRID
 from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, paired_ratio, t_half_width
 
@@ -474,7 +475,6 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
     sweep_dir = Path(sweep_dir)
     train, discover = load_jobs(sweep_dir)
     keys = row_keys(discover)
-    pictures: list[Path] = []
     lines = [f"# circuitry report: {sweep_dir.name}", ""]
     lines.append(f"{len(train)} trained models, {len(discover)} circuits; cells are mean ± 95% CI half-width over seeds "
                  "(no interval with one seed); `(k undefined)`: k seeds' values are NaN (e.g. f when ablating every "
@@ -486,7 +486,8 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
         lines += ["", f"**Partial sweep**: {len(missing)} jobs have no result yet: {shown}."]
 
-    lines += [""] + ratio_sections(train, discover) + [""]
+    matched, pictures = matched_sections(train, discover, sweep_dir)  # the main comparison, first
+    lines += [""] + matched + ([""] if matched else []) + ratio_sections(train, discover) + [""]
     sections = [
         ("Circuit quality", discover, ["task", "regime"] + keys, QUALITY),
         ("Discovery cost", discover, ["task", "regime"] + keys, DISCOVERY),
