@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import torch
 
+from workers.acdc import ORDERS
 from workers.discover import METHODS, DiscoveryInputError, discover, export_eap_ig, write_discovery
 from workers.export import export_graphml
 from workers.graph import ABLATIONS
@@ -31,6 +32,11 @@ def _load_data(path: str) -> dict:
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A circuitry.mlp/1 model.pt.")
 @click.option("--method", required=True, type=click.Choice(list(METHODS)), help="Discovery method.")
 @click.option("--threshold", type=float, default=None, help="tau: ACDC removes an edge whose metric increase is < tau; score methods keep |score| >= tau.")
+@click.option("--target-f", "target_f", type=float, default=None,
+              help="Instead of a threshold: the circuit at faithfulness >= F on the discovery examples (acdc: the "
+                   "largest tau reaching it, found by search; score methods: the smallest top-k).")
+@click.option("--order", type=click.Choice(list(ORDERS)), default="ascending", show_default=True,
+              help="acdc: the order each receiver's senders are tried in (random: a permutation drawn from --seed).")
 @click.option("--ablation", type=click.Choice(list(ABLATIONS)), default="resample", show_default=True)
 @click.option("--output", "output", type=click.IntRange(min=0), default=None, help="Circuit for output K alone (default: all outputs).")
 @click.option("--top-k", type=click.IntRange(min=0), default=None, help="Score methods: keep the k edges of largest |score|.")
@@ -42,10 +48,13 @@ def _load_data(path: str) -> dict:
                    "builds transformer graphs).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Corruption pairing seed (the examples come from the model's own training seed).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for circuit.parquet etc.")
-def discover_cmd(model_path, method, threshold, ablation, output, top_k, edge_fraction, data_path, export, seed, out):
+def discover_cmd(model_path, method, threshold, target_f, order, ablation, output, top_k, edge_fraction, data_path,
+                 export, seed, out):
     """Find the circuit of a trained model (ACDC, exact ablation scores, EAP, EAP-IG)."""
     if threshold is not None and not threshold >= 0:
         raise click.BadParameter(f"must be >= 0, got {threshold}; tau is a metric increase", param_hint="--threshold")
+    if target_f is not None and not 0 < target_f <= 1:
+        raise click.BadParameter(f"must be in (0, 1], got {target_f}; it is a faithfulness f", param_hint="--target-f")
     try:
         ckpt = load_checkpoint(model_path)
     except CheckpointError as e:
@@ -53,7 +62,7 @@ def discover_cmd(model_path, method, threshold, ablation, output, top_k, edge_fr
     data = _load_data(data_path) if data_path else None
     try:
         d = discover(ckpt, method, threshold, ablation=ablation, output=output, data=data, seed=seed,
-                     top_k=top_k, edge_fraction=edge_fraction)
+                     top_k=top_k, edge_fraction=edge_fraction, target_f=target_f, order=order)
     except DiscoveryInputError as e:
         raise click.BadParameter(str(e), param_hint=e.option) from None
     out_dir = write_discovery(d, out, ckpt)
@@ -66,3 +75,14 @@ def discover_cmd(model_path, method, threshold, ablation, output, top_k, edge_fr
                f"faithfulness {s['faithfulness']:.3g} ({s['n_discovery']} examples), held out "
                f"{s['evaluation']['faithfulness']:.3g} ({s['n_evaluation']}), {s['discovery_seconds']:.2f}s "
                f"-> {out_dir / 'circuit.parquet'}")
+    if target_f is not None:
+        click.echo(_target_line(s))
+
+
+def _target_line(s: dict) -> str:
+    """The search's answer, with taus at full precision (repr), so that --threshold can repeat it."""
+    reached = "reached" if s["target_reached"] else "NOT reached"
+    if s["tau_found"] is not None:
+        return (f"target f >= {s['target_f']} {reached}: tau_found {s['tau_found']!r}, tau_above {s['tau_above']!r} "
+                f"({len(s['search'])} ACDC runs)")
+    return f"target f >= {s['target_f']} {reached}: top-k {s['top_k']} ({len(s['search'])} circuits tried)"

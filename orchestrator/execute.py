@@ -158,7 +158,8 @@ def execute_discover(job: Job | dict, ckpt: dict, actor=None, faults: Faults | N
     device = resolve_device(_discover_device(job))
     with PeakMemory(device) as mem:
         d = discover(ckpt, job.settings["method"], job.settings["threshold"], progress=rep.edges,
-                     device=device, **_discover_kwargs(job))
+                     device=device, target_f=job.settings.get("target_f"),
+                     order=job.settings.get("order", "ascending"), **_discover_kwargs(job))
     rep.flush()
     out = _discovery_result(job, d, ckpt, started, mem.peak_bytes, node_id, chunks=1)
     rep.emit("done", flush=True)
@@ -193,7 +194,7 @@ def execute_exact_merge(job: Job | dict, ckpt: dict, chunks: list, actor=None, f
     started = min(c[1] for c in chunks)
     scores = np.concatenate([c[0] for c in chunks])
     s = job.settings
-    d = discovery_from_scores(ckpt, scores, method="exact", threshold=s["threshold"],
+    d = discovery_from_scores(ckpt, scores, method="exact", threshold=s["threshold"], target_f=s.get("target_f"),
                               seconds=max(c[2] for c in chunks) - started, **_discover_kwargs(job))
     d.summary["discovery_seconds_incl_merge"] = time.time() - started
     out = _discovery_result(job, d, ckpt, started, max(c[3] for c in chunks), node_id, chunks=len(chunks))

@@ -125,6 +125,10 @@ def run_name(rec: dict) -> str:
         return f"{model} · {s['task']}"
     method = f"{s.get('method')} t={s.get('threshold'):g}" if isinstance(s.get("threshold"), (int, float)) \
         else str(s.get("method"))
+    if isinstance(s.get("target_f"), (int, float)):
+        method += f" f>={s['target_f']:g}"
+    if s.get("order") not in (None, "ascending"):
+        method += f" {s['order']}"
     if s.get("ablation") not in (None, "resample"):
         method += f" {s['ablation']}"
     return " ".join([method, *tail]) + f" · {model} · {s['task']}"
@@ -134,7 +138,7 @@ def run_tags(rec: dict) -> dict[str, str]:
     """Tags for the runs table's columns, filters and group-by (`tags.method = 'acdc'`): the
     settings that tell a sweep's runs apart. `seed` is the model's seed for both kinds."""
     s = rec.get("settings") or {}
-    tags = {k: str(s[k]) for k in ("task", "regime", "method", "threshold", "ablation", "output")
+    tags = {k: str(s[k]) for k in ("task", "regime", "method", "threshold", "target_f", "order", "ablation", "output")
             if s.get(k) is not None}
     seed = s.get("train_seed", s.get("seed"))
     if seed is not None:

@@ -64,13 +64,13 @@ PROFILE = [
 REGIME_ORDER = ["vanilla", "l1", "local", "swap", "bimt"]
 BASELINE = "vanilla"
 # The settings that name a discovery; shown whenever a sweep has them.
-DISCOVERY_KEYS = ("method", "threshold", "ablation", "output")
+DISCOVERY_KEYS = ("method", "threshold", "target_f", "ablation", "output")
 # Settings that split a row only where they take several values within a task (a grid over lam
 # must not be averaged as if its points were seeds): the train grid's, the discover job's own
-# seed (its corruption pairing) and the package version.
-VARYING_KEYS = tuple(k for k in TRAIN_GRID if k not in ("task", "regime", "seed")) + ("discover_seed", "version")
+# seed (its corruption pairing), ACDC's sender order and the package version.
+VARYING_KEYS = tuple(k for k in TRAIN_GRID if k not in ("task", "regime", "seed")) + ("discover_seed", "order", "version")
 # Settings on which a regime's discovery always pairs with vanilla's (the same discovery).
-PAIRED_ALWAYS = DISCOVERY_KEYS + ("discover_seed",)
+PAIRED_ALWAYS = DISCOVERY_KEYS + ("discover_seed", "order")
 # Yes/no figures: their mean over seeds is a fraction, and a ratio of 0s and 1s is no ratio.
 NO_RATIO = {"dependencies_match"}
 # Figures every discovery computes: a NaN there is an undefined value (f when ablating every
@@ -143,7 +143,7 @@ def load_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             mapped = discover["model_id"].map(models[col])
             discover[col] = mapped.fillna(discover[col]) if col in discover else mapped
     for frame in (train, discover):
-        for col, *_ in QUALITY + DISCOVERY + SPARSITY + PROFILE:
+        for col in [c for c, *_ in QUALITY + DISCOVERY + SPARSITY + PROFILE] + ["tau_found", "tau_above"]:
             if col in frame:
                 frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return train, discover
@@ -339,6 +339,59 @@ def ratio_sections(train: pd.DataFrame, discover: pd.DataFrame) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------- order sensitivity
+# What else names an ACDC circuit of one model besides its sender order.
+ORDER_PEERS = ("threshold", "target_f", "ablation", "output", "discover_seed")
+
+
+def _setting_text(row: pd.Series) -> str:
+    sel = f"f>={row['target_f']:g}" if pd.notna(row.get("target_f")) else f"tau={row.get('threshold'):g}"
+    parts = [sel, str(row.get("ablation", ""))]
+    if pd.notna(row.get("output")):
+        parts.append(f"output {int(row['output'])}")
+    if pd.notna(row.get("discover_seed")):
+        parts.append(f"dseed {int(row['discover_seed'])}")
+    return " ".join(parts)
+
+
+def order_sensitivity(discover: pd.DataFrame) -> list[str]:
+    """How ACDC's circuit moves with its sender order (a free choice of the definition): for one
+    model per task and regime (its lowest seed, then the first setting) where the sweep ran
+    several orders with everything else equal, edges kept and held-out f in each order, the
+    edges' max ÷ min and the f range. Empty when no model was run in several orders."""
+    if discover.empty or "order" not in discover or "method" not in discover:
+        return []
+    rows = discover[discover["method"] == "acdc"]
+    peers = [k for k in ORDER_PEERS if k in rows]
+    found = []
+    for key, g in rows.groupby(["model_id"] + peers, dropna=False, sort=False):
+        if g["order"].nunique() > 1:
+            found.append((g["task"].iloc[0], g["regime"].iloc[0], g["seed"].iloc[0], _setting_text(g.iloc[0]), g))
+    if not found:
+        return []
+    lines = ["## Order sensitivity", "",
+             "ACDC tries each receiver's senders in an order its definition leaves free (ascending position, "
+             "descending, or a random permutation drawn from the discover seed). One model per task and regime "
+             "(its lowest seed), the same discovery settings in every order: edges kept and held-out f per order, "
+             "the edges' max ÷ min, and the range of held-out f.", "",
+             "| task | regime | seed | discovery | edges kept by order | edges max ÷ min | held-out f by order | "
+             "held-out f range |", "|---|---|---|---|---|---|---|---|"]
+    chosen = {}
+    for task, regime, seed, setting, g in sorted(found, key=lambda x: (x[0], REGIME_ORDER.index(x[1])
+                                                                        if x[1] in REGIME_ORDER else 99, x[2], x[3])):
+        chosen.setdefault((task, regime), (seed, setting, g))
+    for (task, regime), (seed, setting, g) in chosen.items():
+        g = g.sort_values("order")
+        edges = g["n_edges_kept"].astype(float)
+        f = g["eval_faithfulness"].astype(float) if "eval_faithfulness" in g else pd.Series([np.nan] * len(g))
+        by_order = lambda v: ", ".join(f"{o} {fmt(x)}" for o, x in zip(g["order"], v))  # noqa: E731
+        spread = fmt(edges.max() / edges.min()) if edges.min() > 0 else "-"
+        f_range = f"{fmt(f.min())} .. {fmt(f.max())}" if f.notna().any() else "-"
+        lines.append(f"| {task} | {regime} | {seed} | {setting} | {by_order(edges)} | {spread} | {by_order(f)} | "
+                     f"{f_range} |")
+    return lines + [""]
+
+
 # ---------------------------------------------------------------- figures
 def _masks_from_circuit(path: Path, shape: list[int]):
     import pyarrow.parquet as pq
@@ -371,6 +424,8 @@ def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: p
         ckpt = torch.load(sweep_dir / "jobs" / job["job_id"] / "model.pt", weights_only=True)
         acdc = discover[(discover["model_id"] == job["job_id"]) & (discover.get("method") == "acdc")]
         masks, note = None, "no ACDC circuit"
+        if "threshold" in acdc:  # circuits at a threshold; those at a target faithfulness have none
+            acdc = acdc[acdc["threshold"].notna()]
         if len(acdc):
             pick = acdc.sort_values("threshold").iloc[len(acdc) // 2]
             path = sweep_dir / "jobs" / pick["job_id"] / "circuit.parquet"
@@ -496,6 +551,7 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
     ]
     for title, frame, group, figures in sections:
         lines += [f"## {title}", "", table(frame, group, figures) if len(frame) else "_no rows_\n"]
+    lines += order_sensitivity(discover)
 
     lines += ["## Figures", ""]
     for task in sorted(set(train.get("task", [])) | set(discover.get("task", []))):

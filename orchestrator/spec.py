@@ -11,7 +11,8 @@ A spec (see examples/quickstart.toml):
     [train]      grid: task, regime, seed, steps, lam, lr, width, swap_every, top_k, final_factor,
                  log_every (each a value or a list of values; lists multiply; lam, lr, swap_every,
                  top_k, final_factor default to the task's BIMT recipe, tasks.recipe)
-    [discover]   grid: method, threshold, ablation, output, seed (optional table: no discovery)
+    [discover]   grid: method, threshold or target_f (one of them), order, ablation, output, seed
+                 (optional table: no discovery; [[discover]] for several grids)
     [resources]  train_cpus, train_gpus, discover_cpus, discover_gpus, max_retries, edge_chunk
     [testing]    TEST-ONLY fault injection: transient_once, crash_once (job selectors, see below)
 
@@ -36,6 +37,7 @@ from tasks import TASKS
 REGIMES = ("vanilla", "l1", "local", "swap", "bimt")  # workers.train.REGIMES, without importing torch
 METHODS = ("acdc", "exact", "eap", "eap-ig")
 ABLATIONS = ("resample", "zero", "mean")
+ORDERS = ("ascending", "descending", "random")  # workers.acdc.ORDERS: ACDC's sender order
 
 
 class SpecError(ValueError):
@@ -104,6 +106,13 @@ def _positive_float(path, v):
     v = _float(path, v, 0.0, "a positive number")
     if v <= 0:
         raise SpecError(f"{path}: {_show(v)} is not a positive number")
+    return v
+
+
+def _faithfulness(path, v):
+    v = _float(path, v, what="a faithfulness in (0, 1]")
+    if not 0 < v <= 1:
+        raise SpecError(f"{path}: {_show(v)} is not a faithfulness in (0, 1]")
     return v
 
 
@@ -180,10 +189,16 @@ TRAIN_GRID = {
 }
 DISCOVER_GRID = {
     "method": (_choice(METHODS), None),
-    "threshold": (_nonneg_float, None),  # acdc: tau; score methods: keep |score| >= threshold
+    # one of threshold and target_f per table (_check_selection)
+    "threshold": (_nonneg_float, [None]),  # acdc: tau; score methods: keep |score| >= threshold
+    "target_f": (_faithfulness, [None]),  # acdc: the largest tau reaching f >= target_f; score methods: top-k
+    "order": (_choice(ORDERS), ["ascending"]),  # acdc's sender order
     "ablation": (_choice(ABLATIONS), ["resample"]),
     "output": (_nonneg_int, [None]),
     "seed": (_nonneg_int, [0]),
+    # which models this grid applies to, by their training seed (all when unset): e.g. the order
+    # sensitivity of one model per task and regime. A filter, not a setting: not in the job id
+    "train_seed": (_nonneg_int, [None]),
 }
 RESOURCE_FIELDS = {
     "train_cpus": (_positive_float, 1.0),
@@ -258,6 +273,30 @@ def _grids(table: str, value, fields: dict) -> list[dict[str, list]]:
 
 
 # ---------------------------------------------------------------- jobs
+
+
+def _check_selection(name: str, grid: dict[str, list]) -> None:
+    """A [discover] table selects edges by threshold or by target_f, never both or neither, and
+    names a sender order other than ascending only for acdc (score methods have none)."""
+    has_threshold, has_target = grid["threshold"] != [None], grid["target_f"] != [None]
+    if has_threshold and has_target:
+        raise SpecError(f"{name}.target_f: give either threshold or target_f, not both; put each in its own "
+                        "[[discover]] table")
+    if not has_threshold and not has_target:
+        raise SpecError(f"{name}.threshold: missing; give threshold (tau, e.g. 0.01) or target_f (a faithfulness, "
+                        "e.g. 0.95)")
+    scorers = [m for m in grid["method"] if m != "acdc"]
+    if scorers and grid["order"] != ["ascending"]:
+        raise SpecError(f"{name}.order: the sender order is acdc's; put {', '.join(scorers)} in its own "
+                        "[[discover]] table without order")
+
+
+def _discover_payload(d: dict) -> dict:
+    """The discover settings a job id hashes: the newer settings only where they are used (no
+    target_f = None, no threshold = None, no default order), so that the ids of specs written
+    before them stay what they were."""
+    unused = {"threshold": None, "target_f": None, "order": "ascending"}
+    return {k: v for k, v in d.items() if not (k in unused and v == unused[k])}
 
 
 def job_hash(payload: dict) -> str:
@@ -364,14 +403,18 @@ def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None,
     seen = set()
     for grid in discover or []:
         dkeys = list(grid)
-        for tj in [j for j in jobs if j.kind == "train"]:
+        only = set(grid.get("train_seed", [None])) - {None}
+        dkeys = [k for k in dkeys if k != "train_seed"]
+        for tj in [j for j in jobs if j.kind == "train" and (not only or j.settings["seed"] in only)]:
             for combo in itertools.product(*(grid[k] for k in dkeys)):
                 d = dict(zip(dkeys, combo))
-                did = job_hash({"kind": "discover", "version": ver, "model_id": tj.id, **d})
+                did = job_hash({"kind": "discover", "version": ver, "model_id": tj.id, **_discover_payload(d)})
                 if did in seen:
                     continue
                 seen.add(did)
-                tail = f"{d['method']}/t{d['threshold']}/{d['ablation']}"
+                method = d["method"] if d["order"] == "ascending" else f"{d['method']}-{d['order']}"
+                selection = f"t{d['threshold']}" if d["target_f"] is None else f"f{d['target_f']}"
+                tail = f"{method}/{selection}/{d['ablation']}"
                 if d["output"] is not None:
                     tail += f"/out{d['output']}"
                 if len(grid["seed"]) > 1:
@@ -403,6 +446,8 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
     if "discover" in raw:
         names = _table_names("discover", raw["discover"])
         discover = _grids("discover", raw["discover"], DISCOVER_GRID)
+        for name, grid in zip(names, discover):
+            _check_selection(name, grid)
     resources = _scalars("resources", raw.get("resources", {}), RESOURCE_FIELDS)
     testing_raw = raw.get("testing", {})
     _unknown_keys("testing", testing_raw, TESTING_FIELDS)

@@ -95,6 +95,12 @@ def bad_inputs(model, tmp):
         ([*m, "--method", "acdc", "--threshold", "1", "--data", str(not_dict)], "--data"),
         ([*m, "--method", "acdc", "--threshold", "1", "--data", str(tmp / "nope.pt")], "--data"),
         ([*m, "--method", "acdc", "--threshold", "1", "--output", "7"], "--output"),
+        ([*m, "--method", "acdc", "--threshold", "1", "--target-f", "0.95"], "--threshold"),
+        ([*m, "--method", "acdc", "--target-f", "1.5"], "--target-f"),
+        ([*m, "--method", "acdc", "--target-f", "0"], "--target-f"),
+        ([*m, "--method", "eap", "--top-k", "5", "--target-f", "0.9"], "--threshold"),
+        ([*m, "--method", "exact", "--target-f", "0.9", "--order", "descending"], "--order"),
+        ([*m, "--method", "acdc", "--threshold", "1", "--order", "sideways"], "--order"),
     ]
 
 

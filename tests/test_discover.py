@@ -89,6 +89,11 @@ def test_exact_chunks_assemble_to_the_same_discovery(teacher):
     d = discovery_from_scores(teacher, scores, method="exact", edge_fraction=0.2, ablation="mean")
     assert d.table.equals(one.table, check_metadata=True)
     assert d.summary["cpr"] == one.summary["cpr"]
+    # at a target faithfulness the chunks pick the same top-k as one pass
+    one = discover(teacher, "exact", target_f=0.9, ablation="mean")
+    d = discovery_from_scores(teacher, scores, method="exact", target_f=0.9, ablation="mean")
+    assert d.table.equals(one.table, check_metadata=True) and d.summary["search"] == one.summary["search"]
+    assert one.summary["faithfulness"] >= 0.9 and one.summary["top_k"] == one.summary["n_edges_kept"]
 
 
 def test_user_data_and_classification_figures():

@@ -291,3 +291,61 @@ def test_missing_jobs_says_why_it_cannot_list_them(tmp_path):
     assert why.startswith("its spec.toml does not parse") and "train.regime" in why  # not "no spec.toml"
     (tmp_path / "spec.toml").write_text(spec.format("bimt"))
     assert missing_jobs(tmp_path, set()) == ["train/independence/bimt/seed0"]
+
+
+def test_target_f_and_order_reach_jobs_parquet_mlflow_and_the_order_section(tmp_path):
+    """A spec with target_f and several sender orders, its jobs run in a plain loop (the worker
+    functions Ray would call): jobs.parquet carries target_f, tau_found, tau_above and order,
+    MLflow has them as params/metrics, and the report's order-sensitivity table shows each
+    order's edges kept and held-out f of one model per regime, as the rows say."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.execute import execute_discover, execute_train
+
+    from orchestrator.recorder import MlflowLogger, embedded_uri, flat_row
+    from orchestrator.report import order_sensitivity
+
+    torch.set_num_threads(1)  # tiny nets: threads only contend on the shared 2-core machine
+
+    spec = parse_spec('[sweep]\nname="o"\n[train]\ntask="independence"\nregime=["vanilla", "bimt"]\nseed=[0, 1]\n'
+                      'steps=60\nwidth=6\n[[discover]]\nmethod="acdc"\ntarget_f=0.9\n'
+                      'order=["ascending", "descending", "random"]\n[[discover]]\nmethod="acdc"\nthreshold=0.001\n')
+    records, ckpts = [], {}
+    for j in spec.train_jobs():
+        result, ckpts[j.id] = execute_train(j)
+        records.append(result.record)
+    for j in spec.discover_jobs():
+        records.append(execute_discover(j, ckpts[j.model_id]).record)
+    write_parquet([flat_row(r) for r in records], tmp_path / "jobs.parquet")
+    jobs = pd.read_parquet(tmp_path / "jobs.parquet")
+    at_target = jobs[jobs["target_f"].notna()]
+    assert len(at_target) == 4 * 3 and set(at_target["order"]) == {"ascending", "descending", "random"}
+    assert (at_target["faithfulness"] >= 0.9).all() and (at_target["tau_found"] < at_target["tau_above"]).all()
+    assert (at_target["tau_above"] <= 1.2 * at_target["tau_found"]).all()
+    at_tau = jobs[(jobs["kind"] == "discover") & jobs["target_f"].isna()]
+    assert len(at_tau) == 4 and at_tau["tau_found"].isna().all() and (at_tau["threshold"] == 0.001).all()
+
+    logger = MlflowLogger(embedded_uri(tmp_path), "o", tmp_path)
+    rec = next(r for r in records if r["settings"].get("target_f") == 0.9)
+    logger.log_job(rec)
+    run = MlflowClient(embedded_uri(tmp_path)).search_runs([logger.exp_id], "tags.`circuitry.role` = 'job'")[0]
+    assert run.data.params["target_f"] == "0.9" and run.data.tags["order"] == rec["settings"]["order"]
+    assert run.data.metrics["tau_found"] == rec["figures"]["tau_found"]
+    assert run.data.metrics["tau_above"] == rec["figures"]["tau_above"]
+
+    train, discover = load_jobs(tmp_path)
+    section = "\n".join(order_sensitivity(discover))
+    rows = table_rows(section[section.index("| task"):])
+    assert [(r["regime"], r["seed"]) for r in rows] == [("vanilla", "0"), ("bimt", "0")]  # one model each
+    for r in rows:
+        g = discover[(discover["regime"] == r["regime"]) & (discover["seed"] == 0) & (discover["target_f"] == 0.9)]
+        g = g.sort_values("order")
+        assert r["discovery"] == "f>=0.9 resample dseed 0"
+        assert r["edges kept by order"] == ", ".join(f"{o} {fmt(e)}" for o, e in zip(g["order"], g["n_edges_kept"]))
+        assert r["held-out f by order"] == ", ".join(f"{o} {fmt(f)}" for o, f in zip(g["order"], g["eval_faithfulness"]))
+        assert r["edges max ÷ min"] == fmt(g["n_edges_kept"].max() / g["n_edges_kept"].min())
+    # the tables keep orders and targets apart (rows of one order are never averaged with another's)
+    keys = row_keys(discover)
+    assert "order" in keys and "target_f" in keys
+    assert order_sensitivity(discover[discover["order"] == "ascending"]) == []

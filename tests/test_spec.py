@@ -47,7 +47,12 @@ BAD = [
     ("seed = [0, 1]", "seed = [0, 1]\nlam = nan", "train.lam: NaN is not a non-negative number"),
     ('method = ["acdc", "exact"]', 'method = ["acdc", "ACDC"]', 'discover.method[1]: "ACDC" is not one of acdc, exact, eap, eap-ig'),
     ("threshold = 0.01", "threshold = -0.1", "discover.threshold: -0.1 is not a non-negative number"),
-    ("threshold = 0.01", "", "discover.threshold: missing"),
+    ("threshold = 0.01", "", "discover.threshold: missing; give threshold (tau, e.g. 0.01) or target_f"),
+    ("threshold = 0.01", "threshold = 0.01\ntarget_f = 0.95", "discover.target_f: give either threshold or target_f, not both"),
+    ("threshold = 0.01", "target_f = 1.5", "discover.target_f: 1.5 is not a faithfulness in (0, 1]"),
+    ("threshold = 0.01", "target_f = [0.9, 0]", "discover.target_f[1]: 0.0 is not a faithfulness in (0, 1]"),
+    ("threshold = 0.01", 'threshold = 0.01\norder = "sideways"', 'discover.order: "sideways" is not one of ascending, descending, random'),
+    ("threshold = 0.01", 'threshold = 0.01\norder = ["ascending", "random"]', "discover.order: the sender order is acdc's; put exact in its own"),
     ("threshold = 0.01", 'threshold = 0.01\nablation = "mean_"', 'discover.ablation: "mean_" is not one of resample, zero, mean'),
     ("threshold = 0.01", "threshold = 0.01\noutput = 5", "discover.output[0]: 5 is not an output of task independence"),
     ('name = "s"', 'name = "my sweep!"', 'sweep.name: "my sweep!" is not a name'),
@@ -256,3 +261,46 @@ def test_errors_name_the_train_table_they_come_from(tmp_path):
            '[[train]]\ntask = "two_moons"\nregime = "bimt"\nsteps = 0\n'
     with pytest.raises(SpecError, match=r"^train\[1\]\.steps: 0 is not a positive integer"):
         parse_spec(text)
+
+
+def test_target_f_and_order_name_their_jobs_and_leave_old_ids_alone():
+    """target_f and a non-default order are part of a discover job's id and label; a spec that
+    uses neither names exactly the jobs it named before they existed (the same hashed payload)."""
+    from orchestrator.spec import job_hash, package_version
+
+    head = '[sweep]\nname="g"\n[train]\ntask="independence"\nregime="bimt"\nsteps=10\n'
+    old = parse_spec(head + '[discover]\nmethod="acdc"\nthreshold=0.01\n').discover_jobs()[0]
+    tj = old.model_id
+    payload = {"kind": "discover", "version": package_version(), "model_id": tj, "method": "acdc",
+               "threshold": 0.01, "ablation": "resample", "output": None, "seed": 0}
+    assert old.id == job_hash(payload)  # the id a spec without target_f/order always had
+    assert old.label.endswith("/acdc/t0.01/resample") and old.settings["order"] == "ascending"
+    same = parse_spec(head + '[discover]\nmethod="acdc"\nthreshold=0.01\norder="ascending"\n').discover_jobs()[0]
+    assert same.id == old.id
+
+    spec = parse_spec(head + '[[discover]]\nmethod="acdc"\ntarget_f=[0.9, 0.95, 0.99]\norder=["ascending", "random"]\n'
+                      '[[discover]]\nmethod=["exact", "eap"]\ntarget_f=0.95\n')
+    jobs = spec.discover_jobs()
+    assert len(jobs) == 3 * 2 + 2 and len({j.id for j in jobs}) == len(jobs) and old.id not in {j.id for j in jobs}
+    by = {(j.settings["method"], j.settings["target_f"], j.settings["order"]): j for j in jobs}
+    assert by["acdc", 0.95, "random"].label.endswith("/acdc-random/f0.95/resample")
+    assert by["acdc", 0.95, "ascending"].label.endswith("/acdc/f0.95/resample")
+    assert all(j.settings["threshold"] is None for j in jobs)
+    assert by["acdc", 0.95, "ascending"].id == job_hash(
+        {k: v for k, v in payload.items() if k != "threshold"} | {"target_f": 0.95})
+
+
+def test_train_seed_applies_a_discover_grid_to_some_models_only():
+    head = '[sweep]\nname="g"\n[train]\ntask="independence"\nregime=["vanilla", "bimt"]\nseed=[0, 1, 2]\nsteps=10\n'
+    spec = parse_spec(head + '[[discover]]\nmethod="acdc"\ntarget_f=0.95\n'
+                      '[[discover]]\nmethod="acdc"\ntarget_f=0.95\norder=["descending", "random"]\ntrain_seed=0\n')
+    jobs = spec.discover_jobs()
+    orders = [j for j in jobs if j.settings["order"] != "ascending"]
+    assert len(jobs) == 6 + 2 * 2
+    assert {j.settings["train_seed"] for j in orders} == {0} and {j.settings["regime"] for j in orders} == {"vanilla", "bimt"}
+    # a filter, not a setting: the ascending job of seed 0 has the id it has without the second table
+    alone = parse_spec(head + '[[discover]]\nmethod="acdc"\ntarget_f=0.95\n').discover_jobs()
+    assert {j.id for j in alone} <= {j.id for j in jobs}
+    with pytest.raises(SpecError, match=r"^discover\[1\]\.train_seed: -1 is not a non-negative integer"):
+        parse_spec(head + '[[discover]]\nmethod="acdc"\ntarget_f=0.95\n[[discover]]\nmethod="acdc"\nthreshold=0.1\n'
+                   'train_seed=-1\n')

@@ -2,7 +2,7 @@
 
 Definition (design.md, "ACDC, precisely"): receivers in reverse topological order (output
 positions ascending, then each hidden layer down to layer 1), for each receiver its senders in
-ascending position; remove edge e for good if metric(H without e) - metric(H) < tau, else restore
+ascending position (or the `order` asked for: `sender_orders`); remove edge e for good if metric(H without e) - metric(H) < tau, else restore
 it. `acdc_naive` is that definition literally (one full masked forward per candidate edge) and is
 the reference the tests and the benchmark compare against.
 
@@ -248,14 +248,39 @@ class _Downstream:
             zl = hl @ w.T + offset_t.T
 
 
+ORDERS = ("ascending", "descending", "random")
+
+
+def sender_orders(shape: list[int], order: str = "ascending", seed: int = 0) -> dict[tuple[int, int], torch.Tensor] | None:
+    """The order in which ACDC tries each receiver's incoming edges (design.md: "its incoming
+    edges in ascending sender position, or the order the spec names"): None for ascending (the
+    definition's default), else {(layer m, receiver j): sender positions in visiting order}.
+    `random` draws one permutation per receiver, in the visiting order of receivers (output
+    layer first), from a generator seeded with `seed` (the discover job's seed), so `acdc` and
+    `acdc_naive` see the same orders. Receivers are always visited in the same order."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}: choose one of {', '.join(ORDERS)}")
+    if order == "ascending":
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for m in range(len(shape) - 1, 0, -1):
+        for j in range(shape[m]):
+            n = shape[m - 1]
+            out[m, j] = torch.arange(n - 1, -1, -1) if order == "descending" else torch.randperm(n, generator=gen)
+    return out
+
+
 def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = None,
-         batch_elements: int = BATCH_ELEMENTS) -> EdgeResult:
+         batch_elements: int = BATCH_ELEMENTS, order: str = "ascending", seed: int = 0) -> EdgeResult:
     """ACDC, exactly the circuit of `acdc_naive`, computed with cached state, downstream-only
     recomputation and speculative batching of each receiver's candidates (see module doc).
-    Runs on the problem's device; masks and scores come back on the CPU."""
+    `order`/`seed`: the sender order within each receiver (`sender_orders`). Runs on the
+    problem's device; masks and scores come back on the CPU."""
     g = problem.graph
     L, N = g.n_layers, problem.n_examples
     dev = problem.clean[0].device
+    orders = sender_orders(g.shape, order, seed)
     masks = [torch.ones(w.shape, dtype=torch.bool, device=dev) for w in g.weights]
     scores = [torch.zeros(w.shape, dtype=torch.float64) for w in g.weights]
     z = [t.clone() if t is not None else None for t in _pre_activations(problem)]
@@ -276,11 +301,15 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
                 continue
             tested += n_send
             deltas = g.weights[m - 1][j][:, None] * diff_all.T
+            # another sender order: the rows of `deltas` in visiting order, results mapped back
+            senders = slice(None) if orders is None else orders[m, j]
+            if orders is not None:
+                deltas = deltas[senders.to(deltas.device)]
             plan = down.plan(j)
             state, kept, row_scores, used = _decide_receiver(down, j, z[m][:, j].clone(), terms, deltas, tau,
                                                              plan, progress)
-            masks[m - 1][j] = torch.tensor(kept, dtype=torch.bool, device=dev)
-            scores[m - 1][j] = torch.tensor(row_scores, dtype=torch.float64)
+            masks[m - 1][j, senders] = torch.tensor(kept, dtype=torch.bool, device=dev)
+            scores[m - 1][j, senders] = torch.tensor(row_scores, dtype=torch.float64)
             spent += used
             if not all(kept):  # the state moved: write it downstream (N example-forwards)
                 down.commit(j, state, plan)
@@ -477,18 +506,20 @@ def exact_scores(problem: Problem, start: int = 0, stop: int | None = None,
     return out, spent
 
 
-def acdc_naive(problem: Problem, tau: float, max_edges: int | None = None) -> EdgeResult:
+def acdc_naive(problem: Problem, tau: float, max_edges: int | None = None, order: str = "ascending",
+               seed: int = 0) -> EdgeResult:
     """The sequential definition, literally: one full masked forward per candidate edge.
     `max_edges` stops after that many candidates (a prefix of the visiting order, for timing);
-    edges not reached stay kept with score 0."""
+    edges not reached stay kept with score 0. `order`/`seed`: the sender order (`sender_orders`)."""
     g = problem.graph
+    orders = sender_orders(g.shape, order, seed)
     masks = g.full_masks()
     scores = [torch.zeros_like(w) for w in g.weights]
     current = problem.circuit_metric(masks)
     spent, tried = problem.n_examples, 0
     for m in range(g.n_layers, 0, -1):
         for j in range(g.shape[m]):
-            for i in range(g.shape[m - 1]):
+            for i in (range(g.shape[m - 1]) if orders is None else orders[m, j].tolist()):
                 if max_edges is not None and tried >= max_edges:
                     return EdgeResult(masks, scores, spent)
                 masks[m - 1][j, i] = False

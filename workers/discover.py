@@ -19,7 +19,20 @@ Methods and score semantics (design.md; the `score` column of circuit.parquet):
 - `eap`, `eap-ig`: the attribution estimate of the change ablating the edge makes to the linear
   restoration metric r, r(full) = 1, r(empty circuit) = 0 (workers.attribution); signed.
 Score methods keep edges by tau (|score| >= tau), by top-k or by edge fraction (largest |score|,
-ties to the earlier canonical edge). The metric is MSE to the full model's output (regression) or
+ties to the earlier canonical edge).
+
+Circuits at a target faithfulness (`target_f`, workers.target): acdc searches tau for the largest
+tau whose circuit reaches f >= target_f on the discovery examples (a local bracket tau_found <
+tau_above, ratio <= 1.2; each probe an exact ACDC run) and writes the circuit at tau_found; score
+methods take the smallest top-k that reaches it. summary.json: `target_f`, `tau_found`,
+`tau_above` (null where not applicable), `target_reached`, and `search`, every probe tried
+((tau or k), f, edges). The discovery cost figures (`discovery_seconds`, `forward_examples`,
+`edges_tested`) are the whole search's.
+
+ACDC's sender order (`order`: ascending, the definition's default, descending, or random, a
+permutation per receiver drawn from the discover seed; workers.acdc.sender_orders) is a free
+choice of the definition; it is in summary.json and the circuit's metadata (score methods have
+no order: always "ascending" there). The metric is MSE to the full model's output (regression) or
 KL(full || circuit) (classification), optionally restricted to one output (`output`).
 
 Discovery cost that does not depend on the implementation: `edges_tested`, the candidate edges
@@ -50,6 +63,7 @@ from tasks.base import live_edges
 from workers import acdc as acdc_mod
 from workers import evaluate as ev
 from workers.attribution import attribution_scores
+from workers.target import Probe, Search, search_top_k, search_tau
 from workers.graph import ABLATIONS, Graph, Problem
 from workers.outputs import json_bytes, png_bytes, write_files
 from workers.profile import PeakMemory
@@ -217,9 +231,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def _check_selection(method, threshold, top_k, edge_fraction):
+def _check_selection(method, threshold, top_k, edge_fraction, target_f=None, order="ascending"):
     if method not in METHODS:
         raise DiscoveryInputError("--method", f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if target_f is not None and not (math.isfinite(target_f) and 0 < target_f <= 1):
+        raise DiscoveryInputError("--target-f", f"target faithfulness must be in (0, 1], got {target_f}")
+    if order not in acdc_mod.ORDERS:
+        raise DiscoveryInputError("--order", f"unknown order {order!r}: choose one of {', '.join(acdc_mod.ORDERS)}")
+    if order != "ascending" and method != "acdc":
+        raise DiscoveryInputError("--order", f"the sender order is acdc's; {method} has none: drop --order")
     if threshold is not None and (not math.isfinite(threshold) or threshold < 0):
         raise DiscoveryInputError("--threshold", f"threshold must be a finite number >= 0, got {threshold}")
     if top_k is not None and top_k < 0:
@@ -227,34 +247,43 @@ def _check_selection(method, threshold, top_k, edge_fraction):
     if edge_fraction is not None and not 0 <= edge_fraction <= 1:
         raise DiscoveryInputError("--edge-fraction", f"edge fraction must be in [0, 1], got {edge_fraction}")
     if method == "acdc":
-        if threshold is None:
-            raise DiscoveryInputError("--threshold", "acdc needs a threshold tau: give --threshold FLOAT (e.g. 0.01)")
         if top_k is not None or edge_fraction is not None:
-            raise DiscoveryInputError("--top-k", "acdc selects edges by --threshold only; drop --top-k/--edge-fraction")
+            raise DiscoveryInputError("--top-k", "acdc selects edges by --threshold or --target-f only; drop --top-k/--edge-fraction")
+        if (threshold is None) == (target_f is None):
+            raise DiscoveryInputError("--threshold", "acdc needs exactly one of --threshold tau (e.g. 0.01) and "
+                                      "--target-f F (e.g. 0.95)")
     else:
-        given = [x is not None for x in (threshold, top_k, edge_fraction)]
+        given = [x is not None for x in (threshold, top_k, edge_fraction, target_f)]
         if sum(given) != 1:
-            raise DiscoveryInputError("--threshold", f"{method} needs exactly one of --threshold, --top-k, --edge-fraction")
+            raise DiscoveryInputError("--threshold", f"{method} needs exactly one of --threshold, --top-k, "
+                                      "--edge-fraction, --target-f")
 
 
 # ---------------------------------------------------------------- the entry points
 
 def discover(ckpt: dict, method: str, threshold: float | None = None, *, ablation: str = "resample",
              output: int | None = None, data: dict | None = None, seed: int = 0,
-             top_k: int | None = None, edge_fraction: float | None = None,
-             progress: Callable[[int], None] | None = None, device: str = "auto") -> Discovery:
+             top_k: int | None = None, edge_fraction: float | None = None, target_f: float | None = None,
+             order: str = "ascending", progress: Callable[[int], None] | None = None,
+             device: str = "auto") -> Discovery:
     """Find the circuit of `ckpt` with `method` (module doc); `progress(n)` is called with the
     number of edges just evaluated. Deterministic for the same inputs. The method runs on
-    `device` ("auto": the GPU when torch sees one); its results and the grading are on the CPU."""
-    _check_selection(method, threshold, top_k, edge_fraction)
+    `device` ("auto": the GPU when torch sees one); its results and the grading are on the CPU.
+    `target_f`: the circuit at that faithfulness instead of at a threshold (module doc)."""
+    _check_selection(method, threshold, top_k, edge_fraction, target_f, order)
     dev = resolve_device(device)
     t0 = time.perf_counter()
+    search = None
     with PeakMemory(dev) as mem:
         prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
         problem = prep.problem.to(dev)
         masks, tested = None, None
-        if method == "acdc":
-            res = acdc_mod.acdc(problem, threshold, progress=progress)
+        if method == "acdc" and target_f is not None:
+            search, spent, tested = acdc_at_target(prep, problem, target_f, order, seed, progress)
+            res, threshold = search.result, search.found
+            scores, masks = ev.flatten(res.scores), res.masks
+        elif method == "acdc":
+            res = acdc_mod.acdc(problem, threshold, progress=progress, order=order, seed=seed)
             scores, masks, spent, tested = ev.flatten(res.scores), res.masks, res.forward_examples, res.edges_tested
         elif method == "exact":
             scores, spent = acdc_mod.exact_scores(problem, progress=progress)
@@ -264,15 +293,51 @@ def discover(ckpt: dict, method: str, threshold: float | None = None, *, ablatio
             scores = ev.flatten([s.cpu() for s in per_layer])
             if progress:
                 progress(prep.graph.n_edges)
+        if method != "acdc" and target_f is not None:
+            search, top_k = top_k_at_target(prep, scores, target_f)
     seconds = time.perf_counter() - t0
     d = _assemble(ckpt, prep, method, scores, masks, threshold=threshold, top_k=top_k,
                   edge_fraction=edge_fraction, seconds=seconds, forward_examples=spent,
-                  edges_tested=tested, ablation=ablation, output=output, seed=seed)
+                  edges_tested=tested, ablation=ablation, output=output, seed=seed,
+                  target_f=target_f, order=order, search=search)
     d.summary["device"] = str(dev)
     # the discovery's own high-water mark (workers.profile: reset at the start on CPU)
     d.summary["peak_memory_bytes"] = mem.peak_bytes
     d.summary["peak_memory_delta_bytes"] = mem.delta_bytes
     return d
+
+
+def _discovery_f(prep: Prepared, masks) -> float:
+    """f on the discovery examples, computed as summary.json's `faithfulness` is (on the CPU)."""
+    return ev.faithfulness(prep.problem, masks)["faithfulness"]
+
+
+def acdc_at_target(prep: Prepared, problem: Problem, target_f: float, order: str = "ascending", seed: int = 0,
+                   progress: Callable[[int], None] | None = None) -> tuple[Search, int, int]:
+    """ACDC at the largest tau (a local bracket) whose circuit reaches f >= target_f on the
+    discovery examples (workers.target.search_tau, started on the scale of metric_empty); returns
+    the search (its `result` the EdgeResult at tau_found) and the whole search's example-forwards
+    and edges tested. `problem` is the discovery problem on the device ACDC runs on."""
+    cost = {"spent": 0, "tested": 0}
+
+    def probe(tau: float) -> Probe:
+        res = acdc_mod.acdc(problem, tau, progress=progress, order=order, seed=seed)
+        cost["spent"] += res.forward_examples + prep.problem.n_examples  # + the grading forward
+        cost["tested"] += res.edges_tested or 0
+        return Probe(_discovery_f(prep, res.masks), int(sum(int(m.sum()) for m in res.masks)), res)
+
+    search = search_tau(probe, target_f, prep.problem.empty_metric, prep.graph.n_edges)
+    return search, cost["spent"], cost["tested"]
+
+
+def top_k_at_target(prep: Prepared, flat_scores: torch.Tensor, target_f: float) -> tuple[Search, int]:
+    """The smallest top-k (largest |score|) whose circuit reaches f >= target_f on the discovery
+    examples (workers.target.search_top_k); returns the search and k."""
+    def probe(k: int) -> Probe:
+        return Probe(_discovery_f(prep, ev.top_k_masks(prep.graph, flat_scores, k)), k)
+
+    search = search_top_k(probe, target_f, prep.graph.n_edges)
+    return search, int(search.found)
 
 
 def exact_scores(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
@@ -294,22 +359,26 @@ def n_edges(ckpt: dict) -> int:
 def discovery_from_scores(ckpt: dict, scores, *, method: str = "exact", threshold: float | None = None,
                           ablation: str = "resample", output: int | None = None, data: dict | None = None,
                           seed: int = 0, top_k: int | None = None, edge_fraction: float | None = None,
-                          seconds: float = float("nan"), forward_examples: int | None = None) -> Discovery:
+                          target_f: float | None = None, seconds: float = float("nan"),
+                          forward_examples: int | None = None) -> Discovery:
     """A Discovery from precomputed score-method scores (e.g. concatenated `exact_scores` chunks):
     the same files a one-pass `discover` would write, up to the timing fields."""
     if method not in SCORE_METHODS:
         raise DiscoveryInputError("--method", f"scores can be assembled for {', '.join(SCORE_METHODS)} only")
-    _check_selection(method, threshold, top_k, edge_fraction)
+    _check_selection(method, threshold, top_k, edge_fraction, target_f)
     prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
     flat = torch.as_tensor(np.asarray(scores, dtype=np.float64))
     if flat.numel() != prep.graph.n_edges:
         raise ValueError(f"got {flat.numel()} scores for {prep.graph.n_edges} edges")
     if forward_examples is None:
         forward_examples = prep.problem.n_examples * (2 + prep.graph.n_edges)
+    search = None
+    if target_f is not None:
+        search, top_k = top_k_at_target(prep, flat, target_f)
     return _assemble(ckpt, prep, method, flat, None, threshold=threshold, top_k=top_k,
                      edge_fraction=edge_fraction, seconds=seconds, forward_examples=forward_examples,
                      edges_tested=prep.graph.n_edges if method == "exact" else None,
-                     ablation=ablation, output=output, seed=seed)
+                     ablation=ablation, output=output, seed=seed, target_f=target_f, search=search)
 
 
 # ---------------------------------------------------------------- EAP-IG-style API on a Graph
@@ -368,18 +437,31 @@ def grade(problem: Problem, masks, labels_pos, task, method: str, flat_scores) -
     return out
 
 
+def _target_figures(method: str, target_f, search: Search | None) -> dict:
+    """summary.json's target-faithfulness fields (module doc); null where not applicable."""
+    acdc_search = search is not None and method == "acdc"
+    return {"target_f": target_f,
+            "tau_found": float(search.found) if acdc_search else None,
+            "tau_above": float(search.above) if acdc_search and search.above is not None else None,
+            "target_reached": None if search is None else bool(search.reached),
+            "search": None if search is None else search.record()}
+
+
 def _assemble(ckpt, prep: Prepared, method, flat_scores, masks, *, threshold, top_k, edge_fraction,
-              seconds, forward_examples, edges_tested, ablation, output, seed) -> Discovery:
+              seconds, forward_examples, edges_tested, ablation, output, seed, target_f=None,
+              order="ascending", search: Search | None = None) -> Discovery:
     graph, problem, task = prep.graph, prep.problem, prep.task
     if masks is None:
         masks = select_edges(graph, flat_scores, threshold, top_k, edge_fraction)
     keep = ev.flatten(masks)
     config = {"method": method, "threshold": threshold, "top_k": top_k, "edge_fraction": edge_fraction,
+              "target_f": target_f, "order": order,
               "ablation": ablation, "metric": task.metric, "task": task.name,
               "regime": str(ckpt.get("regime", "")), "seed": int(ckpt.get("seed", 0)),
               "discovery_seed": seed, "output": output, "model_id": model_id(ckpt)}
     summary = {**config, **prep.examples, "n_examples": problem.n_examples, **ev.sparsity(masks),
-               **grade(problem, masks, prep.labels_pos, task, method, flat_scores)}
+               **grade(problem, masks, prep.labels_pos, task, method, flat_scores),
+               **_target_figures(method, target_f, search)}
     summary.update(_ground_truth(ckpt, prep, masks, flat_scores, keep, output))
     summary["evaluation"] = grade(prep.evaluation, masks, prep.eval_labels_pos, task, method, flat_scores)
     summary["discovery_seconds"] = seconds
@@ -456,8 +538,10 @@ def discovery_files(d: Discovery, ckpt: dict) -> dict[str, bytes]:
     sink = pa.BufferOutputStream()
     pq.write_table(d.table, sink)
     c = d.config
-    sel = f"tau={c['threshold']}" if c["threshold"] is not None else (
+    sel = f"tau={c['threshold']:.4g}" if c["threshold"] is not None else (
         f"top-k={c['top_k']}" if c["top_k"] is not None else f"fraction={c['edge_fraction']}")
+    if c.get("target_f") is not None:
+        sel = f"f>={c['target_f']} ({sel})"
     title = f"{c['task']}/{c['regime']} {c['method']} {sel} {c['ablation']}: {d.summary['n_edges_kept']}/{d.summary['n_edges_total']} edges"
     return {"circuit.parquet": sink.getvalue().to_pybytes(),
             "circuit.png": png_bytes(_draw, ckpt, d.masks, title),
