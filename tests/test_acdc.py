@@ -267,3 +267,62 @@ def test_sender_order_changes_the_circuit_and_random_follows_the_seed():
     assert differs
     with pytest.raises(ValueError, match="order"):
         sender_orders(shape, "sideways")
+
+
+def cross_entropy_checkpoint(width, steps):
+    """A dense digits net trained as issue 13's were (full-batch AdamW, lr 2e-3, cross-entropy, no
+    penalty): large logits and many edges near tau, the case where guesses are most often wrong."""
+    import tasks
+    task = tasks.get_task("digits")
+    data = task.generate(0)
+    torch.manual_seed(0)
+    model = CoordMLP([64, width, width, 10])
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    for _ in range(steps):
+        opt.zero_grad()
+        task.loss(model(data.x_train), data.y_train).backward()
+        opt.step()
+    return model.to_checkpoint("digits", "vanilla", 0, {})
+
+
+@pytest.mark.parametrize("output", [None, 3])
+def test_acdc_equals_naive_on_cross_entropy_trained_dense_net(output):
+    """Real digit images (blank pixels: zero-delta pairs), KL, taus from the exact scores' quantiles
+    and the issue's 1e-3; CPU tiles and the GPU's (every row of a round in one tile)."""
+    import workers.acdc as A
+    from workers.discover import prepare
+    p = prepare(cross_entropy_checkpoint(8, 300), ablation="resample", output=output).problem
+    ex, _ = exact_scores(p)
+    for tau in (float(torch.quantile(ex[ex > 0], 0.4)), float(torch.quantile(ex[ex > 0], 0.8)), 1e-3):
+        naive = acdc_naive(p, tau)
+        for tiles in (A.TILE_ELEMENTS, {}):
+            A_tiles, A.TILE_ELEMENTS = A.TILE_ELEMENTS, tiles
+            try:
+                fast = acdc(p, tau)
+            finally:
+                A.TILE_ELEMENTS = A_tiles
+            assert same_masks(fast.masks, naive.masks), (tau, tiles)
+            for a, b in zip(fast.scores, naive.scores):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        kept = sum(int(m.sum()) for m in naive.masks)
+        assert 0 < kept < p.graph.n_edges, tau
+
+
+@pytest.mark.parametrize("kind", ["mse", "kl"])
+def test_shifted_metric_terms_equal_the_plain_ones(kind):
+    """Metric.per_example_shifted_t (ACDC's downstream form: outputs minus shift_t, <p, u> given or
+    not) equals per_example_t, also where a logit moved so far that the shift over/underflows."""
+    from workers.graph import Metric
+    g = torch.Generator().manual_seed(0)
+    y_full = 3 * torch.randn(20, 5, generator=g, dtype=torch.float64)
+    metric = Metric(kind, y_full)
+    yt = (y_full + torch.randn(4, 20, 5, generator=g, dtype=torch.float64)).permute(2, 0, 1).contiguous()
+    yt[1, 2, 3] += 900.0  # exp overflows at the full model's shift
+    yt[:, 3, 7] -= 900.0  # every output of one example underflows
+    plain = metric.per_example_t(yt.clone())
+    ut = yt - metric.shift_t[:, None, :]
+    torch.testing.assert_close(metric.per_example_shifted_t(ut), plain, rtol=1e-12, atol=1e-9)
+    if kind == "kl":
+        pu = (ut * metric.p_full_t[:, None, :]).sum(0)
+        torch.testing.assert_close(metric.per_example_shifted_t(ut, pu=pu), plain, rtol=1e-12, atol=1e-9)
+    assert torch.isfinite(plain).all() and float(plain[2, 3]) > 1.0  # the moved logit counts

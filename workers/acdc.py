@@ -34,6 +34,13 @@ Why `acdc` can be much faster and still return the same circuit:
   faults), neuron-major ([neurons, rows, examples]) so that each layer is one `W @ h` matmul
   with the long dimension last; on a GPU the tiles are large. Everything runs on the problem's
   device (`Problem.to`); results come back on the CPU.
+- Outputs are evaluated shifted by a per-example constant the metric defines
+  (`Metric.per_example_shifted_t`: KL's full-model top logit, MSE's full-model outputs), folded
+  into the constant the last downstream step adds anyway, which saves a pass over the outputs;
+  for a receiver of the last hidden layer the outputs move by the rank-one dh * w, so KL's
+  <p_full, u> is a scalar update per example and two more passes go. exp runs as exp2 (twice as
+  fast in torch on a CPU) and a term's overflow is detected with one reduction. On a dense net
+  the last hidden layer's rows are 10 outputs wide, so these passes, not matmuls, are its cost.
 - A candidate whose delta is exactly zero on an example leaves that example's term as it was,
   so only the other (candidate, example) pairs are pushed downstream (`chain_terms`; ~40% of a
   first hidden layer's pairs on digits, where a clean/corrupted pair shares blank pixels).
@@ -83,14 +90,44 @@ def _pre_activations(problem: Problem) -> list[torch.Tensor | None]:
     return [None] + [problem.clean[l] @ g.weights[l].T + g.biases[l] for l in range(g.n_layers)]
 
 
+def _terms(metric, ut: torch.Tensor, scratch=None, pu=None) -> torch.Tensor:
+    """Per-example metric terms of outputs ut [n_out, ..., N], output-major and shifted by
+    metric.shift_t where the metric defines one (`Metric.per_example_shifted_t`)."""
+    if metric.shift_t is None:
+        return metric.per_example_t(ut, scratch=scratch)
+    return metric.per_example_shifted_t(ut, scratch=scratch, pu=pu)
+
+
+def _current_terms(metric, h_out: torch.Tensor) -> torch.Tensor:
+    """The per-example terms of the circuit whose outputs are h_out [N, n_out], by the same
+    formula as a candidate row's (so that increases compare like with like)."""
+    return _terms(metric, h_out.T if metric.shift_t is None else h_out.T - metric.shift_t)
+
+
+@dataclass
+class _Plan:
+    """What `_Downstream` needs to evaluate receiver j's candidates (see `_Downstream.plan`)."""
+    steps: list  # per downstream layer: (positions, live weights, constant neuron-major, constant example-major)
+    u_now_t: torch.Tensor  # the circuit's shifted outputs now, output-major [n_out, N]
+    pu: tuple | None = None  # rank-one KL outputs: (<p, u> of the constant part, <p, w>) per example, [N] each
+
+
 class _Downstream:
     """The current circuit's state at layers >= m (receivers of layer m under test) and a batched
-    evaluator of the metric for new values of one receiver's pre-activation."""
+    evaluator of the metric for new values of one receiver's pre-activation.
+
+    Outputs are evaluated shifted (u = y - metric.shift_t, folded into the constant that the last
+    step adds anyway: `Metric.per_example_shifted_t`); with the metric's shift undefined (one
+    output of a KL) the shift is 0 and the plain terms are used."""
 
     def __init__(self, problem: Problem, masks, m: int, z, h, batch_elements: int):
         g = problem.graph
         self.p, self.m, self.z, self.h, self.L = problem, m, z, h, g.n_layers
         self.device = h[0].device
+        self.metric = problem.metric
+        shift = self.metric.shift_t
+        self.shift_t = torch.zeros(1, problem.n_examples, dtype=torch.float64, device=self.device) if shift is None \
+            else shift
         # live = kept and non-zero: a zero weight carries no change, so it cannot extend a path
         self.live = {l: masks[l] & (g.weights[l] != 0) for l in range(m, self.L)}
         self.wlive = {l: g.weights[l] * self.live[l] for l in range(m, self.L)}
@@ -110,33 +147,54 @@ class _Downstream:
     def reaches_metric(self, j: int) -> bool:
         return self.co_list[j]
 
-    def plan(self, j: int):
+    def terms(self, ut: torch.Tensor, metric=None, scratch=None, pu=None) -> torch.Tensor:
+        """Per-example metric terms of shifted outputs ut [n_out, ..., N]."""
+        return _terms(metric or self.metric, ut, scratch, pu)
+
+    def shift(self, r) -> torch.Tensor:
+        """The metric's shift of output positions r (one row, broadcast, when it is the same for all)."""
+        return self.shift_t if self.shift_t.shape[0] == 1 else self.shift_t[r]
+
+    def plan(self, j: int) -> _Plan:
         """Per downstream layer: the reached positions (a slice when all are reached, which
         avoids gathers), the live weights between them and the constant part of the next
-        pre-activation, transposed (neuron-major) and as it is (example-major, from which
-        `evaluate_pairs` gathers examples: a row gather is a copy, a column gather is slow)."""
-        if self.m == self.L:
-            return []
-        g = self.p.graph
+        pre-activation (the last one minus the metric's shift), transposed (neuron-major) and as
+        it is (example-major, from which `evaluate_pairs` gathers examples: a row gather is a
+        copy, a column gather is slow)."""
+        g, L = self.p.graph, self.L
+        u_now_t = self.h[L].T - self.shift_t
+        if self.m == L:
+            return _Plan([], u_now_t)
 
         def positions(reached: torch.Tensor, layer: int):
             idx = torch.nonzero(reached)[:, 0]
             return slice(None) if idx.numel() == g.shape[layer] else idx
 
+        def shifted(const_t, layer, r):  # the output layer's constant carries the shift
+            return const_t - self.shift(r) if layer == L else const_t
+
         r = positions(self.live[self.m][:, j] & self.co[self.m + 1], self.m + 1)
         # z_{m+1} = z_now + dh_j * w: rank one, only j's live out-edges move. Tiles are evaluated
         # neuron-major ([neurons, rows, examples]: `w @ h` with the long rows*examples dimension
         # last is the fast shape of a skinny matmul), so the constants are stored transposed
-        base = self.z[self.m + 1][:, r].contiguous()
-        steps = [(r, self.wlive[self.m][r, j].contiguous(), base.T.contiguous(), base)]
-        for l in range(self.m + 1, self.L):
+        base_t = shifted(self.z[self.m + 1][:, r].T, self.m + 1, r).contiguous()
+        w = self.wlive[self.m][r, j].contiguous()
+        steps = [(r, w, base_t, base_t.T.contiguous())]
+        pu = None
+        if self.m + 1 == L and self.metric.kind == "kl" and self.metric.shift_t is not None:
+            # the outputs move by dh * w: <p, u> = <p, u_const> + dh <p, w>, one scalar per example
+            full = u_now_t.clone()
+            full[r] = base_t
+            p_t = self.metric.p_full_t
+            pu = ((p_t * full).sum(0), (p_t[r] * w[:, None]).sum(0))
+        for l in range(self.m + 1, L):
             r_next = positions(self.live[l][:, r].any(1) & self.co[l + 1], l + 1)
             w = self.wlive[l][r_next][:, r]
             # z_next = w @ h_new + (z_next_now - w @ h_now): one matmul and one add per row
-            offset = self.z[l + 1][:, r_next] - self.h[l][:, r] @ w.T
-            steps.append((r_next, w.contiguous(), offset.T.contiguous(), offset.contiguous()))
+            offset_t = shifted((self.z[l + 1][:, r_next] - self.h[l][:, r] @ w.T).T, l + 1, r_next).contiguous()
+            steps.append((r_next, w.contiguous(), offset_t, offset_t.T.contiguous()))
             r = r_next
-        return steps
+        return _Plan(steps, u_now_t, pu)
 
     def _buffer(self, key, shape) -> torch.Tensor:
         """A reusable scratch tensor (a tile's intermediates are written in place into these, so
@@ -148,48 +206,51 @@ class _Downstream:
             self._buffers[key] = buf
         return buf[:n].view(shape)
 
-    def _outputs(self, j: int, zc: torch.Tensor, plan, examples=None) -> torch.Tensor:
-        """The circuit's output, output-major [n_out, T, N], for a tile of candidate pre-activations
-        zc [T, N] of receiver j; with `examples` ([N] indices), column k of zc is example
-        examples[k]. May return a scratch buffer (use it before the next call)."""
+    def _outputs(self, j: int, zc: torch.Tensor, plan: _Plan, examples=None):
+        """The circuit's shifted outputs, output-major [n_out, T, N], for a tile of candidate
+        pre-activations zc [T, N] of receiver j, and <p, u> where the plan knows it cheaply (else
+        None); with `examples` ([N] indices), column k of zc is example examples[k]. May return a
+        scratch buffer (use it before the next call)."""
         m, L, h = self.m, self.L, self.h
         T, N = zc.shape
-        # a step's constant for the tile's examples, neuron-major
+        pick = (lambda t: t) if examples is None else (lambda t: t.index_select(-1, examples))  # noqa: E731
+        # a step's constant for the tile's examples, neuron-major (a row gather, then a view)
         cols = (lambda step: step[2]) if examples is None else (lambda step: step[3].index_select(0, examples).T)  # noqa: E731
-        out_now = h[L].T if examples is None else h[L].index_select(0, examples).T
         if m == L:
             y = self._buffer("y", (h[L].shape[1], T, N))
-            y.copy_(out_now[:, None])
-            y[j] = zc
-            return y
-        dh = F.silu(zc) - (h[m][:, j] if examples is None else h[m][:, j][examples])
-        r, w = plan[0][:2]
-        zl = torch.addcmul(cols(plan[0])[:, None], w[:, None, None], dh[None], out=self._buffer(0, (w.shape[0], T, N)))
+            y.copy_(pick(plan.u_now_t)[:, None])
+            y[j] = zc - pick(self.shift(j).view(-1))
+            return y, None
+        dh = F.silu(zc) - pick(h[m][:, j])
+        r, w = plan.steps[0][:2]
+        zl = torch.addcmul(cols(plan.steps[0])[:, None], w[:, None, None], dh[None],
+                           out=self._buffer(0, (w.shape[0], T, N)))
         for k, l in enumerate(range(m + 1, L)):
             F.silu(zl, inplace=True)
-            r, w = plan[k + 1][:2]
+            r, w = plan.steps[k + 1][:2]
             out = self._buffer(k + 1, (w.shape[0], T, N))
             torch.mm(w, zl.view(w.shape[1], T * N), out=out.view(w.shape[0], T * N))
-            zl = out.add_(cols(plan[k + 1])[:, None])
+            zl = out.add_(cols(plan.steps[k + 1])[:, None])
+        pu = None if plan.pu is None else torch.addcmul(pick(plan.pu[0]), dh, pick(plan.pu[1]))
         if isinstance(r, slice):
-            return zl
+            return zl, pu
         y = self._buffer("y", (h[L].shape[1], T, N))
-        y.copy_(out_now[:, None])
+        y.copy_(pick(plan.u_now_t)[:, None])
         y[r] = zl
-        return y
+        return y, pu
 
-    def evaluate(self, j: int, zc: torch.Tensor, plan) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(self, j: int, zc: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
         """Metric [B] and its per-example terms [B, N] for each candidate pre-activation zc [B, N]
         of receiver j, evaluated tile by tile."""
         B, N = zc.shape
         per = torch.empty(B, N, dtype=torch.float64, device=self.device)
         for a in range(0, B, self.tile):
             b = min(B, a + self.tile)
-            y = self._outputs(j, zc[a:b], plan)
-            per[a:b] = self.p.metric.per_example_t(y, scratch=self._buffer("scratch", y.shape))
+            y, pu = self._outputs(j, zc[a:b], plan)
+            per[a:b] = self.terms(y, scratch=self._buffer("scratch", y.shape), pu=pu)
         return per.mean(-1), per
 
-    def evaluate_pairs(self, j: int, values: torch.Tensor, examples: torch.Tensor, plan) -> torch.Tensor:
+    def evaluate_pairs(self, j: int, values: torch.Tensor, examples: torch.Tensor, plan: _Plan) -> torch.Tensor:
         """Per-example metric terms [P] for receiver j's pre-activation set to values[k] on example
         examples[k] alone (the other examples' terms are not needed), in tiles of the same size."""
         out = torch.empty_like(values)
@@ -197,12 +258,12 @@ class _Downstream:
         for a in range(0, values.shape[0], size):
             b = min(values.shape[0], a + size)
             idx = examples[a:b]
-            y = self._outputs(j, values[None, a:b], plan, idx)
-            out[a:b] = self.p.metric.on_examples(idx).per_example_t(y, scratch=self._buffer("scratch", y.shape))[0]
+            y, pu = self._outputs(j, values[None, a:b], plan, idx)
+            out[a:b] = self.terms(y, self.metric.on_examples(idx), self._buffer("scratch", y.shape), pu)[0]
         return out
 
     def chain_terms(self, j: int, after: torch.Tensor, d: torch.Tensor, removed: torch.Tensor, terms: torch.Tensor,
-                    plan) -> tuple[torch.Tensor, torch.Tensor, int]:
+                    plan: _Plan) -> tuple[torch.Tensor, torch.Tensor, int]:
         """`evaluate` for a chain of candidate states: row k is the state before candidate k (the
         earlier rows with `removed` set applied) plus its delta d[k]. Where d[k, n] == 0 exactly,
         row k holds on example n the same value as the state before it, so its term is that
@@ -226,7 +287,7 @@ class _Downstream:
         per[1:] = torch.where(moving, per[1:], per.gather(0, source))
         return per[1:].mean(-1), per[1:], k_idx.numel()
 
-    def commit(self, j: int, zj: torch.Tensor, plan) -> None:
+    def commit(self, j: int, zj: torch.Tensor, plan: _Plan) -> None:
         """Write receiver j's final pre-activation zj [N] and everything it moves downstream into
         the circuit's state."""
         m, L, z, h = self.m, self.L, self.z, self.h
@@ -236,15 +297,17 @@ class _Downstream:
         h[m][:, j] = hj
         if m == L:
             return
-        r, w, base_t = plan[0][:3]
+        r, w, base_t = plan.steps[0][:3]
         zl = base_t.T + dh[:, None] * w
         for k, l in enumerate(range(m + 1, L + 1)):
+            if l == L:  # the plan's output constants are shifted
+                zl = zl + self.shift(r).T
             hl = zl if l == L else F.silu(zl)
             z[l][:, r] = zl
             h[l][:, r] = hl
             if l == L:
                 return
-            r, w, offset_t = plan[k + 1][:3]
+            r, w, offset_t = plan.steps[k + 1][:3]
             zl = hl @ w.T + offset_t.T
 
 
@@ -288,7 +351,7 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
     spent = 2 * N  # the clean and corrupted full forwards
     tested = 0
     removed_when_silent = 0.0 < tau  # a candidate whose increase is exactly 0
-    terms = problem.metric.per_example(h[L])  # the current circuit's per-example metric terms
+    terms = _current_terms(problem.metric, h[L])  # the current circuit's per-example metric terms
     for m in range(L, 0, -1):
         down = _Downstream(problem, masks, m, z, h, batch_elements)
         diff_all = problem.ablated[m - 1] - problem.clean[m - 1]
@@ -313,7 +376,7 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
             spent += used
             if not all(kept):  # the state moved: write it downstream (N example-forwards)
                 down.commit(j, state, plan)
-                terms = problem.metric.per_example(h[L])
+                terms = _current_terms(problem.metric, h[L])
                 spent += N
     return EdgeResult([mk.cpu() for mk in masks], scores, spent, tested)
 

@@ -16,11 +16,14 @@ forward pass, so a circuit's pre-activation is
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 import torch.nn.functional as F
+
+LOG2_E = 1.0 / math.log(2.0)
 
 ABLATIONS = ("resample", "zero", "mean")
 METRICS = ("mse", "kl")
@@ -144,6 +147,11 @@ class Metric:
             self.p_full_t = self.p_full.T.contiguous()  # [n_out, N], for per_example_t
             if out_pos is not None:
                 self.lq1_full, self.lq0_full = self._bernoulli_logs(y_full)
+        # the per-example shift of `per_example_shifted_t` (KL: the full model's top logit, the same
+        # for every output; MSE: the full model's outputs), output-major; None: no shifted form
+        self.shift_t = None
+        if out_pos is None:
+            self.shift_t = self.top_full.T.contiguous() if kind == "kl" else y_full.T.contiguous()
 
     def _bernoulli_logs(self, y):
         lp = F.log_softmax(y, -1)
@@ -192,9 +200,31 @@ class Metric:
         sub = object.__new__(Metric)  # the per-example constants, gathered (not recomputed: that costs more)
         for name, value in vars(self).items():
             if isinstance(value, torch.Tensor):
-                value = value.index_select(1 if name == "p_full_t" else 0, idx)
+                value = value.index_select(1 if name.endswith("_t") else 0, idx)
             setattr(sub, name, value)
         return sub
+
+    def per_example_shifted_t(self, ut: torch.Tensor, scratch: torch.Tensor | None = None,
+                              pu: torch.Tensor | None = None) -> torch.Tensor:
+        """`per_example_t` of outputs given already shifted, ut = yt - shift_t (output-major
+        [n_out, ..., N]; only where shift_t is not None). A caller that can fold the shift into a
+        constant it adds anyway (ACDC's downstream tiles) saves a pass over the outputs, and a
+        caller that knows <p_full, u> per example (`pu`, [..., N]; for a rank-one change of the
+        outputs it is a scalar update) saves two more. KL = sum p log p - <p, u> + logsumexp(u),
+        as sum_c p = 1 and u = y - top; MSE = mean_c u^2. `ut` is left as it was."""
+        if self.kind == "mse":
+            return torch.square(ut, out=scratch).mean(0)
+        if pu is None:
+            p_t = self.p_full_t.view(ut.shape[:1] + (1,) * (ut.dim() - 2) + ut.shape[-1:])
+            pu = torch.mul(ut, p_t, out=scratch).sum(0)
+        # exp(u) as exp2(u log2 e): torch's float64 exp2 is about twice as fast as its exp on a
+        # CPU, for an argument rounding of ~|u| 1e-16 relative (u <= 0 near the terms that matter)
+        lse = torch.exp2(torch.mul(ut, LOG2_E, out=scratch), out=scratch).sum(0).log_()
+        if not math.isfinite(float(lse.sum())):  # one reduction: isfinite on every term is slow
+            # the full model's top logit is no safe shift there (a logit moved by ~700)
+            bad = ~torch.isfinite(lse)
+            lse[bad] = torch.logsumexp(ut.movedim(0, -1)[bad], -1)
+        return (self.neg_entropy_full - pu).add_(lse)
 
     def per_example_t(self, yt: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
         """`per_example` for outputs stored output-major, yt [n_out, ..., N] -> [..., N] (the layout of
