@@ -206,6 +206,28 @@ def test_device_code_path_runs_on_cpu(monkeypatch):
         torch.testing.assert_close(exact_scores(p)[0], exact_naive(p), rtol=0, atol=1e-12)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: torch.cuda.is_available() is False "
+                    "(test_device_code_path_runs_on_cpu covers the GPU tiles on the CPU)")
+@pytest.mark.parametrize("kind,order", [("mse", "ascending"), ("kl", "ascending"), ("kl", "random")])
+def test_acdc_on_the_gpu_equals_the_naive_definition_on_the_cpu(dense_nets, kind, order):
+    """The same code on a GPU: a problem moved there gives the CPU naive circuit and scores, and
+    its results come back on the CPU."""
+    from workers.discover import prepare
+    p = prepare(dense_nets[(kind, "vanilla")], ablation="resample").problem
+    ex, _ = exact_scores(p)
+    gpu = p.to("cuda")
+    torch.testing.assert_close(exact_scores(gpu)[0], ex, rtol=0, atol=1e-12)
+    scores = torch.sort(ex[ex > 0]).values
+    for q in (0.3, 0.7):
+        k = int(q * len(scores))
+        tau = float(scores[k - 1] + scores[k]) / 2  # between two scores: no rounding-level tie
+        fast, naive = acdc(gpu, tau, order=order, seed=3), acdc_naive(p, tau, order=order, seed=3)
+        assert all(m.device.type == "cpu" for m in fast.masks + fast.scores)
+        assert same_masks(fast.masks, naive.masks), (kind, order, q)
+        for a, b in zip(fast.scores, naive.scores):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind,output", [("mse", None), ("kl", None), ("kl", 2), ("mse", 1)])
 def test_acdc_equals_naive_with_exact_zero_deltas(kind, output):
     """Inputs equal in a clean/corrupted pair (blank pixels) give candidates whose delta is exactly 0
