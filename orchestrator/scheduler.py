@@ -4,8 +4,10 @@ Train jobs and discover jobs are Ray tasks with resource requests (GPUs only whe
 them) and retries (`resources.max_retries`: on worker death and on TransientError). A discover job
 is submitted the moment its model exists (its train job finished now or in an earlier run); its
 checkpoint travels through the object store. `exact` on a model with more than
-`resources.edge_chunk` edges fans out into chunk tasks whose scores a merge task assembles (Ray
-starts the merge when the last chunk is done). The driver loops over `ray.wait`, drains the
+`resources.edge_chunk` edges fans out into ceil(edges / edge_chunk) chunk tasks of equal
+estimated work (workers.chunks), which share one prepared problem (a prepare task's result in the
+object store), and a merge task assembles their scores (Ray starts the merge when the last chunk
+is done). The driver loops over `ray.wait`, drains the
 progress actor into Prometheus, and for every finished job writes its folder (the only writer of
 the sweep folder: tasks return their record and files through the object store, so workers need
 no shared filesystem; orchestrator.store), then records it (jobs.parquet + MLflow) and draws
@@ -34,7 +36,7 @@ from pathlib import Path
 from orchestrator.execute import TransientError
 from orchestrator.metrics import ProgressBar, SweepMetrics
 from orchestrator.recorder import Recorder, resolve_uri
-from orchestrator.spec import Job, Spec
+from orchestrator.spec import Job, Spec, model_shape
 from orchestrator.store import JobResult, JobStore, sweep_lock, write_atomic
 
 
@@ -198,22 +200,26 @@ class Scheduler:
     def submit_train(self, tj: Job) -> None:
         res = self.spec.resources
         rec_ref, self.ckpt_refs[tj.id] = self.remote.submit("train", self.t_opts, res["train_cpus"], self.actor,
-                                                            asdict(tj), self.faults, self.device)
+                                                            asdict(tj), self.faults, self.device, self.spec.pictures)
         self._pending(tj, rec_ref, [rec_ref])
 
     def submit_discover(self, job: Job, ckpt_ref) -> None:
-        """One task, or (exact with resources.edge_chunk) chunk tasks and a merge task that
-        gets their scores."""
+        """One task, or (exact with resources.edge_chunk) a prepare task, chunk tasks of equal
+        estimated work on its result, and a merge task that gets their scores."""
+        from workers.chunks import chunk_bounds
+
         remote, d_opts, cpus, jd = self.remote, self.d_opts, self.spec.resources["discover_cpus"], asdict(job)
+        pictures = self.spec.pictures
         n = self.n_edges_of.get(job.model_id, job.n_edges)
         chunk = self.spec.resources["edge_chunk"]
         if job.settings["method"] == "exact" and chunk and n > chunk:
-            parts = [remote.submit("chunk", d_opts, cpus, self.actor, jd, ckpt_ref, a, min(a + chunk, n))[0]
-                     for a in range(0, n, chunk)]
-            ref = remote.submit("merge", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults, *parts)[0]
-            self._pending(job, ref, parts + [ref])
+            prepared = remote.submit("prepare", d_opts, cpus, self.actor, jd, ckpt_ref)[0]
+            bounds = chunk_bounds(model_shape(self.jobs[job.model_id].settings), -(-n // chunk))
+            parts = [remote.submit("chunk", d_opts, cpus, self.actor, jd, prepared, a, b)[0] for a, b in bounds]
+            ref = remote.submit("merge", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults, pictures, *parts)[0]
+            self._pending(job, ref, [prepared, *parts, ref])
         else:
-            ref = remote.submit("discover", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults)[0]
+            ref = remote.submit("discover", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults, pictures)[0]
             self._pending(job, ref, [ref])
 
     def _pending(self, job: Job, result_ref, refs: list) -> None:
