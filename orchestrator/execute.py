@@ -124,8 +124,8 @@ def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, dev
         result = train(config, progress=rep.train_progress)
     n_edges = sum(int(w.numel()) for w in result.checkpoint["weights"])
     figures = {**result.metrics, "n_edges": n_edges}
-    out = check_size(JobResult(_record(job, figures, started, mem.peak_bytes, node_id, curve=result.curve),
-                               training_files(result, pictures)))
+    files = training_files(result, pictures)  # before the record: its duration includes them
+    out = check_size(JobResult(_record(job, figures, started, mem.peak_bytes, node_id, curve=result.curve), files))
     rep.emit("done", flush=True)
     return out, result.checkpoint
 
@@ -146,7 +146,8 @@ def _discovery_result(job: Job, d, ckpt, started: float, peak: int, node_id: str
     from workers.discover import discovery_files, summary_figures
 
     figures = summary_figures(d.summary)  # flat: the evaluation examples' figures as eval_*
-    return check_size(JobResult(_record(job, figures, started, peak, node_id, **extra), discovery_files(d, ckpt, pictures)))
+    files = discovery_files(d, ckpt, pictures)  # before the record: its duration includes them
+    return check_size(JobResult(_record(job, figures, started, peak, node_id, **extra), files))
 
 
 def execute_discover(job: Job | dict, ckpt: dict, actor=None, faults: Faults | None = None,

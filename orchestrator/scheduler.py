@@ -118,8 +118,7 @@ class Scheduler:
         try:
             self._submit_unfinished()
             while self.pending:
-                for ref in self._wait():
-                    self._collect(ref)
+                self._collect(self._wait())
                 self.bar.draw(*self._counts())
                 self.recorder.flush_parquet()
         except KeyboardInterrupt:
@@ -164,6 +163,7 @@ class Scheduler:
             self.ray.get(self.actor.arm.remote(self._fired_faults()))
 
         self.state: dict[str, str] = {}
+        self.running = 0  # jobs in state "running" (kept by _set_state)
         self.attempts: dict[str, int] = {}
         self.started_at: dict[str, float] = {}  # job id -> when the driver heard of its first attempt
         self.pending: dict = {}  # ObjectRef of a job's result -> job
@@ -245,26 +245,36 @@ class Scheduler:
             self.last_drain = now
         return ready
 
-    def _collect(self, ref) -> None:
-        job = self.pending.pop(ref)
-        self.live.pop(job.id, None)
-        try:
-            result = self.ray.get(ref)
-        except self.ray.exceptions.TaskCancelledError:
-            return
-        except Exception as e:  # noqa: BLE001 - the job failed after its retries
-            self.on_failure(job, _short_error(e))
-            return
-        self.on_result(job, result)
+    def _collect(self, refs: list) -> None:
+        """The finished tasks' results (or failures), handed on together."""
+        results = []
+        for ref in refs:
+            job = self.pending.pop(ref)
+            self.live.pop(job.id, None)
+            try:
+                results.append((job, self.ray.get(ref)))
+            except self.ray.exceptions.TaskCancelledError:
+                continue
+            except Exception as e:  # noqa: BLE001 - the job failed after its retries
+                self.on_failure(job, _short_error(e))
+        self.on_results(results)
 
     def on_result(self, job: Job, result: JobResult) -> None:
-        """Write the job's folder (the only writer), then record it and release its dependents."""
-        result.record["attempts"] = max(1, self.attempts.get(job.id, 1))
-        try:
-            rec = self.store.commit(job.id, result)
-        except (OSError, ValueError) as e:
-            self.on_failure(job, f"its result could not be written to {self.store.root}: {_short_error(e)}")
-            return
+        self.on_results([(job, result)])
+
+    def on_results(self, results: list[tuple[Job, JobResult]]) -> None:
+        """Write the jobs' folders (the only writer; together, so their fsyncs overlap:
+        orchestrator.store), then record each and release its dependents."""
+        for job, result in results:
+            result.record["attempts"] = max(1, self.attempts.get(job.id, 1))
+        written = self.store.commit_many([(job.id, result) for job, result in results])
+        for (job, _), rec in zip(results, written):
+            if isinstance(rec, Exception):
+                self.on_failure(job, f"its result could not be written to {self.store.root}: {_short_error(rec)}")
+            else:
+                self._finished(job, rec)
+
+    def _finished(self, job: Job, rec: dict) -> None:
         self.out.finished += 1
         self._set_state(job, "finished")
         self.metrics.finished(job.kind, rec.get("duration_seconds") or 0.0, rec.get("peak_memory_bytes") or 0)
@@ -345,8 +355,17 @@ class Scheduler:
                 self.echo(f"warning: pushing the final metrics to the Pushgateway at {self.pushgateway} "
                           f"failed ({failed}); the sweep's results are not affected")
         status = "KILLED" if interrupted else ("FAILED" if self.out.failed else "FINISHED")
-        self.recorder.close(status, timeout=None if not interrupted else 30)
-        self.out.mlflow_error = self.recorder.mlflow_error
+        behind = self.recorder.backlog()
+        if behind and not interrupted:  # results came faster than MLflow logs them: say so, then catch up
+            self.echo(f"MLflow: {behind} runs still to log to {self.uri}; waiting (Ctrl-C stops; "
+                      f"`circuitry sync {self.sweep_dir}` logs the rest later)")
+        try:
+            self.recorder.close(status, timeout=None if not interrupted else 30)
+            self.out.mlflow_error = self.recorder.mlflow_error
+        except KeyboardInterrupt:  # the results are on disk; only MLflow is behind
+            self.out.mlflow_error = f"stopped with {self.recorder.backlog()} runs not logged"
+            self.echo(f"MLflow logging stopped with {self.recorder.backlog()} runs not logged; "
+                      f"`circuitry sync {self.sweep_dir}` logs them")
         self.out.seconds = time.monotonic() - t_start
         if not interrupted:  # a batch job's last figures must be scrapeable: serve them a while longer
             self.metrics.linger(self.metrics_linger - (time.monotonic() - t_last), self.echo)
@@ -359,11 +378,11 @@ class Scheduler:
             return
         self.metrics.move(job.kind, old, new)
         self.state[job.id] = new
+        self.running += (new == "running") - (old == "running")
 
     def _counts(self):
         done = self.out.cached + self.out.finished
-        running = sum(1 for s in self.state.values() if s == "running")
-        return done, self.out.failed + self.out.skipped, running, self.metrics.edges_done
+        return done, self.out.failed + self.out.skipped, self.running, self.metrics.edges_done
 
     def _handle_events(self, events) -> None:
         m = self.metrics
