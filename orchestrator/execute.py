@@ -108,8 +108,9 @@ def _begin(job: Job | dict, actor, faults: Faults | None) -> tuple[Job, "Reporte
 
 
 def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, device: str = "cpu",
-                  node_id: str | None = None) -> tuple[JobResult, dict]:
-    """Train one model; returns (result, checkpoint)."""
+                  node_id: str | None = None, pictures: bool = True) -> tuple[JobResult, dict]:
+    """Train one model; returns (result, checkpoint). `pictures`: draw network.png (the spec's
+    sweep.pictures)."""
     from workers.outputs import training_files
     from workers.profile import PeakMemory
     from workers.train import TrainConfig, train
@@ -123,8 +124,8 @@ def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, dev
         result = train(config, progress=rep.train_progress)
     n_edges = sum(int(w.numel()) for w in result.checkpoint["weights"])
     figures = {**result.metrics, "n_edges": n_edges}
-    out = check_size(JobResult(_record(job, figures, started, mem.peak_bytes, node_id, curve=result.curve),
-                               training_files(result)))
+    files = training_files(result, pictures)  # before the record: its duration includes them
+    out = check_size(JobResult(_record(job, figures, started, mem.peak_bytes, node_id, curve=result.curve), files))
     rep.emit("done", flush=True)
     return out, result.checkpoint
 
@@ -141,15 +142,16 @@ def _discover_device(job: Job) -> str:
 
 
 def _discovery_result(job: Job, d, ckpt, started: float, peak: int, node_id: str | None = None,
-                      **extra) -> JobResult:
+                      pictures: bool = True, **extra) -> JobResult:
     from workers.discover import discovery_files, summary_figures
 
     figures = summary_figures(d.summary)  # flat: the evaluation examples' figures as eval_*
-    return check_size(JobResult(_record(job, figures, started, peak, node_id, **extra), discovery_files(d, ckpt)))
+    files = discovery_files(d, ckpt, pictures)  # before the record: its duration includes them
+    return check_size(JobResult(_record(job, figures, started, peak, node_id, **extra), files))
 
 
 def execute_discover(job: Job | dict, ckpt: dict, actor=None, faults: Faults | None = None,
-                     node_id: str | None = None) -> JobResult:
+                     node_id: str | None = None, pictures: bool = True) -> JobResult:
     """Find one circuit in one pass."""
     from workers.discover import discover, resolve_device
     from workers.profile import PeakMemory
@@ -161,30 +163,42 @@ def execute_discover(job: Job | dict, ckpt: dict, actor=None, faults: Faults | N
                      device=device, target_f=job.settings.get("target_f"),
                      order=job.settings.get("order", "ascending"), **_discover_kwargs(job))
     rep.flush()
-    out = _discovery_result(job, d, ckpt, started, mem.peak_bytes, node_id, chunks=1)
+    out = _discovery_result(job, d, ckpt, started, mem.peak_bytes, node_id, pictures, chunks=1)
     rep.emit("done", flush=True)
     return out
 
 
-def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, actor=None):
-    """`exact` scores of edges [start, stop); returns (scores, t_start, t_end, peak_bytes)."""
-    from workers.discover import exact_scores, resolve_device
+def execute_exact_prepare(job: Job | dict, ckpt: dict):
+    """What every chunk of one `exact` job scores against (the examples, their activations and the
+    metric: workers.graph.Problem, on the CPU), built once per job, not once per chunk; returns
+    (problem, t_start)."""
+    from workers.discover import prepare
+
+    job = Job(**job) if isinstance(job, dict) else job
+    t0 = time.time()
+    return prepare(ckpt, **_discover_kwargs(job)).problem, t0
+
+
+def execute_exact_chunk(job: Job | dict, prepared: tuple, start: int, stop: int, actor=None):
+    """`exact` scores of edges [start, stop) on the job's prepared problem (execute_exact_prepare);
+    returns (scores, t_start, t_end, peak_bytes), t_start the preparation's."""
+    from workers.acdc import exact_scores
+    from workers.discover import resolve_device
     from workers.profile import PeakMemory
 
     job = Job(**job) if isinstance(job, dict) else job
+    problem, t0 = prepared
     rep = Reporter(actor, job)
     rep.emit("chunk", stop - start, flush=True)
-    t0 = time.time()
     device = resolve_device(_discover_device(job))
     with PeakMemory(device) as mem:
-        scores = exact_scores(ckpt, start=start, stop=stop, progress=rep.edges, device=device,
-                              **_discover_kwargs(job))
+        scores, _ = exact_scores(problem.to(device), start, stop, progress=rep.edges)
     rep.flush(wait=True)
-    return scores, t0, time.time(), mem.peak_bytes
+    return scores.numpy(), t0, time.time(), mem.peak_bytes
 
 
 def execute_exact_merge(job: Job | dict, ckpt: dict, chunks: list, actor=None, faults: Faults | None = None,
-                        node_id: str | None = None) -> JobResult:
+                        node_id: str | None = None, pictures: bool = True) -> JobResult:
     """Assemble the chunks' scores into the circuit, as one-pass `exact` would."""
     import numpy as np
 
@@ -197,6 +211,7 @@ def execute_exact_merge(job: Job | dict, ckpt: dict, chunks: list, actor=None, f
     d = discovery_from_scores(ckpt, scores, method="exact", threshold=s["threshold"], target_f=s.get("target_f"),
                               seconds=max(c[2] for c in chunks) - started, **_discover_kwargs(job))
     d.summary["discovery_seconds_incl_merge"] = time.time() - started
-    out = _discovery_result(job, d, ckpt, started, max(c[3] for c in chunks), node_id, chunks=len(chunks))
+    out = _discovery_result(job, d, ckpt, started, max(c[3] for c in chunks), node_id, pictures,
+                            chunks=len(chunks))
     rep.emit("done", flush=True)
     return out

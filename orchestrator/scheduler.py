@@ -4,8 +4,10 @@ Train jobs and discover jobs are Ray tasks with resource requests (GPUs only whe
 them) and retries (`resources.max_retries`: on worker death and on TransientError). A discover job
 is submitted the moment its model exists (its train job finished now or in an earlier run); its
 checkpoint travels through the object store. `exact` on a model with more than
-`resources.edge_chunk` edges fans out into chunk tasks whose scores a merge task assembles (Ray
-starts the merge when the last chunk is done). The driver loops over `ray.wait`, drains the
+`resources.edge_chunk` edges fans out into ceil(edges / edge_chunk) chunk tasks of equal
+estimated work (workers.chunks), which share one prepared problem (a prepare task's result in the
+object store), and a merge task assembles their scores (Ray starts the merge when the last chunk
+is done). The driver loops over `ray.wait`, drains the
 progress actor into Prometheus, and for every finished job writes its folder (the only writer of
 the sweep folder: tasks return their record and files through the object store, so workers need
 no shared filesystem; orchestrator.store), then records it (jobs.parquet + MLflow) and draws
@@ -34,7 +36,7 @@ from pathlib import Path
 from orchestrator.execute import TransientError
 from orchestrator.metrics import ProgressBar, SweepMetrics
 from orchestrator.recorder import Recorder, resolve_uri
-from orchestrator.spec import Job, Spec
+from orchestrator.spec import Job, Spec, model_shape
 from orchestrator.store import JobResult, JobStore, sweep_lock, write_atomic
 
 
@@ -116,8 +118,7 @@ class Scheduler:
         try:
             self._submit_unfinished()
             while self.pending:
-                for ref in self._wait():
-                    self._collect(ref)
+                self._collect(self._wait())
                 self.bar.draw(*self._counts())
                 self.recorder.flush_parquet()
         except KeyboardInterrupt:
@@ -162,6 +163,7 @@ class Scheduler:
             self.ray.get(self.actor.arm.remote(self._fired_faults()))
 
         self.state: dict[str, str] = {}
+        self.running = 0  # jobs in state "running" (kept by _set_state)
         self.attempts: dict[str, int] = {}
         self.started_at: dict[str, float] = {}  # job id -> when the driver heard of its first attempt
         self.pending: dict = {}  # ObjectRef of a job's result -> job
@@ -198,22 +200,26 @@ class Scheduler:
     def submit_train(self, tj: Job) -> None:
         res = self.spec.resources
         rec_ref, self.ckpt_refs[tj.id] = self.remote.submit("train", self.t_opts, res["train_cpus"], self.actor,
-                                                            asdict(tj), self.faults, self.device)
+                                                            asdict(tj), self.faults, self.device, self.spec.pictures)
         self._pending(tj, rec_ref, [rec_ref])
 
     def submit_discover(self, job: Job, ckpt_ref) -> None:
-        """One task, or (exact with resources.edge_chunk) chunk tasks and a merge task that
-        gets their scores."""
+        """One task, or (exact with resources.edge_chunk) a prepare task, chunk tasks of equal
+        estimated work on its result, and a merge task that gets their scores."""
+        from workers.chunks import chunk_bounds
+
         remote, d_opts, cpus, jd = self.remote, self.d_opts, self.spec.resources["discover_cpus"], asdict(job)
+        pictures = self.spec.pictures
         n = self.n_edges_of.get(job.model_id, job.n_edges)
         chunk = self.spec.resources["edge_chunk"]
         if job.settings["method"] == "exact" and chunk and n > chunk:
-            parts = [remote.submit("chunk", d_opts, cpus, self.actor, jd, ckpt_ref, a, min(a + chunk, n))[0]
-                     for a in range(0, n, chunk)]
-            ref = remote.submit("merge", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults, *parts)[0]
-            self._pending(job, ref, parts + [ref])
+            prepared = remote.submit("prepare", d_opts, cpus, self.actor, jd, ckpt_ref)[0]
+            bounds = chunk_bounds(model_shape(self.jobs[job.model_id].settings), -(-n // chunk))
+            parts = [remote.submit("chunk", d_opts, cpus, self.actor, jd, prepared, a, b)[0] for a, b in bounds]
+            ref = remote.submit("merge", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults, pictures, *parts)[0]
+            self._pending(job, ref, [prepared, *parts, ref])
         else:
-            ref = remote.submit("discover", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults)[0]
+            ref = remote.submit("discover", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults, pictures)[0]
             self._pending(job, ref, [ref])
 
     def _pending(self, job: Job, result_ref, refs: list) -> None:
@@ -239,26 +245,36 @@ class Scheduler:
             self.last_drain = now
         return ready
 
-    def _collect(self, ref) -> None:
-        job = self.pending.pop(ref)
-        self.live.pop(job.id, None)
-        try:
-            result = self.ray.get(ref)
-        except self.ray.exceptions.TaskCancelledError:
-            return
-        except Exception as e:  # noqa: BLE001 - the job failed after its retries
-            self.on_failure(job, _short_error(e))
-            return
-        self.on_result(job, result)
+    def _collect(self, refs: list) -> None:
+        """The finished tasks' results (or failures), handed on together."""
+        results = []
+        for ref in refs:
+            job = self.pending.pop(ref)
+            self.live.pop(job.id, None)
+            try:
+                results.append((job, self.ray.get(ref)))
+            except self.ray.exceptions.TaskCancelledError:
+                continue
+            except Exception as e:  # noqa: BLE001 - the job failed after its retries
+                self.on_failure(job, _short_error(e))
+        self.on_results(results)
 
     def on_result(self, job: Job, result: JobResult) -> None:
-        """Write the job's folder (the only writer), then record it and release its dependents."""
-        result.record["attempts"] = max(1, self.attempts.get(job.id, 1))
-        try:
-            rec = self.store.commit(job.id, result)
-        except (OSError, ValueError) as e:
-            self.on_failure(job, f"its result could not be written to {self.store.root}: {_short_error(e)}")
-            return
+        self.on_results([(job, result)])
+
+    def on_results(self, results: list[tuple[Job, JobResult]]) -> None:
+        """Write the jobs' folders (the only writer; together, so their fsyncs overlap:
+        orchestrator.store), then record each and release its dependents."""
+        for job, result in results:
+            result.record["attempts"] = max(1, self.attempts.get(job.id, 1))
+        written = self.store.commit_many([(job.id, result) for job, result in results])
+        for (job, _), rec in zip(results, written):
+            if isinstance(rec, Exception):
+                self.on_failure(job, f"its result could not be written to {self.store.root}: {_short_error(rec)}")
+            else:
+                self._finished(job, rec)
+
+    def _finished(self, job: Job, rec: dict) -> None:
         self.out.finished += 1
         self._set_state(job, "finished")
         self.metrics.finished(job.kind, rec.get("duration_seconds") or 0.0, rec.get("peak_memory_bytes") or 0)
@@ -339,8 +355,17 @@ class Scheduler:
                 self.echo(f"warning: pushing the final metrics to the Pushgateway at {self.pushgateway} "
                           f"failed ({failed}); the sweep's results are not affected")
         status = "KILLED" if interrupted else ("FAILED" if self.out.failed else "FINISHED")
-        self.recorder.close(status, timeout=None if not interrupted else 30)
-        self.out.mlflow_error = self.recorder.mlflow_error
+        behind = self.recorder.backlog()
+        if behind and not interrupted:  # results came faster than MLflow logs them: say so, then catch up
+            self.echo(f"MLflow: {behind} runs still to log to {self.uri}; waiting (Ctrl-C stops; "
+                      f"`circuitry sync {self.sweep_dir}` logs the rest later)")
+        try:
+            self.recorder.close(status, timeout=None if not interrupted else 30)
+            self.out.mlflow_error = self.recorder.mlflow_error
+        except KeyboardInterrupt:  # the results are on disk; only MLflow is behind
+            self.out.mlflow_error = f"stopped with {self.recorder.backlog()} runs not logged"
+            self.echo(f"MLflow logging stopped with {self.recorder.backlog()} runs not logged; "
+                      f"`circuitry sync {self.sweep_dir}` logs them")
         self.out.seconds = time.monotonic() - t_start
         if not interrupted:  # a batch job's last figures must be scrapeable: serve them a while longer
             self.metrics.linger(self.metrics_linger - (time.monotonic() - t_last), self.echo)
@@ -353,11 +378,11 @@ class Scheduler:
             return
         self.metrics.move(job.kind, old, new)
         self.state[job.id] = new
+        self.running += (new == "running") - (old == "running")
 
     def _counts(self):
         done = self.out.cached + self.out.finished
-        running = sum(1 for s in self.state.values() if s == "running")
-        return done, self.out.failed + self.out.skipped, running, self.metrics.edges_done
+        return done, self.out.failed + self.out.skipped, self.running, self.metrics.edges_done
 
     def _handle_events(self, events) -> None:
         m = self.metrics

@@ -7,7 +7,8 @@ A spec (see examples/quickstart.toml):
                  directory; only the driver writes it, workers need no access to it),
                  tracking_uri ("" = an SQLite store in the sweep folder), metrics_port
                  (Prometheus; 0 = any free port, -1 = off), metrics_host (address the endpoint
-                 binds: 127.0.0.1, or 0.0.0.0 so a cluster's Prometheus can reach it)
+                 binds: 127.0.0.1, or 0.0.0.0 so a cluster's Prometheus can reach it),
+                 metrics_linger, pushgateway, pictures (network.png / circuit.png per job)
     [train]      grid: task, regime, seed, steps, lam, lr, width, swap_every, top_k, final_factor,
                  log_every (each a value or a list of values; lists multiply; lam, lr, swap_every,
                  top_k, final_factor default to the task's BIMT recipe, tasks.recipe)
@@ -156,6 +157,12 @@ def _pushgateway(path, v):
     return v
 
 
+def _bool(path, v):
+    if not isinstance(v, bool):
+        raise SpecError(f"{path}: {_show(v)} is not true or false")
+    return v
+
+
 def _selector(path, v):
     if not isinstance(v, str) or not v:
         raise SpecError(f"{path}: {_show(v)} is not a job selector (\"train\", \"discover\" or a job label prefix)")
@@ -173,6 +180,9 @@ SWEEP_FIELDS = {
     # at least 2 scrape intervals of deploy/prometheus/prometheus.yml (5 s)
     "metrics_linger": (_nonneg_float, 10.0),
     "pushgateway": (_pushgateway, ""),  # also push the final figures there ("" = no push)
+    # network.png / circuit.png in every job folder: ~0.1-0.2 s a job, far more than a tiny model's
+    # training; not part of job ids (the report draws its figures from model.pt)
+    "pictures": (_bool, True),
 }
 TRAIN_GRID = {
     "task": (_choice(tuple(TASKS)), None),
@@ -363,6 +373,7 @@ class Spec:
     metrics_host: str = "127.0.0.1"
     metrics_linger: float = 10.0
     pushgateway: str = ""
+    pictures: bool = True
     jobs: list[Job] = field(default_factory=list)
 
     @property
@@ -473,7 +484,8 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
                 raise SpecError(f"{name}.width[{i}]: {w} is too wide; allowed: 1..4096")
     root_path = Path(root if root is not None else sweep["root"]).expanduser()
     spec = Spec(sweep["name"], root_path, sweep["tracking_uri"], sweep["metrics_port"], train, discover,
-                resources, testing, text, sweep["metrics_host"], sweep["metrics_linger"], sweep["pushgateway"])
+                resources, testing, text, sweep["metrics_host"], sweep["metrics_linger"], sweep["pushgateway"],
+                sweep["pictures"])
     spec.jobs = expand(train, discover)
     return spec
 

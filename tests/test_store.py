@@ -168,3 +168,15 @@ def test_sync_and_report_wait_for_no_one(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["sync", str(tmp_path)])
     assert e.value.code == 2 and "has no spec.toml" in capsys.readouterr().err
+
+
+def test_commit_many_writes_every_result_and_returns_the_error_of_a_bad_one(tmp_path):
+    store = JobStore(tmp_path)
+    store.prepare()
+    ids = [f"{i:016x}" for i in range(20)]
+    items = [(jid, result()) for jid in ids] + [("00000000000000ff", result(**{"../x": b"1"}))]
+    out = store.commit_many(items)
+    assert [r["job_id"] for r in out[:20]] == ids
+    assert isinstance(out[20], ValueError) and "plain file name" in str(out[20])
+    assert set(store.records()) == set(ids)  # every folder is a finished result, nothing half-written
+    assert not [p for p in (tmp_path / "jobs").iterdir() if p.name.startswith(".tmp")]

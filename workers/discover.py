@@ -532,9 +532,9 @@ def _draw(ckpt, masks, title, path):
     draw_network(ckpt, path, edge_mask=masks, title=title)
 
 
-def discovery_files(d: Discovery, ckpt: dict) -> dict[str, bytes]:
-    """circuit.parquet, circuit.png, then summary.json (last: its presence marks the result
-    finished), as bytes."""
+def discovery_files(d: Discovery, ckpt: dict, pictures: bool = True) -> dict[str, bytes]:
+    """circuit.parquet, circuit.png (unless not `pictures`), then summary.json (last: its presence
+    marks the result finished), as bytes."""
     sink = pa.BufferOutputStream()
     pq.write_table(d.table, sink)
     c = d.config
@@ -543,9 +543,11 @@ def discovery_files(d: Discovery, ckpt: dict) -> dict[str, bytes]:
     if c.get("target_f") is not None:
         sel = f"f>={c['target_f']} ({sel})"
     title = f"{c['task']}/{c['regime']} {c['method']} {sel} {c['ablation']}: {d.summary['n_edges_kept']}/{d.summary['n_edges_total']} edges"
-    return {"circuit.parquet": sink.getvalue().to_pybytes(),
-            "circuit.png": png_bytes(_draw, ckpt, d.masks, title),
-            "summary.json": json_bytes(d.summary)}
+    files = {"circuit.parquet": sink.getvalue().to_pybytes()}
+    if pictures:
+        files["circuit.png"] = png_bytes(_draw, ckpt, d.masks, title)
+    files["summary.json"] = json_bytes(d.summary)
+    return files
 
 
 def write_discovery(d: Discovery, out_dir, ckpt: dict) -> Path:

@@ -57,13 +57,14 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def training_files(result) -> dict[str, bytes]:
-    """model.pt, network.png, then metrics.json (last: its presence marks the run finished)."""
-    return {
-        "model.pt": checkpoint_bytes(result.checkpoint),
-        "network.png": png_bytes(draw_network, result.checkpoint),
-        "metrics.json": json_bytes({**result.metrics, "config": result.checkpoint["config"], "curve": result.curve}),
-    }
+def training_files(result, pictures: bool = True) -> dict[str, bytes]:
+    """model.pt, network.png (unless not `pictures`: drawing costs ~0.1-0.2 s, far more than a tiny
+    model's training), then metrics.json (last: its presence marks the run finished)."""
+    files = {"model.pt": checkpoint_bytes(result.checkpoint)}
+    if pictures:
+        files["network.png"] = png_bytes(draw_network, result.checkpoint)
+    files["metrics.json"] = json_bytes({**result.metrics, "config": result.checkpoint["config"], "curve": result.curve})
+    return files
 
 
 def write_training(result, out_dir: str | Path) -> None:

@@ -1,0 +1,80 @@
+"""What sweeps of many tiny jobs rely on: per-job pictures on request, exact chunks of equal work
+that share one prepared problem and still give the one-pass scores bit for bit."""
+import math
+
+import numpy as np
+import pytest
+
+from orchestrator import execute
+from orchestrator.spec import SpecError, parse_spec
+from workers.chunks import chunk_bounds, edge_costs
+
+SPEC = """
+[sweep]
+name = "tiny"
+root = "{root}"
+{extra}
+[train]
+task = "independence"
+regime = "vanilla"
+steps = 5
+width = 4
+[discover]
+method = "exact"
+threshold = 0.01
+"""
+
+
+@pytest.mark.parametrize("shape,n", [([2, 256, 256, 2], 4), ([4, 4, 4, 2], 3), ([64, 8, 10], 5), ([2, 3], 9)])
+def test_chunk_bounds_cover_every_edge_at_receiver_cuts_with_equal_work(shape, n):
+    bounds = chunk_bounds(shape, n)
+    n_edges = sum(a * b for a, b in zip(shape, shape[1:]))
+    assert bounds[0][0] == 0 and bounds[-1][1] == n_edges and len(bounds) <= n
+    assert all(a < b for a, b in bounds) and all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:]))
+    # cut at receivers: every boundary is a whole number of senders into its matrix
+    offsets = np.cumsum([0] + [a * b for a, b in zip(shape, shape[1:])])
+    for _, b in bounds[:-1]:
+        m = int(np.searchsorted(offsets, b, side="right")) - 1
+        assert (b - offsets[m]) % shape[m] == 0
+    cost = edge_costs(shape)
+    work = [sum(cost[int(np.searchsorted(offsets, e, side="right")) - 1] for e in range(a, b)) for a, b in bounds]
+    largest_receiver = max(shape[m] * cost[m] for m in range(len(shape) - 1))
+    assert max(work) - min(work) <= 2 * largest_receiver + 1e-9
+
+
+def test_the_2_256_256_2_net_is_not_split_by_edge_count():
+    """Half of its work is in the 512 edges into the first hidden layer: the first chunk is small."""
+    assert chunk_bounds([2, 256, 256, 2], 4)[0][1] < 1000
+
+
+def test_prepared_chunks_concatenate_to_the_one_pass_scores(tmp_path):
+    from workers.acdc import exact_scores
+    from workers.discover import n_edges, prepare
+
+    spec = parse_spec(SPEC.format(root=tmp_path, extra=""))
+    tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
+    _, ckpt = execute.execute_train(tj, pictures=False)
+    prepared = execute.execute_exact_prepare(dj, ckpt)
+    chunks = [execute.execute_exact_chunk(dj, prepared, a, b)[0] for a, b in chunk_bounds(list(ckpt["shape"]), 3)]
+    one, _ = exact_scores(prepare(ckpt).problem)
+    assert len(np.concatenate(chunks)) == n_edges(ckpt)
+    assert np.concatenate(chunks).tolist() == one.numpy().tolist()
+
+
+def test_pictures_false_leaves_the_drawings_out_and_keeps_every_figure(tmp_path):
+    spec = parse_spec(SPEC.format(root=tmp_path, extra="pictures = false"))
+    assert spec.pictures is False and parse_spec(SPEC.format(root=tmp_path, extra="")).pictures is True
+    tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
+    train_on, ckpt = execute.execute_train(tj)
+    train_off, _ = execute.execute_train(tj, pictures=False)
+    assert "network.png" in train_on.files and list(train_off.files) == ["model.pt", "metrics.json"]
+    assert set(train_off.record["figures"]) == set(train_on.record["figures"])
+    for key in ("inference_per_second_batch1", "inference_per_second_batch1024"):
+        assert math.isfinite(train_off.record["figures"][key]) and train_off.record["figures"][key] > 0
+    found = execute.execute_discover(dj, ckpt, pictures=False)
+    assert list(found.files) == ["circuit.parquet", "summary.json"]
+
+
+def test_pictures_must_be_a_boolean(tmp_path):
+    with pytest.raises(SpecError, match=r'^sweep.pictures: "no" is not true or false$'):
+        parse_spec(SPEC.format(root=tmp_path, extra='pictures = "no"'))
