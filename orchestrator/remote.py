@@ -46,9 +46,9 @@ def job_task(op: str, cpus: float, actor, *args):
     _threads(cpus)
     send = _sender(actor)
     node = ray.get_runtime_context().get_node_id()  # recorded in job.json (workers import no Ray)
-    if op == "train":
-        job, faults, device = args
-        return execute.execute_train(job, send, _faults(actor, faults), device, node)
+    if op == "train":  # a prune job also gets the checkpoints it reads (Ray resolves their refs)
+        job, faults, device, *inputs = args
+        return execute.execute_train(job, send, _faults(actor, faults), device, node, tuple(inputs))
     if op == "discover":
         job, ckpt, faults = args
         return execute.execute_discover(job, ckpt, send, _faults(actor, faults), node), None

@@ -60,7 +60,7 @@ PROFILE = [
     ("test_loss", "test loss", "lower"),
     ("test_accuracy", "test accuracy", "higher"),
 ]
-REGIME_ORDER = ["vanilla", "l1", "local", "swap", "bimt"]
+REGIME_ORDER = ["vanilla", "l1", "local", "swap", "bimt", "prune"]
 BASELINE = "vanilla"
 # The settings that name a discovery; shown whenever a sweep has them.
 DISCOVERY_KEYS = ("method", "threshold", "ablation", "output")

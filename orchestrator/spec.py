@@ -11,6 +11,10 @@ A spec (see examples/quickstart.toml):
     [train]      grid: task, regime, seed, steps, lam, lr, width, swap_every, top_k, final_factor,
                  log_every (each a value or a list of values; lists multiply; lam, lr, swap_every,
                  top_k, final_factor default to the task's BIMT recipe, tasks.recipe)
+    [prune]      finetune_steps (default: a tenth of the train steps), match_fraction (1e-2): the
+                 `prune` regime's settings (workers.prune); regime "prune" in [train] adds, for
+                 every grid point, a job that prunes that point's vanilla model to the weight count
+                 of its bimt model (so the list must name vanilla and bimt too)
     [discover]   grid: method, threshold, ablation, output, seed (optional table: no discovery)
     [resources]  train_cpus, train_gpus, discover_cpus, discover_gpus, max_retries, edge_chunk
     [testing]    TEST-ONLY fault injection: transient_once, crash_once (job selectors, see below)
@@ -33,7 +37,10 @@ from typing import Any
 
 from tasks import TASKS
 
-REGIMES = ("vanilla", "l1", "local", "swap", "bimt")  # workers.train.REGIMES, without importing torch
+# workers.train.REGIMES, and "prune" (workers.prune: derived from a vanilla and a bimt model),
+# without importing torch
+REGIMES = ("vanilla", "l1", "local", "swap", "bimt", "prune")
+PRUNE_FROM, PRUNE_MATCH = "vanilla", "bimt"
 METHODS = ("acdc", "exact", "eap", "eap-ig")
 ABLATIONS = ("resample", "zero", "mean")
 
@@ -98,6 +105,13 @@ def _nonneg_int(path, v):
 
 def _nonneg_float(path, v):
     return _float(path, v, 0.0, "a non-negative number")
+
+
+def _open_fraction(path, v):
+    v = _float(path, v, 0.0, "a fraction in (0, 1)")
+    if not 0 < v < 1:
+        raise SpecError(f"{path}: {_show(v)} is not a fraction in (0, 1)")
+    return v
 
 
 def _positive_float(path, v):
@@ -193,12 +207,16 @@ RESOURCE_FIELDS = {
     "max_retries": (_nonneg_int, 2),
     "edge_chunk": (_nonneg_int, 0),  # exact: edges per Ray task; 0 = one task per job
 }
+PRUNE_FIELDS = {
+    "finetune_steps": (_positive_int, 0),  # 0 (not writable): a tenth of the train steps
+    "match_fraction": (_open_fraction, 1e-2),  # workers.prune.DEFAULT_MATCH_FRACTION
+}
 TESTING_FIELDS = {
     "transient_once": (None, []),
     "crash_once": (None, []),
 }
 TABLES = {"sweep": SWEEP_FIELDS, "train": TRAIN_GRID, "discover": DISCOVER_GRID,
-          "resources": RESOURCE_FIELDS, "testing": TESTING_FIELDS}
+          "resources": RESOURCE_FIELDS, "prune": PRUNE_FIELDS, "testing": TESTING_FIELDS}
 
 
 def _unknown_keys(table: str, given: dict, allowed: dict) -> None:
@@ -263,6 +281,7 @@ class Job:
     label: str  # human-readable, e.g. "train/independence/bimt/seed0"
     model_id: str | None = None  # discover: the id of the train job whose model it reads
     n_edges: int = 0  # edges of the model's dense neuron graph
+    needs: tuple[str, ...] = ()  # prune: the ids of the (vanilla, bimt) train jobs whose models it reads
 
     def params(self) -> dict:
         out = {"job_id": self.id, "kind": self.kind, **self.settings}
@@ -314,6 +333,7 @@ class Spec:
     metrics_host: str = "127.0.0.1"
     metrics_linger: float = 10.0
     pushgateway: str = ""
+    prune: dict = field(default_factory=dict)  # the [prune] table
     jobs: list[Job] = field(default_factory=list)
 
     @property
@@ -332,17 +352,47 @@ class Spec:
                    if j.settings["method"] == "exact" and chunk and j.n_edges > chunk)
 
 
-def expand(train: dict[str, list], discover: list[dict[str, list]] | None, ver: str | None = None) -> list[Job]:
-    """Train jobs: the product of the train grid. Discover jobs: for every model, the product of
-    each discover grid (several grids are unioned; a job named by two grids runs once)."""
+def _point(s: dict) -> str:
+    """A train grid point's settings but its regime: the point a prune job shares with its models."""
+    return json.dumps({k: v for k, v in s.items() if k != "regime"}, sort_keys=True)
+
+
+def _prune_job(s: dict, by_point: dict, prune: dict, ver: str, label: str) -> Job:
+    """The prune job of one grid point: it reads that point's vanilla and bimt models, so their
+    ids are part of its own (and of its settings, for the record)."""
+    needs = (by_point[(_point(s), PRUNE_FROM)].id, by_point[(_point(s), PRUNE_MATCH)].id)
+    s = {**s, "finetune_steps": prune["finetune_steps"] or max(1, s["steps"] // 10),
+         "match_fraction": prune["match_fraction"], "vanilla_id": needs[0], "match_id": needs[1]}
+    pid = job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s})
+    return Job("train", pid, s, label, None, n_edges(s), needs)
+
+
+def expand(train: dict[str, list], discover: list[dict[str, list]] | None, ver: str | None = None,
+           prune: dict | None = None) -> list[Job]:
+    """Train jobs: the product of the train grid; a "prune" point reads the vanilla and bimt models
+    of the same point (spec [prune] settings) and comes after them. Discover jobs: for every model,
+    the product of each discover grid (several grids are unioned; a job named by two grids runs once)."""
     ver = ver or package_version()
+    prune = {**{k: d for k, (_, d) in PRUNE_FIELDS.items()}, **(prune or {})}
     jobs: list[Job] = []
     keys = list(train)
+    by_point: dict[tuple[str, str], Job] = {}  # (the point's settings but the regime, regime) -> job
+    prune_points = []
     for combo in itertools.product(*(train[k] for k in keys)):
         s = _resolve_train(dict(zip(keys, combo)))
-        tid = job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s})
         extra = "".join(f"/{k}{s[k]}" for k in keys if k not in ("task", "regime", "seed") and len(train[k]) > 1)
-        jobs.append(Job("train", tid, s, f"train/{s['task']}/{s['regime']}/seed{s['seed']}{extra}", None, n_edges(s)))
+        label = f"train/{s['task']}/{s['regime']}/seed{s['seed']}{extra}"
+        if s["regime"] == "prune":
+            prune_points.append((s, label))
+            continue
+        tid = job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s})
+        jobs.append(Job("train", tid, s, label, None, n_edges(s)))
+        by_point[(_point(s), s["regime"])] = jobs[-1]
+    if prune_points and not {PRUNE_FROM, PRUNE_MATCH} <= set(train["regime"]):
+        raise SpecError(f'train.regime: "prune" needs "{PRUNE_FROM}" and "{PRUNE_MATCH}" in the same list (it prunes '
+                        f"each {PRUNE_FROM} model to the weight count of the {PRUNE_MATCH} model of the same task, "
+                        f"seed, steps and lam); add them")
+    jobs += [_prune_job(s, by_point, prune, ver, label) for s, label in prune_points]
     seen = set()
     for grid in discover or []:
         dkeys = list(grid)
@@ -387,6 +437,7 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
         names = [f"discover[{i}]" for i in range(len(tables))] if isinstance(raw["discover"], list) else ["discover"]
         discover = [_grid(name, t, DISCOVER_GRID) for name, t in zip(names, tables)]
     resources = _scalars("resources", raw.get("resources", {}), RESOURCE_FIELDS)
+    prune = _scalars("prune", raw.get("prune", {}), PRUNE_FIELDS)
     testing_raw = raw.get("testing", {})
     _unknown_keys("testing", testing_raw, TESTING_FIELDS)
     testing = {}
@@ -411,7 +462,8 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
     root_path = Path(root if root is not None else sweep["root"]).expanduser()
     spec = Spec(sweep["name"], root_path, sweep["tracking_uri"], sweep["metrics_port"], train, discover,
                 resources, testing, text, sweep["metrics_host"], sweep["metrics_linger"], sweep["pushgateway"])
-    spec.jobs = expand(train, discover)
+    spec.prune = prune
+    spec.jobs = expand(train, discover, prune=prune)
     return spec
 
 
