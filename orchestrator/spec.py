@@ -20,7 +20,7 @@ A spec (see examples/quickstart.toml):
     [testing]    TEST-ONLY fault injection: transient_once, crash_once (job selectors, see below)
 
 Every error is one line that names the field path, the bad value and what is allowed, e.g.
-`train.regime[2]: "bimtt" is not one of vanilla, l1, local, swap, bimt`.
+`train.regime[2]: "bimtt" is not one of vanilla, l1, local, swap, bimt, prune`.
 """
 from __future__ import annotations
 
