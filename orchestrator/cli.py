@@ -11,6 +11,8 @@ import click
 from tasks import TASKS
 from workers.train import REGIMES
 
+TRAIN_REGIMES = [*REGIMES, "prune"]  # prune: derived from two trained models (workers.prune)
+
 
 class InputError(click.UsageError):
     """Bad input found after parsing (a file's content, a combination of options)."""
@@ -36,7 +38,8 @@ def cli():
 
 @cli.command()
 @click.option("--task", required=True, type=click.Choice(list(TASKS)), help="The learning problem.")
-@click.option("--regime", required=True, type=click.Choice(list(REGIMES)), help="The training regime.")
+@click.option("--regime", required=True, type=click.Choice(TRAIN_REGIMES),
+              help="The training regime (prune: needs --from-vanilla and --match).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (task default).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--lam", type=click.FloatRange(min=0), default=None, help="Penalty strength (task default).")
@@ -45,9 +48,21 @@ def cli():
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder of the MNIST IDX files (else $CIRCUITRY_MNIST_DIR).")
+@click.option("--from-vanilla", "from_vanilla", type=click.Path(dir_okay=False), default=None,
+              help="prune: the vanilla model.pt to prune.")
+@click.option("--match", "match", type=click.Path(dir_okay=False), default=None,
+              help="prune: the model.pt (normally bimt, same task, seed, steps, lam) whose weight count to match.")
+@click.option("--finetune-steps", type=click.IntRange(min=1), default=None,
+              help="prune: fine-tuning steps (default: a tenth of the vanilla model's steps).")
+@click.option("--match-fraction", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
+              help="prune: count the matched model's weights with |w| > this x max|w| (default 1e-2).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for model.pt etc.")
-def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, out):
-    """Train one model; write OUT/model.pt, OUT/metrics.json and OUT/network.png."""
+def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, from_vanilla, match, finetune_steps,
+          match_fraction, out):
+    """Train one model; write OUT/model.pt, OUT/metrics.json and OUT/network.png.
+
+    --regime prune trains nothing from scratch: it prunes the --from-vanilla model to the weight
+    count of the --match model and fine-tunes it (the models' own task, seed and settings)."""
     from tasks.base import TaskDataError
     from workers.outputs import write_training
     from workers.train import TrainConfig
@@ -55,18 +70,55 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, o
 
     if data_dir:
         os.environ["CIRCUITRY_MNIST_DIR"] = data_dir
+    prune_options = {"--from-vanilla": from_vanilla, "--match": match, "--finetune-steps": finetune_steps,
+                     "--match-fraction": match_fraction}
+    if regime != "prune" and any(v is not None for v in prune_options.values()):
+        given = next(k for k, v in prune_options.items() if v is not None)
+        raise InputError(f"{given}: only --regime prune takes it; drop it or use --regime prune")
     out_dir = writable_dir(out, "--out")
-    steps = steps or TASKS[task].recipe.steps
-    config = TrainConfig(task=task, regime=regime, steps=steps, seed=seed, lam=lam, width=width,
-                         swap_every=swap_every, device=device)
     try:
-        result = run_training(config)
+        if regime == "prune":
+            result = _prune(task, from_vanilla, match, finetune_steps, match_fraction, device)
+        else:
+            steps = steps or TASKS[task].recipe.steps
+            config = TrainConfig(task=task, regime=regime, steps=steps, seed=seed, lam=lam, width=width,
+                                 swap_every=swap_every, device=device)
+            result = run_training(config)
     except TaskDataError as e:
         raise InputError(f"--data-dir: {e}") from None
     write_training(result, out_dir)
     m = result.metrics
-    click.echo(f"{task}/{regime} seed {seed}: test loss {m['test_loss']:.3g}, connection cost "
+    pruned = f", {m['weights_nonzero']} weights (test loss {m['pruned_test_loss']:.3g} before fine-tuning)" \
+        if regime == "prune" else ""
+    click.echo(f"{task}/{regime} seed {result.checkpoint['seed']}: test loss {m['test_loss']:.3g}{pruned}, connection cost "
                f"{m['connection_cost']:.3g}, {m['steps_per_second']:.0f} steps/s -> {out_dir / 'model.pt'}")
+
+
+def _prune(task, from_vanilla, match, finetune_steps, match_fraction, device):
+    """`train --regime prune`: the two checkpoints checked, then workers.prune."""
+    from workers.model import CheckpointError, load_checkpoint
+    from workers.prune import DEFAULT_MATCH_FRACTION, PruneConfig, default_finetune_steps, prune
+
+    ckpts = {}
+    for option, path in (("--from-vanilla", from_vanilla), ("--match", match)):
+        if path is None:
+            raise InputError(f"{option}: missing; --regime prune needs --from-vanilla VANILLA/model.pt and "
+                             "--match BIMT/model.pt")
+        try:
+            ckpts[option] = load_checkpoint(path)
+        except CheckpointError as e:
+            raise InputError(f"{option}: {e}") from None
+        if ckpts[option]["task"] != task:
+            raise InputError(f"{option}: {path} is a {ckpts[option]['task']} model, not {task}; give --task "
+                             f"{ckpts[option]['task']} or a {task} model")
+    vanilla = ckpts["--from-vanilla"]
+    if vanilla.get("regime") != "vanilla":
+        raise InputError(f"--from-vanilla: {from_vanilla} is a {vanilla.get('regime')} model; give a vanilla one")
+    if list(vanilla["shape"]) != list(ckpts["--match"]["shape"]):
+        raise InputError(f"--match: its shape {list(ckpts['--match']['shape'])} is not the vanilla model's "
+                         f"{list(vanilla['shape'])}; give a model of the same shape")
+    steps = finetune_steps or default_finetune_steps(vanilla["config"]["steps"])
+    return prune(vanilla, ckpts["--match"], PruneConfig(steps, match_fraction or DEFAULT_MATCH_FRACTION, device=device))
 
 
 def _register_commands() -> None:

@@ -108,20 +108,27 @@ def _begin(job: Job | dict, actor, faults: Faults | None) -> tuple[Job, "Reporte
 
 
 def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, device: str = "cpu",
-                  node_id: str | None = None, pictures: bool = True) -> tuple[JobResult, dict]:
+                  node_id: str | None = None, pictures: bool = True,
+                  inputs: tuple[dict, ...] = ()) -> tuple[JobResult, dict]:
     """Train one model; returns (result, checkpoint). `pictures`: draw network.png (the spec's
-    sweep.pictures)."""
+    sweep.pictures). A prune job derives its model from `inputs`, the checkpoints of the jobs it
+    needs (vanilla, bimt: workers.prune)."""
     from workers.outputs import training_files
     from workers.profile import PeakMemory
+    from workers.prune import PruneConfig, prune
     from workers.train import TrainConfig, train
 
     job, rep, started = _begin(job, actor, faults)
     s = job.settings
-    config = TrainConfig(task=s["task"], regime=s["regime"], steps=s["steps"], seed=s["seed"], lam=s["lam"],
-                         lr=s["lr"], swap_every=s["swap_every"], top_k=s["top_k"], width=s["width"],
-                         final_factor=s["final_factor"], log_every=s["log_every"], device=device)
     with PeakMemory(device) as mem:
-        result = train(config, progress=rep.train_progress)
+        if s["regime"] == "prune":
+            config = PruneConfig(s["finetune_steps"], s["match_fraction"], s["log_every"], device)
+            result = prune(*inputs, config, progress=rep.train_progress)
+        else:
+            config = TrainConfig(task=s["task"], regime=s["regime"], steps=s["steps"], seed=s["seed"], lam=s["lam"],
+                                 lr=s["lr"], swap_every=s["swap_every"], top_k=s["top_k"], width=s["width"],
+                                 final_factor=s["final_factor"], log_every=s["log_every"], device=device)
+            result = train(config, progress=rep.train_progress)
     n_edges = sum(int(w.numel()) for w in result.checkpoint["weights"])
     figures = {**result.metrics, "n_edges": n_edges}
     files = training_files(result, pictures)  # before the record: its duration includes them

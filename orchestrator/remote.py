@@ -47,9 +47,9 @@ def job_task(op: str, cpus: float, actor, *args):
     _threads(cpus)
     send = _sender(actor)
     node = ray.get_runtime_context().get_node_id()  # recorded in job.json (workers import no Ray)
-    if op == "train":
-        job, faults, device, pictures = args
-        return execute.execute_train(job, send, _faults(actor, faults), device, node, pictures)
+    if op == "train":  # a prune job also gets the checkpoints it reads (Ray resolves their refs)
+        job, faults, device, pictures, *inputs = args
+        return execute.execute_train(job, send, _faults(actor, faults), device, node, pictures, tuple(inputs))
     if op == "discover":
         job, ckpt, faults, pictures = args
         return execute.execute_discover(job, ckpt, send, _faults(actor, faults), node, pictures), None

@@ -61,7 +61,7 @@ PROFILE = [
     ("test_loss", "test loss", "lower"),
     ("test_accuracy", "test accuracy", "higher"),
 ]
-REGIME_ORDER = ["vanilla", "l1", "local", "swap", "bimt"]
+REGIME_ORDER = ["vanilla", "l1", "local", "swap", "bimt", "prune"]
 BASELINE = "vanilla"
 # The settings that name a discovery; shown whenever a sweep has them.
 DISCOVERY_KEYS = ("method", "threshold", "target_f", "ablation", "output")

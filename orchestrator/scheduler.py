@@ -2,7 +2,8 @@
 
 Train jobs and discover jobs are Ray tasks with resource requests (GPUs only where the cluster has
 them) and retries (`resources.max_retries`: on worker death and on TransientError). A discover job
-is submitted the moment its model exists (its train job finished now or in an earlier run); its
+(and a prune train job, which reads a vanilla and a bimt model) is submitted the moment its
+model (both models) exists (its train job finished now or in an earlier run); its
 checkpoint travels through the object store. `exact` on a model with more than
 `resources.edge_chunk` edges fans out into ceil(edges / edge_chunk) chunk tasks of equal
 estimated work (workers.chunks), which share one prepared problem (a prepare task's result in the
@@ -173,6 +174,11 @@ class Scheduler:
         self.children: dict[str, list[Job]] = {}
         for j in spec.discover_jobs():
             self.children.setdefault(j.model_id, []).append(j)
+        self.dependents: dict[str, list[Job]] = {}  # train job id -> the prune jobs that read its model
+        for j in spec.train_jobs():
+            for need in j.needs:
+                self.dependents.setdefault(need, []).append(j)
+        self.ready: set[str] = set()  # train jobs whose checkpoint is in ckpt_refs and finished
         self.last_drain = 0.0
         self.bar = ProgressBar(len(spec.jobs), enabled=self.progress)
         self.echo(f"sweep {spec.name}: {len(spec.jobs)} jobs, {self.out.cached} already finished, "
@@ -180,11 +186,16 @@ class Scheduler:
 
     # ------------------------------------------------------------ submitting
     def _submit_unfinished(self) -> None:
-        """Unfinished train jobs, and discover jobs whose model is already finished."""
+        """Unfinished train jobs (a prune job once its models are finished), and discover jobs
+        whose model is already finished."""
         for tj in self.spec.train_jobs():
             if tj.id not in self.done_ids:
-                self.submit_train(tj)
-            elif any(dj.id not in self.done_ids for dj in self.children.get(tj.id, [])):
+                if tj.needs:  # comes after the jobs it needs: submitted now if their models are cached
+                    self._set_state(tj, "queued")
+                    self._submit_if_ready(tj)
+                else:
+                    self.submit_train(tj)
+            elif any(j.id not in self.done_ids for j in self.children.get(tj.id, []) + self.dependents.get(tj.id, [])):
                 self.ckpt_refs[tj.id] = self.ray.put(self._cached_model(tj))
                 self.n_edges_of[tj.id] = self.existing[tj.id]["figures"].get("n_edges", tj.n_edges)
                 self._model_ready(tj.id)
@@ -200,7 +211,8 @@ class Scheduler:
     def submit_train(self, tj: Job) -> None:
         res = self.spec.resources
         rec_ref, self.ckpt_refs[tj.id] = self.remote.submit("train", self.t_opts, res["train_cpus"], self.actor,
-                                                            asdict(tj), self.faults, self.device, self.spec.pictures)
+                                                            asdict(tj), self.faults, self.device, self.spec.pictures,
+                                                            *(self.ckpt_refs[n] for n in tj.needs))
         self._pending(tj, rec_ref, [rec_ref])
 
     def submit_discover(self, job: Job, ckpt_ref) -> None:
@@ -228,9 +240,18 @@ class Scheduler:
         self._set_state(job, "queued")
 
     def _model_ready(self, train_id: str) -> None:
+        self.ready.add(train_id)
         for dj in self.children.get(train_id, []):
             if dj.id not in self.done_ids:
                 self.submit_discover(dj, self.ckpt_refs[train_id])
+        for pj in self.dependents.get(train_id, []):
+            self._submit_if_ready(pj)
+
+    def _submit_if_ready(self, pj: Job) -> None:
+        """A prune job, once every model it reads is ready (and it is neither done, running nor skipped)."""
+        if (pj.id not in self.done_ids and pj.id not in self.live and self.state.get(pj.id) == "queued"
+                and all(n in self.ready for n in pj.needs)):
+            self.submit_train(pj)
 
     # ------------------------------------------------------------ collecting
     def _wait(self) -> list:
@@ -307,7 +328,7 @@ class Scheduler:
             self.state[dj.id] = "cached"  # its submission moves it from cached to queued
 
     def on_failure(self, job: Job, error: str) -> None:
-        """Record the failure; a failed train job's discover jobs are skipped."""
+        """Record the failure; the jobs that read a failed train job's model are skipped."""
         self.out.failed += 1
         self.out.failures.append((job.label, error))
         self.recorder.add({"job_id": job.id, "kind": job.kind, "label": job.label, "status": "failed",
@@ -316,13 +337,20 @@ class Scheduler:
                            "finished_at": time.time()})
         self.bar.note(f"FAILED {job.label}: {error}", *self._counts())
         self._set_state(job, "failed")
-        for dj in self.children.get(job.id, []) if job.kind == "train" else []:
-            if dj.id not in self.done_ids and self.state.get(dj.id) == "queued":
+        self._skip_dependents(job, job)
+
+    def _skip_dependents(self, job: Job, failed: Job) -> None:
+        """Skip the unsubmitted jobs that read `job`'s model (discover jobs, prune jobs), and theirs."""
+        if job.kind != "train":
+            return
+        for dj in self.children.get(job.id, []) + self.dependents.get(job.id, []):
+            if dj.id not in self.done_ids and dj.id not in self.live and self.state.get(dj.id) == "queued":
                 self.out.skipped += 1
                 self._set_state(dj, "skipped")
                 self.recorder.add({"job_id": dj.id, "kind": dj.kind, "label": dj.label, "status": "skipped",
                                    "settings": dj.settings, "model_id": dj.model_id,
-                                   "error": f"its model ({job.label}) failed", "finished_at": time.time()})
+                                   "error": f"its model ({failed.label}) failed", "finished_at": time.time()})
+                self._skip_dependents(dj, failed)
 
     def cancel(self) -> None:
         """Ctrl-C: cancel every running task. Results the driver has not written are not results:

@@ -12,13 +12,17 @@ A spec (see examples/quickstart.toml):
     [train]      grid: task, regime, seed, steps, lam, lr, width, swap_every, top_k, final_factor,
                  log_every (each a value or a list of values; lists multiply; lam, lr, swap_every,
                  top_k, final_factor default to the task's BIMT recipe, tasks.recipe)
-    [discover]   grid: method, threshold or target_f (one of them), order, ablation, output, seed
-                 (optional table: no discovery; [[discover]] for several grids)
+    [prune]      finetune_steps (default: a tenth of the train steps), match_fraction (1e-2): the
+                 `prune` regime's settings (workers.prune); regime "prune" in [train] adds, for
+                 every grid point, a job that prunes the vanilla model of the same task, seed and
+                 steps to the weight count of that point's bimt model (the spec must have both)
+    [discover]   grid: method, threshold or target_f (one of them), order, ablation, output, seed,
+                 train_seed (optional table: no discovery; [[discover]] for several grids)
     [resources]  train_cpus, train_gpus, discover_cpus, discover_gpus, max_retries, edge_chunk
     [testing]    TEST-ONLY fault injection: transient_once, crash_once (job selectors, see below)
 
 Every error is one line that names the field path, the bad value and what is allowed, e.g.
-`train.regime[2]: "bimtt" is not one of vanilla, l1, local, swap, bimt`.
+`train.regime[2]: "bimtt" is not one of vanilla, l1, local, swap, bimt, prune`.
 """
 from __future__ import annotations
 
@@ -28,14 +32,17 @@ import json
 import math
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from tasks import TASKS
 
-REGIMES = ("vanilla", "l1", "local", "swap", "bimt")  # workers.train.REGIMES, without importing torch
+# workers.train.REGIMES, and "prune" (workers.prune: derived from a vanilla and a bimt model),
+# without importing torch
+REGIMES = ("vanilla", "l1", "local", "swap", "bimt", "prune")
+PRUNE_FROM, PRUNE_MATCH = "vanilla", "bimt"
 METHODS = ("acdc", "exact", "eap", "eap-ig")
 ABLATIONS = ("resample", "zero", "mean")
 ORDERS = ("ascending", "descending", "random")  # workers.acdc.ORDERS: ACDC's sender order
@@ -101,6 +108,13 @@ def _nonneg_int(path, v):
 
 def _nonneg_float(path, v):
     return _float(path, v, 0.0, "a non-negative number")
+
+
+def _open_fraction(path, v):
+    v = _float(path, v, 0.0, "a fraction in (0, 1)")
+    if not 0 < v < 1:
+        raise SpecError(f"{path}: {_show(v)} is not a fraction in (0, 1)")
+    return v
 
 
 def _positive_float(path, v):
@@ -218,12 +232,16 @@ RESOURCE_FIELDS = {
     "max_retries": (_nonneg_int, 2),
     "edge_chunk": (_nonneg_int, 0),  # exact: edges per Ray task; 0 = one task per job
 }
+PRUNE_FIELDS = {
+    "finetune_steps": (_positive_int, 0),  # 0 (not writable): a tenth of the train steps
+    "match_fraction": (_open_fraction, 1e-2),  # workers.prune.DEFAULT_MATCH_FRACTION
+}
 TESTING_FIELDS = {
     "transient_once": (None, []),
     "crash_once": (None, []),
 }
 TABLES = {"sweep": SWEEP_FIELDS, "train": TRAIN_GRID, "discover": DISCOVER_GRID,
-          "resources": RESOURCE_FIELDS, "testing": TESTING_FIELDS}
+          "resources": RESOURCE_FIELDS, "prune": PRUNE_FIELDS, "testing": TESTING_FIELDS}
 
 
 def _unknown_keys(table: str, given: dict, allowed: dict) -> None:
@@ -322,6 +340,7 @@ class Job:
     label: str  # human-readable, e.g. "train/independence/bimt/seed0"
     model_id: str | None = None  # discover: the id of the train job whose model it reads
     n_edges: int = 0  # edges of the model's dense neuron graph
+    needs: tuple[str, ...] = ()  # prune: the ids of the (vanilla, bimt) train jobs whose models it reads
 
     def params(self) -> dict:
         out = {"job_id": self.id, "kind": self.kind, **self.settings}
@@ -374,6 +393,7 @@ class Spec:
     metrics_linger: float = 10.0
     pushgateway: str = ""
     pictures: bool = True
+    prune: dict = field(default_factory=dict)  # the [prune] table
     jobs: list[Job] = field(default_factory=list)
 
     @property
@@ -392,25 +412,61 @@ class Spec:
                    if j.settings["method"] == "exact" and chunk and j.n_edges > chunk)
 
 
-def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None, ver: str | None = None) -> list[Job]:
+# Train settings only a penalty uses: a vanilla model is the same whatever they say, so a prune
+# job reads the vanilla model of its task, seed and steps at any of them
+PENALTY_ONLY = ("lam", "swap_every", "top_k", "final_factor")
+
+
+def _point(s: dict, ignore: tuple[str, ...] = ()) -> str:
+    """A train job's settings but its regime (and `ignore`): what a prune job shares with its models."""
+    return json.dumps({k: v for k, v in s.items() if k != "regime" and k not in ignore}, sort_keys=True)
+
+
+def _prune_job(s: dict, models: dict, prune: dict, ver: str) -> Job:
+    """The prune job of one grid point: it reads the vanilla model of its task, seed and steps and
+    the bimt model of the same point, so their ids are part of its own (and of its settings, for
+    the record)."""
+    vanilla = models.get((PRUNE_FROM, _point(s, PENALTY_ONLY)))
+    match = models.get((PRUNE_MATCH, _point(s)))
+    if vanilla is None or match is None:
+        raise SpecError(f'train.regime: "prune" at {s["task"]} seed {s["seed"]} lam {s["lam"]} needs a "{PRUNE_FROM}" '
+                        f'model of the same task, seed and steps and a "{PRUNE_MATCH}" model of the same point (it '
+                        f"prunes the first to the weight count of the second); add them to the spec")
+    s = {**s, "finetune_steps": prune["finetune_steps"] or max(1, s["steps"] // 10),
+         "match_fraction": prune["match_fraction"], "vanilla_id": vanilla.id, "match_id": match.id}
+    pid = job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s})
+    return Job("train", pid, s, "", None, n_edges(s), (vanilla.id, match.id))
+
+
+def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None, ver: str | None = None,
+           prune: dict | None = None) -> list[Job]:
     """Train jobs: the product of each train grid (several [[train]] grids are unioned; a job named
-    by two grids runs once). Discover jobs: for every model, the product of each discover grid
-    (unioned the same way)."""
+    by two grids runs once); a "prune" point reads a vanilla and a bimt model (spec [prune]
+    settings) and comes after them. Discover jobs: for every model, the product of each discover
+    grid (unioned the same way)."""
     ver = ver or package_version()
-    settings: dict[str, dict] = {}
+    prune = {**{k: d for k, (_, d) in PRUNE_FIELDS.items()}, **(prune or {})}
+    trained: dict[str, dict] = {}  # job id -> settings, in the order the grids name them
+    pruned: dict[str, dict] = {}  # a prune point's settings (as _point) -> settings
     for grid in train:
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):
             s = _resolve_train(dict(zip(keys, combo)))
-            tid = job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s})
-            settings.setdefault(tid, s)
+            if s["regime"] == "prune":
+                pruned.setdefault(_point(s), s)
+            else:
+                trained.setdefault(job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s}), s)
+    jobs = [Job("train", tid, s, "", None, n_edges(s)) for tid, s in trained.items()]
+    models: dict[tuple[str, str], Job] = {}  # (regime, settings but the regime [and PENALTY_ONLY]) -> job
+    for j in jobs:
+        models.setdefault((j.settings["regime"], _point(j.settings)), j)
+        models.setdefault((j.settings["regime"], _point(j.settings, PENALTY_ONLY)), j)
+    jobs += [_prune_job(s, models, prune, ver) for s in pruned.values()]
     # a label names what tells the sweep's models apart: the settings that vary across its jobs
     varying = [k for k in TRAIN_GRID if k not in ("task", "regime", "seed")
-               and len({repr(s[k]) for s in settings.values()}) > 1]
-    jobs: list[Job] = []
-    for tid, s in settings.items():
-        extra = "".join(f"/{k}{s[k]}" for k in varying)
-        jobs.append(Job("train", tid, s, f"train/{s['task']}/{s['regime']}/seed{s['seed']}{extra}", None, n_edges(s)))
+               and len({repr(j.settings[k]) for j in jobs}) > 1]
+    jobs = [replace(j, label=f"train/{j.settings['task']}/{j.settings['regime']}/seed{j.settings['seed']}"
+                          + "".join(f"/{k}{j.settings[k]}" for k in varying)) for j in jobs]
     seen = set()
     for grid in discover or []:
         dkeys = list(grid)
@@ -460,6 +516,7 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
         for name, grid in zip(names, discover):
             _check_selection(name, grid)
     resources = _scalars("resources", raw.get("resources", {}), RESOURCE_FIELDS)
+    prune = _scalars("prune", raw.get("prune", {}), PRUNE_FIELDS)
     testing_raw = raw.get("testing", {})
     _unknown_keys("testing", testing_raw, TESTING_FIELDS)
     testing = {}
@@ -486,7 +543,8 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
     spec = Spec(sweep["name"], root_path, sweep["tracking_uri"], sweep["metrics_port"], train, discover,
                 resources, testing, text, sweep["metrics_host"], sweep["metrics_linger"], sweep["pushgateway"],
                 sweep["pictures"])
-    spec.jobs = expand(train, discover)
+    spec.prune = prune
+    spec.jobs = expand(train, discover, prune=prune)
     return spec
 
 

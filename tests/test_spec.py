@@ -31,7 +31,7 @@ def spec_text(root, **replace):
 
 # (the change to the good spec, a fragment the error must contain)
 BAD = [
-    ('regime = ["vanilla", "bimt"]', 'regime = ["vanilla", "bimt", "bimtt"]', 'train.regime[2]: "bimtt" is not one of vanilla, l1, local, swap, bimt'),
+    ('regime = ["vanilla", "bimt"]', 'regime = ["vanilla", "bimt", "bimtt"]', 'train.regime[2]: "bimtt" is not one of vanilla, l1, local, swap, bimt, prune'),
     ('task = ["independence", "two_moons"]', 'task = "nope"', 'train.task: "nope" is not one of'),
     ("steps = 100", "steps = 0", "train.steps: 0 is not a positive integer"),
     ("steps = 100", 'steps = "100"', 'train.steps: "100" is not a positive integer'),
@@ -60,7 +60,7 @@ BAD = [
     ('name = "s"', 'name = "s"\nmetrics_port = 70000', "sweep.metrics_port: 70000 is not a port"),
     ('name = "s"', 'name = "s"\ntracking_uri = "ftp://x"', 'sweep.tracking_uri: "ftp://x" is not a tracking URI'),
     ('name = "s"', 'name = "s"\ncolour = "red"', "sweep.colour: unknown field"),
-    ("[discover]", "[discovr]", "discovr: unknown table; allowed: sweep, train, discover, resources, testing"),
+    ("[discover]", "[discovr]", "discovr: unknown table; allowed: sweep, train, discover, resources, prune, testing"),
     ("[train]", "[trian]", "trian: unknown table"),
     ("threshold = 0.01", "threshold = 0.01\n[resources]\nmax_retries = -1", "resources.max_retries: -1 is not a non-negative integer"),
     ("threshold = 0.01", "threshold = 0.01\n[resources]\ntrain_cpus = 0", "resources.train_cpus: 0.0 is not a positive number"),

@@ -147,9 +147,56 @@ def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred.argmax(1) == y).float().mean())
 
 
-def train(config: TrainConfig, progress: Callable[[int, int], None] | None = None) -> TrainResult:
+def _loss_fn(task, recipe: Recipe):
+    return lambda pred, target: task.training_loss(pred, target, recipe.loss)
+
+
+@torch.no_grad()
+def _fit(model: CoordMLP, task, loss_fn, x, y, x_test, y_test) -> dict[str, float]:
+    """Train and test loss under the recipe's loss (and accuracies for classification)."""
+    pred, pred_test = model(x), model(x_test)
+    out = {"train_loss": float(loss_fn(pred, y)), "test_loss": float(loss_fn(pred_test, y_test))}
+    if task.kind == "classification":
+        out["train_accuracy"] = _accuracy(pred, y)
+        out["test_accuracy"] = _accuracy(pred_test, y_test)
+    return out
+
+
+def config_of(ckpt: dict, **changes) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with (its recorded `config`), with `changes`."""
+    names = TrainConfig.__dataclass_fields__
+    return replace(TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in names}), **changes)
+
+
+def checkpoint_fit(ckpt: dict) -> dict[str, float]:
+    """A checkpoint's train and test loss (and accuracies) on its own data seed, on the CPU, in
+    its recipe's float type and loss."""
+    cfg = config_of(ckpt, regime="vanilla", device="cpu").resolved()
+    task, recipe = get_task(cfg.task), cfg.recipe()
+    dtype = getattr(torch, recipe.dtype)
+    data = task.make_data(cfg.seed)
+    x_of = lambda t: t if task.vocab else t.to(dtype)  # noqa: E731
+    y_of = lambda t: t if task.kind == "classification" else t.to(dtype)  # noqa: E731
+    model = CoordMLP.from_checkpoint(ckpt).to(dtype).eval()
+    return _fit(model, task, _loss_fn(task, recipe), x_of(data.x_train), y_of(data.y_train),
+                x_of(data.x_test), y_of(data.y_test))
+
+
+@torch.no_grad()
+def _apply_masks(model: CoordMLP, masks: list[torch.Tensor]) -> None:
+    for linear, m in zip(model.linears, masks):
+        linear.weight.mul_(m)
+
+
+def train(config: TrainConfig, progress: Callable[[int, int], None] | None = None, start: dict | None = None,
+          masks: list[torch.Tensor] | None = None) -> TrainResult:
     """Train one model. `progress(steps, examples)` is called every `log_every` steps with the
-    increments since the last call (the orchestrator turns them into Prometheus counters)."""
+    increments since the last call (the orchestrator turns them into Prometheus counters).
+    `start`: a checkpoint of the same shape to continue from instead of a fresh initialisation
+    (its weights, biases, embedding and layout; the optimiser starts afresh). `masks`: one 0/1
+    tensor per weight matrix; the weights where it is 0 are held at exactly zero (their gradient
+    is masked, so AdamW's moments for them stay zero, and they are re-zeroed after every step).
+    workers.prune fine-tunes a pruned network with both."""
     cfg = config.resolved()
     task = get_task(cfg.task)
     recipe = cfg.recipe()
@@ -158,16 +205,25 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
     dtype = getattr(torch, recipe.dtype)
     torch.manual_seed(cfg.seed)
     shape = network_shape(task, cfg.width)
-    model = CoordMLP(
-        shape, layout(shape, cfg.sheets, task.input_grid, recipe), l0=recipe.l0, vocab=task.vocab,
-        embed_dim=task.embed_dim, distance=recipe.distance, in_fold=recipe.in_fold,
-    ).to(device=device, dtype=dtype)
+    if start is None:
+        model = CoordMLP(
+            shape, layout(shape, cfg.sheets, task.input_grid, recipe), l0=recipe.l0, vocab=task.vocab,
+            embed_dim=task.embed_dim, distance=recipe.distance, in_fold=recipe.in_fold,
+        )
+    else:
+        if list(start["shape"]) != shape:
+            raise ValueError(f"the start checkpoint's shape {start['shape']} is not this config's {shape}")
+        model = CoordMLP.from_checkpoint(start)
+    model = model.to(device=device, dtype=dtype)
+    masks = None if masks is None else [m.to(device=device, dtype=dtype) for m in masks]
+    if masks is not None:
+        _apply_masks(model, masks)
     data = task.make_data(cfg.seed)
     as_input = lambda t: t.to(device) if task.vocab else t.to(device=device, dtype=dtype)  # noqa: E731
     as_target = lambda t: t.to(device) if task.kind == "classification" else t.to(device=device, dtype=dtype)  # noqa: E731
     x, y = as_input(data.x_train), as_target(data.y_train)
     x_test, y_test = as_input(data.x_test), as_target(data.y_test)
-    loss_fn = lambda pred, target: task.training_loss(pred, target, recipe.loss)  # noqa: E731
+    loss_fn = _loss_fn(task, recipe)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     weight_factor = recipe.distance_weight if regime.local else 0.0
     batches = minibatches(len(x), cfg.batch_size, cfg.seed, device)
@@ -181,11 +237,16 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
             loss = loss_fn(model(xb), yb)
             opt.zero_grad(set_to_none=False)
             loss.backward()
+            if masks is not None:
+                for linear, m in zip(model.linears, masks):
+                    linear.weight.grad.mul_(m)
             if regime.penalty:  # the gradient of lam * connection cost, added in closed form
                 model.add_connection_cost_grad(
                     recipe.lam_at(step, cfg.steps), weight_factor, penalize_bias=recipe.penalize_bias_at(step, cfg.steps),
                     norm=recipe.cost_norm, last_layer_distance=recipe.last_layer_distance)
             opt.step()
+            if masks is not None:
+                _apply_masks(model, masks)
             examples += len(xb)
             if regime.swaps and (step + 1) % cfg.swap_every == 0:
                 t0 = time.perf_counter()
@@ -204,13 +265,11 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
 
     model.eval()
     with torch.no_grad():
-        pred, pred_test = model(x), model(x_test)
         # one yardstick for every regime of a task: summed, distance weight 1, biases included
         cost = float(model.connection_cost(1.0, penalize_bias=True))
     weights = [l.weight.detach().cpu() for l in model.linears]
     metrics = {
-        "train_loss": float(loss_fn(pred, y)),
-        "test_loss": float(loss_fn(pred_test, y_test)),
+        **_fit(model, task, loss_fn, x, y, x_test, y_test),
         "connection_cost": cost,
         "train_seconds": train_seconds,
         "steps_per_second": cfg.steps / train_seconds,
@@ -227,9 +286,6 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
         "weights_above_5e-2": weights_above(weights, 5e-2),
         "weights_above_1e-1": weights_above(weights, 1e-1),
     }
-    if task.kind == "classification":
-        metrics["train_accuracy"] = _accuracy(pred, y)
-        metrics["test_accuracy"] = _accuracy(pred_test, y_test)
     record = cfg.record()
     record["device"] = device.type
     ckpt = model.cpu().float().to_checkpoint(cfg.task, cfg.regime, cfg.seed, record)

@@ -1,0 +1,116 @@
+"""The `prune` regime: a vanilla network, magnitude-pruned to the weight count of the matched BIMT
+network, then fine-tuned for a short fixed number of steps with the pruned weights held at zero.
+
+It is the control for "BIMT's circuits are sparse": a network that is merely small (as many weights
+as BIMT keeps, chosen after ordinary training) without BIMT's penalty, locality or swaps.
+
+The weight count of the matched BIMT network. BIMT's weights are small, not zero: an L1 penalty
+under Adam leaves them jittering around 0. Its count is the number of weights with
+|w| > match_fraction * max|w|, the maximum taken over every weight matrix of the network, with
+match_fraction 1e-2 by default: exactly the train record's `weights_above_1e-2` figure
+(workers.profile.weights_above), so the target is a number already in the BIMT job's record
+(5e-2 and 1e-1 name the record's other two figures). 1e-2 is the loosest of the three, which gives
+the pruned network the largest budget: the control is not handicapped by a strict cut, and a
+weight of BIMT's below 1% of its largest moves a pre-activation by little (`match_pruned_test_loss`
+in the record is the BIMT network's own test loss with only those weights kept, a check of that).
+Only the weight matrices count and are pruned; biases and a token task's embedding stay dense in
+every network, as the circuit's edges are the weights only (design.md, circuit.parquet).
+
+Per-layer pruning. Layer l of the vanilla network keeps its k_l largest |w| (ties: the lower flat
+index), k_l the matched network's count in layer l under the threshold above; so the two networks
+have the same number of weights in every layer, and the comparison is about which weights, not
+how a budget is spread over layers. Global magnitude pruning would instead compare raw |w| across
+layers whose scales differ by their fan-in (PyTorch's init is U(±1/sqrt(fan_in))), and so prune
+the wide-input layers hardest for a reason that is the parametrisation's, not learned.
+
+Fine-tuning: `finetune_steps` steps of the vanilla recipe (AdamW afresh at the recipe's lr, no
+penalty, no swaps, the recipe's minibatches from the start of the data seed's order), through
+workers.train.train with `start` and `masks`. The returned checkpoint is `circuitry.mlp/1` with
+regime "prune"; its `config` is the vanilla one's with steps = finetune_steps plus the prune fields
+below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from workers.train import TrainResult, checkpoint_fit, config_of, train
+
+DEFAULT_MATCH_FRACTION = 1e-2
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    finetune_steps: int
+    match_fraction: float = DEFAULT_MATCH_FRACTION
+    log_every: int = 100
+    device: str = "auto"
+
+
+def default_finetune_steps(steps: int) -> int:
+    """A tenth of the vanilla training's steps (at least 1): short next to training at any length."""
+    return max(1, steps // 10)
+
+
+def layer_counts(weights: list[torch.Tensor], fraction: float) -> list[int]:
+    """Per layer, the weights with |w| > fraction * max|w| over all layers (their sum is
+    workers.profile.weights_above(weights, fraction))."""
+    top = max(float(w.abs().max()) for w in weights)
+    return [int((w.abs() > fraction * top).sum()) for w in weights]
+
+
+def magnitude_masks(weights: list[torch.Tensor], counts: list[int]) -> list[torch.Tensor]:
+    """Per layer, a 0/1 mask keeping exactly counts[l] weights of largest |w| (ties: lower index)."""
+    masks = []
+    for w, k in zip(weights, counts):
+        flat = w.detach().abs().flatten().double()
+        order = torch.sort(flat, descending=True, stable=True).indices  # stable: ties keep index order
+        m = torch.zeros_like(flat, dtype=torch.float32)
+        m[order[:k]] = 1.0
+        masks.append(m.reshape(w.shape))
+    return masks
+
+
+def masked(ckpt: dict, masks: list[torch.Tensor]) -> dict:
+    return {**ckpt, "weights": [w * m for w, m in zip(ckpt["weights"], masks)]}
+
+
+def _check_pair(vanilla: dict, match: dict) -> None:
+    if vanilla.get("regime") != "vanilla":
+        raise ValueError(f"the model to prune must be a vanilla one, got regime {vanilla.get('regime')!r}")
+    if vanilla["task"] != match["task"] or list(vanilla["shape"]) != list(match["shape"]):
+        raise ValueError(f"the matched model ({match['task']} {list(match['shape'])}) is not of the vanilla "
+                         f"model's task and shape ({vanilla['task']} {list(vanilla['shape'])})")
+
+
+def prune(vanilla: dict, match: dict, cfg: PruneConfig,
+          progress: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Prune `vanilla` to `match`'s per-layer weight counts, fine-tune, return a "prune" checkpoint."""
+    _check_pair(vanilla, match)
+    if cfg.finetune_steps < 1:
+        raise ValueError(f"finetune_steps must be a positive integer, got {cfg.finetune_steps}")
+    if not 0 < cfg.match_fraction < 1:
+        raise ValueError(f"match_fraction must be in (0, 1), got {cfg.match_fraction}")
+    counts = layer_counts(match["weights"], cfg.match_fraction)
+    masks = magnitude_masks(vanilla["weights"], counts)
+    pruned = masked(vanilla, masks)
+    before = checkpoint_fit(pruned)
+    match_kept = checkpoint_fit(masked(match, magnitude_masks(match["weights"], counts)))
+    # the vanilla run's own settings (optimiser, minibatches, loss), for finetune_steps steps
+    config = config_of(vanilla, steps=cfg.finetune_steps, log_every=cfg.log_every, device=cfg.device)
+    result = train(config, progress, start=pruned, masks=masks)
+    ckpt = result.checkpoint
+    ckpt["regime"] = "prune"
+    ckpt["config"] = {**ckpt["config"], "regime": "prune", "finetune_steps": cfg.finetune_steps,
+                      "vanilla_steps": vanilla["config"]["steps"], "match_fraction": cfg.match_fraction,
+                      "match_regime": match.get("regime"), "match_steps": match["config"]["steps"],
+                      "match_lam": match["config"]["lam"], "layer_counts": counts}
+    nonzero = sum(int((w != 0).sum()) for w in ckpt["weights"])
+    result.metrics.update({
+        "weights_nonzero": nonzero, "prune_target": sum(counts),
+        **{f"pruned_{k}": v for k, v in before.items()},
+        "match_pruned_test_loss": match_kept["test_loss"],
+    })
+    return result
