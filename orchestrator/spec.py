@@ -462,9 +462,10 @@ def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None,
         models.setdefault((j.settings["regime"], _point(j.settings)), j)
         models.setdefault((j.settings["regime"], _point(j.settings, PENALTY_ONLY)), j)
     jobs += [_prune_job(s, models, prune, ver) for s in pruned.values()]
-    # a label names what tells the sweep's models apart: the settings that vary across its jobs
+    # a label names what tells the sweep's models of one task apart: the settings that vary there
     varying = [k for k in TRAIN_GRID if k not in ("task", "regime", "seed")
-               and len({repr(j.settings[k]) for j in jobs}) > 1]
+               and len({(j.settings["task"], repr(j.settings[k])) for j in jobs})
+               > len({j.settings["task"] for j in jobs})]
     jobs = [replace(j, label=f"train/{j.settings['task']}/{j.settings['regime']}/seed{j.settings['seed']}"
                           + "".join(f"/{k}{j.settings[k]}" for k in varying)) for j in jobs]
     seen = set()
