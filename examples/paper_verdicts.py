@@ -1,0 +1,110 @@
+"""The verdict rows of docs/results.md, from the matched sweep (examples/paper.toml).
+
+    python examples/paper_verdicts.py sweeps/paper
+
+Each of the seed paper's claims, per task and per lam, as bimt ÷ the regime it is compared with,
+paired by seed: circuit figures at matched faithfulness (ACDC's sparsest circuit with f >= 0.95
+on the discovery examples; `--method eap-ig` for attribution's smallest top-k), training figures
+from the same models. A cell is the geometric mean of the paired ratios, its 95% t-interval and
+what may be said of it (orchestrator.matched.reading): "better"/"worse" where the interval
+excludes 1, "same" where a TOST at ±25% passes, "n.d." (not distinguishable) otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from orchestrator.matched import FIGURES, compare_at_lam, matched_rows, reading  # noqa: E402
+from orchestrator.report import fmt, load_jobs, ratio_text  # noqa: E402
+from orchestrator.stats import paired_ratio, tost  # noqa: E402
+
+# (claim, the regime bimt is compared with, figure label in orchestrator.matched.FIGURES)
+CIRCUIT_CLAIMS = [
+    ("sparser circuits than vanilla", "vanilla", "edges at target f"),
+    ("circuits generalise (held-out f) better than vanilla's", "vanilla", "held-out f"),
+    ("circuits found with fewer trials than vanilla's", "vanilla", "edges tested"),
+    ("sparser than L1 alone (same lam)", "l1", "edges at target f"),
+    ("sparser than locality alone (local, no swaps)", "local", "edges at target f"),
+    ("sparser than swaps alone (swap: L1 + swaps)", "swap", "edges at target f"),
+    ("sparser than pruning vanilla to bimt's weight count", "prune", "edges at target f"),
+    ("no cost in test loss against vanilla", "vanilla", "test loss"),
+]
+# (claim, figure column of the train rows, better)
+TRAIN_CLAIMS = [
+    ("training time against vanilla", "train_seconds", "lower"),
+    ("training peak memory against vanilla", "peak_memory_bytes", "lower"),
+]
+SHORT = {"bimt better": "better", "bimt worse": "worse", "the same within ±25% (TOST)": "same ±25%"}
+
+
+def short(text: str) -> str:
+    if text.startswith("not distinguishable"):
+        return "n.d."
+    if text.startswith("no claim"):
+        return "no claim"
+    return SHORT.get(text, text)
+
+
+def cell(r, t, better) -> str:
+    if r.n == 0:
+        return "-"
+    return f"{ratio_text(r)} {short(reading(r, t, better))} (n={r.n})"
+
+
+def train_cells(train: pd.DataFrame, task: str, col: str, better: str, lams) -> list[str]:
+    rows = train[train["task"] == task]
+    base = rows[rows["regime"] == "vanilla"].groupby("seed")[col].mean()
+    out = []
+    for lam in lams:
+        x = rows[(rows["regime"] == "bimt") & (rows["lam"] == lam)].groupby("seed")[col].mean()
+        common = x.index.intersection(base.index)
+        r, t = paired_ratio(x[common].to_numpy(), base[common].to_numpy()), tost(x[common].to_numpy(),
+                                                                                base[common].to_numpy())
+        out.append(cell(r, t, better))
+    return out
+
+
+def verdict_table(sweep: Path, method: str) -> str:
+    train, discover = load_jobs(sweep)
+    rows = matched_rows(train, discover, method)
+    if "order" in rows:
+        rows = rows[rows["order"] == "ascending"]
+    lines = []
+    for task in sorted(rows["task"].unique()):
+        g = rows[rows["task"] == task]
+        lams = sorted(g[g["regime"] == "bimt"]["lam"].unique())
+        if not lines:
+            lines += ["| task | bimt ... | " + " | ".join(f"lam #{i + 1}" for i in range(len(lams))) + " |",
+                      "|---|---|" + "---|" * len(lams)]
+        lines.append(f"| {task} | lam = | " + " | ".join(fmt(lam) for lam in lams) + " |")
+        by = {}
+        for other in sorted({o for _, o, _ in CIRCUIT_CLAIMS}):
+            for c in compare_at_lam(g, other):
+                by[(other, c["figure"], c["lam"])] = c
+        for claim, other, figure in CIRCUIT_CLAIMS:
+            better = next(b for _, label, b in FIGURES if label == figure)
+            cells = [cell(by[(other, figure, lam)]["ratio"], by[(other, figure, lam)]["tost"], better)
+                     if (other, figure, lam) in by else "-" for lam in lams]
+            lines.append(f"| {task} | {claim}: {figure} | " + " | ".join(cells) + " |")
+        if method == "acdc":
+            for claim, col, better in TRAIN_CLAIMS:
+                lines.append(f"| {task} | {claim}: {col} | " + " | ".join(train_cells(train, task, col, better, lams))
+                             + " |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sweep", type=Path)
+    ap.add_argument("--method", default="acdc", choices=["acdc", "eap-ig", "eap", "exact"])
+    args = ap.parse_args()
+    print(verdict_table(args.sweep, args.method))
+
+
+if __name__ == "__main__":
+    main()
