@@ -28,7 +28,10 @@ Why `acdc` can be much faster and still return the same circuit:
   nets the rounds (a fixed cost of op dispatch each), not the rows, are what takes the time.
 - The current circuit's per-example metric terms are kept (`terms`), so a round evaluates only
   its candidates' rows (no row for the current state), and silent candidates (below) are decided
-  without any row: ~1.04 rows per candidate on a dense vanilla digits net.
+  without any row: ~1.04 rows per candidate on a dense vanilla digits net. A receiver's final
+  terms, as its round evaluated them, stay the circuit's terms after it is committed (no
+  recomputation). A round's decisions are read off its rows in one pass of tensor ops
+  (`_measure_round`), not in a Python loop over candidates.
 - Rows are pushed through the downstream layers in tiles whose intermediates are written in
   place into reused buffers (no allocation in the hot loop: fresh multi-MiB tensors cost page
   faults), neuron-major ([neurons, rows, examples]) so that each layer is one `W @ h` matmul
