@@ -142,6 +142,32 @@ def test_acdc_guesses_only_affect_speed(monkeypatch):
     assert bad.forward_examples > good.forward_examples
 
 
+def test_measure_round_matches_the_sequential_reading():
+    """A round's decisions read off in tensor ops equal the literal loop: increase of row k against
+    the row of the last guessed removal before it, exact up to and including the first
+    contradiction of a guess, the next round's guesses after it."""
+    from workers.acdc import _measure_round
+    gen = torch.Generator().manual_seed(5)
+    tau, contradicted = 0.05, 0
+    for _ in range(200):
+        B = int(torch.randint(1, 12, (1,), generator=gen))
+        met = torch.rand(B, generator=gen, dtype=torch.float64) * 0.3
+        g = torch.rand(B, generator=gen) < 0.5
+        met_now = float(torch.rand(1, generator=gen, dtype=torch.float64)) * 0.3
+        before, incs, removes, accepted = met_now, [], [], B
+        for k in range(B):
+            incs.append(float(met[k]) - before)
+            removes.append(incs[-1] < tau)
+            if removes[-1] != bool(g[k]) and accepted == B:
+                accepted = k + 1
+            if g[k]:
+                before = float(met[k])
+        inc, remove, acc = _measure_round(met, g, met_now, tau)
+        assert inc.tolist() == incs and remove.tolist() == removes and acc == accepted
+        contradicted += accepted < B
+    assert contradicted > 20  # both branches were exercised
+
+
 def test_problem_to_device_keeps_results():
     """Device plumbing on the CPU: moving a problem is a no-op there, results come back on the CPU."""
     p = problem_for(random_checkpoint([4, 6, 5, 3], 2), "mse", "mean", None)
@@ -348,3 +374,22 @@ def test_shifted_metric_terms_equal_the_plain_ones(kind):
         pu = (ut * metric.p_full_t[:, None, :]).sum(0)
         torch.testing.assert_close(metric.per_example_shifted_t(ut, pu=pu), plain, rtol=1e-12, atol=1e-9)
     assert torch.isfinite(plain).all() and float(plain[2, 3]) > 1.0  # the moved logit counts
+
+
+@pytest.mark.parametrize("kind,output", [("mse", None), ("kl", None), ("mse", 2), ("kl", 2)])
+def test_metric_on_examples_gives_those_examples_terms(kind, output):
+    """Metric.on_examples (per-example constants gathered lazily, when a formula first reads them):
+    the terms of (example, value) pairs equal the full metric's terms of those examples, in every form."""
+    from workers.graph import Metric
+    g = torch.Generator().manual_seed(1)
+    y_full = 3 * torch.randn(20, 5, generator=g, dtype=torch.float64)
+    metric = Metric(kind, y_full, output)
+    yt = (y_full + torch.randn(20, 5, generator=g, dtype=torch.float64)).T.contiguous()
+    idx = torch.tensor([7, 0, 7, 19, 3])  # repeats: ACDC's pairs name an example once per candidate
+    sub = metric.on_examples(idx)
+    torch.testing.assert_close(sub.per_example_t(yt[:, idx]), metric.per_example_t(yt)[idx], rtol=1e-12, atol=1e-14)
+    if metric.shift_t is not None:
+        ut = yt - metric.shift_t
+        torch.testing.assert_close(sub.per_example_shifted_t(ut[:, idx]), metric.per_example_shifted_t(ut)[idx],
+                                   rtol=1e-12, atol=1e-14)
+    assert sub.kind == kind and "logp_full" not in vars(sub)  # no formula read it: never gathered

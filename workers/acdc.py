@@ -28,7 +28,10 @@ Why `acdc` can be much faster and still return the same circuit:
   nets the rounds (a fixed cost of op dispatch each), not the rows, are what takes the time.
 - The current circuit's per-example metric terms are kept (`terms`), so a round evaluates only
   its candidates' rows (no row for the current state), and silent candidates (below) are decided
-  without any row: ~1.04 rows per candidate on a dense vanilla digits net.
+  without any row: ~1.04 rows per candidate on a dense vanilla digits net. A receiver's final
+  terms, as its round evaluated them, stay the circuit's terms after it is committed (no
+  recomputation). A round's decisions are read off its rows in one pass of tensor ops
+  (`_measure_round`), not in a Python loop over candidates.
 - Rows are pushed through the downstream layers in tiles whose intermediates are written in
   place into reused buffers (no allocation in the hot loop: fresh multi-MiB tensors cost page
   faults), neuron-major ([neurons, rows, examples]) so that each layer is one `W @ h` matmul
@@ -369,14 +372,13 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
             if orders is not None:
                 deltas = deltas[senders.to(deltas.device)]
             plan = down.plan(j)
-            state, kept, row_scores, used = _decide_receiver(down, j, z[m][:, j].clone(), terms, deltas, tau,
-                                                             plan, progress)
+            state, terms, kept, row_scores, used = _decide_receiver(down, j, z[m][:, j].clone(), terms, deltas,
+                                                                    tau, plan, progress)
             masks[m - 1][j, senders] = torch.tensor(kept, dtype=torch.bool, device=dev)
             scores[m - 1][j, senders] = torch.tensor(row_scores, dtype=torch.float64)
             spent += used
             if not all(kept):  # the state moved: write it downstream (N example-forwards)
-                down.commit(j, state, plan)
-                terms = _current_terms(problem.metric, h[L])
+                down.commit(j, state, plan)  # `terms` are already the new circuit's (as evaluated)
                 spent += N
     return EdgeResult([mk.cpu() for mk in masks], scores, spent, tested)
 
@@ -401,49 +403,71 @@ def _metric_model(per: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, t
     return (hi - lo) / (2 * eps * n), (hi - 2 * mid + lo) / (eps * eps * n)
 
 
-def _guess(model, shift: torch.Tensor, deltas: torch.Tensor, tau: float, known: list,
-           sweeps: int = 4) -> tuple[list[bool], int]:
-    """Sequential guesses for a window of candidates (rows of `deltas`) starting at the state
-    `shift` away from where the model was taken: the predicted increase of candidate k is the
+def _guess(model, shift: torch.Tensor, deltas: torch.Tensor, tau: float, has_known: torch.Tensor,
+           known: torch.Tensor, sweeps: int = 4) -> tuple[torch.Tensor, int]:
+    """Sequential guesses (bool [B]) for a window of candidates (rows of `deltas`) starting at the
+    state `shift` away from where the model was taken: the predicted increase of candidate k is the
     model's change between the chain state before k (the deltas of the earlier guessed removals
-    added) and that state plus its own delta. `known` holds decisions measured earlier (None
-    where none). Also returns how many candidates to evaluate (the agreed prefix, below). The
+    added) and that state plus its own delta. `known` holds decisions measured earlier (where
+    `has_known`). Also returns how many candidates to evaluate (the agreed prefix, below). The
     window is not cut at predictions close to tau: a wrong guess there costs the rest of the
     window's rows, but a cut costs a round for every near-tau candidate, and rounds (a fixed
-    ~0.3 ms of op dispatch each) are what dense nets spend their time on.
+    cost of op dispatch each) are what dense nets spend their time on.
 
-    The sequential guesses g_k = [pred_k(g_<k) < tau] are found by sweeps of whole-window tensor
-    ops: each sweep recomputes every prediction from the previous sweep's guesses, and the
-    prefix on which two sweeps agree is exactly the sequential answer (g_0 is right after one
-    sweep, and each g_k is right once the guesses before it are); the window is cut there."""
-    d1, d2 = model
+    The model is quadratic per example, so pred_k = own_k + <deltas_k * d2, the summed deltas of
+    the earlier guessed removals>. The sequential guesses g_k = [pred_k(g_<k) < tau] are found by
+    sweeps of whole-window tensor ops: each sweep recomputes every prediction from the previous
+    sweep's guesses, and the prefix on which two sweeps agree is exactly the sequential answer
+    (g_0 is right after one sweep, and each g_k is right once the guesses before it are); the
+    window is cut there. (The interactions as one [B, B] matrix, a sweep as a matrix-vector
+    product, is fewer ops but more arithmetic: no faster on a dense digits net.)"""
     B = deltas.shape[0]
+    if bool(has_known.all()):  # all measured already (the tail of a contradicted round): no model needed
+        return known.clone(), B
+    d1, d2 = model
     own = deltas @ (d1 + d2 * shift) + 0.5 * (deltas * deltas) @ d2
-    curv = deltas * d2  # pred_k = own_k + <curv_k, sum of the earlier guessed removals' deltas>
-    has_known = torch.tensor([k is not None for k in known], device=deltas.device)
-    known_g = torch.tensor([bool(k) for k in known], device=deltas.device)
-    g = torch.where(has_known, known_g, own < tau)
+    curv = (deltas * d2)[1:]
+    g = torch.where(has_known, known, own < tau)
     agreed = 0
+    pred = own.clone()
     for _ in range(sweeps):
-        moved = torch.cumsum(g[:, None] * deltas, 0)
-        pred = own.clone()
-        pred[1:] += (curv[1:] * moved[:-1]).sum(1)
-        g_new = torch.where(has_known, known_g, pred < tau)
+        moved = torch.cumsum(g[:-1, None] * deltas[:-1], 0)  # the earlier guessed removals' deltas, summed
+        torch.add(own[1:], (curv * moved).sum(1), out=pred[1:])
+        g_new = torch.where(has_known, known, pred < tau)
         diff = torch.nonzero(g_new != g)
         g = g_new
         if diff.numel() == 0:
             agreed = B
             break
         agreed = int(diff[0, 0]) + 1  # g_new is right up to and including its first change
-    return g[:agreed].tolist(), agreed
+    return g[:agreed], agreed
+
+
+def _measure_round(met: torch.Tensor, g: torch.Tensor, met_now: float, tau: float):
+    """The decisions a round's metrics `met` [B] imply, in one pass of tensor ops: row k was
+    evaluated at the chain state with the guessed removals `g` before it, so its increase is
+    measured against the row of the last guessed removal before k (or `met_now`, the metric at the
+    chain's start). Returns the increases [B], the measured removals [B] (exact up to and including
+    the first one that contradicts its guess, the next round's guesses after it) and how many
+    decisions are exact (B when no guess was contradicted)."""
+    B = met.shape[0]
+    rows = torch.arange(B, device=met.device)
+    last = torch.where(g, rows, -1).cummax(0).values  # the last guessed removal at or before k
+    prev = torch.cat([last.new_full((1,), -1), last[:-1]])
+    met_before = torch.where(prev >= 0, met[prev.clamp(min=0)], met.new_tensor(met_now))
+    inc = met - met_before
+    remove = inc < tau
+    wrong = torch.nonzero(remove != g)
+    return inc, remove, B if wrong.numel() == 0 else int(wrong[0, 0]) + 1
 
 
 def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, progress):
     """Sequential ACDC decisions for the edges into receiver j (ascending sender), evaluated in
     speculative batches (module doc). `terms` are the current circuit's per-example metric terms
     (the metric at `state`), so a round evaluates only its candidates' rows. Returns the
-    receiver's final pre-activation, the kept flags and the scores of its edges (Python lists)
-    and the example-forwards spent."""
+    receiver's final pre-activation and the circuit's per-example terms there (as evaluated in its
+    round), the kept flags and the scores of its edges (Python lists) and the example-forwards
+    spent."""
     N = state.shape[0]
     n_send = deltas.shape[0]
     dev = state.device
@@ -463,12 +487,15 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, prog
         senders = list(range(n_send))
     K = len(senders)
     if K == 0:
-        return state, kept, scores, 0
+        return state, terms, kept, scores, 0
     # guesses come from a quadratic model of the metric around a recent state (probes at +-eps
     # beside it, refreshed after a round whose guesses were contradicted), or from a measurement
     # made in an earlier round at a slightly different state (the tail of a batch after its first
     # wrong guess)
-    guesses: list[bool | None] = [None] * K
+    has_known = torch.zeros(K, dtype=torch.bool, device=dev)
+    known = torch.zeros(K, dtype=torch.bool, device=dev)
+    removed_all = torch.zeros(K, dtype=torch.bool, device=dev)  # the decisions, where accepted
+    scores_all = torch.zeros(K, dtype=torch.float64, device=dev)
     # finite-difference step per example: the typical size of the candidates' deltas
     eps = deltas.pow(2).mean(0).sqrt()
     eps = torch.where(eps > 0, eps, torch.ones_like(eps))
@@ -479,49 +506,44 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, prog
     start, window, refresh = 0, down.chunk, False
     while start < K:
         B = min(K - start, window)
-        g, B = _guess(model, state - model_state, deltas[start:start + B], tau, guesses[start:start + B])
+        g, B = _guess(model, state - model_state, deltas[start:start + B], tau, has_known[start:start + B],
+                      known[start:start + B])
         d = deltas[start:start + B]
-        gmask = torch.tensor(g, dtype=torch.bool, device=dev)
-        taken = torch.cumsum(gmask[:, None] * d, 0)
+        taken = torch.cumsum(g[:, None] * d, 0)
         before = torch.cat([torch.zeros(1, N, dtype=torch.float64, device=dev), taken[:-1]]) + state
         after = before + d
-        met_t, per, pairs = down.chain_terms(j, after, d, gmask, terms, plan)
+        met_t, per, pairs = down.chain_terms(j, after, d, g, terms, plan)
         spent += pairs
         if refresh:
             _, probes = down.evaluate(j, torch.stack([state - eps, state + eps]), plan)
             spent += 2 * N
-        met = met_t.tolist()
-        met_before, accepted, last = met_now, B, None
-        for k in range(B):
-            inc = met[k] - met_before
-            remove = inc < tau
-            if last is None:  # this edge's chain state was right: an exact decision
-                scores[senders[start + k]] = inc
-                if remove != g[k]:
-                    accepted, last = k + 1, (k, remove)
-            if g[k]:
-                met_before = met[k]
-            guesses[start + k] = remove  # exact up to the contradiction, the next guess after it
-        k, remove = last if last is not None else (B - 1, g[B - 1])
-        for kk in range(accepted):
-            kept[senders[start + kk]] = not guesses[start + kk]
+        inc, remove, accepted = _measure_round(met_t, g, met_now, tau)
+        # exact up to the contradiction, the next guesses after it
+        known[start:start + B] = remove
+        has_known[start:start + B] = True
+        removed_all[start:start + accepted] = remove[:accepted]
+        scores_all[start:start + accepted] = inc[:accepted]
         if refresh:  # the model at this round's start state (a few accepted edges behind)
             model = _metric_model(torch.stack([probes[0], terms, probes[1]]), eps)
             model_state = state
-        refresh = last is not None
+        refresh = accepted < B or bool(remove[B - 1] != g[B - 1])
         # the state after the last accepted edge and its terms, exactly as evaluated in the batch
-        if remove:
-            state, terms, met_now = after[k].clone(), per[k].clone(), met[k]
+        k = accepted - 1
+        if bool(remove[k]):
+            state, terms, met_now = after[k].clone(), per[k].clone(), float(met_t[k])
         else:
-            removed = [kk for kk in range(k) if g[kk]]
             state = before[k].clone()
-            if removed:
-                terms, met_now = per[removed[-1]].clone(), met[removed[-1]]
+            removed = torch.nonzero(g[:k])
+            if removed.numel():
+                r = int(removed[-1, 0])
+                terms, met_now = per[r].clone(), float(met_t[r])
         start += accepted
         window = _next_window(window, B, accepted, down.chunk)
         if progress:
             progress(accepted)
-    return state, kept, scores, spent
+    for i, rm, s in zip(senders, removed_all.tolist(), scores_all.tolist()):
+        kept[i], scores[i] = not rm, s
+    return state, terms, kept, scores, spent
 
 
 def exact_scores(problem: Problem, start: int = 0, stop: int | None = None,

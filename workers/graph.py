@@ -197,12 +197,7 @@ class Metric:
     def on_examples(self, idx: torch.Tensor) -> "Metric":
         """The same metric against the full model's outputs for the examples `idx` only (per-example
         terms of a list of (example, value) pairs: example idx[k] in column k)."""
-        sub = object.__new__(Metric)  # the per-example constants, gathered (not recomputed: that costs more)
-        for name, value in vars(self).items():
-            if isinstance(value, torch.Tensor):
-                value = value.index_select(1 if name.endswith("_t") else 0, idx)
-            setattr(sub, name, value)
-        return sub
+        return _MetricOnExamples(self, idx)
 
     def per_example_shifted_t(self, ut: torch.Tensor, scratch: torch.Tensor | None = None,
                               pu: torch.Tensor | None = None) -> torch.Tensor:
@@ -242,6 +237,25 @@ class Metric:
             lse[bad] = torch.logsumexp(yt.movedim(0, -1)[bad], -1)
         p_t = self.p_full_t.view(yt.shape[:1] + (1,) * (yt.dim() - 2) + yt.shape[-1:])
         return (self.neg_entropy_full - torch.mul(yt, p_t, out=scratch).sum(0)).add_(lse)
+
+
+class _MetricOnExamples(Metric):
+    """`Metric.on_examples`: the parent's per-example constants gathered at `idx` (not recomputed:
+    that costs more), each when first read. A formula reads two or three of the constants, and
+    ACDC calls this for every tile of (example, value) pairs, so gathering all of them would
+    cost several times what the formula needs."""
+
+    def __init__(self, parent: Metric, idx: torch.Tensor):
+        self._parent, self._idx = parent, idx
+
+    def __getattr__(self, name: str):  # only called for attributes not set yet
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(self._parent, name)
+        if isinstance(value, torch.Tensor):
+            value = value.index_select(1 if name.endswith("_t") else 0, self._idx)
+        setattr(self, name, value)
+        return value
 
 
 @dataclass
