@@ -11,3 +11,5 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 python3 -m pytest -q -rs -p no:cacheprovider tests/test_acdc.py -k "gpu or device or dense or cross_entropy" 2>&1 | tee "$out/pytest.log"
 python3 benchmarks/acdc.py --dense-only --device cuda --naive-max-seconds 0 2>&1 | tee "$out/dense.log"
 python3 benchmarks/acdc.py --big-only --device cuda 2>&1 | tee "$out/big.log"
+# the MNIST-shape row on two CPU cores of the same (otherwise idle) machine, for the CPU goal
+timeout 200 taskset -c 0,1 python3 benchmarks/acdc.py --big-only --device cpu --threads 2 2>&1 | tee "$out/big_cpu2.log"
