@@ -38,14 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from tasks import TASKS
-
-# workers.train.REGIMES, and "prune" (workers.prune: derived from a vanilla and a bimt model),
-# without importing torch
-REGIMES = ("vanilla", "l1", "local", "swap", "bimt", "prune")
-PRUNE_FROM, PRUNE_MATCH = "vanilla", "bimt"
-METHODS = ("acdc", "exact", "eap", "eap-ig")
-ABLATIONS = ("resample", "zero", "mean")
-ORDERS = ("ascending", "descending", "random")  # workers.acdc.ORDERS: ACDC's sender order
+from workers.names import (ABLATIONS, DEFAULT_ABLATION, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
+                           METHODS, ORDERS, PENALTY_ONLY, PRUNE_FROM, PRUNE_MATCH, RECIPE_DEFAULTS, REGIMES,
+                           edge_count, network_shape)
 
 
 class SpecError(ValueError):
@@ -209,15 +204,15 @@ TRAIN_GRID = {
     "swap_every": (_positive_int, [None]),
     "top_k": (_nonneg_int, [None]),
     "final_factor": (_nonneg_float, [None]),
-    "log_every": (_positive_int, [100]),
+    "log_every": (_positive_int, [DEFAULT_LOG_EVERY]),
 }
 DISCOVER_GRID = {
     "method": (_choice(METHODS), None),
     # one of threshold and target_f per table (_check_selection)
     "threshold": (_nonneg_float, [None]),  # acdc: tau; score methods: keep |score| >= threshold
     "target_f": (_faithfulness, [None]),  # acdc: the largest tau reaching f >= target_f; score methods: top-k
-    "order": (_choice(ORDERS), ["ascending"]),  # acdc's sender order
-    "ablation": (_choice(ABLATIONS), ["resample"]),
+    "order": (_choice(ORDERS), [DEFAULT_ORDER]),  # acdc's sender order
+    "ablation": (_choice(ABLATIONS), [DEFAULT_ABLATION]),
     "output": (_nonneg_int, [None]),
     "seed": (_nonneg_int, [0]),
     # which models this grid applies to, by their training seed (all when unset): e.g. the order
@@ -234,7 +229,7 @@ RESOURCE_FIELDS = {
 }
 PRUNE_FIELDS = {
     "finetune_steps": (_positive_int, 0),  # 0 (not writable): a tenth of the train steps
-    "match_fraction": (_open_fraction, 1e-2),  # workers.prune.DEFAULT_MATCH_FRACTION
+    "match_fraction": (_open_fraction, DEFAULT_MATCH_FRACTION),
 }
 TESTING_FIELDS = {
     "transient_once": (None, []),
@@ -314,7 +309,7 @@ def _check_selection(name: str, grid: dict[str, list]) -> None:
         raise SpecError(f"{name}.threshold: missing; give threshold (tau, e.g. 0.01) or target_f (a faithfulness, "
                         "e.g. 0.95)")
     scorers = [m for m in grid["method"] if m != "acdc"]
-    if scorers and grid["order"] != ["ascending"]:
+    if scorers and grid["order"] != [DEFAULT_ORDER]:
         raise SpecError(f"{name}.order: the sender order is acdc's; put {', '.join(scorers)} in its own "
                         "[[discover]] table without order")
 
@@ -323,7 +318,7 @@ def _discover_payload(d: dict) -> dict:
     """The discover settings a job id hashes: the newer settings only where they are used (no
     target_f = None, no threshold = None, no default order), so that the ids of specs written
     before them stay what they were."""
-    unused = {"threshold": None, "target_f": None, "order": "ascending"}
+    unused = {"threshold": None, "target_f": None, "order": DEFAULT_ORDER}
     return {k: v for k, v in d.items() if not (k in unused and v == unused[k])}
 
 
@@ -354,7 +349,7 @@ def _resolve_train(s: dict) -> dict:
     and an omitted lam with the task's default 1e-3 name the same job."""
     recipe = TASKS[s["task"]].recipe
     s = dict(s)
-    for key in ("lam", "lr", "swap_every", "top_k", "final_factor"):
+    for key in RECIPE_DEFAULTS:
         if s[key] is None:
             s[key] = getattr(recipe, key)
     return s
@@ -367,15 +362,12 @@ def _recipe_fields(task: str) -> dict:
 
 
 def model_shape(settings: dict) -> list[int]:
-    shape = list(TASKS[settings["task"]].shape)
-    if settings.get("width"):
-        shape[1:-1] = [settings["width"]] * (len(shape) - 2)
-    return shape
+    """The network a train job's settings describe (workers.train builds the same)."""
+    return network_shape(TASKS[settings["task"]].shape, settings.get("width"))
 
 
 def n_edges(settings: dict) -> int:
-    shape = model_shape(settings)
-    return sum(a * b for a, b in zip(shape, shape[1:]))
+    return edge_count(model_shape(settings))
 
 
 @dataclass
@@ -410,11 +402,6 @@ class Spec:
         chunk = self.resources["edge_chunk"]
         return sum(math.ceil(j.n_edges / chunk) for j in self.discover_jobs()
                    if j.settings["method"] == "exact" and chunk and j.n_edges > chunk)
-
-
-# Train settings only a penalty uses: a vanilla model is the same whatever they say, so a prune
-# job reads the vanilla model of its task, seed and steps at any of them
-PENALTY_ONLY = ("lam", "swap_every", "top_k", "final_factor")
 
 
 def _point(s: dict, ignore: tuple[str, ...] = ()) -> str:
@@ -480,7 +467,7 @@ def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None,
                 if did in seen:
                     continue
                 seen.add(did)
-                method = d["method"] if d["order"] == "ascending" else f"{d['method']}-{d['order']}"
+                method = d["method"] if d["order"] == DEFAULT_ORDER else f"{d['method']}-{d['order']}"
                 selection = f"t{d['threshold']}" if d["target_f"] is None else f"f{d['target_f']}"
                 tail = f"{method}/{selection}/{d['ablation']}"
                 if d["output"] is not None:
