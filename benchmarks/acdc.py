@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tasks  # noqa: E402
 from workers.acdc import acdc, acdc_naive, exact_scores  # noqa: E402
 from workers.attribution import attribution_scores  # noqa: E402
-from workers.discover import prepare, resolve_device  # noqa: E402
+from workers.device import pick_device  # noqa: E402
+from workers.discover import prepare  # noqa: E402
 from workers.graph import Graph, Problem  # noqa: E402
 from workers.model import CoordMLP  # noqa: E402
 
@@ -286,7 +287,7 @@ def main():
         nets = nets[3:]
     if args.big_only:
         nets = []
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     rate = gemm_rate()
     for label, task, width, naive_budget, random, regime, steps, tau in nets:
         ckpt, how = issue_dense_checkpoint(steps) if regime == "issue13" else \

@@ -11,7 +11,9 @@ import platform
 
 import torch
 
-from workers.train import REGIMES, TrainConfig, pick_device, train
+from workers.device import pick_device
+from workers.names import TRAINED_REGIMES
+from workers.train import TrainConfig, train
 
 
 def main() -> None:
@@ -28,7 +30,7 @@ def main() -> None:
     print("-" * len(header))
     for task, steps in [("independence", args.steps_independence), ("digits", args.steps_digits)]:
         base = None
-        for regime in REGIMES:
+        for regime in TRAINED_REGIMES:
             train(TrainConfig(task, regime, min(steps, 50), seed=0))  # warm-up (allocator, kernels)
             m = train(TrainConfig(task, regime, steps, seed=0)).metrics
             ms = 1000 / m["steps_per_second"]

@@ -12,13 +12,14 @@ import argparse
 import torch
 
 from tasks import TASKS, get_task
-from workers.train import REGIMES, TrainConfig, train
+from workers.names import TRAINED_REGIMES
+from workers.train import TrainConfig, train
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    p.add_argument("--regimes", nargs="+", default=list(TRAINED_REGIMES), choices=list(TRAINED_REGIMES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--steps", type=int, default=None, help="default: each task's recipe")
     args = p.parse_args()

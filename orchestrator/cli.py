@@ -9,9 +9,7 @@ from pathlib import Path
 import click
 
 from tasks import TASKS
-from workers.train import REGIMES
-
-TRAIN_REGIMES = [*REGIMES, "prune"]  # prune: derived from two trained models (workers.prune)
+from workers.names import REGIMES
 
 
 class InputError(click.UsageError):
@@ -38,7 +36,7 @@ def cli():
 
 @cli.command()
 @click.option("--task", required=True, type=click.Choice(list(TASKS)), help="The learning problem.")
-@click.option("--regime", required=True, type=click.Choice(TRAIN_REGIMES),
+@click.option("--regime", required=True, type=click.Choice(REGIMES),
               help="The training regime (prune: needs --from-vanilla and --match).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (task default).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -64,6 +62,7 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
     --regime prune trains nothing from scratch: it prunes the --from-vanilla model to the weight
     count of the --match model and fine-tunes it (the models' own task, seed and settings)."""
     from tasks.base import TaskDataError
+    from workers.device import DeviceError
     from workers.outputs import write_training
     from workers.train import TrainConfig
     from workers.train import train as run_training
@@ -86,6 +85,8 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
             result = run_training(config)
     except TaskDataError as e:
         raise InputError(f"--data-dir: {e}") from None
+    except DeviceError as e:
+        raise InputError(f"--device: {e}") from None
     write_training(result, out_dir)
     m = result.metrics
     pruned = f", {m['weights_nonzero']} weights (test loss {m['pruned_test_loss']:.3g} before fine-tuning)" \
@@ -97,7 +98,8 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
 def _prune(task, from_vanilla, match, finetune_steps, match_fraction, device):
     """`train --regime prune`: the two checkpoints checked, then workers.prune."""
     from workers.model import CheckpointError, load_checkpoint
-    from workers.prune import DEFAULT_MATCH_FRACTION, PruneConfig, default_finetune_steps, prune
+    from workers.names import DEFAULT_MATCH_FRACTION
+    from workers.prune import PruneConfig, default_finetune_steps, prune
 
     ckpts = {}
     for option, path in (("--from-vanilla", from_vanilla), ("--match", match)):

@@ -8,11 +8,10 @@ from pathlib import Path
 import click
 import torch
 
-from workers.acdc import ORDERS
-from workers.discover import METHODS, DiscoveryInputError, discover, export_eap_ig, write_discovery
+from workers.discover import DiscoveryInputError, discover, export_eap_ig, write_discovery
 from workers.export import export_graphml
-from workers.graph import ABLATIONS
 from workers.model import CheckpointError, load_checkpoint
+from workers.names import ABLATIONS, DEFAULT_ABLATION, DEFAULT_ORDER, METHODS, ORDERS
 
 
 def _load_data(path: str) -> dict:
@@ -30,14 +29,14 @@ def _load_data(path: str) -> dict:
 
 @click.command("discover")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A circuitry.mlp/1 model.pt.")
-@click.option("--method", required=True, type=click.Choice(list(METHODS)), help="Discovery method.")
+@click.option("--method", required=True, type=click.Choice(METHODS), help="Discovery method.")
 @click.option("--threshold", type=float, default=None, help="tau: ACDC removes an edge whose metric increase is < tau; score methods keep |score| >= tau.")
 @click.option("--target-f", "target_f", type=float, default=None,
               help="Instead of a threshold: the circuit at faithfulness >= F on the discovery examples (acdc: the "
                    "largest tau reaching it, found by search; score methods: the smallest top-k).")
-@click.option("--order", type=click.Choice(list(ORDERS)), default="ascending", show_default=True,
+@click.option("--order", type=click.Choice(ORDERS), default=DEFAULT_ORDER, show_default=True,
               help="acdc: the order each receiver's senders are tried in (random: a permutation drawn from --seed).")
-@click.option("--ablation", type=click.Choice(list(ABLATIONS)), default="resample", show_default=True)
+@click.option("--ablation", type=click.Choice(ABLATIONS), default=DEFAULT_ABLATION, show_default=True)
 @click.option("--output", "output", type=click.IntRange(min=0), default=None, help="Circuit for output K alone (default: all outputs).")
 @click.option("--top-k", type=click.IntRange(min=0), default=None, help="Score methods: keep the k edges of largest |score|.")
 @click.option("--edge-fraction", type=click.FloatRange(0, 1), default=None, help="Score methods: keep this fraction of edges.")

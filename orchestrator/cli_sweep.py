@@ -1,4 +1,4 @@
-"""The sweep commands: validate, run, submit, status, cancel, ui, sync."""
+"""The sweep commands: schema, validate, run, submit, status, cancel, ui, sync."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.spec import SpecError, load_spec, parse_spec
+from orchestrator.spec import SpecError, load_spec, parse_spec, spec_schema
 
 SPEC_ENV = "CIRCUITRY_SPEC_TOML"  # submit: the spec's text, in the Ray Job's runtime env
 
@@ -61,6 +61,13 @@ def validate_cmd(spec_path):
     chunks = spec.n_chunk_tasks()
     extra = f" (exact fans out into {chunks} chunk tasks)" if chunks else ""
     click.echo(f"{spec.name}: {n_train} train + {n_disc} discover = {len(spec.jobs)} jobs{extra} -> {spec.sweep_dir}")
+
+
+@click.command("schema")
+def schema_cmd():
+    """Print the JSON Schema of a spec file, for editors: save it and name it in the spec's first
+    line, `#:schema ./spec.schema.json` (taplo, VS Code's Even Better TOML)."""
+    click.echo(json.dumps(spec_schema(), indent=2))
 
 
 @click.command("run")
@@ -272,7 +279,7 @@ def sync_cmd(sweep, tracking_uri):
     click.echo(f"{logged} runs logged, {present} were already there -> {uri}")
 
 
-COMMANDS = {"validate": validate_cmd, "run": run_cmd, "submit": submit_cmd, "status": status_cmd,
+COMMANDS = {"schema": schema_cmd, "validate": validate_cmd, "run": run_cmd, "submit": submit_cmd, "status": status_cmd,
             "cancel": cancel_cmd, "ui": ui_cmd, "sync": sync_cmd}
 
 

@@ -20,6 +20,7 @@ from typing import Callable
 
 from orchestrator.spec import Job, matches, package_version
 from orchestrator.store import JobResult, check_size
+from workers.names import DEFAULT_ORDER
 
 
 class TransientError(RuntimeError):
@@ -160,15 +161,16 @@ def _discovery_result(job: Job, d, ckpt, started: float, peak: int, node_id: str
 def execute_discover(job: Job | dict, ckpt: dict, actor=None, faults: Faults | None = None,
                      node_id: str | None = None, pictures: bool = True) -> JobResult:
     """Find one circuit in one pass."""
-    from workers.discover import discover, resolve_device
+    from workers.device import pick_device
+    from workers.discover import discover
     from workers.profile import PeakMemory
 
     job, rep, started = _begin(job, actor, faults)
-    device = resolve_device(_discover_device(job))
+    device = pick_device(_discover_device(job))
     with PeakMemory(device) as mem:
         d = discover(ckpt, job.settings["method"], job.settings["threshold"], progress=rep.edges,
                      device=device, target_f=job.settings.get("target_f"),
-                     order=job.settings.get("order", "ascending"), **_discover_kwargs(job))
+                     order=job.settings.get("order", DEFAULT_ORDER), **_discover_kwargs(job))
     rep.flush()
     out = _discovery_result(job, d, ckpt, started, mem.peak_bytes, node_id, pictures, chunks=1)
     rep.emit("done", flush=True)
@@ -190,14 +192,14 @@ def execute_exact_chunk(job: Job | dict, prepared: tuple, start: int, stop: int,
     """`exact` scores of edges [start, stop) on the job's prepared problem (execute_exact_prepare);
     returns (scores, t_start, t_end, peak_bytes), t_start the preparation's."""
     from workers.acdc import exact_scores
-    from workers.discover import resolve_device
+    from workers.device import pick_device
     from workers.profile import PeakMemory
 
     job = Job(**job) if isinstance(job, dict) else job
     problem, t0 = prepared
     rep = Reporter(actor, job)
     rep.emit("chunk", stop - start, flush=True)
-    device = resolve_device(_discover_device(job))
+    device = pick_device(_discover_device(job))
     with PeakMemory(device) as mem:
         scores, _ = exact_scores(problem.to(device), start, stop, progress=rep.edges)
     rep.flush(wait=True)

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.store import JobStore, is_job_id, sweep_lock, write_atomic
+from workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
 
 JOB_TAG = "circuitry.job_id"
 ROLE_TAG = "circuitry.role"
@@ -135,9 +136,9 @@ def run_name(rec: dict) -> str:
         else str(s.get("method"))
     if isinstance(s.get("target_f"), (int, float)):
         method += f" f>={s['target_f']:g}"
-    if s.get("order") not in (None, "ascending"):
+    if s.get("order") not in (None, DEFAULT_ORDER):
         method += f" {s['order']}"
-    if s.get("ablation") not in (None, "resample"):
+    if s.get("ablation") not in (None, DEFAULT_ABLATION):
         method += f" {s['ablation']}"
     return " ".join([method, *tail]) + f" · {model} · {s['task']}"
 

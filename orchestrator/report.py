@@ -19,6 +19,7 @@ import pandas as pd
 from orchestrator.matched import matched_sections
 from orchestrator.spec import TRAIN_GRID
 from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, paired_ratio, t_half_width
+from workers.names import BASELINE_REGIME, REGIMES
 
 # (column, label, better): better is "higher" or "lower"
 QUALITY = [
@@ -61,8 +62,8 @@ PROFILE = [
     ("test_loss", "test loss", "lower"),
     ("test_accuracy", "test accuracy", "higher"),
 ]
-REGIME_ORDER = ["vanilla", "l1", "local", "swap", "bimt", "prune"]
-BASELINE = "vanilla"
+REGIME_ORDER = REGIMES  # rows in the order the regimes add to plain training
+BASELINE = BASELINE_REGIME
 # The settings that name a discovery; shown whenever a sweep has them.
 DISCOVERY_KEYS = ("method", "threshold", "target_f", "ablation", "output")
 # Settings that split a row only where they take several values within a task (a grid over lam

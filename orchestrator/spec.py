@@ -21,8 +21,11 @@ A spec (see examples/quickstart.toml):
     [resources]  train_cpus, train_gpus, discover_cpus, discover_gpus, max_retries, edge_chunk
     [testing]    TEST-ONLY fault injection: transient_once, crash_once (job selectors, see below)
 
-Every error is one line that names the field path, the bad value and what is allowed, e.g.
-`train.regime[2]: "bimtt" is not one of vanilla, l1, local, swap, bimt, prune`.
+The tables are pydantic models (Sweep, Train, Discover, Resources, Prune, Testing, SpecFile below):
+each field's type, allowed values, default and meaning, written once; `circuitry schema` prints
+their JSON Schema for editors. Each field's type carries a checker that validates a value and
+words the error: every error is one line that names the field path, the bad value and what is
+allowed, e.g. `train.regime[2]: "bimtt" is not one of vanilla, l1, local, swap, bimt, prune`.
 """
 from __future__ import annotations
 
@@ -35,17 +38,14 @@ import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks import TASKS
-
-# workers.train.REGIMES, and "prune" (workers.prune: derived from a vanilla and a bimt model),
-# without importing torch
-REGIMES = ("vanilla", "l1", "local", "swap", "bimt", "prune")
-PRUNE_FROM, PRUNE_MATCH = "vanilla", "bimt"
-METHODS = ("acdc", "exact", "eap", "eap-ig")
-ABLATIONS = ("resample", "zero", "mean")
-ORDERS = ("ascending", "descending", "random")  # workers.acdc.ORDERS: ACDC's sender order
+from workers.names import (ABLATIONS, DEFAULT_ABLATION, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
+                           METHODS, ORDERS, PENALTY_ONLY, PRUNE_FROM, PRUNE_MATCH, RECIPE_DEFAULTS, REGIMES,
+                           edge_count, network_shape)
 
 
 class SpecError(ValueError):
@@ -131,8 +131,15 @@ def _faithfulness(path, v):
     return v
 
 
+# The patterns some strings must match, whole (the checkers below and the JSON Schema share them)
+NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+TRACKING_URI = r"(https?|sqlite|file|databricks|postgresql|mysql)[+a-z0-9]*:.*|/.*"
+HOST = r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*"
+PUSHGATEWAY = r"(https?://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]+)?/?"
+
+
 def _name(path, v):
-    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+    if not isinstance(v, str) or not re.fullmatch(NAME, v):
         raise SpecError(f"{path}: {_show(v)} is not a name (letters, digits, '.', '-', '_'; up to 100)")
     return v
 
@@ -145,7 +152,7 @@ def _string(path, v):
 
 def _tracking_uri(path, v):
     _string(path, v)
-    if v and not re.match(r"^(https?|sqlite|file|databricks|postgresql|mysql)[+a-z0-9]*:", v) and not v.startswith("/"):
+    if v and not re.fullmatch(TRACKING_URI, v, re.DOTALL):
         raise SpecError(f"{path}: {_show(v)} is not a tracking URI (\"\" for the embedded store, "
                         "http://HOST:PORT, sqlite:///FILE, file:///DIR)")
     return v
@@ -159,14 +166,14 @@ def _port(path, v):
 
 
 def _host(path, v):
-    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*", v):
+    if not isinstance(v, str) or not re.fullmatch(HOST, v):
         raise SpecError(f"{path}: {_show(v)} is not a host to bind (127.0.0.1, 0.0.0.0, ::, a host name)")
     return v
 
 
 def _pushgateway(path, v):
     _string(path, v)
-    if v and not re.fullmatch(r"(https?://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]+)?/?", v):
+    if v and not re.fullmatch(PUSHGATEWAY, v):
         raise SpecError(f"{path}: {_show(v)} is not a Pushgateway address (\"\" for none, http://HOST:9091)")
     return v
 
@@ -183,65 +190,200 @@ def _selector(path, v):
     return v
 
 
-# (checker, default) per field; grid fields take a value or a non-empty list of values.
-SWEEP_FIELDS = {
-    "name": (_name, None),
-    "root": (_string, "sweeps"),
-    "tracking_uri": (_tracking_uri, ""),
-    "metrics_port": (_port, 9464),
-    "metrics_host": (_host, "127.0.0.1"),
-    # seconds the endpoint stays up after the last job, so that a scraper sees the final counts:
+# ---------------------------------------------------------------- the tables, as pydantic models
+
+# The models declare every table and field once: its type, allowed values, default and meaning.
+# They give the JSON Schema (`circuitry schema`, for editors) and the defaults; the checkers above
+# (attached to each type as `Checked`) validate and word the one-line errors. Pydantic does not
+# validate here: its errors for a grid field (a value or a list) report both branches of the union
+# in its own words over several lines, so keeping this file's one-line texts would take a
+# translation layer as long as the checkers (tests/test_schema.py checks that both reject alike).
+
+
+class Checked:
+    """Annotated metadata: the checker of a field's values (it words the one-line error)."""
+
+    def __init__(self, check):
+        self.check = check
+
+
+def _whole(pattern: str) -> str:
+    """A pattern the JSON Schema way (a search): anchored, to match the whole string as re.fullmatch does."""
+    return f"^(?:{pattern})$"
+
+
+INT64_MAX = INT64[1]
+PositiveInt = Annotated[int, Field(ge=1, le=INT64_MAX), Checked(_positive_int)]
+NonNegInt = Annotated[int, Field(ge=0, le=INT64_MAX), Checked(_nonneg_int)]
+NonNegFloat = Annotated[float, Field(ge=0), Checked(_nonneg_float)]
+PositiveFloat = Annotated[float, Field(gt=0), Checked(_positive_float)]
+OpenFraction = Annotated[float, Field(gt=0, lt=1), Checked(_open_fraction)]
+Faithfulness = Annotated[float, Field(gt=0, le=1), Checked(_faithfulness)]
+Port = Annotated[int, Field(ge=-1, le=65535), Checked(_port)]
+Name = Annotated[str, Field(pattern=_whole(NAME)), Checked(_name)]
+String = Annotated[str, Checked(_string)]
+TrackingUri = Annotated[str, Field(pattern=_whole(f"|{TRACKING_URI}")), Checked(_tracking_uri)]
+Host = Annotated[str, Field(pattern=_whole(HOST)), Checked(_host)]
+Pushgateway = Annotated[str, Field(pattern=_whole(f"|{PUSHGATEWAY}")), Checked(_pushgateway)]
+Bool = Annotated[bool, Checked(_bool)]
+Selector = Annotated[str, Field(min_length=1), Checked(_selector)]
+
+
+def Choice(options: tuple[str, ...]):  # noqa: N802 - a type
+    return Annotated[Literal[options], Checked(_choice(options))]
+
+
+def Grid(element):  # noqa: N802 - a type
+    """A grid field: a value or a non-empty list of distinct values (a table's lists multiply)."""
+    check = next(m for m in element.__metadata__ if isinstance(m, Checked))
+    values = Annotated[list[element], Field(min_length=1, json_schema_extra={"uniqueItems": True})]
+    return Annotated[Union[element, values], check]
+
+
+def _unset(meaning: str):
+    """An optional field's default: unset (TOML has no null), so the schema says what unset means."""
+    def describe(schema: dict) -> None:
+        del schema["default"]
+        schema["description"] = f"{schema.get('description', '')} Unset: {meaning}.".strip()
+    return Field(None, json_schema_extra=describe)
+
+
+class Table(BaseModel):
+    """A spec table: no fields but its own; attribute docstrings are the fields' descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class Sweep(Table):
+    """Where the sweep lives and how it is watched."""
+
+    name: Name
+    """The sweep's folder name under root (letters, digits, '.', '-', '_')."""
+    root: String = "sweeps"
+    """The folder the sweep folder goes under; relative = to the driver's working directory (only the
+    driver writes it; workers need no access to it)."""
+    tracking_uri: TrackingUri = ""
+    """MLflow tracking URI: "" = an SQLite store in the sweep folder, http://HOST:PORT, sqlite:///FILE."""
+    metrics_port: Port = 9464
+    """Prometheus endpoint port: 0 = any free port, -1 = no endpoint."""
+    metrics_host: Host = "127.0.0.1"
+    """The address the endpoint binds: 127.0.0.1, or 0.0.0.0 so a cluster's Prometheus can reach it."""
     # at least 2 scrape intervals of deploy/prometheus/prometheus.yml (5 s)
-    "metrics_linger": (_nonneg_float, 10.0),
-    "pushgateway": (_pushgateway, ""),  # also push the final figures there ("" = no push)
-    # network.png / circuit.png in every job folder: ~0.1-0.2 s a job, far more than a tiny model's
-    # training; not part of job ids (the report draws its figures from model.pt)
-    "pictures": (_bool, True),
-}
-TRAIN_GRID = {
-    "task": (_choice(tuple(TASKS)), None),
-    "regime": (_choice(REGIMES), None),
-    "seed": (_nonneg_int, [0]),
-    "steps": (_positive_int, None),
-    "lam": (_nonneg_float, [None]),
-    "lr": (_positive_float, [None]),
-    "width": (_positive_int, [None]),
-    "swap_every": (_positive_int, [None]),
-    "top_k": (_nonneg_int, [None]),
-    "final_factor": (_nonneg_float, [None]),
-    "log_every": (_positive_int, [100]),
-}
-DISCOVER_GRID = {
-    "method": (_choice(METHODS), None),
-    # one of threshold and target_f per table (_check_selection)
-    "threshold": (_nonneg_float, [None]),  # acdc: tau; score methods: keep |score| >= threshold
-    "target_f": (_faithfulness, [None]),  # acdc: the largest tau reaching f >= target_f; score methods: top-k
-    "order": (_choice(ORDERS), ["ascending"]),  # acdc's sender order
-    "ablation": (_choice(ABLATIONS), ["resample"]),
-    "output": (_nonneg_int, [None]),
-    "seed": (_nonneg_int, [0]),
-    # which models this grid applies to, by their training seed (all when unset): e.g. the order
-    # sensitivity of one model per task and regime. A filter, not a setting: not in the job id
-    "train_seed": (_nonneg_int, [None]),
-}
-RESOURCE_FIELDS = {
-    "train_cpus": (_positive_float, 1.0),
-    "train_gpus": (_nonneg_float, 0.0),
-    "discover_cpus": (_positive_float, 1.0),
-    "discover_gpus": (_nonneg_float, 0.0),
-    "max_retries": (_nonneg_int, 2),
-    "edge_chunk": (_nonneg_int, 0),  # exact: edges per Ray task; 0 = one task per job
-}
-PRUNE_FIELDS = {
-    "finetune_steps": (_positive_int, 0),  # 0 (not writable): a tenth of the train steps
-    "match_fraction": (_open_fraction, 1e-2),  # workers.prune.DEFAULT_MATCH_FRACTION
-}
-TESTING_FIELDS = {
-    "transient_once": (None, []),
-    "crash_once": (None, []),
-}
-TABLES = {"sweep": SWEEP_FIELDS, "train": TRAIN_GRID, "discover": DISCOVER_GRID,
-          "resources": RESOURCE_FIELDS, "prune": PRUNE_FIELDS, "testing": TESTING_FIELDS}
+    metrics_linger: NonNegFloat = 10.0
+    """Seconds the endpoint stays up after the last job, so that a scraper sees the final counts."""
+    pushgateway: Pushgateway = ""
+    """Also push the final figures to this Pushgateway ("" = no push), e.g. http://HOST:9091."""
+    # ~0.1-0.2 s a job, far more than a tiny model's training; not part of job ids (the report draws
+    # its figures from model.pt)
+    pictures: Bool = True
+    """Draw network.png / circuit.png in every job folder."""
+
+
+class Train(Table):
+    """A training grid: every field is a value or a list of values, and the lists multiply."""
+
+    task: Grid(Choice(tuple(TASKS)))
+    regime: Grid(Choice(REGIMES))
+    """prune: the vanilla model of the same task, seed and steps, pruned to the weight count of the
+    bimt model of the same point (the spec must have both) and fine-tuned ([prune])."""
+    seed: Grid(NonNegInt) = 0
+    steps: Grid(PositiveInt)
+    lam: Grid(NonNegFloat) = _unset("the task's BIMT recipe (tasks.recipe)")
+    lr: Grid(PositiveFloat) = _unset("the task's BIMT recipe")
+    width: Grid(Annotated[int, Field(ge=1, le=4096), Checked(_positive_int)]) = _unset("the task's hidden widths")
+    swap_every: Grid(PositiveInt) = _unset("the task's BIMT recipe")
+    top_k: Grid(NonNegInt) = _unset("the task's BIMT recipe")
+    """Neurons relocated per layer per swap round."""
+    final_factor: Grid(NonNegFloat) = _unset("the task's BIMT recipe")
+    """The lam multiplier of the schedule's last phase."""
+    log_every: Grid(PositiveInt) = DEFAULT_LOG_EVERY
+
+
+class Discover(Table):
+    """A discovery grid, run on every trained model: give threshold or target_f (not both)."""
+
+    method: Grid(Choice(METHODS))
+    threshold: Grid(NonNegFloat) = _unset("give target_f")
+    """acdc: tau; score methods: keep |score| >= threshold."""
+    target_f: Grid(Faithfulness) = _unset("give threshold")
+    """acdc: the largest tau reaching faithfulness >= target_f; score methods: the smallest top-k."""
+    order: Grid(Choice(ORDERS)) = DEFAULT_ORDER
+    """acdc's sender order (score methods have none: put them in their own table)."""
+    ablation: Grid(Choice(ABLATIONS)) = DEFAULT_ABLATION
+    output: Grid(NonNegInt) = _unset("the circuit of all outputs")
+    seed: Grid(NonNegInt) = 0
+    """The corruption pairing's seed."""
+    # a filter, not a setting: not in the job id
+    train_seed: Grid(NonNegInt) = _unset("every model")
+    """Which models this grid applies to, by their training seed."""
+
+
+class Resources(Table):
+    """What one Ray task asks for."""
+
+    train_cpus: PositiveFloat = 1.0
+    train_gpus: NonNegFloat = 0.0
+    discover_cpus: PositiveFloat = 1.0
+    discover_gpus: NonNegFloat = 0.0
+    max_retries: NonNegInt = 2
+    edge_chunk: NonNegInt = 0
+    """exact: edges per Ray task; 0 = one task per job."""
+
+
+class Prune(Table):
+    """The prune regime's settings (workers.prune)."""
+
+    finetune_steps: PositiveInt = _unset("a tenth of the train steps")
+    match_fraction: OpenFraction = DEFAULT_MATCH_FRACTION
+    """Count the matched model's weights with |w| > match_fraction x max|w|."""
+
+
+class Testing(Table):
+    """TEST-ONLY fault injection: job selectors ("train", "discover", a job label prefix or id)."""
+
+    transient_once: list[Selector] = []
+    crash_once: list[Selector] = []
+
+
+def _one_or_more(table):
+    return Union[table, Annotated[list[table], Field(min_length=1)]]
+
+
+class SpecFile(Table):
+    """A circuitry sweep spec (TOML): `circuitry run SPEC`."""
+
+    model_config = ConfigDict(title="circuitry sweep spec")
+    sweep: Sweep
+    train: _one_or_more(Train)
+    """[train], or [[train]] for several grids (a job named by two runs once)."""
+    discover: _one_or_more(Discover) = _unset("no discovery")
+    """[discover], or [[discover]] for several grids."""
+    resources: Resources = Field(default_factory=Resources)
+    prune: Prune = Field(default_factory=Prune)
+    testing: Testing = Field(default_factory=Testing)
+
+
+TABLES = tuple(SpecFile.model_fields)
+REQUIRED = object()  # a field's default when it must be given
+
+
+def _field_checks(table: type[Table]) -> dict[str, tuple]:
+    """(checker, default) per field of a table; default `REQUIRED` when the field must be given."""
+    out = {}
+    for key, f in table.model_fields.items():
+        check = next((m.check for m in f.metadata if isinstance(m, Checked)), None)
+        out[key] = (check, REQUIRED if f.is_required() else f.get_default(call_default_factory=True))
+    return out
+
+
+def spec_schema() -> dict:
+    """The JSON Schema of a spec file (`circuitry schema`)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **SpecFile.model_json_schema()}
+
+
+# (checker, default) per field, for the checks below
+SWEEP_FIELDS, TRAIN_GRID, DISCOVER_GRID = _field_checks(Sweep), _field_checks(Train), _field_checks(Discover)
+RESOURCE_FIELDS, PRUNE_FIELDS, TESTING_FIELDS = _field_checks(Resources), _field_checks(Prune), _field_checks(Testing)
 
 
 def _unknown_keys(table: str, given: dict, allowed: dict) -> None:
@@ -255,7 +397,7 @@ def _scalars(table: str, given: dict, fields: dict) -> dict:
     out = {}
     for key, (check, default) in fields.items():
         if key not in given:
-            if default is None:
+            if default is REQUIRED:
                 raise SpecError(f"{table}.{key}: missing; this field is required")
             out[key] = default
             continue
@@ -268,9 +410,9 @@ def _grid(table: str, given: dict, fields: dict) -> dict[str, list]:
     out = {}
     for key, (check, default) in fields.items():
         if key not in given:
-            if default is None:
+            if default is REQUIRED:
                 raise SpecError(f"{table}.{key}: missing; give a value or a list of values")
-            out[key] = list(default)
+            out[key] = [default]
             continue
         raw = given[key]
         if isinstance(raw, dict):
@@ -314,7 +456,7 @@ def _check_selection(name: str, grid: dict[str, list]) -> None:
         raise SpecError(f"{name}.threshold: missing; give threshold (tau, e.g. 0.01) or target_f (a faithfulness, "
                         "e.g. 0.95)")
     scorers = [m for m in grid["method"] if m != "acdc"]
-    if scorers and grid["order"] != ["ascending"]:
+    if scorers and grid["order"] != [DEFAULT_ORDER]:
         raise SpecError(f"{name}.order: the sender order is acdc's; put {', '.join(scorers)} in its own "
                         "[[discover]] table without order")
 
@@ -323,7 +465,7 @@ def _discover_payload(d: dict) -> dict:
     """The discover settings a job id hashes: the newer settings only where they are used (no
     target_f = None, no threshold = None, no default order), so that the ids of specs written
     before them stay what they were."""
-    unused = {"threshold": None, "target_f": None, "order": "ascending"}
+    unused = {"threshold": None, "target_f": None, "order": DEFAULT_ORDER}
     return {k: v for k, v in d.items() if not (k in unused and v == unused[k])}
 
 
@@ -354,7 +496,7 @@ def _resolve_train(s: dict) -> dict:
     and an omitted lam with the task's default 1e-3 name the same job."""
     recipe = TASKS[s["task"]].recipe
     s = dict(s)
-    for key in ("lam", "lr", "swap_every", "top_k", "final_factor"):
+    for key in RECIPE_DEFAULTS:
         if s[key] is None:
             s[key] = getattr(recipe, key)
     return s
@@ -367,15 +509,12 @@ def _recipe_fields(task: str) -> dict:
 
 
 def model_shape(settings: dict) -> list[int]:
-    shape = list(TASKS[settings["task"]].shape)
-    if settings.get("width"):
-        shape[1:-1] = [settings["width"]] * (len(shape) - 2)
-    return shape
+    """The network a train job's settings describe (workers.train builds the same)."""
+    return network_shape(TASKS[settings["task"]].shape, settings.get("width"))
 
 
 def n_edges(settings: dict) -> int:
-    shape = model_shape(settings)
-    return sum(a * b for a, b in zip(shape, shape[1:]))
+    return edge_count(model_shape(settings))
 
 
 @dataclass
@@ -410,11 +549,6 @@ class Spec:
         chunk = self.resources["edge_chunk"]
         return sum(math.ceil(j.n_edges / chunk) for j in self.discover_jobs()
                    if j.settings["method"] == "exact" and chunk and j.n_edges > chunk)
-
-
-# Train settings only a penalty uses: a vanilla model is the same whatever they say, so a prune
-# job reads the vanilla model of its task, seed and steps at any of them
-PENALTY_ONLY = ("lam", "swap_every", "top_k", "final_factor")
 
 
 def _point(s: dict, ignore: tuple[str, ...] = ()) -> str:
@@ -480,7 +614,7 @@ def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None,
                 if did in seen:
                     continue
                 seen.add(did)
-                method = d["method"] if d["order"] == "ascending" else f"{d['method']}-{d['order']}"
+                method = d["method"] if d["order"] == DEFAULT_ORDER else f"{d['method']}-{d['order']}"
                 selection = f"t{d['threshold']}" if d["target_f"] is None else f"f{d['target_f']}"
                 tail = f"{method}/{selection}/{d['ablation']}"
                 if d["output"] is not None:

@@ -36,6 +36,8 @@ def test_train_writes_model_metrics_and_drawing(tmp_path):
         (["--task", "independence", "--regime", "bimtt"], "--regime"),
         (["--task", "independence", "--regime", "bimt", "--steps", "-5"], "--steps"),
         (["--task", "independence", "--regime", "bimt", "--seed", "x"], "--seed"),
+        (["--task", "independence", "--regime", "bimt", "--steps", "2", "--device", "tpu-9"],
+         "--device: unknown device 'tpu-9'"),
     ],
 )
 def test_bad_train_input_is_one_line_and_exit_2(args, needle, capsys, tmp_path):

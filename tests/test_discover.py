@@ -163,7 +163,7 @@ def test_graph_api_attribute_and_evaluate(teacher):
 
 
 def test_discover_device_option(teacher):
-    from workers.discover import resolve_device
+    from workers.device import DeviceError, pick_device
     d = discover(teacher, "acdc", 1e-4, device="cpu")
     assert d.summary["device"] == "cpu"
     auto = discover(teacher, "acdc", 1e-4)  # "auto": the GPU if torch sees one
@@ -171,7 +171,7 @@ def test_discover_device_option(teacher):
     assert np.array_equal(exact_scores(teacher, stop=40, device="cpu"), exact_scores(teacher, stop=40)[:40]) \
         or not torch.cuda.is_available()
     if not torch.cuda.is_available():
-        with pytest.raises(DiscoveryInputError, match="no GPU"):
-            resolve_device("cuda")
-    with pytest.raises(DiscoveryInputError):
-        resolve_device("tpu-9")
+        with pytest.raises(DeviceError, match="no GPU"):
+            pick_device("cuda")
+    with pytest.raises(DeviceError, match="unknown device 'tpu-9'"):
+        pick_device("tpu-9")

@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.graph import Problem
+from workers.names import ORDERS
 
 # Largest speculation window (candidates evaluated in one round), in float64 elements of the widest
 # downstream activation; the work itself runs in cache-sized tiles, so this bounds only the
@@ -312,9 +313,6 @@ class _Downstream:
                 return
             r, w, offset_t = plan.steps[k + 1][:3]
             zl = hl @ w.T + offset_t.T
-
-
-ORDERS = ("ascending", "descending", "random")
 
 
 def sender_orders(shape: list[int], order: str = "ascending", seed: int = 0) -> dict[tuple[int, int], torch.Tensor] | None:

@@ -35,9 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.graph import Problem
-
-METHODS = ("eap", "eap-ig")
-
+from workers.names import ATTRIBUTION_METHODS
 
 def scored_outputs(kind: str, y: torch.Tensor, out_pos: int | None) -> torch.Tensor:
     """s(y): what r compares. Raw outputs (mse) or log-softmax (kl), [N, 1] for one output."""
@@ -85,7 +83,7 @@ def path_inputs(problem: Problem, method: str, steps: int = 5) -> list[torch.Ten
     if method == "eap-ig":
         base = problem.ablated[0]  # corrupted inputs (resample), zeros or the mean input
         return [base + (k / steps) * (clean - base) for k in range(steps)]
-    raise ValueError(f"unknown attribution method {method!r}: choose one of {', '.join(METHODS)}")
+    raise ValueError(f"unknown attribution method {method!r}: choose one of {', '.join(ATTRIBUTION_METHODS)}")
 
 
 def attribution_scores(problem: Problem, method: str = "eap", steps: int = 5) -> tuple[list[torch.Tensor], int]:

@@ -1,6 +1,6 @@
 """Circuit discovery on a `circuitry.mlp/1` checkpoint: the entry point the orchestrator calls.
 
-    d = discover(ckpt, "acdc", 0.01)            # or "exact", "eap", "eap-ig"
+    d = discover(ckpt, "acdc", 0.01)            # or any of workers.names.METHODS
     write_discovery(d, out_dir, ckpt)           # circuit.parquet, summary.json, circuit.png
 
 The examples (design.md, "The examples a discovery runs on"): the test split of the model's own
@@ -64,12 +64,12 @@ from workers import acdc as acdc_mod
 from workers import evaluate as ev
 from workers.attribution import attribution_scores
 from workers.target import Probe, Search, search_top_k, search_tau
-from workers.graph import ABLATIONS, Graph, Problem
+from workers.device import pick_device
+from workers.graph import Graph, Problem
+from workers.names import ABLATIONS, METHODS, ORDERS, SCORE_METHODS
 from workers.outputs import json_bytes, png_bytes, write_files
 from workers.profile import PeakMemory
 
-METHODS = ("acdc", "exact", "eap", "eap-ig")
-SCORE_METHODS = ("exact", "eap", "eap-ig")
 # The most examples in each half (discovery, evaluation) of a task's test split: MNIST's 10,000
 # test images give 1,000 + 1,000, every other task's split is smaller than 2,000 and used whole.
 MAX_EXAMPLES_PER_HALF = 1000
@@ -218,26 +218,13 @@ def prepare(ckpt: dict, *, ablation: str = "resample", output: int | None = None
                     _labels_pos(task, graph, e_labels), info)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto": the GPU when torch sees one, else the CPU; "cpu"/"cuda"/"cuda:1" as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise DiscoveryInputError("--device", f"unknown device {device!r}: use auto, cpu or cuda") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DiscoveryInputError("--device", "device cuda asked for, but torch sees no GPU; use auto or cpu")
-    return dev
-
-
 def _check_selection(method, threshold, top_k, edge_fraction, target_f=None, order="ascending"):
     if method not in METHODS:
         raise DiscoveryInputError("--method", f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if target_f is not None and not (math.isfinite(target_f) and 0 < target_f <= 1):
         raise DiscoveryInputError("--target-f", f"target faithfulness must be in (0, 1], got {target_f}")
-    if order not in acdc_mod.ORDERS:
-        raise DiscoveryInputError("--order", f"unknown order {order!r}: choose one of {', '.join(acdc_mod.ORDERS)}")
+    if order not in ORDERS:
+        raise DiscoveryInputError("--order", f"unknown order {order!r}: choose one of {', '.join(ORDERS)}")
     if order != "ascending" and method != "acdc":
         raise DiscoveryInputError("--order", f"the sender order is acdc's; {method} has none: drop --order")
     if threshold is not None and (not math.isfinite(threshold) or threshold < 0):
@@ -271,7 +258,7 @@ def discover(ckpt: dict, method: str, threshold: float | None = None, *, ablatio
     `device` ("auto": the GPU when torch sees one); its results and the grading are on the CPU.
     `target_f`: the circuit at that faithfulness instead of at a threshold (module doc)."""
     _check_selection(method, threshold, top_k, edge_fraction, target_f, order)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     t0 = time.perf_counter()
     search = None
     with PeakMemory(dev) as mem:
@@ -347,7 +334,7 @@ def exact_scores(ckpt: dict, *, ablation: str = "resample", output: int | None =
     `device` (as `discover`). Chunks of any size concatenate to exactly the one-pass result (bit
     for bit) on one device; across devices they agree to float64 rounding."""
     prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
-    scores, _ = acdc_mod.exact_scores(prep.problem.to(resolve_device(device)), start, stop, progress=progress)
+    scores, _ = acdc_mod.exact_scores(prep.problem.to(pick_device(device)), start, stop, progress=progress)
     return scores.numpy()
 
 

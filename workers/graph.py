@@ -23,9 +23,10 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
+from workers.names import ABLATIONS
+
 LOG2_E = 1.0 / math.log(2.0)
 
-ABLATIONS = ("resample", "zero", "mean")
 METRICS = ("mse", "kl")
 
 

@@ -36,10 +36,8 @@ from typing import Callable
 
 import torch
 
+from workers.names import DEFAULT_MATCH_FRACTION
 from workers.train import TrainResult, checkpoint_fit, config_of, train
-
-DEFAULT_MATCH_FRACTION = 1e-2
-
 
 @dataclass(frozen=True)
 class PruneConfig:

@@ -27,26 +27,12 @@ import torch
 
 from tasks import get_task
 from tasks.recipe import Recipe
+from workers.device import pick_device
 from workers.model import (CoordMLP, folded_line_coordinates, line_coordinates, ring_coordinates,
                            sheet_coordinates, sheet_shape)
+from workers.names import DEFAULT_LOG_EVERY, RECIPE_DEFAULTS, TRAINED_REGIMES, network_shape
 from workers.profile import PeakMemory, count_parameters, inference_speed, weights_above
 from workers.swap import relocate
-
-
-@dataclass(frozen=True)
-class Regime:
-    penalty: bool
-    local: bool
-    swaps: bool
-
-
-REGIMES = {
-    "vanilla": Regime(penalty=False, local=False, swaps=False),
-    "l1": Regime(penalty=True, local=False, swaps=False),
-    "local": Regime(penalty=True, local=True, swaps=False),
-    "swap": Regime(penalty=True, local=False, swaps=True),
-    "bimt": Regime(penalty=True, local=True, swaps=True),
-}
 
 
 @dataclass
@@ -64,19 +50,19 @@ class TrainConfig:
     sheets: bool | None = None  # 2-D neuron sheets; None: the task's default (image tasks)
     final_factor: float | None = None  # lam multiplier of the schedule's last phase
     batch_size: int | None = None  # 0: full batch (None: the recipe's, like the fields above)
-    log_every: int = 100
+    log_every: int = DEFAULT_LOG_EVERY
     device: str = "auto"
 
     def resolved(self) -> "TrainConfig":
         """The config with the task's recipe filled in."""
         task = get_task(self.task)
-        if self.regime not in REGIMES:
-            raise ValueError(f"unknown regime {self.regime!r}: choose one of {', '.join(REGIMES)}")
+        if self.regime not in TRAINED_REGIMES:
+            raise ValueError(f"unknown regime {self.regime!r}: choose one of {', '.join(TRAINED_REGIMES)}")
         if self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps}")
         r = task.recipe
         d = asdict(self)
-        for key in ("lam", "lr", "swap_every", "top_k", "final_factor"):
+        for key in RECIPE_DEFAULTS:
             d[key] = getattr(r, key) if d[key] is None else d[key]
         d["batch_size"] = (r.batch_size or 0) if self.batch_size is None else self.batch_size
         d["sheets"] = task.input_grid is not None if self.sheets is None else self.sheets
@@ -101,19 +87,6 @@ class TrainResult:
     checkpoint: dict
     metrics: dict[str, float]
     curve: list[dict] = field(default_factory=list)  # {"step", "train_loss", "test_loss"}
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def network_shape(task, width: int | None) -> list[int]:
-    shape = list(task.shape)
-    if width is not None:
-        shape[1:-1] = [width] * (len(shape) - 2)
-    return shape
 
 
 def layout(shape: list[int], sheets: bool, input_grid: tuple[int, int] | None, recipe: Recipe = Recipe()
@@ -200,11 +173,11 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
     cfg = config.resolved()
     task = get_task(cfg.task)
     recipe = cfg.recipe()
-    regime = REGIMES[cfg.regime]
+    regime = TRAINED_REGIMES[cfg.regime]
     device = pick_device(cfg.device)
     dtype = getattr(torch, recipe.dtype)
     torch.manual_seed(cfg.seed)
-    shape = network_shape(task, cfg.width)
+    shape = network_shape(task.shape, cfg.width)
     if start is None:
         model = CoordMLP(
             shape, layout(shape, cfg.sheets, task.input_grid, recipe), l0=recipe.l0, vocab=task.vocab,

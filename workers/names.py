@@ -1,0 +1,63 @@
+"""The words and defaults every layer shares: regimes, discovery methods, ablations, ACDC's sender
+orders, the settings a task's recipe fills in, and the network's shape and edge count.
+
+One source, because a copy that drifts breaks resume silently (a job id hashes these words) and
+lets the CLI, the spec and the workers accept different things. This module imports neither torch
+nor anything else of the project, so the spec (orchestrator.spec) and the CLI can read it cheaply.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Regime:
+    """What a training regime adds to plain training (workers.train's module doc)."""
+
+    penalty: bool  # the connection cost, lam * cost
+    local: bool  # the cost weighs wire length (else plain L1)
+    swaps: bool  # neuron swaps every swap_every steps
+
+
+# The regimes workers.train trains from scratch
+TRAINED_REGIMES: dict[str, Regime] = {
+    "vanilla": Regime(penalty=False, local=False, swaps=False),
+    "l1": Regime(penalty=True, local=False, swaps=False),
+    "local": Regime(penalty=True, local=True, swaps=False),
+    "swap": Regime(penalty=True, local=False, swaps=True),
+    "bimt": Regime(penalty=True, local=True, swaps=True),
+}
+# "prune" (workers.prune) is derived from two trained models: the PRUNE_FROM model of a task, seed
+# and steps, pruned to the weight count of the PRUNE_MATCH model of the same point
+PRUNE_FROM, PRUNE_MATCH = "vanilla", "bimt"
+REGIMES: tuple[str, ...] = (*TRAINED_REGIMES, "prune")  # also the report's row order
+BASELINE_REGIME = "vanilla"
+
+# The train settings a task's recipe (tasks.recipe) fills in when a spec or the CLI leaves them out
+RECIPE_DEFAULTS = ("lam", "lr", "swap_every", "top_k", "final_factor")
+# ... and those only a penalty reads: a vanilla model is the same whatever they say
+PENALTY_ONLY = ("lam", "swap_every", "top_k", "final_factor")
+DEFAULT_LOG_EVERY = 100  # training steps between logged losses
+DEFAULT_MATCH_FRACTION = 1e-2  # prune: count the matched model's weights with |w| > this x max|w|
+
+METHODS: tuple[str, ...] = ("acdc", "exact", "eap", "eap-ig")
+SCORE_METHODS: tuple[str, ...] = ("exact", "eap", "eap-ig")  # score every edge, then select
+ATTRIBUTION_METHODS: tuple[str, ...] = ("eap", "eap-ig")  # gradient scores (workers.attribution)
+ABLATIONS: tuple[str, ...] = ("resample", "zero", "mean")
+DEFAULT_ABLATION = "resample"
+ORDERS: tuple[str, ...] = ("ascending", "descending", "random")  # ACDC's sender order
+DEFAULT_ORDER = "ascending"  # the ACDC definition's (design.md)
+
+
+def network_shape(task_shape, width: int | None = None) -> list[int]:
+    """Neurons per layer, inputs first: the task's shape with every hidden layer `width` wide
+    when a width is given."""
+    shape = list(task_shape)
+    if width is not None:
+        shape[1:-1] = [width] * (len(shape) - 2)
+    return shape
+
+
+def edge_count(shape) -> int:
+    """Edges of the dense neuron graph of a network of this shape (one per weight)."""
+    return sum(a * b for a, b in zip(shape, shape[1:]))
