@@ -40,6 +40,9 @@ def matched_rows(train: pd.DataFrame, discover: pd.DataFrame, method: str = "acd
     if discover.empty or "target_f" not in discover or method not in set(discover.get("method", [])):
         return pd.DataFrame()
     rows = discover[(discover["method"] == method) & discover["target_f"].notna()].copy()
+    # a model whose circuits never reach the target (a dead net: f undefined even for the full
+    # circuit) has no circuit at matched f; it stays in the table, flagged, and out of the figures
+    rows["reached"] = rows["target_reached"].fillna(True).astype(bool) if "target_reached" in rows else True
     models = train.set_index("job_id")
     for col in TRAIN_FIGURES:
         if col in models:
@@ -57,7 +60,9 @@ def pareto_points(rows: pd.DataFrame) -> pd.DataFrame:
     points = []
     for (regime, lam), g in rows.groupby(["regime", "lam"], dropna=False, sort=False):
         lam = float("nan") if regime in NO_LAM else lam
-        points.append({"regime": regime, "lam": lam, "seeds": g["seed"].nunique(),
+        seeds = g["seed"].nunique()
+        g = g[g["reached"]]
+        points.append({"regime": regime, "lam": lam, "seeds": seeds, "reached": g["seed"].nunique(),
                        "test_loss": _mean(g.get("test_loss")), "test_accuracy": _mean(g.get("test_accuracy")),
                        "edges": _mean(g["n_edges_kept"]), "held_out_f": _mean(g.get("eval_faithfulness")),
                        "tau_found": float(np.exp(np.log(g["tau_found"].astype(float)).mean()))
@@ -83,11 +88,11 @@ def _fmt(x: float) -> str:
 
 def pareto_table(points: pd.DataFrame) -> str:
     has_acc = points["test_accuracy"].notna().any()
-    head = ["regime", "lam", "seeds", "test loss"] + (["test accuracy"] if has_acc else []) + [
+    head = ["regime", "lam", "seeds", "target reached", "test loss"] + (["test accuracy"] if has_acc else []) + [
         "edges at target f", "held-out f", "tau found (geo. mean)", "on the front"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, p in points.iterrows():
-        cells = [p["regime"], _fmt(p["lam"]), str(p["seeds"]), _fmt(p["test_loss"])]
+        cells = [p["regime"], _fmt(p["lam"]), str(p["seeds"]), str(p["reached"]), _fmt(p["test_loss"])]
         cells += [_fmt(p["test_accuracy"])] if has_acc else []
         cells += [_fmt(p["edges"]), _fmt(p["held_out_f"]), _fmt(p["tau_found"]), "yes" if p["pareto"] else ""]
         lines.append("| " + " | ".join(cells) + " |")
@@ -109,6 +114,7 @@ def reading(r: RatioSummary, t: Tost, better: str) -> str:
 def compare_at_lam(rows: pd.DataFrame, other: str, regime: str = "bimt") -> list[dict]:
     """`regime` ÷ `other` per lam, paired by seed, for every figure."""
     out = []
+    rows = rows[rows["reached"]]
     mine = rows[rows["regime"] == regime]
     theirs = rows[rows["regime"] == other]
     for lam, g in mine.groupby("lam", sort=True):
@@ -173,7 +179,8 @@ def matched_sections(train: pd.DataFrame, discover: pd.DataFrame, out: Path) -> 
              "Circuits found with `target_f`: per model, ACDC's sparsest circuit (largest tau, to within a "
              "factor 1.2) whose f on the discovery examples reaches the target; held-out f grades it on the "
              "evaluation examples. Each regime runs over a lam grid; vanilla (no lam) is one point. Points: "
-             "means over seeds. Comparisons: bimt ÷ another regime at the same lam, paired by seed, geometric "
+             "means over the seeds whose circuits reach the target (`target reached`; a dead net, e.g. one "
+             "pruned to a handful of weights, has none: its f is undefined even for the full circuit). Comparisons: bimt ÷ another regime at the same lam, paired by seed, geometric "
              f"mean with a 95% t-interval on the log ratios; \"the same\" only where a TOST at ±{MARGIN:.0%} "
              f"passes (p < 0.05); claims need n >= {MIN_N_FOR_CLAIM}."]
     pictures = []

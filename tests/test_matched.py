@@ -132,3 +132,18 @@ def test_the_report_opens_with_the_matched_section_and_its_figure(sweep):
 def test_no_target_f_rows_no_section(tmp_path):
     empty = pd.DataFrame({"job_id": [], "regime": []})
     assert matched_sections(empty, empty, tmp_path) == ([], [])
+
+
+def test_circuits_that_miss_the_target_stay_out_of_points_and_pairs(sweep):
+    train, discover = load_jobs(sweep)
+    rows = matched_rows(train, discover)
+    assert rows["reached"].all()
+    missed = rows.index[(rows["regime"] == "bimt") & (rows["lam"] == 1e-3) & (rows["seed"] == 0)]
+    rows.loc[missed, "reached"] = False  # as a dead net's would be: f undefined even for the full circuit
+    points = pareto_points(rows).set_index(["regime", "lam"])
+    point = points.loc[("bimt", 1e-3)]
+    kept = rows[(rows["regime"] == "bimt") & (rows["lam"] == 1e-3) & rows["reached"]]
+    assert (point["seeds"], point["reached"]) == (3, 2)
+    assert point["edges"] == pytest.approx(kept["n_edges_kept"].mean())
+    cells = [c for c in compare_at_lam(rows, "l1") if c["lam"] == 1e-3]
+    assert cells and all(c["ratio"].n == 2 for c in cells)
