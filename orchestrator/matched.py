@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from orchestrator.report import _sorted_regimes, fmt, ratio_text
 from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, Tost, paired_ratio, tost
 
 TARGET = 0.95  # the headline target; other targets a sweep ran get their own tables
@@ -58,8 +59,9 @@ def _mean(values) -> float:
 def pareto_points(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (regime, lam) of one task and target: means over seeds and the Pareto flag."""
     points = []
-    for (regime, lam), g in rows.groupby(["regime", "lam"], dropna=False, sort=False):
-        lam = float("nan") if regime in NO_LAM else lam
+    # a regime without lam is one point, whatever lam its rows record
+    point_lam = rows["lam"].where(~rows["regime"].isin(NO_LAM))
+    for (regime, lam), g in rows.groupby([rows["regime"], point_lam], dropna=False, sort=False):
         seeds = g["seed"].nunique()
         g = g[g["reached"]]
         points.append({"regime": regime, "lam": lam, "seeds": seeds, "reached": g["seed"].nunique(),
@@ -67,22 +69,18 @@ def pareto_points(rows: pd.DataFrame) -> pd.DataFrame:
                        "edges": _mean(g["n_edges_kept"]), "held_out_f": _mean(g.get("eval_faithfulness")),
                        "tau_found": float(np.exp(np.log(g["tau_found"].astype(float)).mean()))
                        if "tau_found" in g and (g["tau_found"] > 0).any() else float("nan")})
-    frame = pd.DataFrame(points).drop_duplicates(["regime", "lam"])
+    frame = pd.DataFrame(points)
     loss, edges = frame["test_loss"].to_numpy(), frame["edges"].to_numpy()
     front = []
     for i in range(len(frame)):
         dominated = (loss <= loss[i]) & (edges <= edges[i]) & ((loss < loss[i]) | (edges < edges[i]))
         front.append(not dominated.any() and math.isfinite(loss[i]) and math.isfinite(edges[i]))
     frame["pareto"] = front
-    from orchestrator.report import _sorted_regimes  # the report's regime order
-
     order = {r: i for i, r in enumerate(_sorted_regimes(frame["regime"]))}
     return frame.sort_values(["regime", "lam"], key=lambda c: c.map(order) if c.name == "regime" else c)
 
 
 def _fmt(x: float) -> str:
-    from orchestrator.report import fmt
-
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt(x)
 
 
@@ -134,8 +132,6 @@ def compare_at_lam(rows: pd.DataFrame, other: str, regime: str = "bimt") -> list
 
 
 def comparison_table(results: list[dict], regime: str = "bimt") -> str:
-    from orchestrator.report import ratio_text
-
     head = ["comparison", "lam", "figure", "ratio [95% CI]", "n", f"TOST ±{MARGIN:.0%} p", "reading"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in results:

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.matched import matched_sections
 from orchestrator.spec import TRAIN_GRID
 from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, paired_ratio, t_half_width
 from workers.names import BASELINE_REGIME, REGIMES
@@ -541,6 +540,8 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
     elif missing:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
         lines += ["", f"**Partial sweep**: {len(missing)} jobs have no result yet: {shown}."]
+
+    from orchestrator.matched import matched_sections  # it builds on this module's tables
 
     matched, pictures = matched_sections(train, discover, sweep_dir)  # the main comparison, first
     lines += [""] + matched + ([""] if matched else []) + ratio_sections(train, discover) + [""]

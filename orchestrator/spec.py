@@ -150,12 +150,18 @@ def _string(path, v):
     return v
 
 
-def _tracking_uri(path, v):
-    _string(path, v)
-    if v and not re.fullmatch(TRACKING_URI, v, re.DOTALL):
-        raise SpecError(f"{path}: {_show(v)} is not a tracking URI (\"\" for the embedded store, "
-                        "http://HOST:PORT, sqlite:///FILE, file:///DIR)")
-    return v
+def _empty_or_matching(pattern: str, what: str, flags=0):
+    """A checker of a string that is "" or matches `pattern`; the error says `what` it must be."""
+    def check(path, v):
+        _string(path, v)
+        if v and not re.fullmatch(pattern, v, flags):
+            raise SpecError(f"{path}: {_show(v)} is not {what}")
+        return v
+    return check
+
+
+_tracking_uri = _empty_or_matching(TRACKING_URI, 'a tracking URI ("" for the embedded store, http://HOST:PORT, '
+                                   "sqlite:///FILE, file:///DIR)", re.DOTALL)
 
 
 def _port(path, v):
@@ -171,11 +177,7 @@ def _host(path, v):
     return v
 
 
-def _pushgateway(path, v):
-    _string(path, v)
-    if v and not re.fullmatch(PUSHGATEWAY, v):
-        raise SpecError(f"{path}: {_show(v)} is not a Pushgateway address (\"\" for none, http://HOST:9091)")
-    return v
+_pushgateway = _empty_or_matching(PUSHGATEWAY, 'a Pushgateway address ("" for none, http://HOST:9091)')
 
 
 def _bool(path, v):

@@ -66,6 +66,28 @@ def _meets(f: float, target: float) -> bool:
     return not math.isnan(f) and f >= target
 
 
+class _Prober:
+    """`probe` memoised: each point (a tau or a k, recorded under `key`) runs once, every run is
+    recorded in order, and `self(x)` says whether x's circuit reaches the target."""
+
+    def __init__(self, probe: Callable[[Any], Probe], target: float, key: str, max_probes: int, name: str):
+        self.probe, self.target, self.key, self.max_probes, self.name = probe, target, key, max_probes, name
+        self.results: dict = {}
+        self.tried: list[dict] = []
+
+    def __call__(self, x) -> bool:
+        if x not in self.results:
+            if len(self.tried) >= self.max_probes:
+                raise RuntimeError(f"{self.name} search made {self.max_probes} probes without a bracket")
+            p = self.results[x] = self.probe(x)
+            self.tried.append({self.key: x, "f": p.f, "edges": p.edges})
+        return _meets(self.results[x].f, self.target)
+
+    def search(self, found, above) -> Search:
+        return Search(self.target, found, above, _meets(self.results[found].f, self.target),
+                      self.results[found].result, self.tried)
+
+
 def start_tau(target: float, scale: float, n_edges: int) -> float:
     """A first tau on the metric's scale: if the (1 - target) share of the empty circuit's metric
     that may be lost were spread over sqrt(E) removals (between a sparse circuit's few and a
@@ -80,22 +102,7 @@ def search_tau(probe: Callable[[float], Probe], target: float, scale: float, n_e
     metric's scale (metric_empty) that the first tau and the floor are taken from."""
     if not 0 < target <= 1:
         raise ValueError(f"target faithfulness must be in (0, 1], got {target}")
-    tried: list[dict] = []
-    results: dict[float, Probe] = {}
-
-    def run(tau: float) -> bool:
-        if tau not in results:
-            if len(tried) >= max_probes:
-                raise RuntimeError(f"tau search made {max_probes} probes without a bracket")
-            p = probe(tau)
-            results[tau] = p
-            tried.append({"tau": tau, "f": p.f, "edges": p.edges})
-        return _meets(results[tau].f, target)
-
-    def done(lo: float, hi: float | None) -> Search:
-        ok = _meets(results[lo].f, target)
-        return Search(target, lo, hi, ok, results[lo].result, tried)
-
+    run = _Prober(probe, target, "tau", max_probes, "tau")
     scale = abs(scale) if math.isfinite(scale) and scale != 0 else 1.0
     tau = start_tau(target, scale, n_edges)
     lowest = floor * scale
@@ -113,7 +120,7 @@ def search_tau(probe: Callable[[float], Probe], target: float, scale: float, n_e
             lo = hi / factor
             if lo < lowest:  # nothing positive reaches it: tau = 0 keeps every edge that matters
                 run(0.0)
-                return done(0.0, hi)
+                return run.search(0.0, hi)
             if run(lo):
                 break
             hi = lo
@@ -124,7 +131,7 @@ def search_tau(probe: Callable[[float], Probe], target: float, scale: float, n_e
             lo = mid
         else:
             hi = mid
-    return done(lo, hi)
+    return run.search(lo, hi)
 
 
 def search_top_k(probe: Callable[[int], Probe], target: float, n_edges: int, max_probes: int = 80) -> Search:
@@ -132,22 +139,11 @@ def search_top_k(probe: Callable[[int], Probe], target: float, n_edges: int, max
     the k just under it that does not (None when k = 0 already does)."""
     if not 0 < target <= 1:
         raise ValueError(f"target faithfulness must be in (0, 1], got {target}")
-    tried: list[dict] = []
-    results: dict[int, Probe] = {}
-
-    def run(k: int) -> bool:
-        if k not in results:
-            if len(tried) >= max_probes:
-                raise RuntimeError(f"top-k search made {max_probes} probes without a bracket")
-            p = probe(k)
-            results[k] = p
-            tried.append({"k": k, "f": p.f, "edges": p.edges})
-        return _meets(results[k].f, target)
-
+    run = _Prober(probe, target, "k", max_probes, "top-k")
     if not run(n_edges):  # even the whole model falls short (f undefined, or a target above 1)
-        return Search(target, n_edges, None, False, results[n_edges].result, tried)
+        return run.search(n_edges, None)
     if run(0):
-        return Search(target, 0, None, True, results[0].result, tried)
+        return run.search(0, None)
     lo, hi = 0, n_edges  # f(lo) < target <= f(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -155,4 +151,4 @@ def search_top_k(probe: Callable[[int], Probe], target: float, n_edges: int, max
             hi = mid
         else:
             lo = mid
-    return Search(target, hi, lo, True, results[hi].result, tried)
+    return run.search(hi, lo)
