@@ -132,8 +132,9 @@ def test_acdc_guesses_only_affect_speed(monkeypatch):
     tau = float(torch.quantile(ex[ex > 0], 0.5))
     naive = acdc_naive(p, tau)
     good = acdc(p, tau)
-    real_model = A._metric_model
+    real_model, real_derivatives = A._metric_model, A._Downstream.derivatives
     monkeypatch.setattr(A, "_metric_model", lambda per, eps: tuple(-t for t in real_model(per, eps)))
+    monkeypatch.setattr(A._Downstream, "derivatives", lambda *a: tuple(-t for t in real_derivatives(*a)))
     monkeypatch.setattr(A, "TILE_ELEMENTS", {"cpu": 1})
     bad = acdc(p, tau)
     assert same_masks(good.masks, naive.masks) and same_masks(bad.masks, naive.masks)
@@ -374,6 +375,17 @@ def test_shifted_metric_terms_equal_the_plain_ones(kind):
         pu = (ut * metric.p_full_t[:, None, :]).sum(0)
         torch.testing.assert_close(metric.per_example_shifted_t(ut, pu=pu), plain, rtol=1e-12, atol=1e-9)
     assert torch.isfinite(plain).all() and float(plain[2, 3]) > 1.0  # the moved logit counts
+    # only some outputs evaluated, the others' constant contribution added (Metric.rest_t)
+    keep = torch.tensor([1, 3])
+    rest = metric.rest_t(ut[:, 0], keep)
+    p_t = metric.p_full_t[keep] if kind == "kl" else None
+    for row in range(4):  # row 0's other outputs, row's kept ones (row 2 overflows, row 3 underflows)
+        moved = ut[:, 0].clone()
+        moved[keep] = ut[keep, row]
+        want = metric.per_example_t(moved + metric.shift_t)
+        got = metric.per_example_shifted_t(ut[keep, row], p_t=p_t, rest=rest)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-9)
+    assert metric.rest_t(ut[:, 0], torch.arange(5)) is None
 
 
 @pytest.mark.parametrize("kind,output", [("mse", None), ("kl", None), ("mse", 2), ("kl", 2)])
@@ -393,3 +405,30 @@ def test_metric_on_examples_gives_those_examples_terms(kind, output):
         torch.testing.assert_close(sub.per_example_shifted_t(ut[:, idx]), metric.per_example_shifted_t(ut)[idx],
                                    rtol=1e-12, atol=1e-14)
     assert sub.kind == kind and "logp_full" not in vars(sub)  # no formula read it: never gathered
+
+
+@pytest.mark.parametrize("kind", ["mse", "kl"])
+def test_closed_form_derivatives_match_finite_differences(kind):
+    """The guesses' model for receivers that feed the outputs (`_Downstream.derivatives`) equals the
+    central differences of the evaluated terms, for an output receiver and a last-hidden one, at
+    the full model and at a moved state."""
+    from workers.acdc import _Downstream, _pre_activations
+    p = problem_for(random_checkpoint([5, 7, 6, 4], 3, zero_fraction=0.2), kind, "resample", None, n=24)
+    g, L = p.graph, p.graph.n_layers
+    z = [t.clone() if t is not None else None for t in _pre_activations(p)]
+    h = [t.clone() for t in p.clean]
+    masks = g.full_masks()
+    masks[L - 1][0, 2] = False  # a dead edge: the receiver moves fewer outputs
+    for m in (L, L - 1):
+        down = _Downstream(p, masks, m, z, h, 1 << 20)
+        assert down.closed_form
+        for j in range(g.shape[m]):
+            plan = down.plan(j)
+            for shift in (0.0, 0.7):
+                x = z[m][:, j] + shift
+                d1, d2 = down.derivatives(j, x, plan)
+                eps = 1e-4
+                _, per = down.evaluate(j, torch.stack([x - eps, x, x + eps]), plan)
+                n = p.n_examples
+                torch.testing.assert_close(d1, (per[2] - per[0]) / (2 * eps * n), rtol=1e-5, atol=1e-9)
+                torch.testing.assert_close(d2, (per[2] - 2 * per[1] + per[0]) / (eps * eps * n), rtol=1e-3, atol=1e-6)

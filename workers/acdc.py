@@ -24,11 +24,14 @@ Why `acdc` can be much faster and still return the same circuit:
   example's value only, so two probe rows give every candidate's predicted increase,
   interactions between the window's removals included; `_guess` finds the sequential guesses by
   whole-window sweeps). Probes are taken at a receiver's start and again after a round whose
-  guesses were contradicted. A round is not cut at candidates predicted close to tau: on dense
+  guesses were contradicted; for receivers that feed the outputs themselves (the last two
+  layers) the model's derivatives are closed-form (`_Downstream.derivatives`) and cost no rows.
+  A round is not cut at candidates predicted close to tau: on dense
   nets the rounds (a fixed cost of op dispatch each), not the rows, are what takes the time.
 - The current circuit's per-example metric terms are kept (`terms`), so a round evaluates only
   its candidates' rows (no row for the current state), and silent candidates (below) are decided
-  without any row: ~1.04 rows per candidate on a dense vanilla digits net. A receiver's final
+  without any row: ~1.2 rows per candidate on a dense vanilla digits net (the rest are the tails
+  of contradicted rounds, evaluated again). A receiver's final
   terms, as its round evaluated them, stay the circuit's terms after it is committed (no
   recomputation). A round's decisions are read off its rows in one pass of tensor ops
   (`_measure_round`), not in a Python loop over candidates.
@@ -44,9 +47,12 @@ Why `acdc` can be much faster and still return the same circuit:
   <p_full, u> is a scalar update per example and two more passes go. exp runs as exp2 (twice as
   fast in torch on a CPU) and a term's overflow is detected with one reduction. On a dense net
   the last hidden layer's rows are 10 outputs wide, so these passes, not matmuls, are its cost.
+  Only the outputs a receiver can move (live paths) are evaluated; the others add a per-example
+  constant to the terms (`Metric.rest_t`): an output receiver's rows are one output wide.
 - A candidate whose delta is exactly zero on an example leaves that example's term as it was,
-  so only the other (candidate, example) pairs are pushed downstream (`chain_terms`; ~40% of a
-  first hidden layer's pairs on digits, where a clean/corrupted pair shares blank pixels).
+  so only the other (candidate, example) pairs are pushed downstream (`chain_terms`), when few
+  enough move to pay for the gathers a pair costs (`PAIRS_MAX_FRACTION`; on digits, where a
+  clean/corrupted pair shares blank pixels, ~60% of a first hidden layer's pairs move: too many).
 - Edges whose delta is identically zero (zero weight, or an ablated value equal to the clean one)
   and receivers with no path to the metric get an increase of exactly 0.0, as the naive
   definition does (its forward is unchanged bit for bit), so tau = 0 ties agree as well.
@@ -79,6 +85,9 @@ BATCH_ELEMENTS = 1 << 26
 # overwritten in place; on a GPU large, so that each kernel launch carries enough work.
 TILE_ELEMENTS = {"cpu": 1 << 19}
 TILE_ELEMENTS_OTHER = 1 << 25
+# `chain_terms` evaluates only the (candidate, example) pairs that move when at most this fraction
+# does (the break-even measured on a dense digits net, 2-core EPYC: 40-45%)
+PAIRS_MAX_FRACTION = 0.4
 
 
 @dataclass
@@ -94,12 +103,13 @@ def _pre_activations(problem: Problem) -> list[torch.Tensor | None]:
     return [None] + [problem.clean[l] @ g.weights[l].T + g.biases[l] for l in range(g.n_layers)]
 
 
-def _terms(metric, ut: torch.Tensor, scratch=None, pu=None) -> torch.Tensor:
+def _terms(metric, ut: torch.Tensor, scratch=None, pu=None, p_t=None, rest=None) -> torch.Tensor:
     """Per-example metric terms of outputs ut [n_out, ..., N], output-major and shifted by
-    metric.shift_t where the metric defines one (`Metric.per_example_shifted_t`)."""
+    metric.shift_t where the metric defines one (`Metric.per_example_shifted_t`; there ut may
+    hold only some outputs, `p_t` their rows of p and `rest` the others' `Metric.rest_t`)."""
     if metric.shift_t is None:
         return metric.per_example_t(ut, scratch=scratch)
-    return metric.per_example_shifted_t(ut, scratch=scratch, pu=pu)
+    return metric.per_example_shifted_t(ut, scratch=scratch, pu=pu, p_t=p_t, rest=rest)
 
 
 def _current_terms(metric, h_out: torch.Tensor) -> torch.Tensor:
@@ -114,6 +124,11 @@ class _Plan:
     steps: list  # per downstream layer: (positions, live weights, constant neuron-major, constant example-major)
     u_now_t: torch.Tensor  # the circuit's shifted outputs now, output-major [n_out, N]
     pu: tuple | None = None  # rank-one KL outputs: (<p, u> of the constant part, <p, w>) per example, [N] each
+    # where the metric has a shifted form, only the outputs j can move are evaluated: their rows
+    # of p (KL) and the others' constant contribution (`Metric.rest_t`; None when all can move)
+    p_t: torch.Tensor | None = None
+    rest: tuple | None = None
+    tile: int = 1  # candidate rows per tile: the tile budget over the plan's widest step (a pruned net's are narrow)
 
 
 class _Downstream:
@@ -144,16 +159,17 @@ class _Downstream:
         # a candidate row holds [N, width] tensors of every downstream layer at once
         widest = max(g.shape[m + 1:]) if m < self.L else g.shape[-1]
         self.chunk = max(1, batch_elements // (problem.n_examples * widest) - 1)
-        tile = TILE_ELEMENTS.get(self.device.type, TILE_ELEMENTS_OTHER)
-        self.tile = max(1, tile // (problem.n_examples * widest))
+        self.tile_elements = TILE_ELEMENTS.get(self.device.type, TILE_ELEMENTS_OTHER)
         self._buffers: dict[tuple, torch.Tensor] = {}
+        # receivers that feed the outputs themselves have closed-form metric derivatives (`derivatives`)
+        self.closed_form = m >= self.L - 1 and self.metric.shift_t is not None
 
     def reaches_metric(self, j: int) -> bool:
         return self.co_list[j]
 
-    def terms(self, ut: torch.Tensor, metric=None, scratch=None, pu=None) -> torch.Tensor:
-        """Per-example metric terms of shifted outputs ut [n_out, ..., N]."""
-        return _terms(metric or self.metric, ut, scratch, pu)
+    def terms(self, ut: torch.Tensor, metric=None, scratch=None, pu=None, p_t=None, rest=None) -> torch.Tensor:
+        """Per-example metric terms of shifted outputs ut [n_out, ..., N] (`_terms`)."""
+        return _terms(metric or self.metric, ut, scratch, pu, p_t, rest)
 
     def shift(self, r) -> torch.Tensor:
         """The metric's shift of output positions r (one row, broadcast, when it is the same for all)."""
@@ -168,7 +184,7 @@ class _Downstream:
         g, L = self.p.graph, self.L
         u_now_t = self.h[L].T - self.shift_t
         if self.m == L:
-            return _Plan([], u_now_t)
+            return self._partial(_Plan([], u_now_t), torch.tensor([j], device=self.device))
 
         def positions(reached: torch.Tensor, layer: int):
             idx = torch.nonzero(reached)[:, 0]
@@ -198,7 +214,57 @@ class _Downstream:
             offset_t = shifted((self.z[l + 1][:, r_next] - self.h[l][:, r] @ w.T).T, l + 1, r_next).contiguous()
             steps.append((r_next, w.contiguous(), offset_t, offset_t.T.contiguous()))
             r = r_next
-        return _Plan(steps, u_now_t, pu)
+        return self._partial(_Plan(steps, u_now_t, pu), r)
+
+    def derivatives(self, j: int, zj: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """First and second derivatives (divided by N) of each example's metric term in receiver
+        j's pre-activation, at zj [N], in closed form (only where `closed_form`: the receiver feeds
+        the outputs itself, m >= L-1, and the metric has a shifted form): what `_metric_model`
+        gets from two probe rows, without the rows. u are the shifted outputs, w the receiver's live
+        weights into them, s', s'' SiLU's derivatives: KL's term is logsumexp(u) - <p, u> + const,
+        so t' = <q - p, w> s' and t'' = (<q, w^2> - <q, w>^2) s'^2 + <q - p, w> s'' (q = softmax(u));
+        MSE's is mean_c u_c^2, so t' = 2 <u, w> s' / n_out and t'' = 2 (|w|^2 s'^2 + <u, w> s'') / n_out."""
+        metric, L = self.metric, self.L
+        n_out = self.p.graph.shape[-1]
+        w = torch.zeros(n_out, dtype=torch.float64, device=self.device)
+        u = plan.u_now_t.clone()
+        if self.m == L:  # an output: the identity
+            w[j] = 1.0
+            u[j] = zj - self.shift(j).view(-1)
+            s1, s2 = torch.ones_like(zj), torch.zeros_like(zj)
+        else:
+            r, wr = plan.steps[0][:2]
+            w[r] = wr
+            u.addcmul_(w[:, None], (F.silu(zj) - self.h[self.m][:, j])[None])
+            sig = torch.sigmoid(zj)
+            s1 = sig * (1 + zj * (1 - sig))
+            s2 = sig * (1 - sig) * (2 + zj * (1 - 2 * sig))
+        w = w[:, None]
+        if metric.kind == "kl":
+            q = torch.softmax(u, 0)
+            a = ((q - metric.p_full_t) * w).sum(0)
+            b = (q * w * w).sum(0) - (q * w).sum(0) ** 2
+        else:
+            a = 2 * (u * w).sum(0) / n_out
+            b = 2 * (w * w).sum(0) / n_out
+        n = zj.shape[0]
+        return a * s1 / n, (b * s1 * s1 + a * s2) / n
+
+    def _partial(self, plan: _Plan, r) -> _Plan:
+        """Size the plan's tiles by its widest step (a pruned net's are narrow: fewer, larger
+        tiles), and evaluate only the outputs r that the receiver can move (a slice: all of
+        them): the others add a per-example constant to the metric's terms (`Metric.rest_t`), so
+        they need no copy, no exp and no product per row. Only for metrics with a shifted form."""
+        g = self.p.graph
+        widths = [g.shape[-1]] + [g.shape[l] if isinstance(step[0], slice) else step[0].numel()
+                                  for step, l in zip(plan.steps, range(self.m + 1, self.L + 1))]
+        plan.tile = max(1, self.tile_elements // (self.p.n_examples * max(widths)))
+        if self.metric.shift_t is None or isinstance(r, slice):
+            return plan
+        plan.rest = self.metric.rest_t(plan.u_now_t, r)
+        if self.metric.kind == "kl":
+            plan.p_t = self.metric.p_full_t[r]
+        return plan
 
     def _buffer(self, key, shape) -> torch.Tensor:
         """A reusable scratch tensor (a tile's intermediates are written in place into these, so
@@ -221,6 +287,8 @@ class _Downstream:
         # a step's constant for the tile's examples, neuron-major (a row gather, then a view)
         cols = (lambda step: step[2]) if examples is None else (lambda step: step[3].index_select(0, examples).T)  # noqa: E731
         if m == L:
+            if plan.rest is not None:  # one output moves: evaluated alone
+                return (zc - pick(self.shift(j).view(-1)))[None], None
             y = self._buffer("y", (h[L].shape[1], T, N))
             y.copy_(pick(plan.u_now_t)[:, None])
             y[j] = zc - pick(self.shift(j).view(-1))
@@ -236,7 +304,7 @@ class _Downstream:
             torch.mm(w, zl.view(w.shape[1], T * N), out=out.view(w.shape[0], T * N))
             zl = out.add_(cols(plan.steps[k + 1])[:, None])
         pu = None if plan.pu is None else torch.addcmul(pick(plan.pu[0]), dh, pick(plan.pu[1]))
-        if isinstance(r, slice):
+        if isinstance(r, slice) or plan.rest is not None:
             return zl, pu
         y = self._buffer("y", (h[L].shape[1], T, N))
         y.copy_(pick(plan.u_now_t)[:, None])
@@ -248,22 +316,24 @@ class _Downstream:
         of receiver j, evaluated tile by tile."""
         B, N = zc.shape
         per = torch.empty(B, N, dtype=torch.float64, device=self.device)
-        for a in range(0, B, self.tile):
-            b = min(B, a + self.tile)
+        for a in range(0, B, plan.tile):
+            b = min(B, a + plan.tile)
             y, pu = self._outputs(j, zc[a:b], plan)
-            per[a:b] = self.terms(y, scratch=self._buffer("scratch", y.shape), pu=pu)
+            per[a:b] = self.terms(y, scratch=self._buffer("scratch", y.shape), pu=pu, p_t=plan.p_t, rest=plan.rest)
         return per.mean(-1), per
 
     def evaluate_pairs(self, j: int, values: torch.Tensor, examples: torch.Tensor, plan: _Plan) -> torch.Tensor:
         """Per-example metric terms [P] for receiver j's pre-activation set to values[k] on example
         examples[k] alone (the other examples' terms are not needed), in tiles of the same size."""
         out = torch.empty_like(values)
-        size = self.tile * self.p.n_examples
+        size = plan.tile * self.p.n_examples
         for a in range(0, values.shape[0], size):
             b = min(values.shape[0], a + size)
             idx = examples[a:b]
             y, pu = self._outputs(j, values[None, a:b], plan, idx)
-            out[a:b] = self.terms(y, self.metric.on_examples(idx), self._buffer("scratch", y.shape), pu)[0]
+            p_t = None if plan.p_t is None else plan.p_t.index_select(1, idx)
+            rest = None if plan.rest is None else tuple(t.index_select(-1, idx) for t in plan.rest)
+            out[a:b] = self.terms(y, self.metric.on_examples(idx), self._buffer("scratch", y.shape), pu, p_t, rest)[0]
         return out
 
     def chain_terms(self, j: int, after: torch.Tensor, d: torch.Tensor, removed: torch.Tensor, terms: torch.Tensor,
@@ -277,7 +347,9 @@ class _Downstream:
         Also returns the number of (row, example) pairs evaluated. On digits
         ~40% of a first hidden layer's pairs are such zeros (equal pixels in a clean/corrupted pair)."""
         moving = d != 0
-        if self.m == self.L or bool(moving.all()):  # output receivers: a row costs less than the bookkeeping
+        # output receivers: a row costs less than the bookkeeping; and a pair costs about twice
+        # an element of a whole row (the gathers), so whole rows win when most pairs move
+        if self.m == self.L or float(moving.sum()) > PAIRS_MAX_FRACTION * moving.numel():
             return *self.evaluate(j, after, plan), after.numel()
         B, N = after.shape
         per = torch.empty(B + 1, N, dtype=torch.float64, device=self.device)  # row 0: the chain's start
@@ -355,7 +427,8 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
     terms = _current_terms(problem.metric, h[L])  # the current circuit's per-example metric terms
     for m in range(L, 0, -1):
         down = _Downstream(problem, masks, m, z, h, batch_elements)
-        diff_all = problem.ablated[m - 1] - problem.clean[m - 1]
+        diff_t = (problem.ablated[m - 1] - problem.clean[m - 1]).T.contiguous()  # [senders, N]
+        same_everywhere = (diff_t == 0).all(1)  # senders whose ablated value is the clean one
         n_send = g.shape[m - 1]
         for j in range(g.shape[m]):
             if not down.reaches_metric(j):
@@ -364,18 +437,20 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
                     progress(n_send)
                 continue
             tested += n_send
-            deltas = g.weights[m - 1][j][:, None] * diff_all.T
+            deltas = g.weights[m - 1][j][:, None] * diff_t
+            # silent candidates (delta identically 0): a zero weight or a sender the ablation leaves as it is
+            silent = (g.weights[m - 1][j] == 0) | same_everywhere
             # another sender order: the rows of `deltas` in visiting order, results mapped back
             senders = slice(None) if orders is None else orders[m, j]
             if orders is not None:
-                deltas = deltas[senders.to(deltas.device)]
+                deltas, silent = deltas[senders.to(deltas.device)], silent[senders.to(deltas.device)]
             plan = down.plan(j)
             state, terms, kept, row_scores, used = _decide_receiver(down, j, z[m][:, j].clone(), terms, deltas,
-                                                                    tau, plan, progress)
-            masks[m - 1][j, senders] = torch.tensor(kept, dtype=torch.bool, device=dev)
-            scores[m - 1][j, senders] = torch.tensor(row_scores, dtype=torch.float64)
+                                                                    silent, tau, plan, progress)
+            masks[m - 1][j, senders] = kept
+            scores[m - 1][j, senders] = row_scores.cpu()
             spent += used
-            if not all(kept):  # the state moved: write it downstream (N example-forwards)
+            if not bool(kept.all()):  # the state moved: write it downstream (N example-forwards)
                 down.commit(j, state, plan)  # `terms` are already the new circuit's (as evaluated)
                 spent += N
     return EdgeResult([mk.cpu() for mk in masks], scores, spent, tested)
@@ -459,33 +534,28 @@ def _measure_round(met: torch.Tensor, g: torch.Tensor, met_now: float, tau: floa
     return inc, remove, B if wrong.numel() == 0 else int(wrong[0, 0]) + 1
 
 
-def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, progress):
+def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, plan, progress):
     """Sequential ACDC decisions for the edges into receiver j (ascending sender), evaluated in
     speculative batches (module doc). `terms` are the current circuit's per-example metric terms
     (the metric at `state`), so a round evaluates only its candidates' rows. Returns the
     receiver's final pre-activation and the circuit's per-example terms there (as evaluated in its
-    round), the kept flags and the scores of its edges (Python lists) and the example-forwards
+    round), the kept flags and the scores of its edges (tensors [n_send]) and the example-forwards
     spent."""
     N = state.shape[0]
-    n_send = deltas.shape[0]
     dev = state.device
-    kept = [True] * n_send
-    scores = [0.0] * n_send
-    # silent candidates (delta identically 0) change nothing: increase exactly 0, decided without
-    # evaluation; they do not move the state, so the others are decided as if they were absent
-    silent = (deltas == 0).all(1)
-    if bool(silent.any()):
-        for i in torch.nonzero(silent)[:, 0].tolist():
-            kept[i] = not (0.0 < tau)
-        if progress:
-            progress(int(silent.sum()))
-        live = torch.nonzero(~silent)[:, 0]
-        senders, deltas = live.tolist(), deltas[live]
-    else:
-        senders = list(range(n_send))
-    K = len(senders)
+    # silent candidates (`silent`: delta identically 0) change nothing: increase exactly 0, decided
+    # without evaluation; they do not move the state, so the others are decided as if they were
+    # absent (a delta that underflows to 0 is evaluated instead, and gives the same 0)
+    kept = torch.where(silent, not (0.0 < tau), True)
+    scores = torch.zeros(deltas.shape[0], dtype=torch.float64, device=dev)
+    senders = torch.nonzero(~silent)[:, 0]
+    K = senders.numel()
+    if progress and K < deltas.shape[0]:
+        progress(deltas.shape[0] - K)
     if K == 0:
         return state, terms, kept, scores, 0
+    if K < deltas.shape[0]:
+        deltas = deltas[senders]
     # guesses come from a quadratic model of the metric around a recent state (probes at +-eps
     # beside it, refreshed after a round whose guesses were contradicted), or from a measurement
     # made in an earlier round at a slightly different state (the tail of a batch after its first
@@ -497,9 +567,17 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, prog
     # finite-difference step per example: the typical size of the candidates' deltas
     eps = deltas.pow(2).mean(0).sqrt()
     eps = torch.where(eps > 0, eps, torch.ones_like(eps))
-    _, per = down.evaluate(j, torch.stack([state - eps, state + eps]), plan)
-    spent = 2 * N
-    model, model_state = _metric_model(torch.stack([per[0], terms, per[1]]), eps), state
+
+    def probes(state):  # two rows at +-eps, or the derivatives where they are closed-form
+        if down.closed_form:
+            return down.derivatives(j, state, plan), 0
+        return down.evaluate(j, torch.stack([state - eps, state + eps]), plan)[1], 2 * N
+
+    def model_at(terms, rows):
+        return rows if down.closed_form else _metric_model(torch.stack([rows[0], terms, rows[1]]), eps)
+
+    rows, spent = probes(state)
+    model, model_state = model_at(terms, rows), state
     met_now = float(terms.mean())
     start, window, refresh = 0, down.chunk, False
     while start < K:
@@ -513,8 +591,8 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, prog
         met_t, per, pairs = down.chain_terms(j, after, d, g, terms, plan)
         spent += pairs
         if refresh:
-            _, probes = down.evaluate(j, torch.stack([state - eps, state + eps]), plan)
-            spent += 2 * N
+            rows, used = probes(state)
+            spent += used
         inc, remove, accepted = _measure_round(met_t, g, met_now, tau)
         # exact up to the contradiction, the next guesses after it
         known[start:start + B] = remove
@@ -522,8 +600,7 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, prog
         removed_all[start:start + accepted] = remove[:accepted]
         scores_all[start:start + accepted] = inc[:accepted]
         if refresh:  # the model at this round's start state (a few accepted edges behind)
-            model = _metric_model(torch.stack([probes[0], terms, probes[1]]), eps)
-            model_state = state
+            model, model_state = model_at(terms, rows), state
         refresh = accepted < B or bool(remove[B - 1] != g[B - 1])
         # the state after the last accepted edge and its terms, exactly as evaluated in the batch
         k = accepted - 1
@@ -539,8 +616,8 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, tau, plan, prog
         window = _next_window(window, B, accepted, down.chunk)
         if progress:
             progress(accepted)
-    for i, rm, s in zip(senders, removed_all.tolist(), scores_all.tolist()):
-        kept[i], scores[i] = not rm, s
+    kept[senders] = ~removed_all
+    scores[senders] = scores_all
     return state, terms, kept, scores, spent
 
 

@@ -200,26 +200,51 @@ class Metric:
         terms of a list of (example, value) pairs: example idx[k] in column k)."""
         return _MetricOnExamples(self, idx)
 
+    def rest_t(self, u_t: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """What the outputs outside positions `keep` add to each example's term, for
+        `per_example_shifted_t`'s `rest`, from shifted output-major outputs u_t [n_out, N]: their
+        per-example sums ([2, N]: KL's sum exp(u) and <p, u>; [1, N]: MSE's sum u^2) and their values
+        (for the overflow fallback). None when `keep` is every output. A caller whose candidates
+        move only some outputs (ACDC's: an output receiver moves one, a hidden receiver with a
+        few live paths a few) evaluates those alone."""
+        rest = torch.ones(u_t.shape[0], dtype=torch.bool, device=u_t.device)
+        rest[keep] = False
+        if not bool(rest.any()):
+            return None
+        u = u_t[rest]
+        if self.kind == "mse":
+            return (u * u).sum(0)[None], u
+        return torch.stack([u.exp().sum(0), (self.p_full_t[rest] * u).sum(0)]), u
+
     def per_example_shifted_t(self, ut: torch.Tensor, scratch: torch.Tensor | None = None,
-                              pu: torch.Tensor | None = None) -> torch.Tensor:
+                              pu: torch.Tensor | None = None, p_t: torch.Tensor | None = None,
+                              rest: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """`per_example_t` of outputs given already shifted, ut = yt - shift_t (output-major
         [n_out, ..., N]; only where shift_t is not None). A caller that can fold the shift into a
         constant it adds anyway (ACDC's downstream tiles) saves a pass over the outputs, and a
-        caller that knows <p_full, u> per example (`pu`, [..., N]; for a rank-one change of the
-        outputs it is a scalar update) saves two more. KL = sum p log p - <p, u> + logsumexp(u),
-        as sum_c p = 1 and u = y - top; MSE = mean_c u^2. `ut` is left as it was."""
+        caller that knows <p_full, u> per example (`pu`, [..., N], over every output; for a
+        rank-one change of the outputs it is a scalar update) saves two more. With `rest`
+        (`rest_t`), ut holds only some outputs (`p_t`: their rows of p_full_t) and the others'
+        constant contribution is added. KL = sum p log p - <p, u> + logsumexp(u), as sum_c p = 1
+        and u = y - top; MSE = mean_c u^2. `ut` is left as it was."""
         if self.kind == "mse":
-            return torch.square(ut, out=scratch).mean(0)
+            sq = torch.square(ut, out=scratch).sum(0)
+            return (sq if rest is None else sq.add_(rest[0][0])).div_(self.y_full.shape[-1])
         if pu is None:
-            p_t = self.p_full_t.view(ut.shape[:1] + (1,) * (ut.dim() - 2) + ut.shape[-1:])
-            pu = torch.mul(ut, p_t, out=scratch).sum(0)
+            p_t = self.p_full_t if p_t is None else p_t
+            pu = torch.mul(ut, p_t.view(ut.shape[:1] + (1,) * (ut.dim() - 2) + ut.shape[-1:]), out=scratch).sum(0)
+            if rest is not None:
+                pu.add_(rest[0][1])
         # exp(u) as exp2(u log2 e): torch's float64 exp2 is about twice as fast as its exp on a
         # CPU, for an argument rounding of ~|u| 1e-16 relative (u <= 0 near the terms that matter)
-        lse = torch.exp2(torch.mul(ut, LOG2_E, out=scratch), out=scratch).sum(0).log_()
+        s = torch.exp2(torch.mul(ut, LOG2_E, out=scratch), out=scratch).sum(0)
+        lse = (s if rest is None else s.add_(rest[0][0])).log_()
         if not math.isfinite(float(lse.sum())):  # one reduction: isfinite on every term is slow
             # the full model's top logit is no safe shift there (a logit moved by ~700)
             bad = ~torch.isfinite(lse)
-            lse[bad] = torch.logsumexp(ut.movedim(0, -1)[bad], -1)
+            full = ut if rest is None else torch.cat([ut, rest[1].view(rest[1].shape[:1] + (1,) * (ut.dim() - 2)
+                                                                        + rest[1].shape[-1:]).expand(-1, *ut.shape[1:])])
+            lse[bad] = torch.logsumexp(full.movedim(0, -1)[bad], -1)
         return (self.neg_entropy_full - pu).add_(lse)
 
     def per_example_t(self, yt: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
