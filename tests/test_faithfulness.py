@@ -52,3 +52,23 @@ def test_collapsed_model_has_undefined_f_and_a_healthy_one_does_not(kind, output
     out = ev.faithfulness(healthy, healthy.graph.full_masks(True))
     assert out["metric_empty"] > 1e-4 and out["faithfulness"] == pytest.approx(1.0)
     assert ev.faithfulness(healthy, healthy.graph.full_masks(False))["faithfulness"] == pytest.approx(0.0)
+
+
+def test_sparsity_counts_the_nodes_that_kept_edges_touch():
+    """A node is kept when a kept edge touches it, as sender or receiver, counted once."""
+    masks = [torch.tensor([[True, False, False], [False, False, False]]),  # L0.0 -> L1.0
+             torch.tensor([[False, False], [False, True]]),  # L1.1 -> L2.1
+             torch.tensor([[False, True]])]  # L2.1 -> L3.0 (L2.1 counted once)
+    s = ev.sparsity(masks)
+    assert (s["n_edges_total"], s["n_edges_kept"], s["n_nodes_kept"]) == (6 + 4 + 2, 3, 5)
+
+
+def test_top_k_masks_with_a_shared_ranking_equal_a_fresh_sort():
+    g = Graph.from_checkpoint(CoordMLP([3, 4, 2]).to_checkpoint("t", "r", 0, {}))
+    scores = torch.tensor([0.5, -0.5, 0.1, 0.0] * 5, dtype=torch.float64)  # ties: the earlier edge first
+    ranking = ev.edge_ranking(scores)
+    for k in (0, 1, 2, 7, 20):
+        fresh, shared = ev.top_k_masks(g, scores, k), ev.top_k_masks(g, scores, k, ranking)
+        assert all(torch.equal(a, b) for a, b in zip(fresh, shared))
+        assert sum(int(m.sum()) for m in shared) == k
+    assert ev.flatten(ev.top_k_masks(g, scores, 2))[:2].tolist() == [True, True]

@@ -55,6 +55,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -320,8 +321,10 @@ def acdc_at_target(prep: Prepared, problem: Problem, target_f: float, order: str
 def top_k_at_target(prep: Prepared, flat_scores: torch.Tensor, target_f: float) -> tuple[Search, int]:
     """The smallest top-k (largest |score|) whose circuit reaches f >= target_f on the discovery
     examples (workers.target.search_top_k); returns the search and k."""
+    ranking = ev.edge_ranking(flat_scores)
+
     def probe(k: int) -> Probe:
-        return Probe(_discovery_f(prep, ev.top_k_masks(prep.graph, flat_scores, k)), k)
+        return Probe(_discovery_f(prep, ev.top_k_masks(prep.graph, flat_scores, k, ranking)), k)
 
     search = search_top_k(probe, target_f, prep.graph.n_edges)
     return search, int(search.found)
@@ -499,8 +502,11 @@ def circuit_table(graph: Graph, masks, flat_scores: torch.Tensor, config: dict) 
         weight.append(w.reshape(-1).numpy().astype(np.float32))
     sl, sp, dp = np.concatenate(src_layer), np.concatenate(src_pos), np.concatenate(dst_pos)
     dl = sl + 1
-    src = [f"L{a}.{b}" for a, b in zip(sl.tolist(), sp.tolist())]
-    dst = [f"L{a}.{b}" for a, b in zip(dl.tolist(), dp.tolist())]
+
+    def names(layer, pos):  # "L{layer}.{pos}", built in Arrow (a Python f-string per edge is slow on big nets)
+        return pc.binary_join_element_wise("L", pc.cast(pa.array(layer), pa.string()), ".",
+                                           pc.cast(pa.array(pos), pa.string()), "")
+    src, dst = names(sl, sp), names(dl, dp)
     schema = pa.schema([
         ("src", pa.string()), ("dst", pa.string()),
         ("src_layer", pa.int32()), ("src_pos", pa.int32()), ("dst_layer", pa.int32()), ("dst_pos", pa.int32()),

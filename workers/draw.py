@@ -15,6 +15,9 @@ import torch  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 MIN_DRAWN = 1e-3  # edges below this fraction of max|W| are invisible anyway: skip them
+# at most this many lines a layer (circuit edges first, then by |w|): a few hundred pixels cannot
+# show more, and a dense 768-wide layer's 590k lines took matplotlib ~10 s
+MAX_DRAWN_PER_LAYER = 20_000
 
 
 def neuron_xy(coords: torch.Tensor, layer: int) -> np.ndarray:
@@ -50,6 +53,11 @@ def draw_network_on(ax, ckpt: dict, edge_mask: list[torch.Tensor] | None = None,
         if edge_mask is not None:
             live |= edge_mask[l].numpy()
         j, i = np.nonzero(live)
+        if j.size > MAX_DRAWN_PER_LAYER:
+            # mag <= 1, so + 2 ranks every circuit edge above every other
+            rank = mag[j, i] + (2.0 * edge_mask[l].numpy()[j, i] if edge_mask is not None else 0.0)
+            pick = np.argsort(-rank, kind="stable")[:MAX_DRAWN_PER_LAYER]
+            j, i = j[pick], i[pick]
         segments = np.stack([xy[l][i], xy[l + 1][j]], 1)
         widths = 0.2 + 2.0 * mag[j, i] if not wide else 0.05 + 1.0 * mag[j, i]
         colours = np.where((w.numpy()[j, i] > 0)[:, None], [[0.1, 0.2, 0.9, 1.0]], [[0.9, 0.1, 0.1, 1.0]])

@@ -53,12 +53,19 @@ def metric_scale(problem: Problem) -> float:
     return float(terms.mean())
 
 
-def top_k_masks(graph: Graph, flat_scores: torch.Tensor, k: int) -> list[torch.Tensor]:
-    """Keep the k edges of largest |score|; ties go to the earlier canonical edge."""
+def edge_ranking(flat_scores: torch.Tensor) -> torch.Tensor:
+    """Edge indices by decreasing |score|, ties to the earlier canonical edge (`top_k_masks`'s
+    order; a caller that takes several top-k of the same scores sorts once: a sort of a
+    600k-edge net's scores costs more than a forward pass)."""
+    return torch.from_numpy(np.argsort(-np.abs(flat_scores.numpy()), kind="stable"))
+
+
+def top_k_masks(graph: Graph, flat_scores: torch.Tensor, k: int, ranking: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Keep the k edges of largest |score|; ties go to the earlier canonical edge. `ranking`:
+    `edge_ranking(flat_scores)`, when the caller has it."""
     keep = torch.zeros(flat_scores.numel(), dtype=torch.bool)
     if k > 0:
-        order = np.argsort(-np.abs(flat_scores.numpy()), kind="stable")[:k]
-        keep[torch.from_numpy(order)] = True
+        keep[(edge_ranking(flat_scores) if ranking is None else ranking)[:k]] = True
     return unflatten(graph, keep)
 
 
@@ -85,9 +92,11 @@ def faithfulness_curve(problem: Problem, flat_scores: torch.Tensor) -> dict:
     m_e = problem.empty_metric
     scale = metric_scale(problem)
     xs, fs = [], []
+    ranking = edge_ranking(flat_scores)
     for pct in CURVE_PERCENTS:
         k = int(round(pct / 100 * g.n_edges))
-        fs.append(normalized_faithfulness(problem.circuit_metric(top_k_masks(g, flat_scores, k)), m_e, scale=scale))
+        masks = top_k_masks(g, flat_scores, k, ranking)
+        fs.append(normalized_faithfulness(problem.circuit_metric(masks), m_e, scale=scale))
         xs.append(pct / 100)
     x, f = np.array(xs), np.array(fs)
     return {"curve_fractions": xs, "curve_faithfulness": fs,
@@ -97,13 +106,13 @@ def faithfulness_curve(problem: Problem, flat_scores: torch.Tensor) -> dict:
 def sparsity(masks) -> dict:
     total = sum(m.numel() for m in masks)
     kept = sum(int(m.sum()) for m in masks)
-    nodes = set()
-    for l, m in enumerate(masks):
-        for j, i in torch.nonzero(m).tolist():
-            nodes.add((l, i))
-            nodes.add((l + 1, j))
+    # a node is kept when any kept edge touches it: as a sender (a column of the layer's mask) or
+    # as a receiver (a row of the mask below it)
+    senders = [m.any(0) for m in masks] + [None]
+    receivers = [None] + [m.any(1) for m in masks]
+    nodes = sum(int((s if r is None else r if s is None else s | r).sum()) for s, r in zip(senders, receivers))
     return {"n_edges_total": total, "n_edges_kept": kept, "edge_sparsity": 1 - kept / total,
-            "n_nodes_kept": len(nodes)}
+            "n_nodes_kept": nodes}
 
 
 def classification_figures(problem: Problem, masks, labels_pos: torch.Tensor | None) -> dict:
