@@ -1,4 +1,6 @@
 """Fast ACDC and exact scores against their literal definitions, on random and hand-built nets."""
+import math
+
 import pytest
 import torch
 
@@ -374,6 +376,9 @@ def test_shifted_metric_terms_equal_the_plain_ones(kind):
     if kind == "kl":
         pu = (ut * metric.p_full_t[:, None, :]).sum(0)
         torch.testing.assert_close(metric.per_example_shifted_t(ut, pu=pu), plain, rtol=1e-12, atol=1e-9)
+        # outputs in log2 units (ACDC folds log2(e) into the last layer's weights)
+        torch.testing.assert_close(metric.per_example_shifted_t(ut / math.log(2), log2=True), plain,
+                                   rtol=1e-12, atol=1e-9)
     assert torch.isfinite(plain).all() and float(plain[2, 3]) > 1.0  # the moved logit counts
     # only some outputs evaluated, the others' constant contribution added (Metric.rest_t)
     keep = torch.tensor([1, 3])

@@ -73,7 +73,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from workers.graph import Problem
+from workers.graph import LOG2_E, Problem
 from workers.names import ORDERS
 
 # Largest speculation window (candidates evaluated in one round), in float64 elements of the widest
@@ -103,13 +103,13 @@ def _pre_activations(problem: Problem) -> list[torch.Tensor | None]:
     return [None] + [problem.clean[l] @ g.weights[l].T + g.biases[l] for l in range(g.n_layers)]
 
 
-def _terms(metric, ut: torch.Tensor, scratch=None, pu=None, p_t=None, rest=None) -> torch.Tensor:
+def _terms(metric, ut: torch.Tensor, scratch=None, pu=None, p_t=None, rest=None, log2=False) -> torch.Tensor:
     """Per-example metric terms of outputs ut [n_out, ..., N], output-major and shifted by
     metric.shift_t where the metric defines one (`Metric.per_example_shifted_t`; there ut may
     hold only some outputs, `p_t` their rows of p and `rest` the others' `Metric.rest_t`)."""
     if metric.shift_t is None:
         return metric.per_example_t(ut, scratch=scratch)
-    return metric.per_example_shifted_t(ut, scratch=scratch, pu=pu, p_t=p_t, rest=rest)
+    return metric.per_example_shifted_t(ut, scratch=scratch, pu=pu, p_t=p_t, rest=rest, log2=log2)
 
 
 def _current_terms(metric, h_out: torch.Tensor) -> torch.Tensor:
@@ -129,6 +129,11 @@ class _Plan:
     p_t: torch.Tensor | None = None
     rest: tuple | None = None
     tile: int = 1  # candidate rows per tile: the tile budget over the plan's widest step (a pruned net's are narrow)
+    # KL outputs are evaluated in log2 units (`Metric.per_example_shifted_t`'s log2): `steps` as
+    # evaluated, with the last step's weights and constants times log2(e) (`steps` stay as they are
+    # for `commit`)
+    log2: bool = False
+    eval_steps: list | None = None
 
 
 class _Downstream:
@@ -167,9 +172,10 @@ class _Downstream:
     def reaches_metric(self, j: int) -> bool:
         return self.co_list[j]
 
-    def terms(self, ut: torch.Tensor, metric=None, scratch=None, pu=None, p_t=None, rest=None) -> torch.Tensor:
+    def terms(self, ut: torch.Tensor, metric=None, scratch=None, pu=None, p_t=None, rest=None,
+              log2=False) -> torch.Tensor:
         """Per-example metric terms of shifted outputs ut [n_out, ..., N] (`_terms`)."""
-        return _terms(metric or self.metric, ut, scratch, pu, p_t, rest)
+        return _terms(metric or self.metric, ut, scratch, pu, p_t, rest, log2)
 
     def shift(self, r) -> torch.Tensor:
         """The metric's shift of output positions r (one row, broadcast, when it is the same for all)."""
@@ -259,6 +265,12 @@ class _Downstream:
         widths = [g.shape[-1]] + [g.shape[l] if isinstance(step[0], slice) else step[0].numel()
                                   for step, l in zip(plan.steps, range(self.m + 1, self.L + 1))]
         plan.tile = max(1, self.tile_elements // (self.p.n_examples * max(widths)))
+        plan.eval_steps = plan.steps
+        if self.metric.kind == "kl" and self.metric.shift_t is not None:
+            plan.log2 = True
+            if plan.steps:
+                r_out, *last = plan.steps[-1]
+                plan.eval_steps = plan.steps[:-1] + [(r_out, *(t * LOG2_E for t in last))]
         if self.metric.shift_t is None or isinstance(r, slice):
             return plan
         plan.rest = self.metric.rest_t(plan.u_now_t, r)
@@ -288,21 +300,23 @@ class _Downstream:
         cols = (lambda step: step[2]) if examples is None else (lambda step: step[3].index_select(0, examples).T)  # noqa: E731
         if m == L:
             if plan.rest is not None:  # one output moves: evaluated alone
-                return (zc - pick(self.shift(j).view(-1)))[None], None
+                u = zc - pick(self.shift(j).view(-1))
+                return (u.mul_(LOG2_E) if plan.log2 else u)[None], None
             y = self._buffer("y", (h[L].shape[1], T, N))
             y.copy_(pick(plan.u_now_t)[:, None])
             y[j] = zc - pick(self.shift(j).view(-1))
             return y, None
         dh = F.silu(zc) - pick(h[m][:, j])
-        r, w = plan.steps[0][:2]
-        zl = torch.addcmul(cols(plan.steps[0])[:, None], w[:, None, None], dh[None],
+        steps = plan.eval_steps
+        r, w = steps[0][:2]
+        zl = torch.addcmul(cols(steps[0])[:, None], w[:, None, None], dh[None],
                            out=self._buffer(0, (w.shape[0], T, N)))
         for k, l in enumerate(range(m + 1, L)):
             F.silu(zl, inplace=True)
-            r, w = plan.steps[k + 1][:2]
+            r, w = steps[k + 1][:2]
             out = self._buffer(k + 1, (w.shape[0], T, N))
             torch.mm(w, zl.view(w.shape[1], T * N), out=out.view(w.shape[0], T * N))
-            zl = out.add_(cols(plan.steps[k + 1])[:, None])
+            zl = out.add_(cols(steps[k + 1])[:, None])
         pu = None if plan.pu is None else torch.addcmul(pick(plan.pu[0]), dh, pick(plan.pu[1]))
         if isinstance(r, slice) or plan.rest is not None:
             return zl, pu
@@ -319,7 +333,8 @@ class _Downstream:
         for a in range(0, B, plan.tile):
             b = min(B, a + plan.tile)
             y, pu = self._outputs(j, zc[a:b], plan)
-            per[a:b] = self.terms(y, scratch=self._buffer("scratch", y.shape), pu=pu, p_t=plan.p_t, rest=plan.rest)
+            per[a:b] = self.terms(y, scratch=self._buffer("scratch", y.shape), pu=pu, p_t=plan.p_t, rest=plan.rest,
+                                  log2=plan.log2)
         return per.mean(-1), per
 
     def evaluate_pairs(self, j: int, values: torch.Tensor, examples: torch.Tensor, plan: _Plan) -> torch.Tensor:
@@ -333,7 +348,8 @@ class _Downstream:
             y, pu = self._outputs(j, values[None, a:b], plan, idx)
             p_t = None if plan.p_t is None else plan.p_t.index_select(1, idx)
             rest = None if plan.rest is None else tuple(t.index_select(-1, idx) for t in plan.rest)
-            out[a:b] = self.terms(y, self.metric.on_examples(idx), self._buffer("scratch", y.shape), pu, p_t, rest)[0]
+            out[a:b] = self.terms(y, self.metric.on_examples(idx), self._buffer("scratch", y.shape), pu, p_t, rest,
+                                  plan.log2)[0]
         return out
 
     def chain_terms(self, j: int, after: torch.Tensor, d: torch.Tensor, removed: torch.Tensor, terms: torch.Tensor,

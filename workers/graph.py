@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from workers.names import ABLATIONS
 
 LOG2_E = 1.0 / math.log(2.0)
+LN_2 = math.log(2.0)
 
 METRICS = ("mse", "kl")
 
@@ -218,30 +219,35 @@ class Metric:
 
     def per_example_shifted_t(self, ut: torch.Tensor, scratch: torch.Tensor | None = None,
                               pu: torch.Tensor | None = None, p_t: torch.Tensor | None = None,
-                              rest: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                              rest: tuple[torch.Tensor, torch.Tensor] | None = None, log2: bool = False) -> torch.Tensor:
         """`per_example_t` of outputs given already shifted, ut = yt - shift_t (output-major
         [n_out, ..., N]; only where shift_t is not None). A caller that can fold the shift into a
         constant it adds anyway (ACDC's downstream tiles) saves a pass over the outputs, and a
         caller that knows <p_full, u> per example (`pu`, [..., N], over every output; for a
         rank-one change of the outputs it is a scalar update) saves two more. With `rest`
         (`rest_t`), ut holds only some outputs (`p_t`: their rows of p_full_t) and the others'
-        constant contribution is added. KL = sum p log p - <p, u> + logsumexp(u), as sum_c p = 1
-        and u = y - top; MSE = mean_c u^2. `ut` is left as it was."""
+        constant contribution is added. With `log2` (KL only), ut holds u log2(e), which the
+        caller can fold into the weights and constants it computes u from: exp(u) is then exp2(ut)
+        without a pass to scale it. KL = sum p log p - <p, u> + logsumexp(u), as sum_c p = 1 and
+        u = y - top; MSE = mean_c u^2. `ut` is left as it was."""
         if self.kind == "mse":
             sq = torch.square(ut, out=scratch).sum(0)
             return (sq if rest is None else sq.add_(rest[0][0])).div_(self.y_full.shape[-1])
         if pu is None:
             p_t = self.p_full_t if p_t is None else p_t
             pu = torch.mul(ut, p_t.view(ut.shape[:1] + (1,) * (ut.dim() - 2) + ut.shape[-1:]), out=scratch).sum(0)
+            if log2:
+                pu.mul_(LN_2)
             if rest is not None:
                 pu.add_(rest[0][1])
         # exp(u) as exp2(u log2 e): torch's float64 exp2 is about twice as fast as its exp on a
         # CPU, for an argument rounding of ~|u| 1e-16 relative (u <= 0 near the terms that matter)
-        s = torch.exp2(torch.mul(ut, LOG2_E, out=scratch), out=scratch).sum(0)
+        s = torch.exp2(ut if log2 else torch.mul(ut, LOG2_E, out=scratch), out=scratch).sum(0)
         lse = (s if rest is None else s.add_(rest[0][0])).log_()
         if not math.isfinite(float(lse.sum())):  # one reduction: isfinite on every term is slow
             # the full model's top logit is no safe shift there (a logit moved by ~700)
             bad = ~torch.isfinite(lse)
+            ut = ut * LN_2 if log2 else ut
             full = ut if rest is None else torch.cat([ut, rest[1].view(rest[1].shape[:1] + (1,) * (ut.dim() - 2)
                                                                         + rest[1].shape[-1:]).expand(-1, *ut.shape[1:])])
             lse[bad] = torch.logsumexp(full.movedim(0, -1)[bad], -1)
