@@ -137,6 +137,8 @@ def test_acdc_guesses_only_affect_speed(monkeypatch):
     real_model, real_derivatives = A._metric_model, A._Downstream.derivatives
     monkeypatch.setattr(A, "_metric_model", lambda per, eps: tuple(-t for t in real_model(per, eps)))
     monkeypatch.setattr(A._Downstream, "derivatives", lambda *a: tuple(-t for t in real_derivatives(*a)))
+    real_exact = A._ExactOutput.__call__
+    monkeypatch.setattr(A._ExactOutput, "__call__", lambda self, g: -real_exact(self, g))
     monkeypatch.setattr(A, "TILE_ELEMENTS", {"cpu": 1})
     bad = acdc(p, tau)
     assert same_masks(good.masks, naive.masks) and same_masks(bad.masks, naive.masks)
@@ -437,3 +439,27 @@ def test_closed_form_derivatives_match_finite_differences(kind):
                 n = p.n_examples
                 torch.testing.assert_close(d1, (per[2] - per[0]) / (2 * eps * n), rtol=1e-5, atol=1e-9)
                 torch.testing.assert_close(d2, (per[2] - 2 * per[1] + per[0]) / (eps * eps * n), rtol=1e-3, atol=1e-6)
+
+
+def test_exact_output_predictions_equal_the_evaluated_increases():
+    """An output receiver's predictor under KL (`_ExactOutput`) is exact: its increases for a chain
+    of guessed removals equal the ones the rows measure. (It only guesses, so a wrong formula would
+    cost speed silently: this pins it.)"""
+    from workers.acdc import _Downstream, _measure_round, _pre_activations
+    p = problem_for(random_checkpoint([5, 7, 6, 4], 5), "kl", "resample", None, n=24)
+    L = p.graph.n_layers
+    z = [t.clone() if t is not None else None for t in _pre_activations(p)]
+    h = [t.clone() for t in p.clean]
+    down = _Downstream(p, p.graph.full_masks(), L, z, h, 1 << 20)
+    gen = torch.Generator().manual_seed(0)
+    for j in range(p.graph.shape[L]):
+        plan = down.plan(j)
+        deltas = 3 * torch.randn(9, p.n_examples, generator=gen, dtype=torch.float64)
+        g = torch.rand(9, generator=gen) < 0.5
+        before = z[L][:, j] + torch.cumsum(torch.cat([torch.zeros(1, p.n_examples, dtype=torch.float64),
+                                                      g[:-1, None] * deltas[:-1]]), 0)
+        met, _ = down.evaluate(j, before + deltas, plan)
+        now, _ = down.evaluate(j, z[L][:, j][None], plan)
+        inc, _, _ = _measure_round(met, g, float(now[0]), tau=float("inf"))
+        predicted = down.exact_output(j, plan)(z[L][:, j], deltas)(g)
+        torch.testing.assert_close(predicted, inc, rtol=1e-9, atol=1e-12)

@@ -25,7 +25,9 @@ Why `acdc` can be much faster and still return the same circuit:
   interactions between the window's removals included; `_guess` finds the sequential guesses by
   whole-window sweeps). Probes are taken at a receiver's start and again after a round whose
   guesses were contradicted; for receivers that feed the outputs themselves (the last two
-  layers) the model's derivatives are closed-form (`_Downstream.derivatives`) and cost no rows.
+  layers) the model's derivatives are closed-form (`_Downstream.derivatives`) and cost no rows,
+  and an output receiver under KL is predicted exactly (`_ExactOutput`: one round per receiver
+  however much its removals interact; on a modular-addition net its 7 rounds a receiver went).
   A round is not cut at candidates predicted close to tau: on dense
   nets the rounds (a fixed cost of op dispatch each), not the rows, are what takes the time.
 - The current circuit's per-example metric terms are kept (`terms`), so a round evaluates only
@@ -255,6 +257,16 @@ class _Downstream:
             b = 2 * (w * w).sum(0) / n_out
         n = zj.shape[0]
         return a * s1 / n, (b * s1 * s1 + a * s2) / n
+
+    def exact_output(self, j: int, plan: _Plan):
+        """For an output receiver under KL (with its shifted form): a maker of exact predictions,
+        (state [N], deltas [B, N]) -> `_ExactOutput`; else None."""
+        if self.m != self.L or not plan.log2:
+            return None
+        shift = self.shift(j).view(-1)
+        log_rest = plan.rest[0][0].log()
+        p = self.metric.p_full_t[j]
+        return lambda state, deltas: _ExactOutput(state - shift, log_rest, p, deltas)
 
     def _partial(self, plan: _Plan, r) -> _Plan:
         """Size the plan's tiles by its widest step (a pruned net's are narrow: fewer, larger
@@ -492,37 +504,65 @@ def _metric_model(per: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, t
     return (hi - lo) / (2 * eps * n), (hi - 2 * mid + lo) / (eps * eps * n)
 
 
-def _guess(model, shift: torch.Tensor, deltas: torch.Tensor, tau: float, has_known: torch.Tensor,
-           known: torch.Tensor, sweeps: int = 4) -> tuple[torch.Tensor, int]:
-    """Sequential guesses (bool [B]) for a window of candidates (rows of `deltas`) starting at the
-    state `shift` away from where the model was taken: the predicted increase of candidate k is the
-    model's change between the chain state before k (the deltas of the earlier guessed removals
-    added) and that state plus its own delta. `known` holds decisions measured earlier (where
+class _Quadratic:
+    """Predicted increases from the per-example quadratic model (d1, d2) of `_metric_model`, taken
+    `shift` [N] away from the window's start state: pred_k = own_k + <deltas_k * d2, the summed
+    deltas of the earlier guessed removals>."""
+
+    def __init__(self, model, shift: torch.Tensor, deltas: torch.Tensor):
+        d1, d2 = model
+        self.own = deltas @ (d1 + d2 * shift) + 0.5 * (deltas * deltas) @ d2
+        self.curv, self.deltas = (deltas * d2)[1:], deltas
+
+    def __call__(self, g: torch.Tensor | None) -> torch.Tensor:
+        if g is None:
+            return self.own
+        moved = torch.cumsum(g[:-1, None] * self.deltas[:-1], 0)  # the earlier guessed removals' deltas, summed
+        return torch.cat([self.own[:1], self.own[1:] + (self.curv * moved).sum(1)])
+
+
+class _ExactOutput:
+    """Predicted increases for an output receiver j under KL, exact: each example's term is
+    logaddexp(u, log R) - p_j u + const in its shifted logit u (R: the other outputs' sum of exp,
+    which stay as they are), so the chain's states are evaluated for the cost of a few ops per
+    element, and the guesses are the sequential decisions themselves (up to rounding) once the
+    sweeps agree: an output receiver takes one round, however much its removals interact."""
+
+    def __init__(self, u0: torch.Tensor, log_rest: torch.Tensor, p: torch.Tensor, deltas: torch.Tensor):
+        self.u0, self.log_rest, self.p, self.deltas = u0, log_rest, p, deltas
+
+    def _terms(self, u):
+        return torch.logaddexp(u, self.log_rest) - self.p * u
+
+    def __call__(self, g: torch.Tensor | None) -> torch.Tensor:
+        before = self.u0.expand_as(self.deltas) if g is None else \
+            torch.cumsum(torch.cat([self.u0[None], g[:-1, None] * self.deltas[:-1]]), 0)
+        return (self._terms(before + self.deltas) - self._terms(before)).mean(1)
+
+
+def _guess(predict, tau: float, has_known: torch.Tensor, known: torch.Tensor,
+           sweeps: int = 4) -> tuple[torch.Tensor, int]:
+    """Sequential guesses (bool [B]) for a window of B candidates: `predict(g)` gives every
+    candidate's predicted increase when the earlier candidates' removals are `g` (None: none of
+    them; `_Quadratic`, `_ExactOutput`). `known` holds decisions measured earlier (where
     `has_known`). Also returns how many candidates to evaluate (the agreed prefix, below). The
     window is not cut at predictions close to tau: a wrong guess there costs the rest of the
     window's rows, but a cut costs a round for every near-tau candidate, and rounds (a fixed
     cost of op dispatch each) are what dense nets spend their time on.
 
-    The model is quadratic per example, so pred_k = own_k + <deltas_k * d2, the summed deltas of
-    the earlier guessed removals>. The sequential guesses g_k = [pred_k(g_<k) < tau] are found by
-    sweeps of whole-window tensor ops: each sweep recomputes every prediction from the previous
-    sweep's guesses, and the prefix on which two sweeps agree is exactly the sequential answer
-    (g_0 is right after one sweep, and each g_k is right once the guesses before it are); the
-    window is cut there. (The interactions as one [B, B] matrix, a sweep as a matrix-vector
-    product, is fewer ops but more arithmetic: no faster on a dense digits net.)"""
-    B = deltas.shape[0]
+    The sequential guesses g_k = [pred_k(g_<k) < tau] are found by sweeps of whole-window tensor
+    ops: each sweep recomputes every prediction from the previous sweep's guesses, and the prefix
+    on which two sweeps agree is exactly the sequential answer (g_0 is right after one sweep, and
+    each g_k is right once the guesses before it are); the window is cut there. (The quadratic
+    model's interactions as one [B, B] matrix, a sweep as a matrix-vector product, is fewer ops
+    but more arithmetic: no faster on a dense digits net.)"""
+    B = known.shape[0]
     if bool(has_known.all()):  # all measured already (the tail of a contradicted round): no model needed
         return known.clone(), B
-    d1, d2 = model
-    own = deltas @ (d1 + d2 * shift) + 0.5 * (deltas * deltas) @ d2
-    curv = (deltas * d2)[1:]
-    g = torch.where(has_known, known, own < tau)
+    g = torch.where(has_known, known, predict(None) < tau)
     agreed = 0
-    pred = own.clone()
     for _ in range(sweeps):
-        moved = torch.cumsum(g[:-1, None] * deltas[:-1], 0)  # the earlier guessed removals' deltas, summed
-        torch.add(own[1:], (curv * moved).sum(1), out=pred[1:])
-        g_new = torch.where(has_known, known, pred < tau)
+        g_new = torch.where(has_known, known, predict(g) < tau)
         diff = torch.nonzero(g_new != g)
         g = g_new
         if diff.numel() == 0:
@@ -592,21 +632,26 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
     def model_at(terms, rows):
         return rows if down.closed_form else _metric_model(torch.stack([rows[0], terms, rows[1]]), eps)
 
-    rows, spent = probes(state)
+    exact = down.exact_output(j, plan)
+    rows, spent = probes(state) if exact is None else (None, 0)
     model, model_state = model_at(terms, rows), state
+    no_known = torch.zeros(K, dtype=torch.bool, device=dev)
     met_now = float(terms.mean())
     start, window, refresh = 0, down.chunk, False
     while start < K:
         B = min(K - start, window)
-        g, B = _guess(model, state - model_state, deltas[start:start + B], tau, has_known[start:start + B],
-                      known[start:start + B])
+        if exact is not None:  # exact predictions: better than a measurement at another state
+            g, B = _guess(exact(state, deltas[start:start + B]), tau, no_known[:B], known[start:start + B], sweeps=16)
+        else:
+            g, B = _guess(_Quadratic(model, state - model_state, deltas[start:start + B]), tau,
+                          has_known[start:start + B], known[start:start + B])
         d = deltas[start:start + B]
         taken = torch.cumsum(g[:, None] * d, 0)
         before = torch.cat([torch.zeros(1, N, dtype=torch.float64, device=dev), taken[:-1]]) + state
         after = before + d
         met_t, per, pairs = down.chain_terms(j, after, d, g, terms, plan)
         spent += pairs
-        if refresh:
+        if refresh and exact is None:
             rows, used = probes(state)
             spent += used
         inc, remove, accepted = _measure_round(met_t, g, met_now, tau)
@@ -615,7 +660,7 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
         has_known[start:start + B] = True
         removed_all[start:start + accepted] = remove[:accepted]
         scores_all[start:start + accepted] = inc[:accepted]
-        if refresh:  # the model at this round's start state (a few accepted edges behind)
+        if refresh and exact is None:  # the model at this round's start state (a few accepted edges behind)
             model, model_state = model_at(terms, rows), state
         refresh = accepted < B or bool(remove[B - 1] != g[B - 1])
         # the state after the last accepted edge and its terms, exactly as evaluated in the batch
