@@ -53,6 +53,9 @@ def test_unreachable_target_falls_back_to_tau_zero():
     assert (s.found, s.reached) == (0.0, True) and s.above > 0 and s.tried[-1]["tau"] == 0.0
     s = search_tau(curve(lambda tau: math.nan), 0.95, 1.0)
     assert (s.found, s.reached) == (0.0, False)
+    # a dead net (f undefined for every circuit, known before any run): tau = 0 alone, one ACDC run
+    s = search_tau(curve(lambda tau: math.nan), 0.95, 1.0, defined=False)
+    assert (s.found, s.above, s.reached, [t["tau"] for t in s.tried]) == (0.0, None, False, [0.0])
 
 
 def test_top_k_is_the_smallest_k_reaching_the_target():
@@ -130,3 +133,16 @@ def test_score_method_at_target_is_the_smallest_top_k(digits_model):
     assert below and below[0]["f"] < 0.9  # k - 1 edges fall short: the smallest k of its bracket
     same = discover(ckpt, "eap", top_k=k, device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(same.masks, d.masks))
+
+
+def test_a_dead_net_runs_acdc_once():
+    """A net whose outputs ignore its inputs (every circuit's f undefined) gets the tau = 0 circuit
+    from one ACDC run, not a walk down ten decades of tau."""
+    from workers.discover import discover
+    from workers.model import CoordMLP
+
+    ckpt = CoordMLP([2, 8, 8, 2]).to_checkpoint("two_moons", "vanilla", 0, {})
+    ckpt["weights"][-1].zero_()
+    d = discover(ckpt, "acdc", target_f=0.95)
+    assert d.summary["target_reached"] is False and d.summary["tau_found"] == 0.0
+    assert [t["tau"] for t in d.summary["search"]] == [0.0] and d.summary["tau_above"] is None

@@ -314,7 +314,8 @@ def acdc_at_target(prep: Prepared, problem: Problem, target_f: float, order: str
         cost["tested"] += res.edges_tested or 0
         return Probe(_discovery_f(prep, res.masks), int(sum(int(m.sum()) for m in res.masks)), res)
 
-    search = search_tau(probe, target_f, prep.problem.empty_metric, prep.graph.n_edges)
+    defined = not math.isnan(_discovery_f(prep, prep.graph.full_masks()))  # f's denominator is the same for every circuit
+    search = search_tau(probe, target_f, prep.problem.empty_metric, prep.graph.n_edges, defined=defined)
     return search, cost["spent"], cost["tested"]
 
 

@@ -97,12 +97,18 @@ def start_tau(target: float, scale: float, n_edges: int) -> float:
 
 def search_tau(probe: Callable[[float], Probe], target: float, scale: float, n_edges: int = 1,
                ratio: float = RATIO, factor: float = FACTOR, floor: float = FLOOR,
-               max_probes: int = 80) -> Search:
+               max_probes: int = 80, defined: bool = True) -> Search:
     """The bracket of ACDC thresholds (module doc). `probe(tau)` runs ACDC at tau; `scale` is the
-    metric's scale (metric_empty) that the first tau and the floor are taken from."""
+    metric's scale (metric_empty) that the first tau and the floor are taken from. `defined`:
+    False when f is undefined for every circuit (its denominator, the empty circuit's metric
+    against the full model's, is rounding: a dead net), so that no tau can reach the target and
+    only tau = 0 runs (the walk down would run ACDC ~10 times for the same answer)."""
     if not 0 < target <= 1:
         raise ValueError(f"target faithfulness must be in (0, 1], got {target}")
     run = _Prober(probe, target, "tau", max_probes, "tau")
+    if not defined:
+        run(0.0)
+        return run.search(0.0, None)
     scale = abs(scale) if math.isfinite(scale) and scale != 0 else 1.0
     tau = start_tau(target, scale, n_edges)
     lowest = floor * scale
