@@ -463,3 +463,35 @@ def test_exact_output_predictions_equal_the_evaluated_increases():
         inc, _, _ = _measure_round(met, g, float(now[0]), tau=float("inf"))
         predicted = down.exact_output(j, plan)(z[L][:, j], deltas)(g)
         torch.testing.assert_close(predicted, inc, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,ablation,output,unsure", [("kl", "resample", None, False), ("mse", "resample", None, False),
+                                                          ("kl", "mean", 1, False), ("mse", "zero", 2, False),
+                                                          ("kl", "resample", None, True)])
+def test_interpolated_receivers_give_the_naive_circuit(monkeypatch, kind, ablation, output, unsure):
+    """Receivers decided on an interpolant of their terms (`_Interpolant`, forced on every receiver
+    whose rows pass a hidden layer): the naive circuit and scores, at taus across the scores; also
+    when every candidate is 'unsure' (an infinite margin: each decided from its exact rows)."""
+    import workers.acdc as A
+    fits = []
+    real_fit = A._Interpolant.fit
+
+    def fit(*a):
+        interp, spent = real_fit(*a)
+        if unsure and interp is not None:
+            interp.margin = float("inf")
+        fits.append(interp)
+        return interp, spent
+
+    monkeypatch.setattr(A, "CHEB_MIN_CANDIDATES", 1)
+    monkeypatch.setattr(A._Interpolant, "fit", staticmethod(fit))
+    for seed, shape in ((0, [6, 7, 5, 4]), (1, [5, 6, 6, 5, 3])):
+        p = problem_for(random_checkpoint(shape, 40 + seed), kind, ablation, output, n=40, seed=seed)
+        ex, _ = exact_scores(p)
+        for q in (0.2, 0.5, 0.8):
+            tau = float(torch.quantile(ex[ex > 0], q))
+            fast, naive = acdc(p, tau), acdc_naive(p, tau)
+            assert same_masks(fast.masks, naive.masks), (seed, q)
+            for a, b in zip(fast.scores, naive.scores):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert fits and all(f is not None for f in fits)  # every forced receiver was interpolated

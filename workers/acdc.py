@@ -37,6 +37,16 @@ Why `acdc` can be much faster and still return the same circuit:
   terms, as its round evaluated them, stay the circuit's terms after it is committed (no
   recomputation). A round's decisions are read off its rows in one pass of tensor ops
   (`_measure_round`), not in a Python loop over candidates.
+- A receiver with many candidates whose rows pass a hidden layer (a 784-input net's first layer:
+  784 candidates, each row a SiLU over 200 neurons per example) is decided on an interpolant of
+  its terms instead (`_Interpolant`): while j's edges are decided, example n's term is a smooth
+  function of z_j[n] alone, and every state the receiver can reach lies in a known interval, so
+  33-129 exact rows at Chebyshev nodes give every candidate's terms to rounding (~1e-15 on the
+  784-input net); a candidate then costs a recurrence, not a pass through the layers. A
+  candidate whose increase is within the interpolant's error estimate of tau is decided from its
+  exact rows, and the receiver's final terms are evaluated exactly, so decisions are the naive
+  ones (an estimate of the error, not a proof: below it, decisions are rounding in any
+  implementation) and scores agree to ~1e-16.
 - Rows are pushed through the downstream layers in tiles whose intermediates are written in
   place into reused buffers (no allocation in the hot loop: fresh multi-MiB tensors cost page
   faults), neuron-major ([neurons, rows, examples]) so that each layer is one `W @ h` matmul
@@ -90,6 +100,12 @@ TILE_ELEMENTS_OTHER = 1 << 25
 # `chain_terms` evaluates only the (candidate, example) pairs that move when at most this fraction
 # does (the break-even measured on a dense digits net, 2-core EPYC: 40-45%)
 PAIRS_MAX_FRACTION = 0.4
+# A receiver whose rows pass through a hidden layer and that has at least CHEB_MIN_CANDIDATES
+# non-silent candidates is decided on an interpolant of its terms (`_Interpolant`): Chebyshev
+# nodes tried in turn, accepted when the last coefficients are below CHEB_TOLERANCE of the terms
+CHEB_NODES = (33, 65, 129)
+CHEB_MIN_CANDIDATES = 4 * CHEB_NODES[0]
+CHEB_TOLERANCE = 1e-13
 
 
 @dataclass
@@ -504,6 +520,53 @@ def _metric_model(per: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, t
     return (hi - lo) / (2 * eps * n), (hi - 2 * mid + lo) / (eps * eps * n)
 
 
+class _Interpolant:
+    """Each example's metric term as a function of receiver j's pre-activation, interpolated:
+    the term of example n depends on z_j[n] alone while j's edges are decided (module doc), every
+    chain state of the receiver lies in [z + sum of the negative deltas, z + sum of the positive
+    ones], and the term is analytic there (SiLU, matmuls, log-sum-exp), so its Chebyshev
+    interpolant on C nodes reproduces it to rounding once the coefficients have decayed. Fitting
+    costs C exact rows instead of one per candidate; a candidate then costs a Clenshaw recurrence
+    (2 C elementwise ops a row, no downstream layers). `margin` bounds an increase's error: 2 x
+    (10 x the last coefficients + 4 ulps of the terms), averaged over examples; an estimate, not
+    a proof (the decay of an analytic function's coefficients), and the caller decides every
+    candidate within it of tau from exact rows."""
+
+    def __init__(self, coef: torch.Tensor, mid: torch.Tensor, half: torch.Tensor, margin: float):
+        self.coef, self.mid, self.half, self.margin = coef, mid, half, margin
+
+    @staticmethod
+    def fit(down: "_Downstream", j: int, plan: "_Plan", state: torch.Tensor, deltas: torch.Tensor):
+        """The interpolant of receiver j's terms with the fewest of CHEB_NODES that reach the
+        tolerance, and the example-forwards spent; (None, spent) when none does."""
+        N, spent = state.shape[0], 0
+        lo, hi = state + deltas.clamp(max=0).sum(0), state + deltas.clamp(min=0).sum(0)
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        for c in CHEB_NODES:
+            i = torch.arange(c, dtype=torch.float64, device=state.device)
+            nodes = torch.cos(math.pi * (i + 0.5) / c)
+            _, terms = down.evaluate(j, mid + half * nodes[:, None], plan)  # [c, N]
+            spent += c * N
+            coef = (torch.cos(math.pi * i[:, None] * (i[None] + 0.5) / c) * (2.0 / c)) @ terms
+            coef[0] /= 2
+            size = terms.abs().amax(0)
+            tail = coef[-3:].abs().amax(0)
+            if bool((tail <= CHEB_TOLERANCE * size.clamp(min=1.0)).all()):
+                err = 10 * tail + 4 * torch.finfo(torch.float64).eps * size
+                return _Interpolant(coef, mid, torch.where(half > 0, half, torch.ones_like(half)),
+                                    2 * float(err.mean())), spent
+        return None, spent
+
+    def evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Metric [B] and per-example terms [B, N] at pre-activations x [B, N] (Clenshaw)."""
+        t2 = 2 * (x - self.mid) / self.half
+        b1, b2 = torch.zeros_like(x), torch.zeros_like(x)
+        for k in range(self.coef.shape[0] - 1, 0, -1):
+            b1, b2 = torch.addcmul(self.coef[k] - b2, t2, b1), b1
+        per = torch.addcmul(self.coef[0] - b2, 0.5 * t2, b1)
+        return per.mean(-1), per
+
+
 class _Quadratic:
     """Predicted increases from the per-example quadratic model (d1, d2) of `_metric_model`, taken
     `shift` [N] away from the window's start state: pred_k = own_k + <deltas_k * d2, the summed
@@ -624,16 +687,24 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
     eps = deltas.pow(2).mean(0).sqrt()
     eps = torch.where(eps > 0, eps, torch.ones_like(eps))
 
+    # many candidates whose rows pass a hidden layer: their terms from an interpolant (`_Interpolant`)
+    interp, spent = None, 0
+    if K >= CHEB_MIN_CANDIDATES and down.m < down.L - 1:
+        interp, spent = _Interpolant.fit(down, j, plan, state, deltas)
+
     def probes(state):  # two rows at +-eps, or the derivatives where they are closed-form
         if down.closed_form:
             return down.derivatives(j, state, plan), 0
+        if interp is not None:
+            return interp.evaluate(torch.stack([state - eps, state + eps]))[1], 0
         return down.evaluate(j, torch.stack([state - eps, state + eps]), plan)[1], 2 * N
 
     def model_at(terms, rows):
         return rows if down.closed_form else _metric_model(torch.stack([rows[0], terms, rows[1]]), eps)
 
     exact = down.exact_output(j, plan)
-    rows, spent = probes(state) if exact is None else (None, 0)
+    rows, used = probes(state) if exact is None else (None, 0)
+    spent += used
     model, model_state = model_at(terms, rows), state
     no_known = torch.zeros(K, dtype=torch.bool, device=dev)
     met_now = float(terms.mean())
@@ -649,12 +720,28 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
         taken = torch.cumsum(g[:, None] * d, 0)
         before = torch.cat([torch.zeros(1, N, dtype=torch.float64, device=dev), taken[:-1]]) + state
         after = before + d
-        met_t, per, pairs = down.chain_terms(j, after, d, g, terms, plan)
-        spent += pairs
+        if interp is None:
+            met_t, per, pairs = down.chain_terms(j, after, d, g, terms, plan)
+            spent += pairs
+        else:
+            met_t, per = interp.evaluate(after)
         if refresh and exact is None:
             rows, used = probes(state)
             spent += used
         inc, remove, accepted = _measure_round(met_t, g, met_now, tau)
+        if interp is not None:
+            # a candidate the interpolant cannot place on one side of tau is decided from exact
+            # rows (its state before and after: the accepted decisions before it are right); the
+            # round stops there, as at a contradicted guess
+            unsure = torch.nonzero((inc[:accepted] - tau).abs() <= interp.margin)
+            if unsure.numel():
+                u = int(unsure[0, 0])
+                met_u, per_u = down.evaluate(j, torch.stack([before[u], after[u]]), plan)
+                spent += 2 * N
+                inc[u] = met_u[1] - met_u[0]
+                remove[u] = inc[u] < tau
+                met_t[u], per[u] = met_u[1], per_u[1]
+                accepted = u + 1
         # exact up to the contradiction, the next guesses after it
         known[start:start + B] = remove
         has_known[start:start + B] = True
@@ -677,6 +764,9 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
         window = _next_window(window, B, accepted, down.chunk)
         if progress:
             progress(accepted)
+    if interp is not None:  # the circuit's terms, exact again, for the receivers after this one
+        _, per = down.evaluate(j, state[None], plan)
+        terms, spent = per[0], spent + N
     kept[senders] = ~removed_all
     scores[senders] = scores_all
     return state, terms, kept, scores, spent
