@@ -476,8 +476,8 @@ def test_interpolated_receivers_give_the_naive_circuit(monkeypatch, kind, ablati
     fits = []
     real_fit = A._Interpolant.fit
 
-    def fit(*a):
-        interp, spent = real_fit(*a)
+    def fit(*a, **kw):
+        interp, spent = real_fit(*a, **kw)
         if unsure and interp is not None:
             interp.margin = float("inf")
         fits.append(interp)
@@ -495,3 +495,17 @@ def test_interpolated_receivers_give_the_naive_circuit(monkeypatch, kind, ablati
             for a, b in zip(fast.scores, naive.scores):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     assert fits and all(f is not None for f in fits)  # every forced receiver was interpolated
+
+
+def test_interpolated_exact_scores_equal_the_naive_ones_in_any_chunking(monkeypatch):
+    """`exact_scores` on interpolated receivers (forced): within 1e-12 of the one-forward-per-edge
+    scores, and the same bits whichever slices of the edge list are asked for."""
+    import workers.acdc as A
+    monkeypatch.setattr(A, "CHEB_MIN_CANDIDATES", 1)
+    for kind, output in (("kl", None), ("mse", 1)):
+        p = problem_for(random_checkpoint([6, 7, 5, 4], 9), kind, "resample", output, n=40)
+        whole, _ = exact_scores(p)
+        torch.testing.assert_close(whole, exact_naive(p), rtol=0, atol=1e-12)
+        E = p.graph.n_edges
+        parts = torch.cat([exact_scores(p, a, min(E, a + 11))[0] for a in range(0, E, 11)])
+        assert torch.equal(parts, whole)

@@ -536,11 +536,16 @@ class _Interpolant:
         self.coef, self.mid, self.half, self.margin = coef, mid, half, margin
 
     @staticmethod
-    def fit(down: "_Downstream", j: int, plan: "_Plan", state: torch.Tensor, deltas: torch.Tensor):
+    def fit(down: "_Downstream", j: int, plan: "_Plan", state: torch.Tensor, deltas: torch.Tensor, chain: bool = True):
         """The interpolant of receiver j's terms with the fewest of CHEB_NODES that reach the
-        tolerance, and the example-forwards spent; (None, spent) when none does."""
+        tolerance, and the example-forwards spent; (None, spent) when none does. It covers every
+        state a chain of the candidates' removals reaches (`chain`: ACDC) or, for `exact_scores`,
+        each candidate alone (state + one delta)."""
         N, spent = state.shape[0], 0
-        lo, hi = state + deltas.clamp(max=0).sum(0), state + deltas.clamp(min=0).sum(0)
+        if chain:
+            lo, hi = state + deltas.clamp(max=0).sum(0), state + deltas.clamp(min=0).sum(0)
+        else:
+            lo, hi = state + deltas.amin(0).clamp(max=0), state + deltas.amax(0).clamp(min=0)
         mid, half = (lo + hi) / 2, (hi - lo) / 2
         for c in CHEB_NODES:
             i = torch.arange(c, dtype=torch.float64, device=state.device)
@@ -779,7 +784,9 @@ def exact_scores(problem: Problem, start: int = 0, stop: int | None = None,
     [start, stop) of the canonical order; returns (float64 scores, example-forwards spent).
 
     Each receiver's candidates are always evaluated in the same fixed batches (aligned to the
-    receiver, never to start/stop), so any chunking of the edge list gives identical bits."""
+    receiver, never to start/stop), and an interpolated receiver (`_Interpolant`, fitted on all its
+    candidates) gives the same interpolant in every chunk, so any chunking of the edge list gives
+    identical bits."""
     g = problem.graph
     offsets = g.edge_offsets()
     stop = offsets[-1] if stop is None else stop
@@ -804,7 +811,14 @@ def exact_scores(problem: Problem, start: int = 0, stop: int | None = None,
                 plan = down.plan(j)
                 deltas = g.weights[layer][j][:, None] * diff_all.T
                 silent = (deltas == 0).all(1)
+                interp = None  # as in acdc: many candidates whose rows pass a hidden layer (`_Interpolant`)
+                if n_send >= CHEB_MIN_CANDIDATES and layer + 1 < g.n_layers - 1:
+                    interp, used = _Interpolant.fit(down, j, plan, z[layer + 1][:, j], deltas, chain=False)
+                    spent += used
                 for c in range(0, n_send, chunk):
+                    if interp is not None:
+                        scores[c:c + chunk] = interp.evaluate(z[layer + 1][:, j] + deltas[c:c + chunk])[0]
+                        continue
                     rows = z[layer + 1][:, j] + deltas[c:c + chunk]
                     met, _ = down.evaluate(j, rows, plan)
                     scores[c:c + chunk] = met
