@@ -509,3 +509,24 @@ def test_interpolated_exact_scores_equal_the_naive_ones_in_any_chunking(monkeypa
         E = p.graph.n_edges
         parts = torch.cat([exact_scores(p, a, min(E, a + 11))[0] for a in range(0, E, 11)])
         assert torch.equal(parts, whole)
+
+
+def test_receivers_whose_interpolant_fails_run_on_exact_rows(monkeypatch):
+    """No interpolant reaches the tolerance (forced: tolerance 0) or examples whose deltas are all
+    zero (blank pixels: a zero-width interval): the circuit is still the naive one."""
+    import workers.acdc as A
+    monkeypatch.setattr(A, "CHEB_MIN_CANDIDATES", 1)
+    ckpt = random_checkpoint([6, 7, 5, 4], 21, zero_fraction=0.0)
+    g = torch.Generator().manual_seed(3)
+    x, xc = torch.randn(40, 6, generator=g), torch.randn(40, 6, generator=g)
+    x[:10], xc[:10] = 0.0, 0.0  # ten examples whose first-layer deltas are all zero
+    p = Problem.build(Graph.from_checkpoint(ckpt), x, xc, "kl", "resample", None)
+    ex, _ = exact_scores(p)
+    tau = float(torch.quantile(ex[ex > 0], 0.5))
+    naive = acdc_naive(p, tau)
+    for tolerance in (A.CHEB_TOLERANCE, 0.0):
+        monkeypatch.setattr(A, "CHEB_TOLERANCE", tolerance)
+        fast = acdc(p, tau)
+        assert same_masks(fast.masks, naive.masks), tolerance
+        for a, b in zip(fast.scores, naive.scores):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
