@@ -77,7 +77,14 @@ def test_pareto_points_are_the_means_of_their_models_and_the_front_is_non_domina
         dominated = ((others["test_loss"] <= p["test_loss"]) & (others["edges"] <= p["edges"])
                      & ((others["test_loss"] < p["test_loss"]) | (others["edges"] < p["edges"]))).any()
         assert p["pareto"] == (not dominated)
+        taus = g["tau_found"].astype(float)
+        assert p["tau_found"] == pytest.approx(float(np.exp(np.log(taus[taus > 0]).mean())))
     assert points["pareto"].any()
+    # a seed whose search ended at tau = 0 does not make the point's tau 0
+    first = rows.index[rows["regime"] == "vanilla"][0]
+    zeroed = rows.assign(tau_found=rows["tau_found"].where(rows.index != first, 0.0))
+    vanilla = pareto_points(zeroed).set_index("regime").loc["vanilla"]
+    assert vanilla["tau_found"] > 0
 
 
 def test_bimt_cells_are_paired_ratios_at_the_same_lam_with_tost(sweep):
