@@ -174,6 +174,11 @@ def overhead(tmp: Path, n_seeds: int):
     return [(2 * n, loop_s[n], ray_s[n]) for n in sizes], per_job, fixed
 
 
+# timings of the fan-out rows are the best of this many runs (a single run varies by ~10% on the
+# 2-core machine even when idle)
+REPEATS = 3
+
+
 def exact_fanout(tmp: Path, width: int):
     from workers.acdc import exact_scores
     from workers.discover import prepare
@@ -190,27 +195,32 @@ def exact_fanout(tmp: Path, width: int):
     ckpt = load_checkpoint(base.sweep_dir / "jobs" / tj.id / "model.pt")
     n_edges = sum(w.numel() for w in ckpt["weights"])
     torch.set_num_threads(1)
-    t = time.perf_counter()  # what the chunks do between them: prepare once, score every edge
-    exact_scores(prepare(ckpt).problem)
-    one_pass = time.perf_counter() - t
+    one_pass = float("inf")  # what the chunks do between them: prepare once, score every edge
+    for _ in range(REPEATS):
+        t = time.perf_counter()
+        exact_scores(prepare(ckpt).problem)
+        one_pass = min(one_pass, time.perf_counter() - t)
     chunk = -(-n_edges // 4)
     rows = []
+    from orchestrator.recorder import read_records
+
     for cpus in (1, 2):
-        root = tmp / f"x{cpus}"
-        spec = parse_spec(spec_text(root, "x", [0], 20, ["exact"], width, chunk=chunk, tasks=("two_moons",)))
-        (spec.sweep_dir / "jobs").mkdir(parents=True)
-        shutil.copytree(base.sweep_dir / "jobs" / tj.id, spec.sweep_dir / "jobs" / tj.id)  # model: cached
         start_local_ray(cpus)
         try:
             # warm every worker (two models train at once), so none starts cold inside the measurement
             run_sched(parse_spec(spec_text(tmp / f"w{cpus}", "w", [1, 2], 5, ["exact"], 4, chunk=10)))
-            wall, _ = run_sched(spec)
+            runs = []
+            for k in range(REPEATS):  # the same job in a fresh sweep folder each time: the best run
+                spec = parse_spec(spec_text(tmp / f"x{cpus}-{k}", "x", [0], 20, ["exact"], width, chunk=chunk,
+                                            tasks=("two_moons",)))
+                (spec.sweep_dir / "jobs").mkdir(parents=True)
+                shutil.copytree(base.sweep_dir / "jobs" / tj.id, spec.sweep_dir / "jobs" / tj.id)  # model: cached
+                wall, _ = run_sched(spec)
+                rec = next(r for r in read_records(spec.sweep_dir).values() if r["kind"] == "discover")
+                runs.append((cpus, wall, rec["figures"]["discovery_seconds"], rec["duration_seconds"]))
+            rows.append(min(runs, key=lambda r: r[2]))
         finally:
             ray.shutdown()
-        from orchestrator.recorder import read_records
-
-        rec = next(r for r in read_records(spec.sweep_dir).values() if r["kind"] == "discover")
-        rows.append((cpus, wall, rec["figures"]["discovery_seconds"], rec["duration_seconds"]))
     return n_edges, chunk, one_pass, rows
 
 
@@ -228,12 +238,15 @@ def parallelism() -> float:
     start_local_ray(2)
     try:
         ray.get([_spin.remote(10) for _ in range(2)])
-        t = time.perf_counter()
-        ray.get(_spin.remote(5_000_000))
-        one = time.perf_counter() - t
-        t = time.perf_counter()
-        ray.get([_spin.remote(5_000_000) for _ in range(2)])
-        return (time.perf_counter() - t) / one
+        best = float("inf")
+        for _ in range(REPEATS):  # Ray's own processes are busy for a while after it starts: the best
+            t = time.perf_counter()
+            ray.get(_spin.remote(5_000_000))
+            one = time.perf_counter() - t
+            t = time.perf_counter()
+            ray.get([_spin.remote(5_000_000) for _ in range(2)])
+            best = min(best, (time.perf_counter() - t) / one)
+        return best
     finally:
         ray.shutdown()
 
@@ -263,7 +276,7 @@ def main():
             print(f"| {n} | {loop_s:.2f} | {ray_s:.2f} | {1000 * (ray_s - loop_s) / n:.1f} |")
         print(f"marginal overhead per job: {1000 * per_job:.1f} ms (goal <= 20); fixed cost per sweep: {fixed:.2f} s")
         n_edges, chunk, one_pass, rows = exact_fanout(tmp, args.width)
-        print(f"\nexact scoring, two_moons width {args.width}: {n_edges} edges, chunks of {chunk}")
+        print(f"\nexact scoring, two_moons width {args.width}: {n_edges} edges, chunks of {chunk} (best of {REPEATS} runs each)")
         print("| run | scoring s (prepare + chunks) | job s (+ merge + files) | sweep wall s | scoring speed-up |")
         print("| --- | --- | --- | --- | --- |")
         print(f"| one pass, in process | {one_pass:.2f} | | | |")
