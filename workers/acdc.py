@@ -37,9 +37,9 @@ Why `acdc` can be much faster and still return the same circuit:
   terms, as its round evaluated them, stay the circuit's terms after it is committed (no
   recomputation). A round's decisions are read off its rows in one pass of tensor ops
   (`_measure_round`), not in a Python loop over candidates.
-- A receiver with many candidates whose rows pass a hidden layer (a 784-input net's first layer:
-  784 candidates, each row a SiLU over 200 neurons per example) is decided on an interpolant of
-  its terms instead (`_Interpolant`): while j's edges are decided, example n's term is a smooth
+- On a CPU, a receiver with many candidates whose rows pass a hidden layer (a 784-input net's
+  first layer: 784 candidates, each row a SiLU over 200 neurons per example) is decided on an
+  interpolant of its terms instead (`_Interpolant`, `_interpolates`): while j's edges are decided, example n's term is a smooth
   function of z_j[n] alone, and every state the receiver can reach lies in a known interval, so
   33-129 exact rows at Chebyshev nodes give every candidate's terms to rounding (~1e-15 on the
   784-input net); a candidate then costs a recurrence, not a pass through the layers. A
@@ -572,6 +572,13 @@ class _Interpolant:
         return per.mean(-1), per
 
 
+def _interpolates(down: "_Downstream", candidates: int) -> bool:
+    """Whether a receiver is decided on an `_Interpolant`: many candidates whose rows pass a hidden
+    layer, on a CPU (on a GPU the rows are cheap and the recurrence's many small kernels are not:
+    the 784-input net's ACDC took 5.0 s there on rows, 6.4-7.0 s on interpolants)."""
+    return candidates >= CHEB_MIN_CANDIDATES and down.m < down.L - 1 and down.device.type == "cpu"
+
+
 class _Quadratic:
     """Predicted increases from the per-example quadratic model (d1, d2) of `_metric_model`, taken
     `shift` [N] away from the window's start state: pred_k = own_k + <deltas_k * d2, the summed
@@ -694,7 +701,7 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
 
     # many candidates whose rows pass a hidden layer: their terms from an interpolant (`_Interpolant`)
     interp, spent = None, 0
-    if K >= CHEB_MIN_CANDIDATES and down.m < down.L - 1:
+    if _interpolates(down, K):
         interp, spent = _Interpolant.fit(down, j, plan, state, deltas)
 
     def probes(state):  # two rows at +-eps, or the derivatives where they are closed-form
@@ -812,7 +819,7 @@ def exact_scores(problem: Problem, start: int = 0, stop: int | None = None,
                 deltas = g.weights[layer][j][:, None] * diff_all.T
                 silent = (deltas == 0).all(1)
                 interp = None  # as in acdc: many candidates whose rows pass a hidden layer (`_Interpolant`)
-                if n_send >= CHEB_MIN_CANDIDATES and layer + 1 < g.n_layers - 1:
+                if _interpolates(down, n_send):
                     interp, used = _Interpolant.fit(down, j, plan, z[layer + 1][:, j], deltas, chain=False)
                     spent += used
                 for c in range(0, n_send, chunk):
