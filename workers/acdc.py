@@ -670,7 +670,7 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
     speculative batches (module doc). `terms` are the current circuit's per-example metric terms
     (the metric at `state`), so a round evaluates only its candidates' rows. Returns the
     receiver's final pre-activation and the circuit's per-example terms there (as evaluated in its
-    round), the kept flags and the scores of its edges (tensors [n_send]) and the example-forwards
+    round; for an interpolated receiver, from an exact row at the end), the kept flags and the scores of its edges (tensors [n_send]) and the example-forwards
     spent."""
     N = state.shape[0]
     dev = state.device
@@ -690,7 +690,7 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
     # guesses come from a quadratic model of the metric around a recent state (probes at +-eps
     # beside it, refreshed after a round whose guesses were contradicted), or from a measurement
     # made in an earlier round at a slightly different state (the tail of a batch after its first
-    # wrong guess)
+    # wrong guess); an output receiver under KL is predicted exactly instead (`_ExactOutput`)
     has_known = torch.zeros(K, dtype=torch.bool, device=dev)
     known = torch.zeros(K, dtype=torch.bool, device=dev)
     removed_all = torch.zeros(K, dtype=torch.bool, device=dev)  # the decisions, where accepted
