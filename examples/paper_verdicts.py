@@ -19,9 +19,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.matched import FIGURES, compare_at_lam, matched_rows, reading  # noqa: E402
+from orchestrator.matched import FIGURES, compare_at_lam, matched_rows, paired_by_seed, reading  # noqa: E402
 from orchestrator.report import fmt, load_jobs, ratio_text  # noqa: E402
-from orchestrator.stats import paired_ratio, tost  # noqa: E402
 
 # (claim, the regime bimt is compared with, figure label in orchestrator.matched.FIGURES)
 CIRCUIT_CLAIMS = [
@@ -58,15 +57,9 @@ def cell(r, t, better) -> str:
 
 def train_cells(train: pd.DataFrame, task: str, col: str, better: str, lams) -> list[str]:
     rows = train[train["task"] == task]
-    base = rows[rows["regime"] == "vanilla"].groupby("seed")[col].mean()
-    out = []
-    for lam in lams:
-        x = rows[(rows["regime"] == "bimt") & (rows["lam"] == lam)].groupby("seed")[col].mean()
-        common = x.index.intersection(base.index)
-        r, t = paired_ratio(x[common].to_numpy(), base[common].to_numpy()), tost(x[common].to_numpy(),
-                                                                                base[common].to_numpy())
-        out.append(cell(r, t, better))
-    return out
+    base = rows[rows["regime"] == "vanilla"]
+    return [cell(*paired_by_seed(rows[(rows["regime"] == "bimt") & (rows["lam"] == lam)], base, col), better)
+            for lam in lams]
 
 
 def verdict_table(sweep: Path, method: str) -> str:

@@ -117,6 +117,15 @@ def reading(r: RatioSummary, t: Tost, better: str) -> str:
     return f"not distinguishable with n = {r.n}"
 
 
+def paired_by_seed(mine: pd.DataFrame, theirs: pd.DataFrame, col: str):
+    """`col` of `mine` ÷ `theirs` paired by seed (each seed's mean): the geometric-mean ratio with
+    its interval, and the TOST at ±MARGIN."""
+    x, y = mine.groupby("seed")[col].mean(), theirs.groupby("seed")[col].mean()
+    common = x.index.intersection(y.index)
+    x, y = x[common].to_numpy(), y[common].to_numpy()
+    return paired_ratio(x, y), tost(x, y, MARGIN)
+
+
 def compare_at_lam(rows: pd.DataFrame, other: str, regime: str = "bimt") -> list[dict]:
     """`regime` ÷ `other` per lam, paired by seed, for every figure."""
     out = []
@@ -130,10 +139,7 @@ def compare_at_lam(rows: pd.DataFrame, other: str, regime: str = "bimt") -> list
         for col, label, better in FIGURES:
             if col not in g or not g[col].notna().any():
                 continue
-            x, y = g.groupby("seed")[col].mean(), base.groupby("seed")[col].mean()
-            common = x.index.intersection(y.index)
-            r = paired_ratio(x[common].to_numpy(), y[common].to_numpy())
-            t = tost(x[common].to_numpy(), y[common].to_numpy(), MARGIN)
+            r, t = paired_by_seed(g, base, col)
             out.append({"vs": other, "lam": lam, "figure": label, "ratio": r, "tost": t,
                         "reading": reading(r, t, better)})
     return out

@@ -208,7 +208,7 @@ class _Downstream:
         g, L = self.p.graph, self.L
         u_now_t = self.h[L].T - self.shift_t
         if self.m == L:
-            return self._partial(_Plan([], u_now_t), torch.tensor([j], device=self.device))
+            return self._finish(_Plan([], u_now_t), torch.tensor([j], device=self.device))
 
         def positions(reached: torch.Tensor, layer: int):
             idx = torch.nonzero(reached)[:, 0]
@@ -238,7 +238,7 @@ class _Downstream:
             offset_t = shifted((self.z[l + 1][:, r_next] - self.h[l][:, r] @ w.T).T, l + 1, r_next).contiguous()
             steps.append((r_next, w.contiguous(), offset_t, offset_t.T.contiguous()))
             r = r_next
-        return self._partial(_Plan(steps, u_now_t, pu), r)
+        return self._finish(_Plan(steps, u_now_t, pu), r)
 
     def derivatives(self, j: int, zj: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
         """First and second derivatives (divided by N) of each example's metric term in receiver
@@ -284,7 +284,7 @@ class _Downstream:
         p = self.metric.p_full_t[j]
         return lambda state, deltas: _ExactOutput(state - shift, log_rest, p, deltas)
 
-    def _partial(self, plan: _Plan, r) -> _Plan:
+    def _finish(self, plan: _Plan, r) -> _Plan:
         """Size the plan's tiles by its widest step (a pruned net's are narrow: fewer, larger
         tiles), and evaluate only the outputs r that the receiver can move (a slice: all of
         them): the others add a per-example constant to the metric's terms (`Metric.rest_t`), so
@@ -695,9 +695,10 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
     known = torch.zeros(K, dtype=torch.bool, device=dev)
     removed_all = torch.zeros(K, dtype=torch.bool, device=dev)  # the decisions, where accepted
     scores_all = torch.zeros(K, dtype=torch.float64, device=dev)
-    # finite-difference step per example: the typical size of the candidates' deltas
-    eps = deltas.pow(2).mean(0).sqrt()
-    eps = torch.where(eps > 0, eps, torch.ones_like(eps))
+    # finite-difference step per example: the typical size of the candidates' deltas (probes only)
+    eps = None if down.closed_form else deltas.pow(2).mean(0).sqrt()
+    if eps is not None:
+        eps = torch.where(eps > 0, eps, torch.ones_like(eps))
 
     # many candidates whose rows pass a hidden layer: their terms from an interpolant (`_Interpolant`)
     interp, spent = None, 0
