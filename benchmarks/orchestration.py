@@ -10,9 +10,10 @@
    loop, jobs.parquet; MLflow off, it runs on its own thread) against calling the same job
    functions (orchestrator.execute) in a plain loop. Ray gets 1 CPU so both run the jobs one after
    another; workers are warmed up first. Goal: <= 20 ms a job.
-2. `exact` on a wider model: one pass in this process, then the edge list fanned out in 4 chunks
-   of equal estimated work (workers.chunks; one prepared problem shared through the object store)
-   over a local Ray with 1 and with 2 CPUs. Chunk overhead: chunked on 1 worker vs one pass.
+2. `exact` on a wider model: one pass in this process, and through the scheduler as one task and
+   fanned out in 4 chunks of equal estimated work (workers.chunks; one prepared problem shared
+   through the object store) over a local Ray with 1 and with 2 CPUs, the four runs interleaved.
+   Chunk overhead: 4 chunks vs one task, both on 1 worker.
 3. Scale (benchmarks/scale.py): a sweep of --scale-jobs tiny jobs (driver overhead, a job's fixed
    cost, jobs.parquet, driver memory, MLflow runs/s on SQLite and HTTP) and a simulated cluster
    whose results arrive at 200 jobs/s.
@@ -174,12 +175,19 @@ def overhead(tmp: Path, n_seeds: int):
     return [(2 * n, loop_s[n], ray_s[n]) for n in sizes], per_job, fixed
 
 
-# timings of the fan-out rows are the best of this many runs (a single run varies by ~10% on the
-# 2-core machine even when idle)
-REPEATS = 3
+# timings of the fan-out rows are the best of this many interleaved runs (a single run varies by
+# ~10% on the 2-core machine even when idle)
+REPEATS = 4
 
 
 def exact_fanout(tmp: Path, width: int):
+    """`exact` on one two_moons model: one pass in this process, and through the scheduler on a
+    local Ray with 1 CPU (unchunked, and in 4 chunks) and with 2 CPUs (4 chunks). The runs are
+    interleaved, REPEATS rounds of all four, and each row keeps its best run: this 2-core VM's
+    speed drifts by ~10% over minutes even idle, which runs minutes apart turned into
+    differences of that size. Returns (edges, chunk, {row: best discovery seconds}); a Ray row's
+    seconds are the job's own (prepare and scoring, chunked: first chunk's prepare to last chunk)."""
+    from orchestrator.recorder import read_records
     from workers.acdc import exact_scores
     from workers.discover import prepare
     from workers.model import load_checkpoint
@@ -194,34 +202,38 @@ def exact_fanout(tmp: Path, width: int):
     tj = base.train_jobs()[0]
     ckpt = load_checkpoint(base.sweep_dir / "jobs" / tj.id / "model.pt")
     n_edges = sum(w.numel() for w in ckpt["weights"])
+    chunk = -(-n_edges // 4)
     torch.set_num_threads(1)
-    one_pass = float("inf")  # what the chunks do between them: prepare once, score every edge
+    best = {}
+
+    def keep(row, seconds):
+        best[row] = min(best.get(row, float("inf")), seconds)
+
+    def ray_job(label, cpus, edge_chunk):  # the same job in a fresh sweep folder (its model copied in)
+        spec = parse_spec(spec_text(tmp / f"{label}-{len(best)}-{time.monotonic_ns()}", "x", [0], 20, ["exact"], width,
+                                    chunk=edge_chunk, tasks=("two_moons",)))
+        (spec.sweep_dir / "jobs").mkdir(parents=True)
+        shutil.copytree(base.sweep_dir / "jobs" / tj.id, spec.sweep_dir / "jobs" / tj.id)
+        run_sched(spec)
+        rec = next(r for r in read_records(spec.sweep_dir).values() if r["kind"] == "discover")
+        keep(label, rec["figures"]["discovery_seconds"])
+
     for _ in range(REPEATS):
         t = time.perf_counter()
-        exact_scores(prepare(ckpt).problem)
-        one_pass = min(one_pass, time.perf_counter() - t)
-    chunk = -(-n_edges // 4)
-    rows = []
-    from orchestrator.recorder import read_records
-
-    for cpus in (1, 2):
-        start_local_ray(cpus)
-        try:
-            # warm every worker (two models train at once), so none starts cold inside the measurement
-            run_sched(parse_spec(spec_text(tmp / f"w{cpus}", "w", [1, 2], 5, ["exact"], 4, chunk=10)))
-            runs = []
-            for k in range(REPEATS):  # the same job in a fresh sweep folder each time: the best run
-                spec = parse_spec(spec_text(tmp / f"x{cpus}-{k}", "x", [0], 20, ["exact"], width, chunk=chunk,
-                                            tasks=("two_moons",)))
-                (spec.sweep_dir / "jobs").mkdir(parents=True)
-                shutil.copytree(base.sweep_dir / "jobs" / tj.id, spec.sweep_dir / "jobs" / tj.id)  # model: cached
-                wall, _ = run_sched(spec)
-                rec = next(r for r in read_records(spec.sweep_dir).values() if r["kind"] == "discover")
-                runs.append((cpus, wall, rec["figures"]["discovery_seconds"], rec["duration_seconds"]))
-            rows.append(min(runs, key=lambda r: r[2]))
-        finally:
-            ray.shutdown()
-    return n_edges, chunk, one_pass, rows
+        exact_scores(prepare(ckpt).problem)  # what the chunks do between them: prepare once, score every edge
+        keep("one pass, in process", time.perf_counter() - t)
+        for cpus in (1, 2):
+            start_local_ray(cpus)
+            try:
+                # warm every worker (two models train at once), so none starts cold inside the measurement
+                run_sched(parse_spec(spec_text(tmp / f"w{cpus}-{time.monotonic_ns()}", "w", [1, 2], 5, ["exact"], 4,
+                                               chunk=10)))
+                if cpus == 1:
+                    ray_job("Ray, 1 worker, one task", 1, 0)
+                ray_job(f"Ray, {cpus} worker{'s' if cpus > 1 else ''}, 4 chunks", cpus, chunk)
+            finally:
+                ray.shutdown()
+    return n_edges, chunk, best
 
 
 @ray.remote
@@ -275,16 +287,17 @@ def main():
         for n, loop_s, ray_s in rows:
             print(f"| {n} | {loop_s:.2f} | {ray_s:.2f} | {1000 * (ray_s - loop_s) / n:.1f} |")
         print(f"marginal overhead per job: {1000 * per_job:.1f} ms (goal <= 20); fixed cost per sweep: {fixed:.2f} s")
-        n_edges, chunk, one_pass, rows = exact_fanout(tmp, args.width)
-        print(f"\nexact scoring, two_moons width {args.width}: {n_edges} edges, chunks of {chunk} (best of {REPEATS} runs each)")
-        print("| run | scoring s (prepare + chunks) | job s (+ merge + files) | sweep wall s | scoring speed-up |")
-        print("| --- | --- | --- | --- | --- |")
-        print(f"| one pass, in process | {one_pass:.2f} | | | |")
-        s1 = rows[0][2]
-        for cpus, wall, scoring, job_s in rows:
-            print(f"| Ray, {cpus} worker{'s' if cpus > 1 else ''} | {scoring:.2f} | {job_s:.2f} | {wall:.2f} | {s1 / scoring:.2f}x |")
-        print(f"chunk overhead (1 worker chunked / one pass - 1): {100 * (s1 / one_pass - 1):.0f}% (goal < 5%); "
-              f"machine check: 2 CPU-bound tasks on 2 workers took {parallelism():.2f}x one task (1.0 = two free cores)")
+        n_edges, chunk, best = exact_fanout(tmp, args.width)
+        print(f"\nexact scoring, two_moons width {args.width}: {n_edges} edges, chunks of {chunk} "
+              f"(best of {REPEATS} interleaved runs each)")
+        print("| run | scoring s |")
+        print("| --- | --- |")
+        for row, seconds in best.items():
+            print(f"| {row} | {seconds:.2f} |")
+        one, c1, c2 = best["Ray, 1 worker, one task"], best["Ray, 1 worker, 4 chunks"], best["Ray, 2 workers, 4 chunks"]
+        print(f"2 workers / 1 (4 chunks each): {c1 / c2:.2f}x (goal >= 1.8); chunk overhead (1 worker, 4 chunks / one "
+              f"task - 1): {100 * (c1 / one - 1):.0f}% (goal < 5%); machine check: 2 CPU-bound tasks on 2 workers "
+              f"took {parallelism():.2f}x one task (1.0 = two free cores)")
         if args.scale_jobs:
             from scale import print_rows  # benchmarks/scale.py, beside this file
 

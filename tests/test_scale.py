@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator import execute
 from orchestrator.spec import SpecError, parse_spec
-from workers.chunks import chunk_bounds, edge_costs
+from workers.chunks import INTERPOLATED_FROM, chunk_bounds, receiver_costs
 
 SPEC = """
 [sweep]
@@ -36,14 +36,20 @@ def test_chunk_bounds_cover_every_edge_at_receiver_cuts_with_equal_work(shape, n
     for _, b in bounds[:-1]:
         m = int(np.searchsorted(offsets, b, side="right")) - 1
         assert (b - offsets[m]) % shape[m] == 0
-    cost = edge_costs(shape)
-    work = [sum(cost[int(np.searchsorted(offsets, e, side="right")) - 1] for e in range(a, b)) for a, b in bounds]
-    largest_receiver = max(shape[m] * cost[m] for m in range(len(shape) - 1))
-    assert max(work) - min(work) <= 2 * largest_receiver + 1e-9
+    cost = receiver_costs(shape)  # per receiver: an edge carries 1/senders of it
+    work = [sum(cost[m] / shape[m] for m in (int(np.searchsorted(offsets, e, side="right")) - 1 for e in range(a, b)))
+            for a, b in bounds]
+    assert max(work) - min(work) <= 2 * max(cost) + 1e-6
+
+
+def test_the_cost_model_knows_which_receivers_acdc_interpolates():
+    from workers.acdc import CHEB_MIN_CANDIDATES
+
+    assert INTERPOLATED_FROM == CHEB_MIN_CANDIDATES
 
 
 def test_the_2_256_256_2_net_is_not_split_by_edge_count():
-    """Half of its work is in the 512 edges into the first hidden layer: the first chunk is small."""
+    """A third of its work is in the 512 edges into the first hidden layer: the first chunk is small."""
     assert chunk_bounds([2, 256, 256, 2], 4)[0][1] < 1000
 
 
@@ -78,3 +84,19 @@ def test_pictures_false_leaves_the_drawings_out_and_keeps_every_figure(tmp_path)
 def test_pictures_must_be_a_boolean(tmp_path):
     with pytest.raises(SpecError, match=r'^sweep.pictures: "no" is not true or false$'):
         parse_spec(SPEC.format(root=tmp_path, extra='pictures = "no"'))
+
+
+def test_progress_batches_read_the_workers_memory_once_each(tmp_path):
+    """A chunk of `exact` reports once a receiver: the events of a batch all arrive, in order, and
+    only its last carries the resident memory (one read of /proc a batch, not one an event)."""
+    spec = parse_spec(SPEC.format(root=tmp_path, extra=""))
+    batches = []
+    rep = execute.Reporter(lambda events, wait: batches.append(list(events)), spec.discover_jobs()[0], interval=3600)
+    rep.emit("chunk", 8, flush=True)
+    for _ in range(500):
+        rep.edges(2)
+    rep.flush()
+    assert [len(b) for b in batches] == [1, 500]
+    assert sum(e[4] for e in batches[1]) == 1000 and {e[0] for e in batches[1]} == {"edges"}
+    assert [e[6] > 0 for e in batches[1]] == [False] * 499 + [True]
+    assert batches[0][0][6] > 0  # a batch of one carries it too

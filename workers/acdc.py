@@ -93,10 +93,14 @@ from workers.names import ORDERS
 # [window, N] rows of receiver states (and how much a wrong guess can waste).
 BATCH_ELEMENTS = 1 << 26
 # Tile of candidate rows evaluated at once, in elements of the widest downstream activation: on a
-# CPU small enough (2^19 float64 = 4 MiB) that a tile's intermediates stay in L2 and can be
+# CPU small enough (2^19 float64 = 4 MiB) that a tile's intermediates stay in cache and can be
 # overwritten in place; on a GPU large, so that each kernel launch carries enough work.
 TILE_ELEMENTS = {"cpu": 1 << 19}
 TILE_ELEMENTS_OTHER = 1 << 25
+# A tile also holds a few [rows, examples] tensors of its own (the candidates' values, dh, <p, u>,
+# the terms), counted as this many neurons: on a net whose outputs are 2 wide they are most of the
+# tile (uncounted, a 2-1536-1536-2 net's last hidden layer scored 21% slower, interleaved runs)
+TILE_ROW_TENSORS = 4
 # `chain_terms` evaluates only the (candidate, example) pairs that move when at most this fraction
 # does (the break-even measured on a dense digits net, 2-core EPYC: 40-45%)
 PAIRS_MAX_FRACTION = 0.4
@@ -286,13 +290,14 @@ class _Downstream:
 
     def _finish(self, plan: _Plan, r) -> _Plan:
         """Size the plan's tiles by its widest step (a pruned net's are narrow: fewer, larger
-        tiles), and evaluate only the outputs r that the receiver can move (a slice: all of
-        them): the others add a per-example constant to the metric's terms (`Metric.rest_t`), so
-        they need no copy, no exp and no product per row. Only for metrics with a shifted form."""
+        tiles) and the tile's own row tensors (`TILE_ROW_TENSORS`), and evaluate only the outputs
+        r that the receiver can move (a slice: all of them): the others add a per-example
+        constant to the metric's terms (`Metric.rest_t`), so they need no copy, no exp and no
+        product per row. Only for metrics with a shifted form."""
         g = self.p.graph
         widths = [g.shape[-1]] + [g.shape[l] if isinstance(step[0], slice) else step[0].numel()
                                   for step, l in zip(plan.steps, range(self.m + 1, self.L + 1))]
-        plan.tile = max(1, self.tile_elements // (self.p.n_examples * max(widths)))
+        plan.tile = max(1, self.tile_elements // (self.p.n_examples * (max(widths) + TILE_ROW_TENSORS)))
         plan.eval_steps = plan.steps
         if self.metric.kind == "kl" and self.metric.shift_t is not None:
             plan.log2 = True

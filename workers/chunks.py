@@ -1,36 +1,58 @@
 """How `exact` on one model splits into chunk tasks of equal work (orchestrator.scheduler fans
 them out over Ray; workers.acdc.exact_scores scores any slice of the canonical edge order).
 
-An edge's exact score costs the forward of its receiver's candidate values through every layer
-after it: an edge into layer m (weight matrix m-1) costs about sum_{k>m} n_{k-1} * n_k
-multiply-adds per example, plus the metric on the outputs. On a 2-256-256-2 net the 512 edges
-into the first hidden layer hold half of all the work; equal edge counts gave one chunk most of
-it (4 chunks on 2 workers: at best 1.6x). Boundaries fall on whole receivers, as the scorer
-batches a receiver's candidates together. Pure Python: the driver calls it without torch.
+The work is counted per receiver, as `exact_scores` spends it: building the receiver's plan (the
+constant parts of the downstream layers), then one row per candidate edge (its pre-activation
+through the layers after it: a rank-one update into the next layer, SiLU and a matmul for each
+hidden layer after that, the metric on the outputs it can move), or, for a receiver with many
+candidates whose rows pass a hidden layer, about `CHEB_ROWS` rows of a fitted interpolant.
+The constants are in nanoseconds per example, fitted (least squares on the relative error) to
+per-layer timings of `exact_scores` on 2-W-W-2 (W = 256, 768, 1,536), 2-W-W-W-2 (128, 512) and
+64-W-W-10 (200, 600) nets on a 2-core AMD EPYC, one thread; they predict the layers' times to
+within ~20% (the output layers, a small share, to within 2x). Only their ratios matter.
+The old count (every downstream layer a full matmul) put 40% of a 2-1536-1536-2 net's work in its
+first hidden layer, which holds 32%: 4 chunks ran 1.4-2.0 s, and 2 workers at best 1.87x.
+Boundaries fall on whole receivers, as the scorer batches a receiver's candidates together.
+Pure Python: the driver calls it without torch.
 """
 from __future__ import annotations
 
-METRIC_COST = 4  # per output, in multiply-adds: the metric's share of one candidate's cost
+ROW = 18.2  # per candidate row: the chain, the tile's bookkeeping, the metric's reductions
+OUTPUT = 0.6  # per row and output it moves (an output receiver moves one)
+HIDDEN = 1.8  # per row and downstream hidden neuron (the rank-one update or a matmul's output, SiLU)
+MAC = 0.11  # per row and multiply-add of the downstream matmuls
+RECEIVER = 1880  # per receiver: its plan, deltas and results
+WIDTH = 5.6  # per receiver and neuron of the next layer (the plan's copies of its constants)
+# workers.acdc.CHEB_MIN_CANDIDATES (not imported: that module needs torch): receivers with this
+# many candidates whose rows pass a hidden layer are scored on an interpolant of ~CHEB_ROWS rows
+INTERPOLATED_FROM = 132
+CHEB_ROWS = 65
 
 
-def edge_costs(shape: list[int]) -> list[float]:
-    """Estimated cost of one edge of each weight matrix (per example)."""
+def receiver_costs(shape: list[int]) -> list[float]:
+    """Estimated cost of one receiver of each layer 1..L (per example), all its candidate edges included."""
+    L = len(shape) - 1
     costs = []
-    for m in range(1, len(shape)):  # receivers in layer m
-        downstream = sum(shape[k - 1] * shape[k] for k in range(m + 1, len(shape)))
-        costs.append(downstream + METRIC_COST * shape[-1] + shape[m])
+    for m in range(1, L + 1):
+        senders = shape[m - 1]
+        hidden = sum(shape[k] for k in range(m + 1, L))  # hidden layers the rows pass
+        macs = sum(shape[k] * shape[k + 1] for k in range(m + 1, L))
+        rows = CHEB_ROWS if senders >= INTERPOLATED_FROM and m < L - 1 else senders
+        moved = 1 if m == L else shape[-1]
+        row = ROW + OUTPUT * moved + HIDDEN * hidden + MAC * macs
+        costs.append(RECEIVER + (WIDTH * shape[m + 1] if m < L else 0) + rows * row)
     return costs
 
 
 def chunk_bounds(shape: list[int], n_chunks: int) -> list[tuple[int, int]]:
     """[start, stop) slices of the canonical edge order (matrix, receiver, sender), `n_chunks` of
     them at most, each about the same estimated work, cut at receiver boundaries."""
-    costs = edge_costs(shape)
+    costs = receiver_costs(shape)
     receivers = []  # (first edge, edges, cost) per receiver, in canonical order
     start = 0
     for m in range(1, len(shape)):
         for _ in range(shape[m]):
-            receivers.append((start, shape[m - 1], shape[m - 1] * costs[m - 1]))
+            receivers.append((start, shape[m - 1], costs[m - 1]))
             start += shape[m - 1]
     total = sum(c for _, _, c in receivers)
     bounds, lo, done = [], 0, 0.0
