@@ -210,7 +210,7 @@ def exact_fanout(tmp: Path, width: int):
         best[row] = min(best.get(row, float("inf")), seconds)
 
     def ray_job(label, cpus, edge_chunk):  # the same job in a fresh sweep folder (its model copied in)
-        spec = parse_spec(spec_text(tmp / f"{label}-{len(best)}-{time.monotonic_ns()}", "x", [0], 20, ["exact"], width,
+        spec = parse_spec(spec_text(tmp / f"job-{time.monotonic_ns()}", "x", [0], 20, ["exact"], width,
                                     chunk=edge_chunk, tasks=("two_moons",)))
         (spec.sweep_dir / "jobs").mkdir(parents=True)
         shutil.copytree(base.sweep_dir / "jobs" / tj.id, spec.sweep_dir / "jobs" / tj.id)

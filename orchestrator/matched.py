@@ -84,7 +84,8 @@ def _geometric_mean_positive(taus) -> float:
     make a plain one 0 whatever the other seeds found); NaN when there are none."""
     if taus is None:
         return float("nan")
-    pos = taus.astype(float)[taus.astype(float) > 0]
+    taus = taus.astype(float)
+    pos = taus[taus > 0]
     return float(np.exp(np.log(pos).mean())) if len(pos) else float("nan")
 
 
@@ -190,7 +191,8 @@ def matched_sections(train: pd.DataFrame, discover: pd.DataFrame, out: Path) -> 
              "factor 1.2) whose f on the discovery examples reaches the target; held-out f grades it on the "
              "evaluation examples. Each regime runs over a lam grid; vanilla (no lam) is one point. Points: "
              "means over the seeds whose circuits reach the target (`target reached`; a dead net, e.g. one "
-             "pruned to a handful of weights, has none: its f is undefined even for the full circuit). Comparisons: bimt ÷ another regime at the same lam, paired by seed, geometric "
+             "pruned to a handful of weights, has none: its f is undefined even for the full circuit). "
+             "Comparisons: bimt ÷ another regime at the same lam, paired by seed, geometric "
              f"mean with a 95% t-interval on the log ratios; \"the same\" only where a TOST at ±{MARGIN:.0%} "
              f"passes (p < 0.05); claims need n >= {MIN_N_FOR_CLAIM}."]
     pictures = []

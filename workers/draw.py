@@ -50,19 +50,20 @@ def draw_network_on(ax, ckpt: dict, edge_mask: list[torch.Tensor] | None = None,
     for l, w in enumerate(weights):
         mag = (w.abs() / top).numpy()
         live = mag > MIN_DRAWN
-        if edge_mask is not None:
-            live |= edge_mask[l].numpy()
+        in_circuit = edge_mask[l].numpy() if edge_mask is not None else None
+        if in_circuit is not None:
+            live |= in_circuit
         j, i = np.nonzero(live)
         if j.size > MAX_DRAWN_PER_LAYER:
             # mag <= 1, so + 2 ranks every circuit edge above every other
-            rank = mag[j, i] + (2.0 * edge_mask[l].numpy()[j, i] if edge_mask is not None else 0.0)
+            rank = mag[j, i] + (2.0 * in_circuit[j, i] if in_circuit is not None else 0.0)
             pick = np.argsort(-rank, kind="stable")[:MAX_DRAWN_PER_LAYER]
             j, i = j[pick], i[pick]
         segments = np.stack([xy[l][i], xy[l + 1][j]], 1)
         widths = 0.2 + 2.0 * mag[j, i] if not wide else 0.05 + 1.0 * mag[j, i]
         colours = np.where((w.numpy()[j, i] > 0)[:, None], [[0.1, 0.2, 0.9, 1.0]], [[0.9, 0.1, 0.1, 1.0]])
-        if edge_mask is not None:
-            kept = edge_mask[l].numpy()[j, i]
+        if in_circuit is not None:
+            kept = in_circuit[j, i]
             colours[~kept] = [0.75, 0.75, 0.75, 0.25]
             widths = np.where(kept, widths + 0.3, np.minimum(widths, 0.4))
         else:

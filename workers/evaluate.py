@@ -106,11 +106,10 @@ def faithfulness_curve(problem: Problem, flat_scores: torch.Tensor) -> dict:
 def sparsity(masks) -> dict:
     total = sum(m.numel() for m in masks)
     kept = sum(int(m.sum()) for m in masks)
-    # a node is kept when any kept edge touches it: as a sender (a column of the layer's mask) or
-    # as a receiver (a row of the mask below it)
-    senders = [m.any(0) for m in masks] + [None]
-    receivers = [None] + [m.any(1) for m in masks]
-    nodes = sum(int((s if r is None else r if s is None else s | r).sum()) for s, r in zip(senders, receivers))
+    # a node is kept when a kept edge touches it: as a sender (a column of the mask out of its
+    # layer) or as a receiver (a row of the mask into it); hidden layers have both
+    sends, receives = [m.any(0) for m in masks], [m.any(1) for m in masks]
+    nodes = int(sends[0].sum()) + int(receives[-1].sum()) + sum(int((r | s).sum()) for r, s in zip(receives, sends[1:]))
     return {"n_edges_total": total, "n_edges_kept": kept, "edge_sparsity": 1 - kept / total,
             "n_nodes_kept": nodes}
 
