@@ -147,13 +147,39 @@ def test_acdc_guesses_only_affect_speed(monkeypatch):
     monkeypatch.setattr(A, "_metric_model", lambda per, eps: tuple(-t for t in real_model(per, eps)))
     monkeypatch.setattr(A._Downstream, "derivatives", lambda *a: tuple(-t for t in real_derivatives(*a)))
     real_exact = A._ExactOutput.__call__
-    monkeypatch.setattr(A._ExactOutput, "__call__", lambda self, g: -real_exact(self, g))
+    monkeypatch.setattr(A._ExactOutput, "__call__", lambda self, g, first=0: -real_exact(self, g, first))
     monkeypatch.setattr(A, "TILE_ELEMENTS", {"cpu": 1})
     bad = acdc(p, tau)
     assert same_masks(good.masks, naive.masks) and same_masks(bad.masks, naive.masks)
     for a, b in zip(bad.scores, naive.scores):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     assert bad.forward_examples > good.forward_examples
+
+
+def test_guesses_are_the_sequential_answer_on_the_prefix_they_return():
+    """`_guess`'s sweeps (each starting where the agreed prefix ends) return exactly the literal
+    sequential decisions g_k = [pred_k(g_<k) < tau] on the prefix they return, measured decisions
+    kept as they are; with sweeps enough, the whole window."""
+    from workers.acdc import _guess
+    gen = torch.Generator().manual_seed(9)
+    for trial in range(100):
+        B = int(torch.randint(1, 40, (1,), generator=gen))
+        own = torch.randn(B, generator=gen, dtype=torch.float64)
+        inter = torch.randn(B, B, generator=gen, dtype=torch.float64).tril(-1) * 0.5
+
+        def predict(g, first=0):
+            return (own if g is None else own + inter @ g.double())[first:]
+
+        has_known = torch.rand(B, generator=gen) < 0.2
+        known = torch.rand(B, generator=gen) < 0.5
+        expected = torch.zeros(B, dtype=torch.bool)
+        for k in range(B):
+            expected[k] = known[k] if has_known[k] else bool(predict(expected)[k] < 0.0)
+        for sweeps in (2, B + 1):
+            g, agreed = _guess(predict, 0.0, has_known, known, sweeps=sweeps)
+            assert 1 <= agreed <= B and g.shape == (agreed,)
+            assert torch.equal(g, expected[:agreed]), trial
+        assert agreed == B
 
 
 def test_measure_round_matches_the_sequential_reading():
@@ -480,16 +506,19 @@ def test_exact_output_predictions_equal_the_evaluated_increases():
 def test_interpolated_receivers_give_the_naive_circuit(monkeypatch, kind, ablation, output, unsure):
     """Receivers decided on an interpolant of their terms (`_Interpolant`, forced on every receiver
     whose rows pass a hidden layer): the naive circuit and scores, at taus across the scores; also
-    when every candidate is 'unsure' (an infinite margin: each decided from its exact rows)."""
+    when every candidate is 'unsure' (an infinite margin: each decided from its exact rows). Both
+    kinds of fit run: on the states of a round that holds every candidate, and on every state the
+    remaining candidates can reach (after a round leaves the first interval)."""
     import workers.acdc as A
-    fits = []
+    fits, kinds = [], set()
     real_fit = A._Interpolant.fit
 
-    def fit(*a, **kw):
-        interp, spent = real_fit(*a, **kw)
+    def fit(down, j, plan, lo, hi, counts=A.CHEB_NODES):
+        interp, spent = real_fit(down, j, plan, lo, hi, counts)
         if unsure and interp is not None:
             interp.margin = float("inf")
         fits.append(interp)
+        kinds.add("round" if counts == A.CHEB_NODES else "reachable")
         return interp, spent
 
     monkeypatch.setattr(A, "CHEB_MIN_CANDIDATES", 1)
@@ -504,6 +533,7 @@ def test_interpolated_receivers_give_the_naive_circuit(monkeypatch, kind, ablati
             for a, b in zip(fast.scores, naive.scores):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     assert fits and all(f is not None for f in fits)  # every forced receiver was interpolated
+    assert kinds == {"round", "reachable"}
 
 
 def test_interpolated_exact_scores_equal_the_naive_ones_in_any_chunking(monkeypatch):

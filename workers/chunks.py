@@ -5,7 +5,8 @@ The work is counted per receiver, as `exact_scores` spends it: building the rece
 constant parts of the downstream layers), then one row per candidate edge (its pre-activation
 through the layers after it: a rank-one update into the next layer, SiLU and a matmul for each
 hidden layer after that, the metric on the outputs it can move), or, for a receiver with many
-candidates whose rows pass a hidden layer, about `CHEB_ROWS` rows of a fitted interpolant.
+candidates whose rows pass a hidden layer, about `CHEB_ROWS` rows of a fitted interpolant and a
+recurrence per candidate.
 The constants are in nanoseconds per example, fitted (least squares on the relative error) to
 per-layer timings of `exact_scores` on 2-W-W-2 (W = 256, 768, 1,536), 2-W-W-W-2 (128, 512) and
 64-W-W-10 (200, 600) nets on a 2-core AMD EPYC, one thread; they predict the layers' times to
@@ -25,8 +26,10 @@ RECEIVER = 1880  # per receiver: its plan, deltas and results
 WIDTH = 5.6  # per receiver and neuron of the next layer (the plan's copies of its constants)
 # workers.acdc.CHEB_MIN_CANDIDATES (not imported: that module needs torch): receivers with this
 # many candidates whose rows pass a hidden layer are scored on an interpolant of ~CHEB_ROWS rows
-INTERPOLATED_FROM = 132
-CHEB_ROWS = 65
+# (the nodes `exact_scores` needs on digits and two_moons nets: 17) and a recurrence per candidate
+INTERPOLATED_FROM = 34
+CHEB_ROWS = 17
+RECURRENCE = 20  # per interpolated candidate: the interpolant's recurrence
 
 
 def receiver_costs(shape: list[int]) -> list[float]:
@@ -37,10 +40,11 @@ def receiver_costs(shape: list[int]) -> list[float]:
         senders = shape[m - 1]
         hidden = sum(shape[k] for k in range(m + 1, L))  # hidden layers the rows pass
         macs = sum(shape[k] * shape[k + 1] for k in range(m + 1, L))
-        rows = CHEB_ROWS if senders >= INTERPOLATED_FROM and m < L - 1 else senders
+        interpolated = senders >= INTERPOLATED_FROM and m < L - 1
         moved = 1 if m == L else shape[-1]
         row = ROW + OUTPUT * moved + HIDDEN * hidden + MAC * macs
-        costs.append(RECEIVER + (WIDTH * shape[m + 1] if m < L else 0) + rows * row)
+        rows = CHEB_ROWS * row + RECURRENCE * senders if interpolated else senders * row
+        costs.append(RECEIVER + (WIDTH * shape[m + 1] if m < L else 0) + rows)
     return costs
 
 
