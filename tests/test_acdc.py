@@ -185,7 +185,7 @@ def test_guesses_are_the_sequential_answer_on_the_prefix_they_return():
 def test_measure_round_matches_the_sequential_reading():
     """A round's decisions read off in tensor ops equal the literal loop: increase of row k against
     the row of the last guessed removal before it, exact up to and including the first
-    contradiction of a guess, the next round's guesses after it."""
+    contradiction of a guess, the next round's guesses after it; and whether any guess was wrong."""
     from workers.acdc import _measure_round
     gen = torch.Generator().manual_seed(5)
     tau, contradicted = 0.05, 0
@@ -202,8 +202,9 @@ def test_measure_round_matches_the_sequential_reading():
                 accepted = k + 1
             if g[k]:
                 before = float(met[k])
-        inc, remove, acc = _measure_round(met, g, met_now, tau)
+        inc, remove, acc, wrong = _measure_round(met, g, met_now, tau)
         assert inc.tolist() == incs and remove.tolist() == removes and acc == accepted
+        assert wrong == (removes != g.tolist())
         contradicted += accepted < B
     assert contradicted > 20  # both branches were exercised
 
@@ -495,7 +496,7 @@ def test_exact_output_predictions_equal_the_evaluated_increases():
                                                       g[:-1, None] * deltas[:-1]]), 0)
         met, _ = down.evaluate(j, before + deltas, plan)
         now, _ = down.evaluate(j, z[L][:, j][None], plan)
-        inc, _, _ = _measure_round(met, g, float(now[0]), tau=float("inf"))
+        inc, *_ = _measure_round(met, g, float(now[0]), tau=float("inf"))
         predicted = down.exact_output(j, plan)(z[L][:, j], deltas)(g)
         torch.testing.assert_close(predicted, inc, rtol=1e-9, atol=1e-12)
 

@@ -82,8 +82,9 @@ where metric(full model) = 0.
 """
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -116,6 +117,29 @@ PAIRS_MAX_FRACTION = 0.4
 CHEB_NODES = (17, 33, 65, 129)
 CHEB_MIN_CANDIDATES = 2 * CHEB_NODES[0]
 CHEB_TOLERANCE = 1e-13
+
+
+def _without_autograd(scorer):
+    """Run a scorer under `torch.inference_mode` and hand back ordinary tensors (copies: an
+    inference-mode tensor cannot be changed in place or take part in autograd outside the mode).
+    The mode drops autograd's bookkeeping from every op: on dense nets ACDC is mostly op dispatch,
+    and a dense digits net's ran ~15% faster (the naive loop, mostly arithmetic, ~4%); both
+    implementations run under it, so their comparison stays like for like."""
+    def ordinary(x):
+        if isinstance(x, torch.Tensor):
+            return x.clone()
+        if isinstance(x, (list, tuple)):
+            return type(x)(ordinary(t) for t in x)
+        if isinstance(x, EdgeResult):
+            return replace(x, masks=ordinary(x.masks), scores=ordinary(x.scores))
+        return x
+
+    @functools.wraps(scorer)
+    def run(*args, **kwargs):
+        with torch.inference_mode():
+            out = scorer(*args, **kwargs)
+        return ordinary(out)
+    return run
 
 
 @dataclass
@@ -236,11 +260,10 @@ class _Downstream:
         steps = [(r, w, base_t, base_t.T.contiguous())]
         pu = None
         if self.m + 1 == L and self.metric.kind == "kl" and self.metric.shift_t is not None:
-            # the outputs move by dh * w: <p, u> = <p, u_const> + dh <p, w>, one scalar per example
-            full = u_now_t.clone()
-            full[r] = base_t
+            # the outputs move by dh * w: <p, u> = <p, u_now> + dh <p, w>, one scalar per example
+            # (u_now: base_t on the moving outputs, the others as they are)
             p_t = self.metric.p_full_t
-            pu = ((p_t * full).sum(0), (p_t[r] * w[:, None]).sum(0))
+            pu = ((p_t * u_now_t).sum(0), (p_t[r] * w[:, None]).sum(0))
         for l in range(self.m + 1, L):
             r_next = positions(self.live[l][:, r].any(1) & self.co[l + 1], l + 1)
             w = self.wlive[l][r_next][:, r]
@@ -262,27 +285,30 @@ class _Downstream:
         n_out = self.p.graph.shape[-1]
         w = torch.zeros(n_out, dtype=torch.float64, device=self.device)
         u = plan.u_now_t.clone()
+        n = zj.shape[0]
         if self.m == L:  # an output: the identity
             w[j] = 1.0
             u[j] = zj - self.shift(j).view(-1)
-            s1, s2 = torch.ones_like(zj), torch.zeros_like(zj)
+            s1, s2 = None, None
         else:
             r, wr = plan.steps[0][:2]
             w[r] = wr
-            u.addcmul_(w[:, None], (F.silu(zj) - self.h[self.m][:, j])[None])
             sig = torch.sigmoid(zj)
-            s1 = sig * (1 + zj * (1 - sig))
-            s2 = sig * (1 - sig) * (2 + zj * (1 - 2 * sig))
-        w = w[:, None]
-        if metric.kind == "kl":
+            u.addcmul_(w[:, None], torch.mul(zj, sig).sub_(self.h[self.m][:, j])[None])  # silu(z) = z sig(z)
+            one_z = torch.mul(zj, 1 - sig).add_(1)  # 1 + z (1 - sig)
+            s1 = sig * one_z
+            s2 = (sig - sig * sig).mul_(one_z.mul_(2).sub_(zj))  # sig (1 - sig) (2 + z (1 - 2 sig))
+        if metric.kind == "kl":  # <q - p, w> and <q, w^2> - <q, w>^2, as products with w
             q = torch.softmax(u, 0)
-            a = ((q - metric.p_full_t) * w).sum(0)
-            b = (q * w * w).sum(0) - (q * w).sum(0) ** 2
+            qw = w @ q
+            a = qw - w @ metric.p_full_t
+            b = (w * w) @ q - qw * qw
         else:
-            a = 2 * (u * w).sum(0) / n_out
-            b = 2 * (w * w).sum(0) / n_out
-        n = zj.shape[0]
-        return a * s1 / n, (b * s1 * s1 + a * s2) / n
+            a = (w @ u).mul_(2 / n_out)
+            b = (w @ w) * (2 / n_out)
+        if s1 is None:
+            return a / n, (b / n).expand_as(a)
+        return (a * s1).div_(n), (b * s1 * s1).addcmul_(a, s2).div_(n)
 
     def exact_output(self, j: int, plan: _Plan):
         """For an output receiver under KL (with its shifted form): a maker of exact predictions,
@@ -391,8 +417,15 @@ class _Downstream:
                                   plan.log2)[0]
         return out
 
+    def pairs_pay(self, deltas: torch.Tensor) -> bool:
+        """Whether `chain_terms` should evaluate only the (candidate, example) pairs that move for a
+        receiver with these candidate deltas [K, N]: a pair costs about twice an element of a whole
+        row (the gathers), so whole rows win when most pairs move; an output receiver's row costs
+        less than the bookkeeping."""
+        return self.m < self.L and float((deltas != 0).sum()) <= PAIRS_MAX_FRACTION * deltas.numel()
+
     def chain_terms(self, j: int, after: torch.Tensor, d: torch.Tensor, removed: torch.Tensor, terms: torch.Tensor,
-                    plan: _Plan) -> tuple[torch.Tensor, torch.Tensor, int]:
+                    plan: _Plan, pairs: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
         """`evaluate` for a chain of candidate states: row k is the state before candidate k (the
         earlier rows with `removed` set applied) plus its delta d[k]. Where d[k, n] == 0 exactly,
         row k holds on example n the same value as the state before it, so its term is that
@@ -401,11 +434,9 @@ class _Downstream:
         defined anyway: module doc); only the other (row, example) pairs are pushed downstream.
         Also returns the number of (row, example) pairs evaluated. On digits
         ~40% of a first hidden layer's pairs are such zeros (equal pixels in a clean/corrupted pair)."""
-        moving = d != 0
-        # output receivers: a row costs less than the bookkeeping; and a pair costs about twice
-        # an element of a whole row (the gathers), so whole rows win when most pairs move
-        if self.m == self.L or float(moving.sum()) > PAIRS_MAX_FRACTION * moving.numel():
+        if not pairs:  # (`pairs_pay`)
             return *self.evaluate(j, after, plan), after.numel()
+        moving = d != 0
         B, N = after.shape
         per = torch.empty(B + 1, N, dtype=torch.float64, device=self.device)  # row 0: the chain's start
         per[0] = terms
@@ -462,6 +493,7 @@ def sender_orders(shape: list[int], order: str = "ascending", seed: int = 0) -> 
     return out
 
 
+@_without_autograd
 def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = None,
          batch_elements: int = BATCH_ELEMENTS, order: str = "ascending", seed: int = 0) -> EdgeResult:
     """ACDC, exactly the circuit of `acdc_naive`, computed with cached state, downstream-only
@@ -543,10 +575,12 @@ class _Interpolant:
     a proof (the decay of an analytic function's coefficients), and the caller decides every
     candidate within it of tau from exact rows."""
 
-    def __init__(self, coef: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, margin: float):
-        self.coef, self.lo, self.hi, self.margin = coef, lo, hi, margin
-        self.mid, half = (lo + hi) / 2, (hi - lo) / 2
-        self.half = torch.where(half > 0, half, torch.ones_like(half))  # a point interval: the constant term
+    def __init__(self, coef: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, mid: torch.Tensor, half: torch.Tensor,
+                 margin: float):
+        self.coef, self.lo, self.hi, self.mid, self.margin = coef.unbind(), lo, hi, mid, margin
+        # the recurrence's argument 2 t = 2 (x - mid) / half, as (x - mid) * scale; a point interval
+        # (half 0): t = 0, the constant term
+        self.scale = torch.where(half > 0, 2 / half, torch.zeros_like(half))
 
     @staticmethod
     def fit(down: "_Downstream", j: int, plan: "_Plan", lo: torch.Tensor, hi: torch.Tensor, counts=CHEB_NODES):
@@ -556,17 +590,15 @@ class _Interpolant:
         N, spent = lo.shape[0], 0
         mid, half = (lo + hi) / 2, (hi - lo) / 2
         for c in counts:
-            i = torch.arange(c, dtype=torch.float64, device=lo.device)
-            nodes = torch.cos(math.pi * (i + 0.5) / c)
-            _, terms = down.evaluate(j, mid + half * nodes[:, None], plan)  # [c, N]
+            nodes, transform = _chebyshev(c, lo.device)
+            _, terms = down.evaluate(j, torch.addcmul(mid, half, nodes[:, None]), plan)  # [c, N]
             spent += c * N
-            coef = (torch.cos(math.pi * i[:, None] * (i[None] + 0.5) / c) * (2.0 / c)) @ terms
-            coef[0] /= 2
+            coef = transform @ terms
             size = terms.abs().amax(0)
             tail = coef[-3:].abs().amax(0)
             if bool((tail <= CHEB_TOLERANCE * size.clamp(min=1.0)).all()):
                 err = 10 * tail + 4 * torch.finfo(torch.float64).eps * size
-                return _Interpolant(coef, lo, hi, 2 * float(err.mean())), spent
+                return _Interpolant(coef, lo, hi, mid, half, 2 * float(err.mean())), spent
         return None, spent
 
     def covers(self, x: torch.Tensor) -> bool:
@@ -576,12 +608,24 @@ class _Interpolant:
 
     def evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Metric [B] and per-example terms [B, N] at pre-activations x [B, N] (Clenshaw)."""
-        t2 = 2 * (x - self.mid) / self.half
-        b1, b2 = torch.zeros_like(x), torch.zeros_like(x)
-        for k in range(self.coef.shape[0] - 1, 0, -1):
-            b1, b2 = torch.addcmul(self.coef[k] - b2, t2, b1), b1
-        per = torch.addcmul(self.coef[0] - b2, 0.5 * t2, b1)
+        t2 = (x - self.mid).mul_(self.scale)
+        c = self.coef
+        b1, b2 = c[-1].expand_as(x), 0.0
+        for k in range(len(c) - 2, 0, -1):
+            b1, b2 = torch.addcmul(c[k] - b2, t2, b1), b1
+        per = torch.addcmul(c[0] - b2, t2, b1, value=0.5)
         return per.mean(-1), per
+
+
+@functools.cache
+def _chebyshev(c: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The c Chebyshev nodes of the first kind on [-1, 1] and the matrix that turns values there
+    into the coefficients of the interpolant's series (the discrete cosine transform; the constant
+    term halved), computed once per size and device."""
+    i = torch.arange(c, dtype=torch.float64, device=device)
+    transform = torch.cos(math.pi * i[:, None] * (i[None] + 0.5) / c) * (2.0 / c)
+    transform[0] /= 2
+    return torch.cos(math.pi * (i + 0.5) / c), transform
 
 
 def _interpolates(down: "_Downstream", candidates: int) -> bool:
@@ -599,13 +643,14 @@ class _Quadratic:
     def __init__(self, model, shift: torch.Tensor, deltas: torch.Tensor):
         d1, d2 = model
         self.own = deltas @ (d1 + d2 * shift) + 0.5 * (deltas * deltas) @ d2
-        self.curv, self.deltas = (deltas * d2)[1:], deltas
+        self.curv, self.deltas = deltas * d2, deltas
 
     def __call__(self, g: torch.Tensor | None, first: int = 0) -> torch.Tensor:
         if g is None:
             return self.own[first:]
-        moved = torch.cumsum(g[:-1, None] * self.deltas[:-1], 0)  # the earlier guessed removals' deltas, summed
-        return torch.cat([self.own[:1], self.own[1:] + (self.curv * moved).sum(1)])[first:]
+        taken = g[:, None] * self.deltas
+        moved = torch.cumsum(taken, 0).sub_(taken)[first:]  # the earlier guessed removals' deltas, summed
+        return (self.curv[first:] * moved).sum(1).add_(self.own[first:])
 
 
 class _ExactOutput:
@@ -623,12 +668,17 @@ class _ExactOutput:
 
     def __call__(self, g: torch.Tensor | None, first: int = 0) -> torch.Tensor:
         d = self.deltas[first:]
+        u = self.u0 if g is None else self.u0 + g[:first].to(d.dtype) @ self.deltas[:first]  # the state before `first`
         if g is None:
-            before = self.u0.expand_as(d)
-        else:  # the state before candidate `first`, then the chain from there
-            u = self.u0 + g[:first].to(d.dtype) @ self.deltas[:first]
-            before = torch.cumsum(torch.cat([u[None], g[first:-1, None] * d[:-1]]), 0)
-        return (self._terms(before + d) - self._terms(before)).mean(1)
+            return self._terms(u + d).mean(1) - self._terms(u).mean()
+        taken = g[first:, None] * d
+        met_after = self._terms(torch.cumsum(taken, 0).sub_(taken).add_(u).add_(d)).mean(1)
+        # the state before candidate k is the one after the last guessed removal before it (or u),
+        # whose metric is already at hand: one pass of logaddexp a sweep, not two
+        met = torch.cat([self._terms(u).mean().view(1), met_after])
+        removal_before = F.pad(g[first:-1], (1, 0))
+        last = torch.where(removal_before, torch.arange(d.shape[0], device=d.device), 0).cummax(0).values
+        return met_after - met[last]
 
 
 def _guess(predict, tau: float, has_known: torch.Tensor, known: torch.Tensor,
@@ -668,17 +718,18 @@ def _measure_round(met: torch.Tensor, g: torch.Tensor, met_now: float, tau: floa
     evaluated at the chain state with the guessed removals `g` before it, so its increase is
     measured against the row of the last guessed removal before k (or `met_now`, the metric at the
     chain's start). Returns the increases [B], the measured removals [B] (exact up to and including
-    the first one that contradicts its guess, the next round's guesses after it) and how many
-    decisions are exact (B when no guess was contradicted)."""
+    the first one that contradicts its guess, the next round's guesses after it), how many
+    decisions are exact (B when no guess was contradicted) and whether a guess was."""
     B = met.shape[0]
-    rows = torch.arange(B, device=met.device)
-    last = torch.where(g, rows, -1).cummax(0).values  # the last guessed removal at or before k
-    prev = torch.cat([last.new_full((1,), -1), last[:-1]])
-    met_before = torch.where(prev >= 0, met[prev.clamp(min=0)], met.new_tensor(met_now))
-    inc = met - met_before
+    ext = torch.cat([met.new_tensor([met_now]), met])  # ext[i]: the metric before row i (after row i - 1)
+    removal_before = F.pad(g[:-1], (1, 0))  # row k - 1 was a guessed removal
+    last = torch.where(removal_before, torch.arange(B, device=met.device), 0).cummax(0).values
+    inc = met - ext[last]
     remove = inc < tau
     wrong = torch.nonzero(remove != g)
-    return inc, remove, B if wrong.numel() == 0 else int(wrong[0, 0]) + 1
+    if wrong.numel() == 0:
+        return inc, remove, B, False
+    return inc, remove, int(wrong[0, 0]) + 1, True
 
 
 def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, plan, progress):
@@ -707,9 +758,10 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
     # beside it, refreshed after a round whose guesses were contradicted), or from a measurement
     # made in an earlier round at a slightly different state (the tail of a batch after its first
     # wrong guess); an output receiver under KL is predicted exactly instead (`_ExactOutput`)
+    # measured decisions (where `has_known`): exact before `start`, the next guesses after it; at
+    # the end, the decisions
     has_known = torch.zeros(K, dtype=torch.bool, device=dev)
     known = torch.zeros(K, dtype=torch.bool, device=dev)
-    removed_all = torch.zeros(K, dtype=torch.bool, device=dev)  # the decisions, where accepted
     scores_all = torch.zeros(K, dtype=torch.float64, device=dev)
     # finite-difference step per example: the typical size of the candidates' deltas (probes only)
     eps = None if down.closed_form else deltas.pow(2).mean(0).sqrt()
@@ -719,6 +771,7 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
     # many candidates whose rows pass a hidden layer: their terms from an interpolant (`_Interpolant`),
     # fitted on the states a round's guesses reach (refitted when a later round leaves them)
     interpolating, interp, covers_all, spent = _interpolates(down, K), None, False, 0
+    pairs = not interpolating and down.pairs_pay(deltas)
 
     def probes(state):  # two rows at +-eps (from the interpolant where it covers them), or the derivatives
         if down.closed_form:
@@ -746,8 +799,8 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
             g, B = _guess(_Quadratic(model, state - model_state, deltas[start:start + B]), tau,
                           has_known[start:start + B], known[start:start + B])
         d = deltas[start:start + B]
-        taken = torch.cumsum(g[:, None] * d, 0)
-        before = torch.cat([torch.zeros(1, N, dtype=torch.float64, device=dev), taken[:-1]]) + state
+        taken = g[:, None] * d
+        before = torch.cumsum(taken, 0).sub_(taken).add_(state)  # the guessed removals before each candidate
         after = before + d
         if interpolating and (interp is None or not (covers_all or interp.covers(after))):
             # a round that holds every remaining candidate: the states it reaches (a narrow interval,
@@ -764,14 +817,14 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
             spent += used
             interpolating = interp is not None  # no interpolant reaches the tolerance: exact rows
         if interp is None:
-            met_t, per, pairs = down.chain_terms(j, after, d, g, terms, plan)
-            spent += pairs
+            met_t, per, evaluated = down.chain_terms(j, after, d, g, terms, plan, pairs)
+            spent += evaluated
         else:
             met_t, per = interp.evaluate(after)
         if refresh and exact is None:
             rows, used = probes(state)
             spent += used
-        inc, remove, accepted = _measure_round(met_t, g, met_now, tau)
+        inc, remove, accepted, contradicted = _measure_round(met_t, g, met_now, tau)
         if interp is not None:
             # a candidate the interpolant cannot place on one side of tau is decided from exact
             # rows (its state before and after: the accepted decisions before it are right); the
@@ -788,30 +841,30 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
         # exact up to the contradiction, the next guesses after it
         known[start:start + B] = remove
         has_known[start:start + B] = True
-        removed_all[start:start + accepted] = remove[:accepted]
-        scores_all[start:start + accepted] = inc[:accepted]
+        scores_all[start:start + B] = inc  # exact up to `accepted`, measured again after it
         if refresh and exact is None:  # the model at this round's start state (a few accepted edges behind)
             model, model_state = model_at(terms, rows), state
-        refresh = accepted < B or bool(remove[B - 1] != g[B - 1])
+        refresh = contradicted or accepted < B
         # the state after the last accepted edge and its terms, exactly as evaluated in the batch
         k = accepted - 1
         if bool(remove[k]):
-            state, terms, met_now = after[k].clone(), per[k].clone(), float(met_t[k])
+            state, terms, met_now = after[k], per[k], float(met_t[k])
         else:
-            state = before[k].clone()
+            state = before[k]
             removed = torch.nonzero(g[:k])
             if removed.numel():
                 r = int(removed[-1, 0])
-                terms, met_now = per[r].clone(), float(met_t[r])
+                terms, met_now = per[r], float(met_t[r])
         start += accepted
         window = _next_window(window, B, accepted, down.chunk)
         if progress:
             progress(accepted)
-    kept[senders] = ~removed_all
+    kept[senders] = ~known
     scores[senders] = scores_all
     return state, terms, kept, scores, spent
 
 
+@_without_autograd
 def exact_scores(problem: Problem, start: int = 0, stop: int | None = None,
                  progress: Callable[[int], None] | None = None,
                  batch_elements: int = BATCH_ELEMENTS) -> tuple[torch.Tensor, int]:
@@ -868,6 +921,7 @@ def exact_scores(problem: Problem, start: int = 0, stop: int | None = None,
     return out, spent
 
 
+@_without_autograd
 def acdc_naive(problem: Problem, tau: float, max_edges: int | None = None, order: str = "ascending",
                seed: int = 0) -> EdgeResult:
     """The sequential definition, literally: one full masked forward per candidate edge.
@@ -896,6 +950,7 @@ def acdc_naive(problem: Problem, tau: float, max_edges: int | None = None, order
     return EdgeResult(masks, scores, spent)
 
 
+@_without_autograd
 def exact_naive(problem: Problem) -> torch.Tensor:
     """Reference for `exact_scores`: one full masked forward per edge, canonical order."""
     g = problem.graph
