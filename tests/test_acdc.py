@@ -570,3 +570,22 @@ def test_receivers_whose_interpolant_fails_run_on_exact_rows(monkeypatch):
         assert same_masks(fast.masks, naive.masks), tolerance
         for a, b in zip(fast.scores, naive.scores):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_scorers_hand_back_ordinary_tensors_and_leave_the_problem_usable_with_autograd():
+    """The scorers run under torch.inference_mode (`_without_autograd`), but what they return is
+    ordinary: a caller can edit a mask in place and take gradients through the scores, and the
+    problem still serves an autograd method afterwards (EAP's scores are the same as before)."""
+    from workers.attribution import attribution_scores
+    p = problem_for(random_checkpoint([5, 7, 6, 3], 4), "kl", "resample", None)
+    eap_before = attribution_scores(p, "eap")
+    ex, _ = exact_scores(p)
+    res = acdc(p, tau_between(ex, 0.5))
+    for t in (*res.masks, *res.scores, ex, exact_naive(p), *acdc_naive(p, 1e-3, max_edges=5).masks):
+        assert not t.is_inference()
+    res.masks[0][0, 0] = not bool(res.masks[0][0, 0])  # an in-place edit outside the mode
+    w = ex.clone().requires_grad_()
+    (w * ex).sum().backward()
+    torch.testing.assert_close(w.grad, ex)
+    for a, b in zip(attribution_scores(p, "eap")[0], eap_before[0]):
+        assert torch.equal(a, b)
