@@ -578,9 +578,9 @@ class _Interpolant:
     a proof (the decay of an analytic function's coefficients), and the caller decides every
     candidate within it of tau from exact rows."""
 
-    def __init__(self, coef: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, mid: torch.Tensor, half: torch.Tensor,
-                 margin: float):
-        self.coef, self.lo, self.hi, self.mid, self.margin = coef.unbind(), lo, hi, mid, margin
+    def __init__(self, coef: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, margin: float):
+        self.coef, self.lo, self.hi, self.margin = coef.unbind(), lo, hi, margin
+        self.mid, half = (lo + hi) / 2, (hi - lo) / 2
         # the recurrence's argument 2 t = 2 (x - mid) / half, as (x - mid) * scale; a point interval
         # (half 0): t = 0, the constant term
         self.scale = torch.where(half > 0, 2 / half, torch.zeros_like(half))
@@ -601,7 +601,7 @@ class _Interpolant:
             tail = coef[-3:].abs().amax(0)
             if bool((tail <= CHEB_TOLERANCE * size.clamp(min=1.0)).all()):
                 err = 10 * tail + 4 * torch.finfo(torch.float64).eps * size
-                return _Interpolant(coef, lo, hi, mid, half, 2 * float(err.mean())), spent
+                return _Interpolant(coef, lo, hi, 2 * float(err.mean())), spent
         return None, spent
 
     def covers(self, x: torch.Tensor) -> bool:
@@ -638,6 +638,21 @@ def _interpolates(down: "_Downstream", candidates: int) -> bool:
     return candidates >= CHEB_MIN_CANDIDATES and down.m < down.L - 1 and down.device.type == "cpu"
 
 
+def _removed_before(deltas: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Row k: the summed deltas [.., N] of the guessed removals g among candidates 0..k-1 (how far
+    a chain of removals has moved the receiver when candidate k is tried)."""
+    taken = g[:, None] * deltas
+    return torch.cumsum(taken, 0).sub_(taken)
+
+
+def _tried_from(g: torch.Tensor) -> torch.Tensor:
+    """Per candidate k of a chain with guessed removals g [B]: where the state it is tried from was
+    evaluated, as an index into [the chain's start, row 0, row 1, ...]: the row of the last
+    guessed removal before k, plus one, or 0 (none)."""
+    removal_before = F.pad(g[:-1], (1, 0))  # row k - 1 was a guessed removal
+    return torch.where(removal_before, torch.arange(g.shape[0], device=g.device), 0).cummax(0).values
+
+
 class _Quadratic:
     """Predicted increases from the per-example quadratic model (d1, d2) of `_metric_model`, taken
     `shift` [N] away from the window's start state: pred_k = own_k + <deltas_k * d2, the summed
@@ -651,8 +666,7 @@ class _Quadratic:
     def __call__(self, g: torch.Tensor | None, first: int = 0) -> torch.Tensor:
         if g is None:
             return self.own[first:]
-        taken = g[:, None] * self.deltas
-        moved = torch.cumsum(taken, 0).sub_(taken)[first:]  # the earlier guessed removals' deltas, summed
+        moved = _removed_before(self.deltas, g)[first:]
         return (self.curv[first:] * moved).sum(1).add_(self.own[first:])
 
 
@@ -674,14 +688,11 @@ class _ExactOutput:
         u = self.u0 if g is None else self.u0 + g[:first].to(d.dtype) @ self.deltas[:first]  # the state before `first`
         if g is None:
             return self._terms(u + d).mean(1) - self._terms(u).mean()
-        taken = g[first:, None] * d
-        met_after = self._terms(torch.cumsum(taken, 0).sub_(taken).add_(u).add_(d)).mean(1)
-        # the state before candidate k is the one after the last guessed removal before it (or u),
-        # whose metric is already at hand: one pass of logaddexp a sweep, not two
+        met_after = self._terms(_removed_before(d, g[first:]).add_(u).add_(d)).mean(1)
+        # the state candidate k is tried from is the one after the last guessed removal before it
+        # (or u), whose metric is already at hand: one pass of logaddexp a sweep, not two
         met = torch.cat([self._terms(u).mean().view(1), met_after])
-        removal_before = F.pad(g[first:-1], (1, 0))
-        last = torch.where(removal_before, torch.arange(d.shape[0], device=d.device), 0).cummax(0).values
-        return met_after - met[last]
+        return met_after - met[_tried_from(g[first:])]
 
 
 def _guess(predict, tau: float, has_known: torch.Tensor, known: torch.Tensor,
@@ -724,10 +735,7 @@ def _measure_round(met: torch.Tensor, g: torch.Tensor, met_now: float, tau: floa
     the first one that contradicts its guess, the next round's guesses after it), how many
     decisions are exact (B when no guess was contradicted) and whether a guess was."""
     B = met.shape[0]
-    ext = torch.cat([met.new_tensor([met_now]), met])  # ext[0]: the chain's start, ext[i]: row i - 1's
-    removal_before = F.pad(g[:-1], (1, 0))  # row k - 1 was a guessed removal
-    last = torch.where(removal_before, torch.arange(B, device=met.device), 0).cummax(0).values
-    inc = met - ext[last]
+    inc = met - torch.cat([met.new_tensor([met_now]), met])[_tried_from(g)]
     remove = inc < tau
     wrong = torch.nonzero(remove != g)
     if wrong.numel() == 0:
@@ -802,8 +810,7 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
             g, B = _guess(_Quadratic(model, state - model_state, deltas[start:start + B]), tau,
                           has_known[start:start + B], known[start:start + B])
         d = deltas[start:start + B]
-        taken = g[:, None] * d
-        before = torch.cumsum(taken, 0).sub_(taken).add_(state)  # the guessed removals before each candidate
+        before = _removed_before(d, g).add_(state)  # the state each candidate is tried from
         after = before + d
         if interpolating and (interp is None or not (covers_all or interp.covers(after))):
             # a round that holds every remaining candidate: the states it reaches (a narrow interval,
@@ -818,7 +825,9 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
                 counts, covers_all = CHEB_NODES[1:], True
             interp, used = _Interpolant.fit(down, j, plan, lo, hi, counts)
             spent += used
-            interpolating = interp is not None  # no interpolant reaches the tolerance: exact rows
+            interpolating = interp is not None
+            if not interpolating:  # no interpolant reaches the tolerance: exact rows, whole or in pairs
+                pairs = down.pairs_pay(deltas)
         if interp is None:
             met_t, per, evaluated = down.chain_terms(j, after, d, g, terms, plan, pairs)
             spent += evaluated
