@@ -144,7 +144,7 @@ def test_acdc_guesses_only_affect_speed(monkeypatch):
     naive = acdc_naive(p, tau)
     good = acdc(p, tau)
     real_model, real_derivatives = A._metric_model, A._Downstream.derivatives
-    monkeypatch.setattr(A, "_metric_model", lambda per, eps: tuple(-t for t in real_model(per, eps)))
+    monkeypatch.setattr(A, "_metric_model", lambda lo, mid, hi, eps: tuple(-t for t in real_model(lo, mid, hi, eps)))
     monkeypatch.setattr(A._Downstream, "derivatives", lambda *a: tuple(-t for t in real_derivatives(*a)))
     real_exact = A._ExactOutput.__call__
     monkeypatch.setattr(A._ExactOutput, "__call__", lambda self, g, first=0: -real_exact(self, g, first))
@@ -455,11 +455,10 @@ def test_closed_form_derivatives_match_finite_differences(kind):
     """The guesses' model for receivers that feed the outputs (`_Downstream.derivatives`) equals the
     central differences of the evaluated terms, for an output receiver and a last-hidden one, at
     the full model and at a moved state."""
-    from workers.acdc import _Downstream, _pre_activations
+    from workers.acdc import _Downstream, _full_state
     p = problem_for(random_checkpoint([5, 7, 6, 4], 3, zero_fraction=0.2), kind, "resample", None, n=24)
     g, L = p.graph, p.graph.n_layers
-    z = [t.clone() if t is not None else None for t in _pre_activations(p)]
-    h = [t.clone() for t in p.clean]
+    z, h = _full_state(p)
     masks = g.full_masks()
     masks[L - 1][0, 2] = False  # a dead edge: the receiver moves fewer outputs
     for m in (L, L - 1):
@@ -468,7 +467,7 @@ def test_closed_form_derivatives_match_finite_differences(kind):
         for j in range(g.shape[m]):
             plan = down.plan(j)
             for shift in (0.0, 0.7):
-                x = z[m][:, j] + shift
+                x = z[m][j] + shift
                 d1, d2 = down.derivatives(j, x, plan)
                 eps = 1e-4
                 _, per = down.evaluate(j, torch.stack([x - eps, x, x + eps]), plan)
@@ -481,23 +480,22 @@ def test_exact_output_predictions_equal_the_evaluated_increases():
     """An output receiver's predictor under KL (`_ExactOutput`) is exact: its increases for a chain
     of guessed removals equal the ones the rows measure. (It only guesses, so a wrong formula would
     cost speed silently: this pins it.)"""
-    from workers.acdc import _Downstream, _measure_round, _pre_activations
+    from workers.acdc import _Downstream, _full_state, _measure_round
     p = problem_for(random_checkpoint([5, 7, 6, 4], 5), "kl", "resample", None, n=24)
     L = p.graph.n_layers
-    z = [t.clone() if t is not None else None for t in _pre_activations(p)]
-    h = [t.clone() for t in p.clean]
+    z, h = _full_state(p)
     down = _Downstream(p, p.graph.full_masks(), L, z, h, 1 << 20)
     gen = torch.Generator().manual_seed(0)
     for j in range(p.graph.shape[L]):
         plan = down.plan(j)
         deltas = 3 * torch.randn(9, p.n_examples, generator=gen, dtype=torch.float64)
         g = torch.rand(9, generator=gen) < 0.5
-        before = z[L][:, j] + torch.cumsum(torch.cat([torch.zeros(1, p.n_examples, dtype=torch.float64),
+        before = z[L][j] + torch.cumsum(torch.cat([torch.zeros(1, p.n_examples, dtype=torch.float64),
                                                       g[:-1, None] * deltas[:-1]]), 0)
         met, _ = down.evaluate(j, before + deltas, plan)
-        now, _ = down.evaluate(j, z[L][:, j][None], plan)
+        now, _ = down.evaluate(j, z[L][j][None], plan)
         inc, *_ = _measure_round(met, g, float(now[0]), tau=float("inf"))
-        predicted = down.exact_output(j, plan)(z[L][:, j], deltas)(g)
+        predicted = down.exact_output(j, plan)(z[L][j], deltas)(g)
         torch.testing.assert_close(predicted, inc, rtol=1e-9, atol=1e-12)
 
 

@@ -153,9 +153,14 @@ class EdgeResult:
     edges_tested: int | None = None  # acdc: candidates tried (edges into receivers that reach the metric)
 
 
-def _pre_activations(problem: Problem) -> list[torch.Tensor | None]:
+def _full_state(problem: Problem) -> tuple[list, list]:
+    """The full model's pre-activations z (None for the inputs) and activations h per layer, as new
+    tensors, neuron-major ([n_l, N]): a receiver's plan and commit read and write the positions
+    it reaches, rows here (a row gather is a copy; a column gather of an example-major state
+    cost a dense digits net's first layer ~10% of its time)."""
     g = problem.graph
-    return [None] + [problem.clean[l] @ g.weights[l].T + g.biases[l] for l in range(g.n_layers)]
+    h = [a.T.contiguous() for a in problem.clean]
+    return [None] + [g.weights[l] @ h[l] + g.biases[l][:, None] for l in range(g.n_layers)], h
 
 
 def _terms(metric, ut: torch.Tensor, scratch=None, pu=None, p_t=None, rest=None, log2=False) -> torch.Tensor:
@@ -167,10 +172,10 @@ def _terms(metric, ut: torch.Tensor, scratch=None, pu=None, p_t=None, rest=None,
     return metric.per_example_shifted_t(ut, scratch=scratch, pu=pu, p_t=p_t, rest=rest, log2=log2)
 
 
-def _current_terms(metric, h_out: torch.Tensor) -> torch.Tensor:
-    """The per-example terms of the circuit whose outputs are h_out [N, n_out], by the same
+def _current_terms(metric, y_t: torch.Tensor) -> torch.Tensor:
+    """The per-example terms of the circuit whose outputs are y_t [n_out, N], by the same
     formula as a candidate row's (so that increases compare like with like)."""
-    return _terms(metric, h_out.T if metric.shift_t is None else h_out.T - metric.shift_t)
+    return _terms(metric, y_t if metric.shift_t is None else y_t - metric.shift_t)
 
 
 @dataclass
@@ -193,7 +198,8 @@ class _Plan:
 
 class _Downstream:
     """The current circuit's state at layers >= m (receivers of layer m under test) and a batched
-    evaluator of the metric for new values of one receiver's pre-activation.
+    evaluator of the metric for new values of one receiver's pre-activation. The state, z and h,
+    is neuron-major ([n_l, N] a layer: `_full_state`) and changed in place by `commit`.
 
     Outputs are evaluated shifted (u = y - metric.shift_t, folded into the constant that the last
     step adds anyway: `Metric.per_example_shifted_t`); with the metric's shift undefined (one
@@ -221,6 +227,7 @@ class _Downstream:
         self.chunk = max(1, batch_elements // (problem.n_examples * widest) - 1)
         self.tile_elements = TILE_ELEMENTS.get(self.device.type, TILE_ELEMENTS_OTHER)
         self._buffers: dict[tuple, torch.Tensor] = {}
+        self._views: dict[tuple, torch.Tensor] = {}
         # receivers that feed the outputs themselves have closed-form metric derivatives (`derivatives`)
         self.closed_form = m >= self.L - 1 and self.metric.shift_t is not None
 
@@ -243,7 +250,7 @@ class _Downstream:
         it is (example-major, from which `evaluate_pairs` gathers examples: a row gather is a
         copy, a column gather is slow)."""
         g, L = self.p.graph, self.L
-        u_now_t = self.h[L].T - self.shift_t
+        u_now_t = self.h[L] - self.shift_t
         if self.m == L:
             return self._finish(_Plan([], u_now_t), torch.tensor([j], device=self.device))
 
@@ -258,7 +265,7 @@ class _Downstream:
         # z_{m+1} = z_now + dh_j * w: rank one, only j's live out-edges move. Tiles are evaluated
         # neuron-major ([neurons, rows, examples]: `w @ h` with the long rows*examples dimension
         # last is the fast shape of a skinny matmul), so the constants are stored transposed
-        base_t = shifted(self.z[self.m + 1][:, r].T, self.m + 1, r).contiguous()
+        base_t = shifted(self.z[self.m + 1][r], self.m + 1, r).contiguous()
         w = self.wlive[self.m][r, j].contiguous()
         steps = [(r, w, base_t, base_t.T.contiguous())]
         pu = None
@@ -271,7 +278,7 @@ class _Downstream:
             r_next = positions(self.live[l][:, r].any(1) & self.co[l + 1], l + 1)
             w = self.wlive[l][r_next][:, r]
             # z_next = w @ h_new + (z_next_now - w @ h_now): one matmul and one add per row
-            offset_t = shifted((self.z[l + 1][:, r_next] - self.h[l][:, r] @ w.T).T, l + 1, r_next).contiguous()
+            offset_t = shifted(self.z[l + 1][r_next] - w @ self.h[l][r], l + 1, r_next).contiguous()
             steps.append((r_next, w.contiguous(), offset_t, offset_t.T.contiguous()))
             r = r_next
         return self._finish(_Plan(steps, u_now_t, pu), r)
@@ -297,7 +304,7 @@ class _Downstream:
             r, wr = plan.steps[0][:2]
             w[r] = wr
             sig = torch.sigmoid(zj)
-            u.addcmul_(w[:, None], torch.mul(zj, sig).sub_(self.h[self.m][:, j])[None])  # silu(z) = z sig(z)
+            u.addcmul_(w[:, None], torch.mul(zj, sig).sub_(self.h[self.m][j])[None])  # silu(z) = z sig(z)
             one_z = torch.mul(zj, 1 - sig).add_(1)  # 1 + z (1 - sig)
             s1 = sig * one_z
             s2 = (sig - sig * sig).mul_(one_z.mul_(2).sub_(zj))  # sig (1 - sig) (2 + z (1 - 2 sig))
@@ -348,13 +355,20 @@ class _Downstream:
 
     def _buffer(self, key, shape) -> torch.Tensor:
         """A reusable scratch tensor (a tile's intermediates are written in place into these, so
-        the hot loop allocates nothing and its working set stays in cache)."""
+        the hot loop allocates nothing and its working set stays in cache). Views are kept by
+        shape: a dense net asks for the same few shapes hundreds of times, and making a view is
+        two tensor ops."""
+        view = self._views.get((key, tuple(shape)))
+        if view is not None:
+            return view
         n = math.prod(shape)
         buf = self._buffers.get(key)
         if buf is None or buf.numel() < n:
             buf = torch.empty(n, dtype=torch.float64, device=self.device)
             self._buffers[key] = buf
-        return buf[:n].view(shape)
+            self._views = {k: v for k, v in self._views.items() if k[0] != key}  # views of the old one
+        view = self._views[key, tuple(shape)] = buf[:n].view(shape)
+        return view
 
     def _outputs(self, j: int, zc: torch.Tensor, plan: _Plan, examples=None):
         """The circuit's shifted outputs, output-major [n_out, T, N], for a tile of candidate
@@ -370,11 +384,11 @@ class _Downstream:
             if plan.rest is not None:  # one output moves: evaluated alone
                 u = zc - pick(self.shift(j).view(-1))
                 return (u.mul_(LOG2_E) if plan.log2 else u)[None], None
-            y = self._buffer("y", (h[L].shape[1], T, N))
+            y = self._buffer("y", (h[L].shape[0], T, N))
             y.copy_(pick(plan.u_now_t)[:, None])
             y[j] = zc - pick(self.shift(j).view(-1))
             return y, None
-        dh = F.silu(zc) - pick(h[m][:, j])
+        dh = F.silu(zc) - pick(h[m][j])
         steps = plan.eval_steps
         r, w = steps[0][:2]
         zl = torch.addcmul(cols(steps[0])[:, None], w[:, None, None], dh[None],
@@ -388,7 +402,7 @@ class _Downstream:
         pu = None if plan.pu is None else torch.addcmul(pick(plan.pu[0]), dh, pick(plan.pu[1]))
         if isinstance(r, slice) or plan.rest is not None:
             return zl, pu
-        y = self._buffer("y", (h[L].shape[1], T, N))
+        y = self._buffer("y", (h[L].shape[0], T, N))
         y.copy_(pick(plan.u_now_t)[:, None])
         y[r] = zl
         return y, pu
@@ -457,23 +471,23 @@ class _Downstream:
         the circuit's state."""
         m, L, z, h = self.m, self.L, self.z, self.h
         hj = zj if m == L else F.silu(zj)
-        dh = hj - h[m][:, j]
-        z[m][:, j] = zj
-        h[m][:, j] = hj
+        dh = hj - h[m][j]
+        z[m][j] = zj
+        h[m][j] = hj
         if m == L:
             return
         r, w, base_t = plan.steps[0][:3]
-        zl = base_t.T + dh[:, None] * w
+        zl = torch.addcmul(base_t, w[:, None], dh[None])
         for k, l in enumerate(range(m + 1, L + 1)):
             if l == L:  # the plan's output constants are shifted
-                zl = zl + self.shift(r).T
+                zl = zl + self.shift(r)
             hl = zl if l == L else F.silu(zl)
-            z[l][:, r] = zl
-            h[l][:, r] = hl
+            z[l][r] = zl
+            h[l][r] = hl
             if l == L:
                 return
             r, w, offset_t = plan.steps[k + 1][:3]
-            zl = hl @ w.T + offset_t.T
+            zl = torch.addmm(offset_t, w, hl)
 
 
 def sender_orders(shape: list[int], order: str = "ascending", seed: int = 0) -> dict[tuple[int, int], torch.Tensor] | None:
@@ -509,8 +523,7 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
     orders = sender_orders(g.shape, order, seed)
     masks = [torch.ones(w.shape, dtype=torch.bool, device=dev) for w in g.weights]
     scores = [torch.zeros(w.shape, dtype=torch.float64) for w in g.weights]
-    z = [t.clone() if t is not None else None for t in _pre_activations(problem)]
-    h = [t.clone() for t in problem.clean]
+    z, h = _full_state(problem)
     spent = 2 * N  # the clean and corrupted full forwards
     tested = 0
     removed_when_silent = 0.0 < tau  # a candidate whose increase is exactly 0
@@ -535,7 +548,7 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
             if orders is not None:
                 deltas, silent = deltas[senders.to(deltas.device)], silent[senders.to(deltas.device)]
             plan = down.plan(j)
-            state, terms, kept, row_scores, used = _decide_receiver(down, j, z[m][:, j].clone(), terms, deltas,
+            state, terms, kept, row_scores, used = _decide_receiver(down, j, z[m][j].clone(), terms, deltas,
                                                                     silent, tau, plan, progress)
             masks[m - 1][j, senders] = kept
             scores[m - 1][j, senders] = row_scores.cpu()
@@ -553,17 +566,16 @@ def _next_window(window: int, B: int, accepted: int, chunk: int) -> int:
     return min(chunk, 2 * window if accepted == B else max(8, 2 * accepted))
 
 
-def _metric_model(per: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _metric_model(lo: torch.Tensor, mid: torch.Tensor, hi: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """First and second derivatives, per example, of the metric (divided by N) with respect to the
-    receiver's pre-activation, from the per-example terms `per` [3, N] at (state - eps, state,
-    state + eps) by central differences.
+    receiver's pre-activation, from the per-example terms ([N] each) at state - eps, state and
+    state + eps by central differences.
 
     Each example's metric term depends on the receiver's pre-activation for that example only, so
     the metric is a mean of 1-D functions and this per-example quadratic model predicts the
     increase of any candidate state cheaply. It only makes guesses: every decision is measured."""
-    lo, mid, hi = per
-    n = per.shape[1]
-    return (hi - lo) / (2 * eps * n), (hi - 2 * mid + lo) / (eps * eps * n)
+    n = lo.shape[0]
+    return (hi - lo).div_(eps * (2 * n)), (hi + lo).sub_(mid, alpha=2).div_(eps.square().mul_(n))
 
 
 class _Interpolant:
@@ -713,8 +725,6 @@ def _guess(predict, tau: float, has_known: torch.Tensor, known: torch.Tensor,
     the window is cut there. (The quadratic model's interactions as one [B, B] matrix, a sweep as
     a matrix-vector product, is fewer ops but more arithmetic: no faster on a dense digits net.)"""
     B = known.shape[0]
-    if bool(has_known.all()):  # all measured already (the tail of a contradicted round): no model needed
-        return known.clone(), B
     g = torch.where(has_known, known, predict(None) < tau)
     agreed = 0  # the guesses before this are the sequential answer
     for _ in range(sweeps):
@@ -766,7 +776,8 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
     if K < deltas.shape[0]:
         deltas = deltas[senders]
     # guesses come from a quadratic model of the metric around a recent state (probes at +-eps
-    # beside it, refreshed after a round whose guesses were contradicted), or from a measurement
+    # beside it, made again at the next round that needs it after one whose guesses were
+    # contradicted), or from a measurement
     # made in an earlier round at a slightly different state (the tail of a batch after its first
     # wrong guess); an output receiver under KL is predicted exactly instead (`_ExactOutput`)
     # measured decisions (where `has_known`): exact before `start`, the next guesses after it; at
@@ -775,9 +786,10 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
     known = torch.zeros(K, dtype=torch.bool, device=dev)
     scores_all = torch.zeros(K, dtype=torch.float64, device=dev)
     # finite-difference step per example: the typical size of the candidates' deltas (probes only)
-    eps = None if down.closed_form else deltas.pow(2).mean(0).sqrt()
-    if eps is not None:
-        eps = torch.where(eps > 0, eps, torch.ones_like(eps))
+    eps = None
+    if not down.closed_form:
+        eps = torch.linalg.vector_norm(deltas, dim=0).mul_(K ** -0.5)
+        eps.masked_fill_(eps == 0, 1.0)
 
     # many candidates whose rows pass a hidden layer: their terms from an interpolant (`_Interpolant`),
     # fitted on the states a round's guesses reach (refitted when a later round leaves them)
@@ -793,20 +805,25 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
         return down.evaluate(j, at, plan)[1], 2 * N
 
     def model_at(terms, rows):
-        return rows if down.closed_form else _metric_model(torch.stack([rows[0], terms, rows[1]]), eps)
+        return rows if down.closed_form else _metric_model(rows[0], terms, rows[1], eps)
 
     exact = down.exact_output(j, plan)
-    rows, used = probes(state) if exact is None else (None, 0)
-    spent += used
-    model, model_state = model_at(terms, rows), state
+    model, model_state = None, state  # the quadratic model, made when a round first needs it
     no_known = torch.zeros(K, dtype=torch.bool, device=dev)
     met_now = float(terms.mean())
-    start, window, refresh = 0, down.chunk, False
+    start, window, measured_to = 0, down.chunk, 0  # has_known: candidates before measured_to
     while start < K:
         B = min(K - start, window)
         if exact is not None:  # exact predictions: better than a measurement at another state
             g, B = _guess(exact(state, deltas[start:start + B]), tau, no_known[:B], known[start:start + B], sweeps=16)
+        elif start + B <= measured_to:  # a contradicted round's tail: its measured decisions
+            g = known[start:start + B].clone()
         else:
+            if model is None:  # probes at this state (made only here: a model refreshed after every
+                # contradicted round went unused where the tail's measured decisions finished the receiver)
+                rows, used = probes(state)
+                spent += used
+                model, model_state = model_at(terms, rows), state
             g, B = _guess(_Quadratic(model, state - model_state, deltas[start:start + B]), tau,
                           has_known[start:start + B], known[start:start + B])
         d = deltas[start:start + B]
@@ -833,9 +850,6 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
             spent += evaluated
         else:
             met_t, per = interp.evaluate(after)
-        if refresh and exact is None:
-            rows, used = probes(state)
-            spent += used
         inc, remove, accepted, contradicted = _measure_round(met_t, g, met_now, tau)
         if interp is not None:
             # a candidate the interpolant cannot place on one side of tau is decided from exact
@@ -853,10 +867,10 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
         # exact up to the contradiction, the next guesses after it
         known[start:start + B] = remove
         has_known[start:start + B] = True
+        measured_to = max(measured_to, start + B)
         scores_all[start:start + B] = inc  # exact up to `accepted`, measured again after it
-        if refresh and exact is None:  # the model at this round's start state (a few accepted edges behind)
-            model, model_state = model_at(terms, rows), state
-        refresh = contradicted or accepted < B
+        if contradicted or accepted < B:  # the model is made again at the next round that needs one
+            model = None
         # the state after the last accepted edge and its terms, exactly as evaluated in the batch
         k = accepted - 1
         if bool(remove[k]):
@@ -894,14 +908,14 @@ def exact_scores(problem: Problem, start: int = 0, stop: int | None = None,
         raise ValueError(f"edge slice [{start}, {stop}) outside 0..{offsets[-1]}")
     out = torch.zeros(stop - start, dtype=torch.float64)  # on the CPU, like acdc's results
     N, spent = problem.n_examples, 0
-    z = _pre_activations(problem)
+    z, h = _full_state(problem)
     masks = g.full_masks()  # on the problem's device
     for layer in range(g.n_layers):
         lo, hi = max(start, offsets[layer]), min(stop, offsets[layer + 1])
         if lo >= hi:
             continue
         n_send = g.shape[layer]
-        down = _Downstream(problem, masks, layer + 1, z, problem.clean, batch_elements)
+        down = _Downstream(problem, masks, layer + 1, z, h, batch_elements)
         chunk = down.chunk
         diff_all = problem.ablated[layer] - problem.clean[layer]
         for j in range((lo - offsets[layer]) // n_send, (hi - 1 - offsets[layer]) // n_send + 1):
@@ -913,15 +927,15 @@ def exact_scores(problem: Problem, start: int = 0, stop: int | None = None,
                 silent = (deltas == 0).all(1)
                 interp = None  # as in acdc: many candidates whose rows pass a hidden layer (`_Interpolant`)
                 if _interpolates(down, n_send):
-                    zj = z[layer + 1][:, j]  # each candidate alone: states zj + one delta
+                    zj = z[layer + 1][j]  # each candidate alone: states zj + one delta
                     interp, used = _Interpolant.fit(down, j, plan, zj + deltas.amin(0).clamp(max=0),
                                                     zj + deltas.amax(0).clamp(min=0))
                     spent += used
                 for c in range(0, n_send, chunk):
                     if interp is not None:
-                        scores[c:c + chunk] = interp.evaluate(z[layer + 1][:, j] + deltas[c:c + chunk])[0]
+                        scores[c:c + chunk] = interp.evaluate(z[layer + 1][j] + deltas[c:c + chunk])[0]
                         continue
-                    rows = z[layer + 1][:, j] + deltas[c:c + chunk]
+                    rows = z[layer + 1][j] + deltas[c:c + chunk]
                     met, _ = down.evaluate(j, rows, plan)
                     scores[c:c + chunk] = met
                     spent += rows.shape[0] * N
