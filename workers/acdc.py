@@ -181,7 +181,7 @@ def _current_terms(metric, y_t: torch.Tensor) -> torch.Tensor:
 @dataclass
 class _Plan:
     """What `_Downstream` needs to evaluate receiver j's candidates (see `_Downstream.plan`)."""
-    steps: list  # per downstream layer: (positions, live weights, constant neuron-major, constant example-major)
+    steps: list  # per downstream layer: (positions, live weights, constant neuron-major [positions, N])
     u_now_t: torch.Tensor  # the circuit's shifted outputs now, output-major [n_out, N]
     pu: tuple | None = None  # rank-one KL outputs: (<p, u> of the constant part, <p, w>) per example, [N] each
     # where the metric has a shifted form, only the outputs j can move are evaluated: their rows
@@ -194,6 +194,15 @@ class _Plan:
     # for `commit`)
     log2: bool = False
     eval_steps: list | None = None
+    by_example: list | None = None  # (`constants_by_example`)
+
+    def constants_by_example(self) -> list:
+        """Each evaluated step's constant example-major ([N, positions]), made when first asked:
+        `Downstream.evaluate_pairs` gathers examples from it (a row gather is a copy, a column
+        gather is slow), and only receivers evaluated in pairs ask."""
+        if self.by_example is None:
+            self.by_example = [step[2].T.contiguous() for step in self.eval_steps]
+        return self.by_example
 
 
 class _Downstream:
@@ -246,9 +255,7 @@ class _Downstream:
     def plan(self, j: int) -> _Plan:
         """Per downstream layer: the reached positions (a slice when all are reached, which
         avoids gathers), the live weights between them and the constant part of the next
-        pre-activation (the last one minus the metric's shift), transposed (neuron-major) and as
-        it is (example-major, from which `evaluate_pairs` gathers examples: a row gather is a
-        copy, a column gather is slow)."""
+        pre-activation (the last one minus the metric's shift), neuron-major."""
         g, L = self.p.graph, self.L
         u_now_t = self.h[L] - self.shift_t
         if self.m == L:
@@ -267,7 +274,7 @@ class _Downstream:
         # last is the fast shape of a skinny matmul), so the constants are stored transposed
         base_t = shifted(self.z[self.m + 1][r], self.m + 1, r).contiguous()
         w = self.wlive[self.m][r, j].contiguous()
-        steps = [(r, w, base_t, base_t.T.contiguous())]
+        steps = [(r, w, base_t)]
         pu = None
         if self.m + 1 == L and self.metric.kind == "kl" and self.metric.shift_t is not None:
             # the outputs move by dh * w: <p, u> = <p, u_now> + dh <p, w>, one scalar per example
@@ -279,7 +286,7 @@ class _Downstream:
             w = self.wlive[l][r_next][:, r]
             # z_next = w @ h_new + (z_next_now - w @ h_now): one matmul and one add per row
             offset_t = shifted(self.z[l + 1][r_next] - w @ self.h[l][r], l + 1, r_next).contiguous()
-            steps.append((r_next, w.contiguous(), offset_t, offset_t.T.contiguous()))
+            steps.append((r_next, w.contiguous(), offset_t))
             r = r_next
         return self._finish(_Plan(steps, u_now_t, pu), r)
 
@@ -379,7 +386,8 @@ class _Downstream:
         T, N = zc.shape
         pick = (lambda t: t) if examples is None else (lambda t: t.index_select(-1, examples))  # noqa: E731
         # a step's constant for the tile's examples, neuron-major (a row gather, then a view)
-        cols = (lambda step: step[2]) if examples is None else (lambda step: step[3].index_select(0, examples).T)  # noqa: E731
+        cols = (lambda k: steps[k][2]) if examples is None else (  # noqa: E731
+            lambda k, by_example=plan.constants_by_example(): by_example[k].index_select(0, examples).T)
         if m == L:
             if plan.rest is not None:  # one output moves: evaluated alone
                 u = zc - pick(self.shift(j).view(-1))
@@ -391,14 +399,14 @@ class _Downstream:
         dh = F.silu(zc) - pick(h[m][j])
         steps = plan.eval_steps
         r, w = steps[0][:2]
-        zl = torch.addcmul(cols(steps[0])[:, None], w[:, None, None], dh[None],
+        zl = torch.addcmul(cols(0)[:, None], w[:, None, None], dh[None],
                            out=self._buffer(0, (w.shape[0], T, N)))
         for k, l in enumerate(range(m + 1, L)):
             F.silu(zl, inplace=True)
             r, w = steps[k + 1][:2]
             out = self._buffer(k + 1, (w.shape[0], T, N))
             torch.mm(w, zl.view(w.shape[1], T * N), out=out.view(w.shape[0], T * N))
-            zl = out.add_(cols(steps[k + 1])[:, None])
+            zl = out.add_(cols(k + 1)[:, None])
         pu = None if plan.pu is None else torch.addcmul(pick(plan.pu[0]), dh, pick(plan.pu[1]))
         if isinstance(r, slice) or plan.rest is not None:
             return zl, pu
