@@ -67,6 +67,23 @@ def test_acdc_equals_naive_sequential_definition(kind, ablation, output):
 
 
 @pytest.mark.parametrize("kind", ["mse", "kl"])
+def test_acdc_receiver_whose_every_edge_is_silent(kind):
+    """A receiver whose in-edges all have zero weight (every candidate silent: decided without a
+    round) and a sender with no out-edges: the naive circuit and scores, at tau 0 and above."""
+    ckpt = random_checkpoint([4, 6, 5, 3], 1)
+    ckpt["weights"][1][2] = 0.0
+    ckpt["weights"][0][:, 1] = 0.0
+    p = problem_for(ckpt, kind, "resample", None)
+    ex, _ = exact_scores(p)
+    for tau in (0.0, tau_between(ex, 0.5)):
+        fast, naive = acdc(p, tau), acdc_naive(p, tau)
+        assert same_masks(fast.masks, naive.masks), tau
+        assert not bool(fast.masks[1][2].any()) if tau > 0 else bool(fast.masks[1][2].all())
+        for a, b in zip(fast.scores, naive.scores):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["mse", "kl"])
 def test_acdc_tau_zero_keeps_exactly_the_edges_with_an_effect(kind):
     """tau = 0: silent edges (zero weight) have increase exactly 0 and are kept, like the naive."""
     p = problem_for(random_checkpoint([4, 6, 5, 3], 7, zero_fraction=0.5), kind, "zero", None)

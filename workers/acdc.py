@@ -539,7 +539,9 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
     for m in range(L, 0, -1):
         down = _Downstream(problem, masks, m, z, h, batch_elements)
         diff_t = (problem.ablated[m - 1] - problem.clean[m - 1]).T.contiguous()  # [senders, N]
-        same_everywhere = (diff_t == 0).all(1)  # senders whose ablated value is the clean one
+        # silent candidates (delta identically 0): a zero weight or a sender the ablation leaves as it is
+        silent_all = (g.weights[m - 1] == 0) | (diff_t == 0).all(1)
+        has_silent = silent_all.any(1).tolist()
         n_send = g.shape[m - 1]
         for j in range(g.shape[m]):
             if not down.reaches_metric(j):
@@ -549,12 +551,12 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
                 continue
             tested += n_send
             deltas = g.weights[m - 1][j][:, None] * diff_t
-            # silent candidates (delta identically 0): a zero weight or a sender the ablation leaves as it is
-            silent = (g.weights[m - 1][j] == 0) | same_everywhere
+            silent = silent_all[j] if has_silent[j] else None
             # another sender order: the rows of `deltas` in visiting order, results mapped back
             senders = slice(None) if orders is None else orders[m, j]
             if orders is not None:
-                deltas, silent = deltas[senders.to(deltas.device)], silent[senders.to(deltas.device)]
+                deltas = deltas[senders.to(deltas.device)]
+                silent = None if silent is None else silent[senders.to(deltas.device)]
             plan = down.plan(j)
             state, terms, kept, row_scores, used = _decide_receiver(down, j, z[m][j].clone(), terms, deltas,
                                                                     silent, tau, plan, progress)
@@ -768,21 +770,29 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
     receiver's final pre-activation and the circuit's per-example terms there (as evaluated in its
     round, on rows or the interpolant), the kept flags and the scores of its edges (tensors
     [n_send]) and the example-forwards spent."""
-    N = state.shape[0]
+    N, n_send = state.shape[0], deltas.shape[0]
     dev = state.device
-    # silent candidates (`silent`: delta identically 0) change nothing: increase exactly 0, decided
-    # without evaluation; they do not move the state, so the others are decided as if they were
-    # absent (a delta that underflows to 0 is evaluated instead, and gives the same 0)
-    kept = torch.where(silent, not (0.0 < tau), True)
-    scores = torch.zeros(deltas.shape[0], dtype=torch.float64, device=dev)
-    senders = torch.nonzero(~silent)[:, 0]
-    K = senders.numel()
-    if progress and K < deltas.shape[0]:
-        progress(deltas.shape[0] - K)
-    if K == 0:
-        return state, terms, kept, scores, 0
-    if K < deltas.shape[0]:
+    # silent candidates (`silent`: delta identically 0; None: there are none) change nothing:
+    # increase exactly 0, decided without evaluation; they do not move the state, so the others are
+    # decided as if they were absent (a delta that underflows to 0 is evaluated instead, and gives
+    # the same 0)
+    senders = None if silent is None else torch.nonzero(~silent)[:, 0]
+    if senders is not None:
+        if progress:
+            progress(n_send - senders.numel())
         deltas = deltas[senders]
+
+    def per_sender(kept_candidates, candidate_scores):  # the silent ones: removed where 0 < tau, score 0
+        if senders is None:
+            return kept_candidates, candidate_scores
+        kept = torch.full((n_send,), not (0.0 < tau), dtype=torch.bool, device=dev)
+        scores = torch.zeros(n_send, dtype=torch.float64, device=dev)
+        kept[senders], scores[senders] = kept_candidates, candidate_scores
+        return kept, scores
+
+    K = deltas.shape[0]
+    if K == 0:
+        return state, terms, *per_sender(deltas.new_zeros(0, dtype=torch.bool), deltas.new_zeros(0)), 0
     # guesses come from a quadratic model of the metric around a recent state (probes at +-eps
     # beside it, made again at the next round that needs it after one whose guesses were
     # contradicted), or from a measurement
@@ -893,9 +903,7 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
         window = _next_window(window, B, accepted, down.chunk)
         if progress:
             progress(accepted)
-    kept[senders] = ~known
-    scores[senders] = scores_all
-    return state, terms, kept, scores, spent
+    return state, terms, *per_sender(~known, scores_all), spent
 
 
 @_without_autograd
