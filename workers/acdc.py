@@ -23,8 +23,10 @@ Why `acdc` can be much faster and still return the same circuit:
   (`_metric_model`: the metric is a mean over examples of terms that each depend on that
   example's value only, so two probe rows give every candidate's predicted increase,
   interactions between the window's removals included; `_guess` finds the sequential guesses by
-  whole-window sweeps). Probes are taken at a receiver's start and again after a round whose
-  guesses were contradicted; for receivers that feed the outputs themselves (the last two
+  whole-window sweeps). Probes are taken at a receiver's start and, after a round whose guesses
+  were contradicted, at the next round that has candidates without a measured decision (the
+  tail of a contradicted round is guessed from its measurements, and often ends the receiver:
+  a model made at once then went unused); for receivers that feed the outputs themselves (the last two
   layers) the model's derivatives are closed-form (`_Downstream.derivatives`) and cost no rows,
   and an output receiver under KL is predicted exactly (`_ExactOutput`: one round per receiver
   however much its removals interact; on a modular-addition net its 7 rounds a receiver went).
@@ -55,8 +57,10 @@ Why `acdc` can be much faster and still return the same circuit:
 - Rows are pushed through the downstream layers in tiles whose intermediates are written in
   place into reused buffers (no allocation in the hot loop: fresh multi-MiB tensors cost page
   faults), neuron-major ([neurons, rows, examples]) so that each layer is one `W @ h` matmul
-  with the long dimension last; on a GPU the tiles are large. Everything runs on the problem's
-  device (`Problem.to`); results come back on the CPU.
+  with the long dimension last; on a GPU the tiles are large. The circuit's state is kept
+  neuron-major too ([neurons, examples]), so that a receiver's plan and commit read and write
+  the positions it reaches as rows. Everything runs on the problem's device (`Problem.to`);
+  results come back on the CPU.
 - Outputs are evaluated shifted by a per-example constant the metric defines
   (`Metric.per_example_shifted_t`: KL's full-model top logit, MSE's full-model outputs), folded
   into the constant the last downstream step adds anyway, which saves a pass over the outputs;

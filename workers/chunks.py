@@ -7,29 +7,34 @@ through the layers after it: a rank-one update into the next layer, SiLU and a m
 hidden layer after that, the metric on the outputs it can move), or, for a receiver with many
 candidates whose rows pass a hidden layer, about `CHEB_ROWS` rows of a fitted interpolant and a
 recurrence per candidate.
-The constants are in nanoseconds per example, fitted (least squares on the relative error) to
-per-layer timings of `exact_scores` on 2-W-W-2 (W = 256, 768, 1,536), 2-W-W-W-2 (128, 512) and
-64-W-W-10 (200, 600) nets on a 2-core AMD EPYC, one thread; they predict the layers' times to
-within ~20% (the output layers, a small share, to within 2x). Only their ratios matter.
-The old count (every downstream layer a full matmul) put 40% of a 2-1536-1536-2 net's work in its
-first hidden layer, which holds 32%: 4 chunks ran 1.4-2.0 s, and 2 workers at best 1.87x.
+The constants are in nanoseconds per example, fitted (non-negative least squares on the relative
+error of the layers that hold 5% of their net's time or more) to per-layer timings of
+`exact_scores` on 2-W-W-2 (W = 256, 768, 1,024, 1,536), 2-W-W-W-2 (128, 512) and 64-W-W-10 (200,
+600) nets on a 2-core AMD EPYC, one thread; they predict those layers' times to within ~13% (one,
+2-128-128-128-2's first, 30% under; the output layers, under 1% of the work, 2-7x under). Only
+their ratios matter. Refitted when `exact_scores` changed (its state kept neuron-major made a
+receiver's fixed cost smaller): the old constants put 36% of a 2-1024-1024-2 net's work in its
+first hidden layer, which held 33%, and its 4 chunks ran 0.56-0.61 s (the first) and 0.62-0.73 s
+(the others) in a 2-worker job.
+Before that, a count with every downstream layer a full matmul put 40% of a 2-1536-1536-2 net's
+work in its first hidden layer, which held 32%.
 Boundaries fall on whole receivers, as the scorer batches a receiver's candidates together.
 Pure Python: the driver calls it without torch.
 """
 from __future__ import annotations
 
-ROW = 18.2  # per candidate row: the chain, the tile's bookkeeping, the metric's reductions
-OUTPUT = 0.6  # per row and output it moves (an output receiver moves one)
-HIDDEN = 1.8  # per row and downstream hidden neuron (the rank-one update or a matmul's output, SiLU)
-MAC = 0.11  # per row and multiply-add of the downstream matmuls
-RECEIVER = 1880  # per receiver: its plan, deltas and results
-WIDTH = 5.6  # per receiver and neuron of the next layer (the plan's copies of its constants)
+ROW = 12.9  # per candidate row: the chain, the tile's bookkeeping, the metric's reductions
+OUTPUT = 1.5  # per row and output it moves (an output receiver moves one)
+HIDDEN = 1.9  # per row and downstream hidden neuron (the rank-one update or a matmul's output, SiLU)
+MAC = 0.10  # per row and multiply-add of the downstream matmuls
+RECEIVER = 1180  # per receiver: its plan, deltas and results
+WIDTH = 2.4  # per receiver and neuron of the next layer (the plan's copies of its constants)
 # workers.acdc.CHEB_MIN_CANDIDATES (not imported: that module needs torch): receivers with this
 # many candidates whose rows pass a hidden layer are scored on an interpolant of ~CHEB_ROWS rows
 # (the nodes `exact_scores` needs on digits and two_moons nets: 17) and a recurrence per candidate
 INTERPOLATED_FROM = 34
 CHEB_ROWS = 17
-RECURRENCE = 20  # per interpolated candidate: the interpolant's recurrence
+RECURRENCE = 66  # per interpolated candidate: the interpolant's recurrence
 
 
 def receiver_costs(shape: list[int]) -> list[float]:
