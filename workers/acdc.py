@@ -199,6 +199,11 @@ class _Plan:
     log2: bool = False
     eval_steps: list | None = None
     by_example: list | None = None  # (`constants_by_example`)
+    # for a tile: the receiver's clean activation [N], the first evaluated step's weights [n, 1, 1]
+    # and every evaluated step's constant [n, 1, N], shaped once a plan, not once a tile
+    h_j: torch.Tensor | None = None
+    tile_w0: torch.Tensor | None = None
+    tile_consts: list | None = None
 
     def constants_by_example(self) -> list:
         """Each evaluated step's constant example-major ([N, positions]), made when first asked:
@@ -263,7 +268,7 @@ class _Downstream:
         g, L = self.p.graph, self.L
         u_now_t = self.h[L] - self.shift_t
         if self.m == L:
-            return self._finish(_Plan([], u_now_t), torch.tensor([j], device=self.device))
+            return self._finish(_Plan([], u_now_t), j, torch.tensor([j], device=self.device))
 
         def positions(reached: torch.Tensor, layer: int):
             idx = torch.nonzero(reached)[:, 0]
@@ -292,7 +297,7 @@ class _Downstream:
             offset_t = shifted(self.z[l + 1][r_next] - w @ self.h[l][r], l + 1, r_next).contiguous()
             steps.append((r_next, w.contiguous(), offset_t))
             r = r_next
-        return self._finish(_Plan(steps, u_now_t, pu), r)
+        return self._finish(_Plan(steps, u_now_t, pu), j, r)
 
     def derivatives(self, j: int, zj: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
         """First and second derivatives (divided by N) of each example's metric term in receiver
@@ -341,7 +346,7 @@ class _Downstream:
         p = self.metric.p_full_t[j]
         return lambda state, deltas: _ExactOutput(state - shift, log_rest, p, deltas)
 
-    def _finish(self, plan: _Plan, r) -> _Plan:
+    def _finish(self, plan: _Plan, j: int, r) -> _Plan:
         """Size the plan's tiles by its widest step (a pruned net's are narrow: fewer, larger
         tiles) and the tile's own row tensors (`TILE_ROW_TENSORS`), and evaluate only the outputs
         r that the receiver can move (a slice: all of them): the others add a per-example
@@ -357,6 +362,10 @@ class _Downstream:
             if plan.steps:
                 r_out, *last = plan.steps[-1]
                 plan.eval_steps = plan.steps[:-1] + [(r_out, *(t * LOG2_E for t in last))]
+        if plan.steps:
+            plan.h_j = self.h[self.m][j]
+            plan.tile_w0 = plan.eval_steps[0][1][:, None, None]
+            plan.tile_consts = [step[2][:, None] for step in plan.eval_steps]
         if self.metric.shift_t is None or isinstance(r, slice):
             return plan
         plan.rest = self.metric.rest_t(plan.u_now_t, r)
@@ -389,9 +398,6 @@ class _Downstream:
         m, L, h = self.m, self.L, self.h
         T, N = zc.shape
         pick = (lambda t: t) if examples is None else (lambda t: t.index_select(-1, examples))  # noqa: E731
-        # a step's constant for the tile's examples, neuron-major (a row gather, then a view)
-        cols = (lambda k: steps[k][2]) if examples is None else (  # noqa: E731
-            lambda k, by_example=plan.constants_by_example(): by_example[k].index_select(0, examples).T)
         if m == L:
             if plan.rest is not None:  # one output moves: evaluated alone
                 u = zc - pick(self.shift(j).view(-1))
@@ -400,17 +406,19 @@ class _Downstream:
             y.copy_(pick(plan.u_now_t)[:, None])
             y[j] = zc - pick(self.shift(j).view(-1))
             return y, None
-        dh = F.silu(zc) - pick(h[m][j])
+        # a step's constant for the tile's examples, [n, 1, N] (pairs: a row gather, then a view)
+        const = plan.tile_consts.__getitem__ if examples is None else (  # noqa: E731
+            lambda k, by_example=plan.constants_by_example(): by_example[k].index_select(0, examples).T[:, None])
+        dh = F.silu(zc).sub_(pick(plan.h_j))
         steps = plan.eval_steps
-        r, w = steps[0][:2]
-        zl = torch.addcmul(cols(0)[:, None], w[:, None, None], dh[None],
-                           out=self._buffer(0, (w.shape[0], T, N)))
-        for k, l in enumerate(range(m + 1, L)):
+        zl = torch.addcmul(const(0), plan.tile_w0, dh, out=self._buffer(0, (steps[0][1].shape[0], T, N)))
+        for k in range(1, len(steps)):
             F.silu(zl, inplace=True)
-            r, w = steps[k + 1][:2]
-            out = self._buffer(k + 1, (w.shape[0], T, N))
-            torch.mm(w, zl.view(w.shape[1], T * N), out=out.view(w.shape[0], T * N))
-            zl = out.add_(cols(k + 1)[:, None])
+            w = steps[k][1]
+            # the buffers' matrix views: a layer is one `W @ h` over the tile's rows and examples
+            torch.mm(w, self._buffer(k - 1, (w.shape[1], T * N)), out=self._buffer(k, (w.shape[0], T * N)))
+            zl = self._buffer(k, (w.shape[0], T, N)).add_(const(k))
+        r = steps[-1][0]
         pu = None if plan.pu is None else torch.addcmul(pick(plan.pu[0]), dh, pick(plan.pu[1]))
         if isinstance(r, slice) or plan.rest is not None:
             return zl, pu
@@ -423,6 +431,11 @@ class _Downstream:
         """Metric [B] and its per-example terms [B, N] for each candidate pre-activation zc [B, N]
         of receiver j, evaluated tile by tile."""
         B, N = zc.shape
+        if B <= plan.tile:  # one tile (most rounds): no copy into `per`
+            y, pu = self._outputs(j, zc, plan)
+            per = self.terms(y, scratch=self._buffer("scratch", y.shape), pu=pu, p_t=plan.p_t, rest=plan.rest,
+                             log2=plan.log2)
+            return per.mean(-1), per
         per = torch.empty(B, N, dtype=torch.float64, device=self.device)
         for a in range(0, B, plan.tile):
             b = min(B, a + plan.tile)
