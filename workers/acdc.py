@@ -268,7 +268,7 @@ class _Downstream:
         g, L = self.p.graph, self.L
         u_now_t = self.h[L] - self.shift_t
         if self.m == L:
-            return self._finish(_Plan([], u_now_t), j, torch.tensor([j], device=self.device))
+            return self._finish(_Plan([], u_now_t), torch.tensor([j], device=self.device))
 
         def positions(reached: torch.Tensor, layer: int):
             idx = torch.nonzero(reached)[:, 0]
@@ -280,7 +280,7 @@ class _Downstream:
         r = positions(self.live[self.m][:, j] & self.co[self.m + 1], self.m + 1)
         # z_{m+1} = z_now + dh_j * w: rank one, only j's live out-edges move. Tiles are evaluated
         # neuron-major ([neurons, rows, examples]: `w @ h` with the long rows*examples dimension
-        # last is the fast shape of a skinny matmul), so the constants are stored transposed
+        # last is the fast shape of a skinny matmul), as the state and the constants are stored
         base_t = shifted(self.z[self.m + 1][r], self.m + 1, r).contiguous()
         w = self.wlive[self.m][r, j].contiguous()
         steps = [(r, w, base_t)]
@@ -297,7 +297,7 @@ class _Downstream:
             offset_t = shifted(self.z[l + 1][r_next] - w @ self.h[l][r], l + 1, r_next).contiguous()
             steps.append((r_next, w.contiguous(), offset_t))
             r = r_next
-        return self._finish(_Plan(steps, u_now_t, pu), j, r)
+        return self._finish(_Plan(steps, u_now_t, pu, h_j=self.h[self.m][j]), r)
 
     def derivatives(self, j: int, zj: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
         """First and second derivatives (divided by N) of each example's metric term in receiver
@@ -320,7 +320,7 @@ class _Downstream:
             r, wr = plan.steps[0][:2]
             w[r] = wr
             sig = torch.sigmoid(zj)
-            u.addcmul_(w[:, None], torch.mul(zj, sig).sub_(self.h[self.m][j])[None])  # silu(z) = z sig(z)
+            u.addcmul_(w[:, None], torch.mul(zj, sig).sub_(plan.h_j)[None])  # silu(z) = z sig(z)
             one_z = torch.mul(zj, 1 - sig).add_(1)  # 1 + z (1 - sig)
             s1 = sig * one_z
             s2 = (sig - sig * sig).mul_(one_z.mul_(2).sub_(zj))  # sig (1 - sig) (2 + z (1 - 2 sig))
@@ -346,7 +346,7 @@ class _Downstream:
         p = self.metric.p_full_t[j]
         return lambda state, deltas: _ExactOutput(state - shift, log_rest, p, deltas)
 
-    def _finish(self, plan: _Plan, j: int, r) -> _Plan:
+    def _finish(self, plan: _Plan, r) -> _Plan:
         """Size the plan's tiles by its widest step (a pruned net's are narrow: fewer, larger
         tiles) and the tile's own row tensors (`TILE_ROW_TENSORS`), and evaluate only the outputs
         r that the receiver can move (a slice: all of them): the others add a per-example
@@ -363,7 +363,6 @@ class _Downstream:
                 r_out, *last = plan.steps[-1]
                 plan.eval_steps = plan.steps[:-1] + [(r_out, *(t * LOG2_E for t in last))]
         if plan.steps:
-            plan.h_j = self.h[self.m][j]
             plan.tile_w0 = plan.eval_steps[0][1][:, None, None]
             plan.tile_consts = [step[2][:, None] for step in plan.eval_steps]
         if self.metric.shift_t is None or isinstance(r, slice):
@@ -432,17 +431,18 @@ class _Downstream:
         of receiver j, evaluated tile by tile."""
         B, N = zc.shape
         if B <= plan.tile:  # one tile (most rounds): no copy into `per`
-            y, pu = self._outputs(j, zc, plan)
-            per = self.terms(y, scratch=self._buffer("scratch", y.shape), pu=pu, p_t=plan.p_t, rest=plan.rest,
-                             log2=plan.log2)
+            per = self._tile_terms(j, zc, plan)
             return per.mean(-1), per
         per = torch.empty(B, N, dtype=torch.float64, device=self.device)
         for a in range(0, B, plan.tile):
-            b = min(B, a + plan.tile)
-            y, pu = self._outputs(j, zc[a:b], plan)
-            per[a:b] = self.terms(y, scratch=self._buffer("scratch", y.shape), pu=pu, p_t=plan.p_t, rest=plan.rest,
-                                  log2=plan.log2)
+            per[a:a + plan.tile] = self._tile_terms(j, zc[a:a + plan.tile], plan)
         return per.mean(-1), per
+
+    def _tile_terms(self, j: int, zc: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """Per-example terms [T, N] for one tile of candidate pre-activations zc [T, N]."""
+        y, pu = self._outputs(j, zc, plan)
+        return self.terms(y, scratch=self._buffer("scratch", y.shape), pu=pu, p_t=plan.p_t, rest=plan.rest,
+                          log2=plan.log2)
 
     def evaluate_pairs(self, j: int, values: torch.Tensor, examples: torch.Tensor, plan: _Plan) -> torch.Tensor:
         """Per-example metric terms [P] for receiver j's pre-activation set to values[k] on example
@@ -812,12 +812,10 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
         return state, terms, *per_sender(deltas.new_zeros(0, dtype=torch.bool), deltas.new_zeros(0)), 0
     # guesses come from a quadratic model of the metric around a recent state (probes at +-eps
     # beside it, made again at the next round that needs it after one whose guesses were
-    # contradicted), or from a measurement
-    # made in an earlier round at a slightly different state (the tail of a batch after its first
-    # wrong guess); an output receiver under KL is predicted exactly instead (`_ExactOutput`)
-    # measured decisions (where `has_known`): exact before `start`, the next guesses after it; at
-    # the end, the decisions
-    has_known = torch.zeros(K, dtype=torch.bool, device=dev)
+    # contradicted), or from a measurement made in an earlier round at a slightly different state
+    # (the tail of a batch after its first wrong guess); an output receiver under KL is predicted
+    # exactly instead (`_ExactOutput`). `known`: the measured decisions, candidates before
+    # `measured_to` (exact before `start`, the next guesses after it); at the end, the decisions
     known = torch.zeros(K, dtype=torch.bool, device=dev)
     scores_all = torch.zeros(K, dtype=torch.float64, device=dev)
     # finite-difference step per example: the typical size of the candidates' deltas (probes only)
@@ -844,23 +842,25 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
 
     exact = down.exact_output(j, plan)
     model, model_state = None, state  # the quadratic model, made when a round first needs it
-    no_known = torch.zeros(K, dtype=torch.bool, device=dev)
     met_now = float(terms.mean())
-    start, window, measured_to = 0, down.chunk, 0  # has_known: candidates before measured_to
+    start, window, measured_to = 0, down.chunk, 0
     while start < K:
         B = min(K - start, window)
+        window_known = known[start:start + B]
         if exact is not None:  # exact predictions: better than a measurement at another state
-            g, B = _guess(exact(state, deltas[start:start + B]), tau, no_known[:B], known[start:start + B], sweeps=16)
+            g, B = _guess(exact(state, deltas[start:start + B]), tau, torch.zeros_like(window_known), window_known,
+                          sweeps=16)
         elif start + B <= measured_to:  # a contradicted round's tail: its measured decisions
-            g = known[start:start + B].clone()
+            g = window_known.clone()
         else:
             if model is None:  # probes at this state (made only here: a model refreshed after every
                 # contradicted round went unused where the tail's measured decisions finished the receiver)
                 rows, used = probes(state)
                 spent += used
                 model, model_state = model_at(terms, rows), state
-            g, B = _guess(_Quadratic(model, state - model_state, deltas[start:start + B]), tau,
-                          has_known[start:start + B], known[start:start + B])
+            measured = torch.arange(B, device=dev) < measured_to - start
+            g, B = _guess(_Quadratic(model, state - model_state, deltas[start:start + B]), tau, measured,
+                          window_known)
         d = deltas[start:start + B]
         before = _removed_before(d, g).add_(state)  # the state each candidate is tried from
         after = before + d
@@ -901,7 +901,6 @@ def _decide_receiver(down: _Downstream, j, state, terms, deltas, silent, tau, pl
                 accepted = u + 1
         # exact up to the contradiction, the next guesses after it
         known[start:start + B] = remove
-        has_known[start:start + B] = True
         measured_to = max(measured_to, start + B)
         scores_all[start:start + B] = inc  # exact up to `accepted`, measured again after it
         if contradicted or accepted < B:  # the model is made again at the next round that needs one
