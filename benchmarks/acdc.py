@@ -262,16 +262,24 @@ def bench_big(name: str, heavy: bool, n: int, per_layer: int, device, out_rows: 
     })
 
 
+def at_least_one(text: str) -> int:
+    """argparse type of a count that must be >= 1 (the row it feeds divides by it)."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: needs at least 1")
+    return n
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--random", action="store_true", help="random-weight nets instead of trained ones")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    ap.add_argument("--threads", type=at_least_one, default=os.cpu_count(), help="torch threads (default: all cores)")
     ap.add_argument("--no-big", action="store_true", help="skip the 784-200-200-10 row (~3 minutes on 2 cores)")
     ap.add_argument("--big-only", action="store_true", help="only the 784-200-200-10 row")
     ap.add_argument("--dense-only", action="store_true", help="only the vanilla (dense) digits rows")
     ap.add_argument("--big-heavy", action="store_true", help="add a heavy-tailed (BIMT-like) 784-200-200-10 row")
-    ap.add_argument("--big-n", type=int, default=1000, help="examples of the 784-200-200-10 row")
-    ap.add_argument("--naive-receivers", type=int, default=2,
+    ap.add_argument("--big-n", type=at_least_one, default=1000, help="examples of the 784-200-200-10 row")
+    ap.add_argument("--naive-receivers", type=at_least_one, default=2,
                     help="receivers per layer replayed with the naive definition on the big row")
     ap.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu or cuda")
     ap.add_argument("--naive-edges", type=int, default=4000, help="naive edges timed first on the big net")

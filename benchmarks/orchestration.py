@@ -11,8 +11,9 @@
    functions (orchestrator.execute) in a plain loop. Ray gets 1 CPU so both run the jobs one after
    another; workers are warmed up first. Goal: <= 20 ms a job.
 2. `exact` on a wider model: one pass in this process, and through the scheduler as one task and
-   fanned out in 4 chunks of equal estimated work (workers.chunks; one prepared problem shared
-   through the object store) over a local Ray with 1 and with 2 CPUs, the four runs interleaved.
+   fanned out in 4 chunks of equal estimated work (workers.chunks; each worker prepares the
+   problem once for the job's chunks it runs) over a local Ray with 1 and with 2 CPUs, the four
+   runs interleaved.
    Chunk overhead: 4 chunks vs one task, both on 1 worker.
 3. Scale (benchmarks/scale.py): a sweep of --scale-jobs tiny jobs (driver overhead, a job's fixed
    cost, jobs.parquet, driver memory, MLflow runs/s on SQLite and HTTP) and a simulated cluster
@@ -186,7 +187,7 @@ def exact_fanout(tmp: Path, width: int):
     interleaved, REPEATS rounds of all four, and each row keeps its best run: this 2-core VM's
     speed drifts by ~10% over minutes even idle, which runs minutes apart turned into
     differences of that size. Returns (edges, chunk, {row: best discovery seconds}); a Ray row's
-    seconds are the job's own (prepare and scoring, chunked: first chunk's prepare to last chunk)."""
+    seconds are the job's own (prepare and scoring, chunked: the first chunk's start, its prepare, to the last chunk's end)."""
     from orchestrator.recorder import read_records
     from workers.acdc import exact_scores
     from workers.discover import prepare

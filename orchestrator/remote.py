@@ -67,8 +67,7 @@ def job_task(op: str, cpus: float, actor, *args):
     hands the next job to the same warm worker process (a lease is reused only within a class;
     with one function per kind, workers were started and killed between kinds, ~1 s a job).
     Returns (result, checkpoint or None): a JobResult (record and files) for train, discover and
-    merge, the prepared problem for prepare (the chunks' shared input, through the object store),
-    the scores of its edges for a chunk."""
+    merge, the scores of its edges for a chunk."""
     _threads(cpus)
     send = _sender(actor)
     node = ray.get_runtime_context().get_node_id()  # recorded in job.json (workers import no Ray)
@@ -78,12 +77,9 @@ def job_task(op: str, cpus: float, actor, *args):
     if op == "discover":
         job, ckpt, faults, pictures = args
         return execute.execute_discover(job, ckpt, send, _faults(actor, faults), node, pictures), None
-    if op == "prepare":
-        job, ckpt = args
-        return execute.execute_exact_prepare(job, ckpt), None
     if op == "chunk":
-        job, prepared, start, stop = args
-        return execute.execute_exact_chunk(job, prepared, start, stop, send), None
+        job, ckpt, start, stop = args
+        return execute.execute_exact_chunk(job, ckpt, start, stop, send), None
     if op == "merge":
         job, ckpt, faults, pictures, *chunks = args
         return execute.execute_exact_merge(job, ckpt, list(chunks), send, _faults(actor, faults), node,

@@ -6,8 +6,8 @@ them) and retries (`resources.max_retries`: on worker death and on TransientErro
 model (both models) exists (its train job finished now or in an earlier run); its
 checkpoint travels through the object store. `exact` on a model with more than
 `resources.edge_chunk` edges fans out into ceil(edges / edge_chunk) chunk tasks of equal
-estimated work (workers.chunks), which share one prepared problem (a prepare task's result in the
-object store), and a merge task assembles their scores (Ray starts the merge when the last chunk
+estimated work (workers.chunks), each of which prepares the problem it scores against once per
+worker process (orchestrator.execute.prepared_problem), and a merge task assembles their scores (Ray starts the merge when the last chunk
 is done). The driver loops over `ray.wait`, drains the
 progress actor into Prometheus, and for every finished job writes its folder (the only writer of
 the sweep folder: tasks return their record and files through the object store, so workers need
@@ -216,8 +216,8 @@ class Scheduler:
         self._pending(tj, rec_ref, [rec_ref])
 
     def submit_discover(self, job: Job, ckpt_ref) -> None:
-        """One task, or (exact with resources.edge_chunk) a prepare task, chunk tasks of equal
-        estimated work on its result, and a merge task that gets their scores."""
+        """One task, or (exact with resources.edge_chunk) chunk tasks of equal estimated work and a
+        merge task that gets their scores."""
         from workers.chunks import chunk_bounds
 
         remote, d_opts, cpus, jd = self.remote, self.d_opts, self.spec.resources["discover_cpus"], asdict(job)
@@ -225,11 +225,10 @@ class Scheduler:
         n = self.n_edges_of.get(job.model_id, job.n_edges)
         chunk = self.spec.resources["edge_chunk"]
         if job.settings["method"] == "exact" and chunk and n > chunk:
-            prepared = remote.submit("prepare", d_opts, cpus, self.actor, jd, ckpt_ref)[0]
             bounds = chunk_bounds(model_shape(self.jobs[job.model_id].settings), -(-n // chunk))
-            parts = [remote.submit("chunk", d_opts, cpus, self.actor, jd, prepared, a, b)[0] for a, b in bounds]
+            parts = [remote.submit("chunk", d_opts, cpus, self.actor, jd, ckpt_ref, a, b)[0] for a, b in bounds]
             ref = remote.submit("merge", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults, pictures, *parts)[0]
-            self._pending(job, ref, [prepared, *parts, ref])
+            self._pending(job, ref, [*parts, ref])
         else:
             ref = remote.submit("discover", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults, pictures)[0]
             self._pending(job, ref, [ref])

@@ -1,9 +1,11 @@
 """What sweeps of many tiny jobs rely on: per-job pictures on request, exact chunks of equal work
-that share one prepared problem and still give the one-pass scores bit for bit."""
+that prepare their problem once per worker process and still give the one-pass scores bit for bit."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from orchestrator import execute
 from orchestrator.spec import SpecError, parse_spec
@@ -53,18 +55,44 @@ def test_the_2_256_256_2_net_is_not_split_by_edge_count():
     assert chunk_bounds([2, 256, 256, 2], 4)[0][1] < 1000
 
 
-def test_prepared_chunks_concatenate_to_the_one_pass_scores(tmp_path):
+def test_chunks_concatenate_to_the_one_pass_scores_and_prepare_once_per_process(tmp_path):
     from workers.acdc import exact_scores
     from workers.discover import n_edges, prepare
 
     spec = parse_spec(SPEC.format(root=tmp_path, extra=""))
     tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
     _, ckpt = execute.execute_train(tj, pictures=False)
-    prepared = execute.execute_exact_prepare(dj, ckpt)
-    chunks = [execute.execute_exact_chunk(dj, prepared, a, b)[0] for a, b in chunk_bounds(list(ckpt["shape"]), 3)]
+    bounds = chunk_bounds(list(ckpt["shape"]), 3)
+    first = execute.execute_exact_chunk(dj, ckpt, *bounds[0])
+    problem = execute.prepared_problem(dj, ckpt, torch.device("cpu"))
+    rest = [execute.execute_exact_chunk(dj, ckpt, a, b) for a, b in bounds[1:]]
+    # the later chunks of the job in this process scored the problem the first one prepared
+    assert execute.prepared_problem(dj, ckpt, torch.device("cpu")) is problem
+    assert first[1] <= first[2] <= rest[0][1] <= rest[0][2] <= rest[1][1]  # (scores, start, end, peak)
+    chunks = [first[0]] + [c[0] for c in rest]
     one, _ = exact_scores(prepare(ckpt).problem)
     assert len(np.concatenate(chunks)) == n_edges(ckpt)
     assert np.concatenate(chunks).tolist() == one.numpy().tolist()
+    # another job's chunk prepares its own problem, and the process keeps that one only
+    other = replace(dj, id=dj.id + "x", settings={**dj.settings, "ablation": "zero"})
+    execute.execute_exact_chunk(other, ckpt, *bounds[0])
+    assert list(execute._PREPARED) == [(other.id, "cpu")]
+    assert execute.prepared_problem(other, ckpt, torch.device("cpu")) is not problem
+
+
+@pytest.mark.parametrize("ablation,output", [("resample", None), ("mean", None), ("zero", 1)])
+def test_discovery_problem_is_prepares_problem(tmp_path, ablation, output):
+    """The chunks' problem (without the evaluation examples) is the one-pass discovery's, tensor for tensor."""
+    from workers.discover import discovery_problem, prepare
+
+    spec = parse_spec(SPEC.format(root=tmp_path, extra=""))
+    _, ckpt = execute.execute_train(spec.train_jobs()[0], pictures=False)
+    a = prepare(ckpt, ablation=ablation, output=output, seed=3).problem
+    b = discovery_problem(ckpt, ablation=ablation, output=output, seed=3)
+    assert a.n_examples == b.n_examples > 0
+    for x, y in zip(a.clean + a.ablated, b.clean + b.ablated):
+        assert torch.equal(x, y)
+    assert torch.equal(a.metric.y_full, b.metric.y_full)
 
 
 def test_pictures_false_leaves_the_drawings_out_and_keeps_every_figure(tmp_path):
