@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.report import _sorted_regimes, fmt, ratio_text
+from orchestrator.report import sorted_regimes, fmt, ratio_text
 from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, Tost, paired_ratio, tost
 
 TARGET = 0.95  # the headline target; other targets a sweep ran get their own tables
@@ -75,7 +75,7 @@ def pareto_points(rows: pd.DataFrame) -> pd.DataFrame:
         dominated = (loss <= loss[i]) & (edges <= edges[i]) & ((loss < loss[i]) | (edges < edges[i]))
         front.append(not dominated.any() and math.isfinite(loss[i]) and math.isfinite(edges[i]))
     frame["pareto"] = front
-    order = {r: i for i, r in enumerate(_sorted_regimes(frame["regime"]))}
+    order = {r: i for i, r in enumerate(sorted_regimes(frame["regime"]))}
     return frame.sort_values(["regime", "lam"], key=lambda c: c.map(order) if c.name == "regime" else c)
 
 

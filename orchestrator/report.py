@@ -158,7 +158,8 @@ def row_keys(frame: pd.DataFrame) -> list[str]:
     return keys
 
 
-def _sorted_regimes(regimes) -> list[str]:
+def sorted_regimes(regimes) -> list[str]:
+    """The distinct regimes in the report's order (REGIME_ORDER, then any other by name)."""
     return sorted(set(regimes), key=lambda r: (REGIME_ORDER.index(r) if r in REGIME_ORDER else 99, r))
 
 
@@ -325,7 +326,7 @@ def ratio_sections(train: pd.DataFrame, discover: pd.DataFrame) -> list[str]:
     if len(discover) and "logit_gap" in discover and "normalized_logit_gap" not in discover:
         lines += ["", "logit gap ÷ empty circuit's: n/a (this sweep's rows have no `normalized_logit_gap`)."]
     circuit_figures = QUALITY + speed + SPARSITY
-    regimes = [r for r in _sorted_regimes(set(train.get("regime", [])) | set(discover.get("regime", [])))
+    regimes = [r for r in sorted_regimes(set(train.get("regime", [])) | set(discover.get("regime", [])))
                if r != BASELINE]
     if not regimes:
         lines += ["", f"_no regime besides {BASELINE} in this sweep_"]
@@ -417,7 +418,7 @@ def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: p
         return None
     seed = rows["seed"].min()
     rows = rows[rows["seed"] == seed]
-    regimes = _sorted_regimes(rows["regime"])
+    regimes = sorted_regimes(rows["regime"])
     fig, axes = plt.subplots(1, len(regimes), figsize=(3.6 * len(regimes), 5.5), squeeze=False)
     for ax, regime in zip(axes[0], regimes):
         job = rows[rows["regime"] == regime].iloc[0]
@@ -463,7 +464,7 @@ def figure_edges_vs_threshold(task: str, discover: pd.DataFrame, out: Path) -> P
     if rows.empty or rows["threshold"].nunique() < 2:
         return None
     series = {}
-    for regime in _sorted_regimes(rows["regime"]):
+    for regime in sorted_regimes(rows["regime"]):
         g = rows[rows["regime"] == regime].groupby("threshold")["n_edges_kept"]
         est = {t: estimate(v) for t, v in g}
         xs = sorted(est)
@@ -480,7 +481,7 @@ def figure_faithfulness_curve(task: str, discover: pd.DataFrame, out: Path) -> P
     method = "exact" if (rows["method"] == "exact").any() else rows["method"].iloc[0]
     rows = rows[rows["method"] == method]
     series = {}
-    for regime in _sorted_regimes(rows["regime"]):
+    for regime in sorted_regimes(rows["regime"]):
         g = rows[rows["regime"] == regime]
         xs = json.loads(g["curve_fractions"].iloc[0])
         curves = np.array([json.loads(c) for c in g["curve_faithfulness"]], dtype=float)
@@ -496,7 +497,7 @@ def figure_discovery_time(discover: pd.DataFrame, out: Path) -> Path | None:
     if discover.empty or "discovery_seconds" not in discover:
         return None
     g = discover.groupby(["task", "method", "regime"])["discovery_seconds"].mean().unstack("regime")
-    g = g[[r for r in _sorted_regimes(g.columns)]]
+    g = g[[r for r in sorted_regimes(g.columns)]]
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(g)), 3.5))
     g.plot.bar(ax=ax, logy=True)
     ax.set_ylabel("discovery wall time (s)")
