@@ -105,9 +105,12 @@ from workers.names import ORDERS
 # [window, N] rows of receiver states (and how much a wrong guess can waste).
 BATCH_ELEMENTS = 1 << 26
 # Tile of candidate rows evaluated at once, in elements of the widest downstream activation: on a
-# CPU small enough (2^19 float64 = 4 MiB) that a tile's intermediates stay in cache and can be
-# overwritten in place; on a GPU large, so that each kernel launch carries enough work.
-TILE_ELEMENTS = {"cpu": 1 << 19}
+# CPU small enough (2^18 float64 = 2 MiB) that a tile's intermediates stay in cache and can be
+# overwritten in place; on a GPU large, so that each kernel launch carries enough work. 2^18, not
+# 2^19: two processes scoring side by side (chunks of `exact` on 2 workers) share the L3 cache,
+# and with 4 MiB tiles a 2-1024-1024-2 job on 2 workers took 1.30-1.35 s, with 2 MiB 1.22 s
+# (alone: that net's one pass 1-2% faster, a dense digits net's 1-3% slower, interleaved)
+TILE_ELEMENTS = {"cpu": 1 << 18}
 TILE_ELEMENTS_OTHER = 1 << 25
 # A tile also holds a few [rows, examples] tensors of its own (the candidates' values, dh, <p, u>,
 # the terms), counted as this many neurons: on a net whose outputs are 2 wide they are most of the
