@@ -1,5 +1,6 @@
 """What sweeps of many tiny jobs rely on: per-job pictures on request, exact chunks of equal work
-that prepare their problem once per worker process and still give the one-pass scores bit for bit."""
+that prepare their problem once per worker process and still give the one-pass scores bit for bit
+(on a GPU, to 1e-12)."""
 import math
 from dataclasses import replace
 
@@ -61,6 +62,7 @@ def test_chunks_concatenate_to_the_one_pass_scores_and_prepare_once_per_process(
 
     spec = parse_spec(SPEC.format(root=tmp_path, extra=""))
     tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
+    dj = replace(dj, settings={**dj.settings, "device": "cpu"})  # bit for bit: the CPU on a GPU machine too
     _, ckpt = execute.execute_train(tj, pictures=False)
     bounds = chunk_bounds(list(ckpt["shape"]), 3)
     first = execute.execute_exact_chunk(dj, ckpt, *bounds[0])
@@ -78,6 +80,22 @@ def test_chunks_concatenate_to_the_one_pass_scores_and_prepare_once_per_process(
     execute.execute_exact_chunk(other, ckpt, *bounds[0])
     assert list(execute._PREPARED) == [(other.id, "cpu")]
     assert execute.prepared_problem(other, ckpt, torch.device("cpu")) is not problem
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: torch.cuda.is_available() is False")
+def test_chunks_on_the_gpu_give_the_cpu_scores(tmp_path):
+    """A chunk job on a GPU worker ("auto") scores there, on the problem it prepared there, and
+    its scores come back as the CPU's to 1e-12."""
+    from workers.acdc import exact_scores
+    from workers.discover import prepare
+
+    spec = parse_spec(SPEC.format(root=tmp_path, extra="").replace("width = 4", "width = 64"))
+    tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
+    _, ckpt = execute.execute_train(tj, pictures=False)
+    chunks = [execute.execute_exact_chunk(dj, ckpt, a, b)[0] for a, b in chunk_bounds(list(ckpt["shape"]), 3)]
+    assert [k[1] for k in execute._PREPARED] == ["cuda"]
+    one, _ = exact_scores(prepare(ckpt).problem)
+    np.testing.assert_allclose(np.concatenate(chunks), one.numpy(), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("ablation,output", [("resample", None), ("mean", None), ("zero", 1)])
