@@ -10,7 +10,7 @@ import torch
 
 from orchestrator import execute
 from orchestrator.spec import SpecError, parse_spec
-from workers.chunks import INTERPOLATED_FROM, chunk_bounds, receiver_costs
+from workers.chunks import chunk_bounds, receiver_costs
 
 SPEC = """
 [sweep]
@@ -43,12 +43,6 @@ def test_chunk_bounds_cover_every_edge_at_receiver_cuts_with_equal_work(shape, n
     work = [sum(cost[m] / shape[m] for m in (int(np.searchsorted(offsets, e, side="right")) - 1 for e in range(a, b)))
             for a, b in bounds]
     assert max(work) - min(work) <= 2 * max(cost) + 1e-6
-
-
-def test_the_cost_model_knows_which_receivers_acdc_interpolates():
-    from workers.acdc import CHEB_MIN_CANDIDATES
-
-    assert INTERPOLATED_FROM == CHEB_MIN_CANDIDATES
 
 
 def test_the_2_256_256_2_net_is_not_split_by_edge_count():

@@ -98,7 +98,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.graph import LOG2_E, Problem
-from workers.names import ORDERS
+from workers.names import CHEB_MIN_CANDIDATES, CHEB_NODES, ORDERS
 
 # Largest speculation window (candidates evaluated in one round), in float64 elements of the widest
 # downstream activation; the work itself runs in cache-sized tiles, so this bounds only the
@@ -122,10 +122,8 @@ PAIRS_MAX_FRACTION = 0.4
 # A receiver whose rows pass through a hidden layer and that has at least CHEB_MIN_CANDIDATES
 # non-silent candidates is decided on an interpolant of its terms (`_Interpolant`): Chebyshev
 # nodes tried in turn, accepted when the last coefficients are below CHEB_TOLERANCE of the terms.
-# Twice the fewest nodes: a digits net's first layer (56 candidates a receiver) scored 10% faster
-# in ACDC and 2.5x faster in `exact` than on rows
-CHEB_NODES = (17, 33, 65, 129)
-CHEB_MIN_CANDIDATES = 2 * CHEB_NODES[0]
+# CHEB_NODES and CHEB_MIN_CANDIDATES (workers.names): twice the fewest nodes; a digits net's first
+# layer (56 candidates a receiver) scored 10% faster in ACDC and 2.5x faster in `exact` than on rows
 CHEB_TOLERANCE = 1e-13
 
 

@@ -23,17 +23,18 @@ Pure Python: the driver calls it without torch.
 """
 from __future__ import annotations
 
+from workers.names import CHEB_MIN_CANDIDATES, CHEB_NODES
+
 ROW = 12.9  # per candidate row: the chain, the tile's bookkeeping, the metric's reductions
 OUTPUT = 1.5  # per row and output it moves (an output receiver moves one)
 HIDDEN = 1.9  # per row and downstream hidden neuron (the rank-one update or a matmul's output, SiLU)
 MAC = 0.10  # per row and multiply-add of the downstream matmuls
 RECEIVER = 1180  # per receiver: its plan, deltas and results
 WIDTH = 2.4  # per receiver and neuron of the next layer (the plan's copies of its constants)
-# workers.acdc.CHEB_MIN_CANDIDATES (not imported: that module needs torch): receivers with this
-# many candidates whose rows pass a hidden layer are scored on an interpolant of ~CHEB_ROWS rows
-# (the nodes `exact_scores` needs on digits and two_moons nets: 17) and a recurrence per candidate
-INTERPOLATED_FROM = 34
-CHEB_ROWS = 17
+# receivers with CHEB_MIN_CANDIDATES candidates or more whose rows pass a hidden layer are scored on
+# an interpolant of ~CHEB_ROWS rows (the fewest nodes, what `exact_scores` needs on digits and
+# two_moons nets) and a recurrence per candidate
+CHEB_ROWS = CHEB_NODES[0]
 RECURRENCE = 66  # per interpolated candidate: the interpolant's recurrence
 
 
@@ -45,7 +46,7 @@ def receiver_costs(shape: list[int]) -> list[float]:
         senders = shape[m - 1]
         hidden = sum(shape[k] for k in range(m + 1, L))  # hidden layers the rows pass
         macs = sum(shape[k] * shape[k + 1] for k in range(m + 1, L))
-        interpolated = senders >= INTERPOLATED_FROM and m < L - 1
+        interpolated = senders >= CHEB_MIN_CANDIDATES and m < L - 1
         moved = 1 if m == L else shape[-1]
         row = ROW + OUTPUT * moved + HIDDEN * hidden + MAC * macs
         rows = CHEB_ROWS * row + RECURRENCE * senders if interpolated else senders * row

@@ -61,3 +61,10 @@ def network_shape(task_shape, width: int | None = None) -> list[int]:
 def edge_count(shape) -> int:
     """Edges of the dense neuron graph of a network of this shape (one per weight)."""
     return sum(a * b for a, b in zip(shape, shape[1:]))
+
+
+# Interpolated receivers (workers.acdc._Interpolant): the Chebyshev node counts tried in turn, and
+# the fewest candidates for which a receiver whose rows pass a hidden layer is interpolated. Here,
+# not in workers.acdc, because workers.chunks prices such receivers by them without torch.
+CHEB_NODES: tuple[int, ...] = (17, 33, 65, 129)
+CHEB_MIN_CANDIDATES = 2 * CHEB_NODES[0]
