@@ -187,7 +187,8 @@ def exact_fanout(tmp: Path, width: int):
     interleaved, REPEATS rounds of all four, and each row keeps its best run: this 2-core VM's
     speed drifts by ~10% over minutes even idle, which runs minutes apart turned into
     differences of that size. Returns (edges, chunk, {row: best discovery seconds}); a Ray row's
-    seconds are the job's own (prepare and scoring, chunked: the first chunk's start, its prepare, to the last chunk's end)."""
+    seconds are the job's own (prepare and scoring; chunked: from the first chunk's start, its
+    prepare included, to the last chunk's end)."""
     from orchestrator.recorder import read_records
     from workers.acdc import exact_scores
     from workers.discover import prepare

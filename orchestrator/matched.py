@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.report import sorted_regimes, fmt, ratio_text
+from orchestrator.report import fmt, ratio_text, sorted_regimes
 from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, Tost, paired_ratio, tost
 
 TARGET = 0.95  # the headline target; other targets a sweep ran get their own tables

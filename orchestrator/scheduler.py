@@ -7,8 +7,8 @@ model (both models) exists (its train job finished now or in an earlier run); it
 checkpoint travels through the object store. `exact` on a model with more than
 `resources.edge_chunk` edges fans out into ceil(edges / edge_chunk) chunk tasks of equal
 estimated work (workers.chunks), each of which prepares the problem it scores against once per
-worker process (orchestrator.execute.prepared_problem), and a merge task assembles their scores (Ray starts the merge when the last chunk
-is done). The driver loops over `ray.wait`, drains the
+worker process (orchestrator.execute.prepared_problem), and a merge task assembles their scores
+(Ray starts the merge when the last chunk is done). The driver loops over `ray.wait`, drains the
 progress actor into Prometheus, and for every finished job writes its folder (the only writer of
 the sweep folder: tasks return their record and files through the object store, so workers need
 no shared filesystem; orchestrator.store), then records it (jobs.parquet + MLflow) and draws
