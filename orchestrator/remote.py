@@ -3,8 +3,6 @@ to. Imports no MLflow and writes no file: a task returns its result through the 
 the driver records it (orchestrator.store)."""
 from __future__ import annotations
 
-import threading
-
 import ray
 
 from orchestrator import execute
@@ -26,39 +24,26 @@ def _sender(actor):
     def send(events, wait=False):
         ref = actor.report.remote(events)
         if wait:
-            _get_off_main_thread(ref)
+            _get_keeping_cpus(ref)
 
     return send
 
 
-def _get_off_main_thread(ref):
-    """`ray.get(ref)` from a helper thread. A task blocked in `ray.get` on its main thread lends its
-    CPU back to Ray, which then starts a worker process for the next queued task; the task that
+def _get_keeping_cpus(ref):
+    """`ray.get(ref)` without blocking in Ray on the task's main thread: Ray's own future, which its
+    core worker completes from another thread. A task blocked in `ray.get` on its main thread lends
+    its CPU back to Ray, which then starts a worker process for the next queued task; the task that
     blocked (for a millisecond) finishes, sits idle and is stopped, and the queued one waits for
     a cold process: a 1-worker `exact` job of 4 chunks on a 2-1536-1536-2 net took 8.0-8.8 s that
-    way, 5.1-5.8 s without. Ray lends the CPU only for waits on a task's main thread."""
-    out: list = []
-
-    def get():
-        try:
-            out.append((True, ray.get(ref)))
-        except BaseException as e:  # handed to the caller
-            out.append((False, e))
-
-    thread = threading.Thread(target=get, daemon=True)
-    thread.start()
-    thread.join()
-    ok, value = out[0]
-    if not ok:
-        raise value
-    return value
+    way, 5.1-5.8 s without. Ray lends the CPU only for waits in its own get."""
+    return ref.future().result()
 
 
 def _faults(actor, selectors):
     """execute.Faults asking the progress actor whether an injected fault fires (test only)."""
     if not selectors:
         return None
-    return execute.Faults(selectors, lambda job_id, fault: _get_off_main_thread(actor.first_time.remote(job_id, fault)))
+    return execute.Faults(selectors, lambda job_id, fault: _get_keeping_cpus(actor.first_time.remote(job_id, fault)))
 
 
 @ray.remote(num_returns=2)

@@ -6,7 +6,7 @@ import pytest
 
 @pytest.mark.parametrize("helper", [True, False])
 def test_a_task_waiting_for_the_progress_actor_keeps_its_cpus(ray_local, helper):
-    """A task that waits for an actor call through `remote._get_off_main_thread` keeps its CPUs
+    """A task that waits for an actor call through `remote._get_keeping_cpus` keeps its CPUs
     while it waits. Blocked in `ray.get` on its main thread (the control, helper=False), a task
     lends its CPUs back to Ray, which hands them to a queued task and, with no idle worker,
     starts a process for it (a chunked `exact` job on 1 worker lost 2.3 s so)."""
@@ -20,10 +20,10 @@ def test_a_task_waiting_for_the_progress_actor_keeps_its_cpus(ray_local, helper)
 
     @ray.remote(num_cpus=2)  # the whole local Ray
     def task(probe, helper):
-        from orchestrator.remote import _get_off_main_thread
+        from orchestrator.remote import _get_keeping_cpus
 
         ref = probe.free_cpus_after.remote(1.0)
-        return _get_off_main_thread(ref) if helper else ray.get(ref)
+        return _get_keeping_cpus(ref) if helper else ray.get(ref)
 
     probe = Probe.remote()
     assert ray.get(probe.free_cpus_after.remote(0.5)) == 2.0  # nothing else holds a CPU

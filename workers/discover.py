@@ -203,22 +203,25 @@ def evaluation_problem(discovery: Problem, clean, corrupt, output: int | None) -
     return p
 
 
-def _checked_task(ckpt: dict, ablation: str, output: int | None):
+def _discovery(ckpt: dict, ablation: str, output: int | None, data: dict | None, seed: int):
+    """The checked task, the graph, the discovery examples' problem, both halves of the examples
+    and what summary.json says of them (`split_examples`)."""
     if ablation not in ABLATIONS:
         raise DiscoveryInputError("--ablation", f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
     task = check_task(ckpt)
     if output is not None and not 0 <= output < task.shape[-1]:
         raise DiscoveryInputError("--output", f"output {output} out of range: the model has outputs 0..{task.shape[-1] - 1}")
-    return task
+    discovery, evaluation, info = split_examples(task, ckpt, data, seed)
+    graph = Graph.from_checkpoint(ckpt)
+    problem = Problem.build(graph, discovery[0], discovery[1], task.metric, ablation, output)
+    return task, graph, problem, discovery, evaluation, info
 
 
 def prepare(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
             data: dict | None = None, seed: int = 0) -> Prepared:
     """The graph, the discovery and evaluation examples (module doc) and the metric."""
-    task = _checked_task(ckpt, ablation, output)
-    (clean, corrupt, labels), (e_clean, e_corrupt, e_labels), info = split_examples(task, ckpt, data, seed)
-    graph = Graph.from_checkpoint(ckpt)
-    problem = Problem.build(graph, clean, corrupt, task.metric, ablation, output)
+    task, graph, problem, (clean, _, labels), (e_clean, e_corrupt, e_labels), info = _discovery(
+        ckpt, ablation, output, data, seed)
     evaluation = evaluation_problem(problem, e_clean, e_corrupt, output)
     return Prepared(task, graph, problem, clean, _labels_pos(task, graph, labels), evaluation,
                     _labels_pos(task, graph, e_labels), info)
@@ -228,9 +231,7 @@ def discovery_problem(ckpt: dict, *, ablation: str = "resample", output: int | N
                       seed: int = 0) -> Problem:
     """`prepare(...).problem` alone, the evaluation examples' activations not computed: what each
     chunk of a fanned-out `exact` job scores against (they are half of `prepare`'s time)."""
-    task = _checked_task(ckpt, ablation, output)
-    (clean, corrupt, _), _, _ = split_examples(task, ckpt, None, seed)
-    return Problem.build(Graph.from_checkpoint(ckpt), clean, corrupt, task.metric, ablation, output)
+    return _discovery(ckpt, ablation, output, None, seed)[2]
 
 
 def _check_selection(method, threshold, top_k, edge_fraction, target_f=None, order="ascending"):
