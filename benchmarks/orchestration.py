@@ -12,14 +12,15 @@
    another; workers are warmed up first. Goal: <= 20 ms a job.
 2. `exact` on a wider model: one pass in this process, and through the scheduler as one task and
    fanned out in 4 chunks of equal estimated work (workers.chunks; each worker prepares the
-   problem once for the job's chunks it runs) over a local Ray with 1 and with 2 CPUs, the four
-   runs interleaved.
-   Chunk overhead: 4 chunks vs one task, both on 1 worker.
+   problem once for the job's chunks it runs) over a local Ray with 1 and with 2 CPUs; the same 4
+   chunks on 1 and 2 plain processes (what the machine allows them side by side); all six runs
+   interleaved, --rounds rounds. Chunk overhead: 4 chunks vs one task, both on 1 worker.
 3. Scale (benchmarks/scale.py): a sweep of --scale-jobs tiny jobs (driver overhead, a job's fixed
    cost, jobs.parquet, driver memory, MLflow runs/s on SQLite and HTTP) and a simulated cluster
    whose results arrive at 200 jobs/s.
 
     python benchmarks/orchestration.py [--jobs 12] [--width 256] [--results 30] [--scale-jobs 2000]
+    python benchmarks/orchestration.py --fanout-only --width 1024 [--rounds 8]
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ from orchestrator.ray_session import start_local_ray  # noqa: E402
 from orchestrator.scheduler import Scheduler  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.store import JobResult, JobStore  # noqa: E402
+
+from acdc import at_least_one  # noqa: E402  benchmarks/acdc.py, beside this file
 
 
 def spec_text(root, name, seeds, steps, methods, width, chunk=0, tasks=("independence",)):
@@ -181,16 +184,56 @@ def overhead(tmp: Path, n_seeds: int):
 REPEATS = 4
 
 
-def exact_fanout(tmp: Path, width: int):
-    """`exact` on one two_moons model: one pass in this process, and through the scheduler on a
-    local Ray with 1 CPU (unchunked, and in 4 chunks) and with 2 CPUs (4 chunks). The runs are
-    interleaved, REPEATS rounds of all four, and each row keeps its best run: this 2-core VM's
-    speed drifts by ~10% over minutes even idle, which runs minutes apart turned into
-    differences of that size. Returns (edges, chunk, {row: best discovery seconds}); a Ray row's
-    seconds are the job's own (prepare and scoring; chunked: from the first chunk's start, its
-    prepare included, to the last chunk's end)."""
+_PLAIN_PROBLEM: dict = {}  # a plain worker process's problem: {job token: problem}, one at most
+
+
+def _plain_chunk(args) -> tuple[float, float]:
+    """One chunk of an `exact` job in a plain worker process (no Ray), as
+    orchestrator.execute.execute_exact_chunk does it: the process's first chunk of the job builds
+    the problem, its later ones reuse it. Returns the chunk's (start, end) wall clock."""
+    from workers.acdc import exact_scores
+    from workers.discover import discovery_problem
+    from workers.model import load_checkpoint
+
+    path, job, start, stop = args
+    torch.set_num_threads(1)
+    ckpt = None if job in _PLAIN_PROBLEM else load_checkpoint(path)  # before t0: a Ray chunk's arrives loaded
+    t0 = time.time()
+    if ckpt is not None:
+        _PLAIN_PROBLEM.clear()
+        _PLAIN_PROBLEM[job] = discovery_problem(ckpt)
+    exact_scores(_PLAIN_PROBLEM[job], start, stop)
+    return t0, time.time()
+
+
+def _warm(_) -> None:
+    import workers.acdc  # noqa: F401 - torch and the scorer imported before the measurement
+    time.sleep(0.2)  # long enough that every process of the pool takes one
+
+
+def plain_job(pool, path: Path, bounds: list[tuple[int, int]]) -> float:
+    """Seconds of one `exact` job's chunks on a pool of plain processes, each taking the next chunk
+    when it is free (as Ray hands them out), measured as the Ray job is: from the first chunk's
+    start, its prepare included, to the last chunk's end."""
+    job = time.monotonic_ns()
+    spans = pool.map(_plain_chunk, [(str(path), job, a, b) for a, b in bounds], chunksize=1)
+    return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
+def exact_fanout(tmp: Path, width: int, rounds: int = 4):
+    """`exact` on one two_moons model: one pass in this process; through the scheduler on a local
+    Ray with 1 CPU (unchunked, and in 4 chunks) and with 2 CPUs (4 chunks); and the same 4 chunks
+    on 1 and on 2 plain processes (no Ray, no scheduler: what the machine gives these chunks side
+    by side, the ceiling for Ray's 2-worker ratio). The runs are interleaved, `rounds` rounds of all
+    six: this 2-core VM's speed drifts by ~10% over minutes even idle, which runs minutes apart
+    turned into differences of that size. Returns (edges, chunk, {row: [seconds of each round]});
+    a Ray row's seconds are the job's own (prepare and scoring; chunked: from the first chunk's
+    start, its prepare included, to the last chunk's end)."""
+    import multiprocessing
+
     from orchestrator.recorder import read_records
     from workers.acdc import exact_scores
+    from workers.chunks import chunk_bounds
     from workers.discover import prepare
     from workers.model import load_checkpoint
 
@@ -202,40 +245,58 @@ def exact_fanout(tmp: Path, width: int):
     finally:
         ray.shutdown()
     tj = base.train_jobs()[0]
-    ckpt = load_checkpoint(base.sweep_dir / "jobs" / tj.id / "model.pt")
+    model_path = base.sweep_dir / "jobs" / tj.id / "model.pt"
+    ckpt = load_checkpoint(model_path)
     n_edges = sum(w.numel() for w in ckpt["weights"])
     chunk = -(-n_edges // 4)
+    shape = [ckpt["weights"][0].shape[1]] + [w.shape[0] for w in ckpt["weights"]]
+    bounds = chunk_bounds(shape, -(-n_edges // chunk))  # what the scheduler cuts for edge_chunk = chunk
     torch.set_num_threads(1)
-    best = {}
+    runs: dict[str, list[float]] = {}
 
-    def keep(row, seconds):
-        best[row] = min(best.get(row, float("inf")), seconds)
-
-    def ray_job(label, cpus, edge_chunk):  # the same job in a fresh sweep folder (its model copied in)
+    def ray_job(label, edge_chunk):  # the same job in a fresh sweep folder (its model copied in)
         spec = parse_spec(spec_text(tmp / f"job-{time.monotonic_ns()}", "x", [0], 20, ["exact"], width,
                                     chunk=edge_chunk, tasks=("two_moons",)))
         (spec.sweep_dir / "jobs").mkdir(parents=True)
         shutil.copytree(base.sweep_dir / "jobs" / tj.id, spec.sweep_dir / "jobs" / tj.id)
         run_sched(spec)
         rec = next(r for r in read_records(spec.sweep_dir).values() if r["kind"] == "discover")
-        keep(label, rec["figures"]["discovery_seconds"])
+        runs.setdefault(label, []).append(rec["figures"]["discovery_seconds"])
 
-    for _ in range(REPEATS):
-        t = time.perf_counter()
-        exact_scores(prepare(ckpt).problem)  # what the chunks do between them: prepare once, score every edge
-        keep("one pass, in process", time.perf_counter() - t)
-        for cpus in (1, 2):
-            start_local_ray(cpus)
-            try:
-                # warm every worker (two models train at once), so none starts cold inside the measurement
-                run_sched(parse_spec(spec_text(tmp / f"w{cpus}-{time.monotonic_ns()}", "w", [1, 2], 5, ["exact"], 4,
-                                               chunk=10)))
-                if cpus == 1:
-                    ray_job("Ray, 1 worker, one task", 1, 0)
-                ray_job(f"Ray, {cpus} worker{'s' if cpus > 1 else ''}, 4 chunks", cpus, chunk)
-            finally:
-                ray.shutdown()
-    return n_edges, chunk, best
+    spawn = multiprocessing.get_context("spawn")
+    pools = {n: spawn.Pool(n) for n in (1, 2)}
+    try:
+        for n, pool in pools.items():
+            pool.map(_warm, range(n), chunksize=1)
+        for _ in range(rounds):
+            t = time.perf_counter()
+            exact_scores(prepare(ckpt).problem)  # what the chunks do between them: prepare once, score every edge
+            runs.setdefault("one pass, in process", []).append(time.perf_counter() - t)
+            for cpus in (1, 2):
+                start_local_ray(cpus)
+                try:
+                    # warm every worker (two models train at once), so none starts cold inside the measurement
+                    run_sched(parse_spec(spec_text(tmp / f"w{cpus}-{time.monotonic_ns()}", "w", [1, 2], 5,
+                                                   ["exact"], 4, chunk=10)))
+                    if cpus == 1:
+                        ray_job("Ray, 1 worker, one task", 0)
+                    ray_job(f"Ray, {cpus} worker{'s' if cpus > 1 else ''}, 4 chunks", chunk)
+                finally:
+                    ray.shutdown()
+            for n, pool in pools.items():
+                runs.setdefault(f"plain, {n} process{'es' if n > 1 else ''}, 4 chunks", []).append(
+                    plain_job(pool, model_path, bounds))
+    finally:
+        for pool in pools.values():
+            pool.terminate()
+    return n_edges, chunk, runs
+
+
+def speedup(runs: dict, one: str, two: str) -> tuple[float, float, float, float]:
+    """How much faster `two` ran than `one`: best over best, then the median, lowest and highest of
+    the rounds' own ratios (each round ran both within seconds of each other)."""
+    paired = sorted(a / b for a, b in zip(runs[one], runs[two]))
+    return min(runs[one]) / min(runs[two]), statistics.median(paired), paired[0], paired[-1]
 
 
 @ray.remote
@@ -271,36 +332,45 @@ def main():
     ap.add_argument("--width", type=int, default=256, help="hidden width of the exact-scoring model")
     ap.add_argument("--results", type=int, default=30, help="jobs per round in the result-path comparison")
     ap.add_argument("--scale-jobs", type=int, default=2000, help="tiny jobs in the scale row (0: skip it)")
+    ap.add_argument("--rounds", type=at_least_one, default=REPEATS, help="interleaved rounds of the fan-out rows")
+    ap.add_argument("--fanout-only", action="store_true", help="only the exact fan-out rows (2.)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="circuitry-bench-"))
     try:
-        print("how a result reaches the sweep folder (2-node local Ray, jobs on the second node; ms per job)")
-        print("| files | bytes | old: worker writes a shared folder | new without fsync | new (driver writes, fsync) "
-              "| new / old |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for label, nbytes, old_s, nosync_s, new_s in result_path(tmp, args.results):
-            print(f"| {label} | {nbytes} | {1000 * old_s:.1f} | {1000 * nosync_s:.1f} | {1000 * new_s:.1f} "
-                  f"| {new_s / old_s:.2f}x |")
-        print()
-        rows, per_job, fixed = overhead(tmp, max(1, args.jobs // 2))
-        print("per-job overhead (tiny train + acdc jobs; Ray on 1 CPU vs the same functions in a plain loop)")
-        print("| jobs | plain loop s | Ray sweep s | (Ray - loop) / job, ms |")
-        print("| --- | --- | --- | --- |")
-        for n, loop_s, ray_s in rows:
-            print(f"| {n} | {loop_s:.2f} | {ray_s:.2f} | {1000 * (ray_s - loop_s) / n:.1f} |")
-        print(f"marginal overhead per job: {1000 * per_job:.1f} ms (goal <= 20); fixed cost per sweep: {fixed:.2f} s")
-        n_edges, chunk, best = exact_fanout(tmp, args.width)
+        if not args.fanout_only:
+            print("how a result reaches the sweep folder (2-node local Ray, jobs on the second node; ms per job)")
+            print("| files | bytes | old: worker writes a shared folder | new without fsync "
+                  "| new (driver writes, fsync) | new / old |")
+            print("| --- | --- | --- | --- | --- | --- |")
+            for label, nbytes, old_s, nosync_s, new_s in result_path(tmp, args.results):
+                print(f"| {label} | {nbytes} | {1000 * old_s:.1f} | {1000 * nosync_s:.1f} | {1000 * new_s:.1f} "
+                      f"| {new_s / old_s:.2f}x |")
+            print()
+            rows, per_job, fixed = overhead(tmp, max(1, args.jobs // 2))
+            print("per-job overhead (tiny train + acdc jobs; Ray on 1 CPU vs the same functions in a plain loop)")
+            print("| jobs | plain loop s | Ray sweep s | (Ray - loop) / job, ms |")
+            print("| --- | --- | --- | --- |")
+            for n, loop_s, ray_s in rows:
+                print(f"| {n} | {loop_s:.2f} | {ray_s:.2f} | {1000 * (ray_s - loop_s) / n:.1f} |")
+            print(f"marginal overhead per job: {1000 * per_job:.1f} ms (goal <= 20); "
+                  f"fixed cost per sweep: {fixed:.2f} s")
+        n_edges, chunk, runs = exact_fanout(tmp, args.width, args.rounds)
         print(f"\nexact scoring, two_moons width {args.width}: {n_edges} edges, chunks of {chunk} "
-              f"(best of {REPEATS} interleaved runs each)")
-        print("| run | scoring s |")
-        print("| --- | --- |")
-        for row, seconds in best.items():
-            print(f"| {row} | {seconds:.2f} |")
-        one, c1, c2 = best["Ray, 1 worker, one task"], best["Ray, 1 worker, 4 chunks"], best["Ray, 2 workers, 4 chunks"]
-        print(f"2 workers / 1 (4 chunks each): {c1 / c2:.2f}x (goal >= 1.8); chunk overhead (1 worker, 4 chunks / one "
-              f"task - 1): {100 * (c1 / one - 1):.0f}% (goal < 5%); machine check: 2 CPU-bound tasks on 2 workers "
-              f"took {parallelism():.2f}x one task (1.0 = two free cores)")
-        if args.scale_jobs:
+              f"({args.rounds} interleaved rounds)")
+        print("| run | best s | median s |")
+        print("| --- | --- | --- |")
+        for row, seconds in runs.items():
+            print(f"| {row} | {min(seconds):.2f} | {statistics.median(seconds):.2f} |")
+        for what, one, two in (("Ray", "Ray, 1 worker, 4 chunks", "Ray, 2 workers, 4 chunks"),
+                               ("plain processes", "plain, 1 process, 4 chunks", "plain, 2 processes, 4 chunks")):
+            best, med, lo, hi = speedup(runs, one, two)
+            print(f"2 {what} / 1 (4 chunks each): {best:.2f}x best over best, {med:.2f}x median of the rounds "
+                  f"({lo:.2f}-{hi:.2f}x){' (goal >= 1.8)' if what == 'Ray' else ''}")
+        one, four = min(runs["Ray, 1 worker, one task"]), min(runs["Ray, 1 worker, 4 chunks"])
+        print(f"chunk overhead (1 worker, 4 chunks / one task - 1): {100 * (four / one - 1):.0f}% (goal < 5%); "
+              f"machine check: 2 CPU-bound tasks on 2 workers took {parallelism():.2f}x one task "
+              "(1.0 = two free cores)")
+        if args.scale_jobs and not args.fanout_only:
             from scale import print_rows  # benchmarks/scale.py, beside this file
 
             print_rows(args.scale_jobs, mlflow_runs=min(100, args.scale_jobs))
