@@ -179,8 +179,8 @@ def overhead(tmp: Path, n_seeds: int):
     return [(2 * n, loop_s[n], ray_s[n]) for n in sizes], per_job, fixed
 
 
-# timings of the fan-out rows are the best of this many interleaved runs (a single run varies by
-# ~10% on the 2-core machine even when idle)
+# interleaved rounds of the fan-out rows and of the machine check, unless --rounds says (a single
+# run varies by ~10% on the 2-core machine even when idle)
 REPEATS = 4
 
 
@@ -220,7 +220,7 @@ def plain_job(pool, path: Path, bounds: list[tuple[int, int]]) -> float:
     return max(end for _, end in spans) - min(start for start, _ in spans)
 
 
-def exact_fanout(tmp: Path, width: int, rounds: int = 4):
+def exact_fanout(tmp: Path, width: int, rounds: int = REPEATS):
     """`exact` on one two_moons model: one pass in this process; through the scheduler on a local
     Ray with 1 CPU (unchunked, and in 4 chunks) and with 2 CPUs (4 chunks); and the same 4 chunks
     on 1 and on 2 plain processes (no Ray, no scheduler: what the machine gives these chunks side
