@@ -30,6 +30,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -184,26 +185,18 @@ def overhead(tmp: Path, n_seeds: int):
 REPEATS = 4
 
 
-_PLAIN_PROBLEM: dict = {}  # a plain worker process's problem: {job token: problem}, one at most
-
-
 def _plain_chunk(args) -> tuple[float, float]:
-    """One chunk of an `exact` job in a plain worker process (no Ray), as
-    orchestrator.execute.execute_exact_chunk does it: the process's first chunk of the job builds
-    the problem, its later ones reuse it. Returns the chunk's (start, end) wall clock."""
-    from workers.acdc import exact_scores
-    from workers.discover import discovery_problem
+    """One chunk of an `exact` job in a plain worker process (no Ray): the chunk tasks' own
+    function (orchestrator.execute.execute_exact_chunk: the process's first chunk of the job
+    prepares the problem, its later ones reuse it), without progress reporting. Returns the
+    chunk's (start, end) wall clock."""
     from workers.model import load_checkpoint
 
     path, job, start, stop = args
-    torch.set_num_threads(1)
-    ckpt = None if job in _PLAIN_PROBLEM else load_checkpoint(path)  # before t0: a Ray chunk's arrives loaded
-    t0 = time.time()
-    if ckpt is not None:
-        _PLAIN_PROBLEM.clear()
-        _PLAIN_PROBLEM[job] = discovery_problem(ckpt)
-    exact_scores(_PLAIN_PROBLEM[job], start, stop)
-    return t0, time.time()
+    torch.set_num_threads(1)  # as orchestrator.remote gives a 1-CPU task
+    ckpt = load_checkpoint(path)  # before the chunk's clock starts: a Ray chunk's arrives loaded
+    _, t0, t1, _ = execute.execute_exact_chunk(job, ckpt, start, stop)
+    return t0, t1
 
 
 def _warm(_) -> None:
@@ -211,11 +204,12 @@ def _warm(_) -> None:
     time.sleep(0.2)  # long enough that every process of the pool takes one
 
 
-def plain_job(pool, path: Path, bounds: list[tuple[int, int]]) -> float:
+def plain_job(pool, path: Path, job, bounds: list[tuple[int, int]]) -> float:
     """Seconds of one `exact` job's chunks on a pool of plain processes, each taking the next chunk
     when it is free (as Ray hands them out), measured as the Ray job is: from the first chunk's
-    start, its prepare included, to the last chunk's end."""
-    job = time.monotonic_ns()
+    start, its prepare included, to the last chunk's end. Each call is a new job (its own id), so
+    the processes prepare again, as fresh Ray workers do."""
+    job = replace(job, id=f"{time.monotonic_ns():016x}")
     spans = pool.map(_plain_chunk, [(str(path), job, a, b) for a, b in bounds], chunksize=1)
     return max(end for _, end in spans) - min(start for start, _ in spans)
 
@@ -249,8 +243,9 @@ def exact_fanout(tmp: Path, width: int, rounds: int = REPEATS):
     ckpt = load_checkpoint(model_path)
     n_edges = sum(w.numel() for w in ckpt["weights"])
     chunk = -(-n_edges // 4)
-    shape = [ckpt["weights"][0].shape[1]] + [w.shape[0] for w in ckpt["weights"]]
-    bounds = chunk_bounds(shape, -(-n_edges // chunk))  # what the scheduler cuts for edge_chunk = chunk
+    bounds = chunk_bounds(list(ckpt["shape"]), -(-n_edges // chunk))  # the scheduler's cut for edge_chunk = chunk
+    plain = parse_spec(spec_text(tmp / "plain", "x", [0], 20, ["exact"], width,
+                                 tasks=("two_moons",))).discover_jobs()[0]  # the job the plain processes run
     torch.set_num_threads(1)
     runs: dict[str, list[float]] = {}
 
@@ -285,7 +280,7 @@ def exact_fanout(tmp: Path, width: int, rounds: int = REPEATS):
                     ray.shutdown()
             for n, pool in pools.items():
                 runs.setdefault(f"plain, {n} process{'es' if n > 1 else ''}, 4 chunks", []).append(
-                    plain_job(pool, model_path, bounds))
+                    plain_job(pool, model_path, plain, bounds))
     finally:
         for pool in pools.values():
             pool.terminate()
