@@ -195,8 +195,8 @@ def _plain_chunk(args) -> tuple[float, float]:
     path, job, start, stop = args
     torch.set_num_threads(1)  # as orchestrator.remote gives a 1-CPU task
     ckpt = load_checkpoint(path)  # before the chunk's clock starts: a Ray chunk's arrives loaded
-    _, t0, t1, _ = execute.execute_exact_chunk(job, ckpt, start, stop)
-    return t0, t1
+    chunk = execute.execute_exact_chunk(job, ckpt, start, stop)
+    return chunk.started, chunk.ended
 
 
 def _warm(_) -> None:

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 from orchestrator.spec import Job, matches, package_version
 from orchestrator.store import JobResult, check_size
@@ -58,6 +58,13 @@ class Reporter:
             self.actor(self.buf, wait)
             self.buf = []
         self.last = time.monotonic()
+
+    def take(self, event: str) -> float:
+        """Remove the unsent `event`s and return the sum of their values, for the caller to
+        deliver another way."""
+        total = sum(e[4] for e in self.buf if e[0] == event)
+        self.buf = [e for e in self.buf if e[0] != event]
+        return total
 
     def train_progress(self, steps: int, examples: int) -> None:
         self.emit("steps", steps)
@@ -201,10 +208,24 @@ def prepared_problem(job: Job, ckpt: dict, device):
     return _PREPARED[key]
 
 
-def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, actor=None):
-    """`exact` scores of edges [start, stop) of the job's model; returns (scores, t_start, t_end,
-    peak_bytes), t_start before the chunk prepared (or reused) its problem, so the earliest
-    chunk's t_start is the job's start."""
+class ChunkResult(NamedTuple):
+    """One chunk of an `exact` job: its edges' scores (numpy float64), when it started (before it
+    prepared or reused its problem, so the earliest start is the job's) and ended (time.time()),
+    its peak memory, and the edges it scored but has not reported (the merge reports them)."""
+
+    scores: Any
+    started: float
+    ended: float
+    peak_bytes: int
+    unreported_edges: float
+
+
+def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, actor=None) -> ChunkResult:
+    """`exact` scores of edges [start, stop) of the job's model. The chunk does not wait at its end
+    for the progress actor to take its last "edges" events: the merge reports them, before its
+    "done" (which it waits for), so every edge is counted before the job's result is seen. A wait
+    here was a round trip to the actor while both cores score, ~4 ms of every chunk (16 chunks of a
+    width-768 two_moons net on 2 workers: 0.87 s with it, 0.84 s without, median of 5 rounds)."""
     from workers.acdc import exact_scores
     from workers.device import pick_device
     from workers.profile import PeakMemory
@@ -216,8 +237,7 @@ def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, acto
     device = pick_device(_discover_device(job))
     with PeakMemory(device) as mem:
         scores, _ = exact_scores(prepared_problem(job, ckpt, device), start, stop, progress=rep.edges)
-    rep.flush(wait=True)
-    return scores.numpy(), t0, time.time(), mem.peak_bytes
+    return ChunkResult(scores.numpy(), t0, time.time(), mem.peak_bytes, rep.take("edges"))
 
 
 def execute_exact_merge(job: Job | dict, ckpt: dict, chunks: list, actor=None, faults: Faults | None = None,
@@ -228,13 +248,15 @@ def execute_exact_merge(job: Job | dict, ckpt: dict, chunks: list, actor=None, f
     from workers.discover import discovery_from_scores
 
     job, rep, _ = _begin(job, actor, faults)
-    started = min(c[1] for c in chunks)
-    scores = np.concatenate([c[0] for c in chunks])
+    chunks = [ChunkResult(*c) for c in chunks]
+    started = min(c.started for c in chunks)
+    scores = np.concatenate([c.scores for c in chunks])
     s = job.settings
     d = discovery_from_scores(ckpt, scores, method="exact", threshold=s["threshold"], target_f=s.get("target_f"),
-                              seconds=max(c[2] for c in chunks) - started, **_discover_kwargs(job))
+                              seconds=max(c.ended for c in chunks) - started, **_discover_kwargs(job))
     d.summary["discovery_seconds_incl_merge"] = time.time() - started
-    out = _discovery_result(job, d, ckpt, started, max(c[3] for c in chunks), node_id, pictures,
+    out = _discovery_result(job, d, ckpt, started, max(c.peak_bytes for c in chunks), node_id, pictures,
                             chunks=len(chunks))
+    rep.emit("edges", sum(c.unreported_edges for c in chunks))  # the chunks' last events (execute_exact_chunk)
     rep.emit("done", flush=True)
     return out

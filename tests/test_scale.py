@@ -64,8 +64,9 @@ def test_chunks_concatenate_to_the_one_pass_scores_and_prepare_once_per_process(
     rest = [execute.execute_exact_chunk(dj, ckpt, a, b) for a, b in bounds[1:]]
     # the later chunks of the job in this process scored the problem the first one prepared
     assert execute.prepared_problem(dj, ckpt, torch.device("cpu")) is problem
-    assert first[1] <= first[2] <= rest[0][1] <= rest[0][2] <= rest[1][1]  # (scores, start, end, peak)
-    chunks = [first[0]] + [c[0] for c in rest]
+    assert first.started <= first.ended <= rest[0].started <= rest[0].ended <= rest[1].started
+    assert [c.unreported_edges for c in [first, *rest]] == [0, 0, 0]  # no progress actor: nothing to report
+    chunks = [first.scores] + [c.scores for c in rest]
     one, _ = exact_scores(prepare(ckpt).problem)
     assert len(np.concatenate(chunks)) == n_edges(ckpt)
     assert np.concatenate(chunks).tolist() == one.numpy().tolist()
@@ -74,6 +75,30 @@ def test_chunks_concatenate_to_the_one_pass_scores_and_prepare_once_per_process(
     execute.execute_exact_chunk(other, ckpt, *bounds[0])
     assert list(execute._PREPARED) == [(other.id, "cpu")]
     assert execute.prepared_problem(other, ckpt, torch.device("cpu")) is not problem
+
+
+def test_every_edge_of_a_chunked_job_is_reported_once_before_its_done(tmp_path):
+    """A chunk does not wait for the progress actor at its end: the edges it has not reported go
+    back with its scores and the merge reports them before "done", so a dashboard's edge count is
+    whole when the job is."""
+    from workers.discover import n_edges
+
+    spec = parse_spec(SPEC.format(root=tmp_path, extra="").replace("width = 4", "width = 16"))
+    tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
+    _, ckpt = execute.execute_train(tj, pictures=False)
+    sent = []
+
+    def send(events, wait=False):  # what orchestrator.remote's sender hands the progress actor
+        sent.extend(events)
+
+    chunks = [execute.execute_exact_chunk(dj, ckpt, a, b, send) for a, b in chunk_bounds(list(ckpt["shape"]), 3)]
+    assert [e[0] for e in sent] == ["chunk"] * 3 and sum(e[4] for e in sent) == n_edges(ckpt) == 4 * 16 + 16 * 16 + 16 * 2
+    assert sum(c.unreported_edges for c in chunks) == n_edges(ckpt)  # tiny chunks: all of it unsent (0.5 s batches)
+    sent.clear()
+    execute.execute_exact_merge(dj, ckpt, chunks, send, pictures=False)
+    kinds = [e[0] for e in sent]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "edges" in kinds
+    assert sum(e[4] for e in sent if e[0] == "edges") == n_edges(ckpt)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: torch.cuda.is_available() is False")
@@ -86,7 +111,7 @@ def test_chunks_on_the_gpu_give_the_cpu_scores(tmp_path):
     spec = parse_spec(SPEC.format(root=tmp_path, extra="").replace("width = 4", "width = 64"))
     tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
     _, ckpt = execute.execute_train(tj, pictures=False)
-    chunks = [execute.execute_exact_chunk(dj, ckpt, a, b)[0] for a, b in chunk_bounds(list(ckpt["shape"]), 3)]
+    chunks = [execute.execute_exact_chunk(dj, ckpt, a, b).scores for a, b in chunk_bounds(list(ckpt["shape"]), 3)]
     assert [k[1] for k in execute._PREPARED] == ["cuda"]
     one, _ = exact_scores(prepare(ckpt).problem)
     np.testing.assert_allclose(np.concatenate(chunks), one.numpy(), rtol=0, atol=1e-12)
