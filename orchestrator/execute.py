@@ -240,15 +240,14 @@ def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, acto
     return ChunkResult(scores.numpy(), t0, time.time(), mem.peak_bytes, rep.take("edges"))
 
 
-def execute_exact_merge(job: Job | dict, ckpt: dict, chunks: list, actor=None, faults: Faults | None = None,
-                        node_id: str | None = None, pictures: bool = True) -> JobResult:
+def execute_exact_merge(job: Job | dict, ckpt: dict, chunks: list[ChunkResult], actor=None,
+                        faults: Faults | None = None, node_id: str | None = None, pictures: bool = True) -> JobResult:
     """Assemble the chunks' scores into the circuit, as one-pass `exact` would."""
     import numpy as np
 
     from workers.discover import discovery_from_scores
 
     job, rep, _ = _begin(job, actor, faults)
-    chunks = [ChunkResult(*c) for c in chunks]
     started = min(c.started for c in chunks)
     scores = np.concatenate([c.scores for c in chunks])
     s = job.settings

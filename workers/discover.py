@@ -336,11 +336,10 @@ def acdc_at_target(prep: Prepared, problem: Problem, target_f: float, order: str
 
 
 def top_k_at_target(prep: Prepared, flat_scores: torch.Tensor, target_f: float,
-                    ranking: torch.Tensor | None = None) -> tuple[Search, int]:
+                    ranking: torch.Tensor) -> tuple[Search, int]:
     """The smallest top-k (largest |score|) whose circuit reaches f >= target_f on the discovery
     examples (workers.target.search_top_k); returns the search and k. `ranking`:
-    `ev.edge_ranking(flat_scores)`, when the caller has it."""
-    ranking = ev.edge_ranking(flat_scores) if ranking is None else ranking
+    `ev.edge_ranking(flat_scores)` (the caller grades on it too)."""
 
     def probe(k: int) -> Probe:
         return Probe(_discovery_f(prep, ev.top_k_masks(prep.graph, flat_scores, k, ranking)), k)
@@ -439,9 +438,9 @@ def model_id(ckpt: dict) -> str:
 
 
 def grade(problem: Problem, masks, labels_pos, task, method: str, flat_scores,
-          ranking: torch.Tensor | None = None) -> dict:
+          ranking: torch.Tensor | None) -> dict:
     """A circuit's figures on one set of examples: faithfulness, for score methods the
-    faithfulness curve (on `ranking`, `ev.edge_ranking(flat_scores)`, when the caller has it), for
+    faithfulness curve (on `ranking`, `ev.edge_ranking(flat_scores)`; None for other methods), for
     classifiers logit gaps and accuracies."""
     out = ev.faithfulness(problem, masks)
     if method in SCORE_METHODS:

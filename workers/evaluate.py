@@ -85,15 +85,14 @@ def faithfulness(problem: Problem, masks) -> dict:
             "faithfulness": normalized_faithfulness(m_c, m_e, scale=metric_scale(problem))}
 
 
-def faithfulness_curve(problem: Problem, flat_scores: torch.Tensor, ranking: torch.Tensor | None = None) -> dict:
-    """f at MIB's edge fractions (top-|score| edges) and the areas: CPR = area under f,
-    CMD = area under |1 - f|, trapezoids over the edge fraction in [0, 1]. `ranking`:
-    `edge_ranking(flat_scores)`, when the caller has it."""
+def faithfulness_curve(problem: Problem, flat_scores: torch.Tensor, ranking: torch.Tensor) -> dict:
+    """f at MIB's edge fractions (top-|score| edges, `ranking` = `edge_ranking(flat_scores)`,
+    sorted once by the caller for all its top-k) and the areas: CPR = area under f, CMD = area
+    under |1 - f|, trapezoids over the edge fraction in [0, 1]."""
     g = problem.graph
     m_e = problem.empty_metric
     scale = metric_scale(problem)
     xs, fs = [], []
-    ranking = edge_ranking(flat_scores) if ranking is None else ranking
     for pct in CURVE_PERCENTS:
         k = int(round(pct / 100 * g.n_edges))
         masks = top_k_masks(g, flat_scores, k, ranking)
