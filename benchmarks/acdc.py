@@ -34,13 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tasks  # noqa: E402
-from workers.acdc import acdc, acdc_naive, exact_scores  # noqa: E402
-from workers.attribution import attribution_scores  # noqa: E402
-from workers.device import pick_device  # noqa: E402
-from workers.discover import prepare  # noqa: E402
-from workers.graph import Graph, Problem  # noqa: E402
-from workers.model import CoordMLP  # noqa: E402
+from circuitry import tasks  # noqa: E402
+from circuitry.workers.acdc import acdc, acdc_naive, exact_scores  # noqa: E402
+from circuitry.workers.attribution import attribution_scores  # noqa: E402
+from circuitry.workers.device import pick_device  # noqa: E402
+from circuitry.workers.discover import prepare  # noqa: E402
+from circuitry.workers.graph import Graph, Problem  # noqa: E402
+from circuitry.workers.model import CoordMLP  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -55,7 +55,7 @@ def make_checkpoint(task_name: str, width: int | None, steps: int, random: bool,
         shape[1:-1] = [width] * (len(shape) - 2)
     if not random:
         try:
-            from workers.train import TrainConfig, train
+            from circuitry.workers.train import TrainConfig, train
             cfg = TrainConfig(task=task_name, regime=regime, steps=steps, seed=0, width=width, device="cpu")
             t0 = time.perf_counter()
             ckpt = train(cfg).checkpoint

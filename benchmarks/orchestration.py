@@ -39,11 +39,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from orchestrator import execute  # noqa: E402
-from orchestrator.ray_session import start_local_ray  # noqa: E402
-from orchestrator.scheduler import Scheduler  # noqa: E402
-from orchestrator.spec import parse_spec  # noqa: E402
-from orchestrator.store import JobResult, JobStore  # noqa: E402
+from circuitry.orchestrator import execute  # noqa: E402
+from circuitry.orchestrator.ray_session import start_local_ray  # noqa: E402
+from circuitry.orchestrator.scheduler import Scheduler  # noqa: E402
+from circuitry.orchestrator.spec import parse_spec  # noqa: E402
+from circuitry.orchestrator.store import JobResult, JobStore  # noqa: E402
 
 from acdc import at_least_one  # noqa: E402  benchmarks/acdc.py, beside this file
 
@@ -113,8 +113,8 @@ def _write_shared_folder(jobs_dir, record, files):
 
 def real_files() -> dict[str, bytes]:
     """The files of a real small train job (the workers' own bytes)."""
-    from workers.outputs import training_files
-    from workers.train import TrainConfig, train
+    from circuitry.workers.outputs import training_files
+    from circuitry.workers.train import TrainConfig, train
 
     return training_files(train(TrainConfig(task="independence", regime="bimt", steps=20, width=6, log_every=10)))
 
@@ -190,7 +190,7 @@ def _plain_chunk(args) -> tuple[float, float]:
     function (orchestrator.execute.execute_exact_chunk: the process's first chunk of the job
     prepares the problem, its later ones reuse it), without progress reporting. Returns the
     chunk's (start, end) wall clock."""
-    from workers.model import load_checkpoint
+    from circuitry.workers.model import load_checkpoint
 
     path, job, start, stop = args
     torch.set_num_threads(1)  # as orchestrator.remote gives a 1-CPU task
@@ -200,7 +200,7 @@ def _plain_chunk(args) -> tuple[float, float]:
 
 
 def _warm(_) -> None:
-    import workers.acdc  # noqa: F401 - torch and the scorer imported before the measurement
+    import circuitry.workers.acdc  # noqa: F401 - torch and the scorer imported before the measurement
     time.sleep(0.2)  # long enough that every process of the pool takes one
 
 
@@ -225,11 +225,11 @@ def exact_fanout(tmp: Path, width: int, rounds: int = REPEATS):
     start, its prepare included, to the last chunk's end)."""
     import multiprocessing
 
-    from orchestrator.recorder import read_records
-    from workers.acdc import exact_scores
-    from workers.chunks import chunk_bounds
-    from workers.discover import prepare
-    from workers.model import load_checkpoint
+    from circuitry.orchestrator.recorder import read_records
+    from circuitry.workers.acdc import exact_scores
+    from circuitry.workers.chunks import chunk_bounds
+    from circuitry.workers.discover import prepare
+    from circuitry.workers.model import load_checkpoint
 
     base = parse_spec(spec_text(tmp / "x", "x", [0], 20, [], width, tasks=("two_moons",)).replace(
         "[discover]\nmethod = []\nthreshold = 0.01\n", ""))

@@ -11,9 +11,9 @@ import platform
 
 import torch
 
-from workers.device import pick_device
-from workers.names import TRAINED_REGIMES
-from workers.train import TrainConfig, train
+from circuitry.workers.device import pick_device
+from circuitry.workers.names import TRAINED_REGIMES
+from circuitry.workers.train import TrainConfig, train
 
 
 def main() -> None:

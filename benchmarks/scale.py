@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ray  # noqa: E402
 
-from orchestrator import remote  # noqa: E402
-from orchestrator.ray_session import start_local_ray  # noqa: E402
-from orchestrator.recorder import MlflowLogger, flat_row, read_records, write_parquet  # noqa: E402
-from orchestrator.scheduler import Scheduler  # noqa: E402
-from orchestrator.spec import parse_spec  # noqa: E402
-from orchestrator.store import JobResult  # noqa: E402
+from circuitry.orchestrator import remote  # noqa: E402
+from circuitry.orchestrator.ray_session import start_local_ray  # noqa: E402
+from circuitry.orchestrator.recorder import MlflowLogger, flat_row, read_records, write_parquet  # noqa: E402
+from circuitry.orchestrator.scheduler import Scheduler  # noqa: E402
+from circuitry.orchestrator.spec import parse_spec  # noqa: E402
+from circuitry.orchestrator.store import JobResult  # noqa: E402
 
 
 def tiny_spec(root: Path, name: str, n_models: int, discover: bool = True, tracking_uri: str = "") -> str:
@@ -97,7 +97,7 @@ def fixed_cost_with_pictures(tmp: Path, n: int = 3) -> dict:
     """A tiny job's fixed cost in this process with and without pictures (median of n)."""
     import torch
 
-    from orchestrator import execute
+    from circuitry.orchestrator import execute
 
     torch.set_num_threads(1)
     spec = parse_spec(tiny_spec(tmp, "pics", 1))
@@ -155,7 +155,7 @@ def mlflow_rate(uri: str, sweep_dir: Path, records: list[dict], name: str) -> fl
 
 def simulated_cluster(tmp: Path, rate: float, seconds: float, tracking_uri: str = "") -> dict:
     """Results of tiny train jobs handed to the driver's path at `rate` a second (module doc)."""
-    from orchestrator import execute
+    from circuitry.orchestrator import execute
 
     n = int(rate * seconds)
     spec = parse_spec(tiny_spec(tmp, "cluster", n, discover=False, tracking_uri=tracking_uri))

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from workers.model import CoordMLP
-from workers.swap import best_position_reference, swap_cost_deltas, top_neurons
+from circuitry.workers.model import CoordMLP
+from circuitry.workers.swap import best_position_reference, swap_cost_deltas, top_neurons
 
 
 def timed_choices(model: CoordMLP, choose, top_k: int) -> tuple[list[int], float]:

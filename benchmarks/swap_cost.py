@@ -36,11 +36,11 @@ import time
 
 import torch
 
-from tasks import get_task
-from workers.model import CoordMLP
-from workers.profile import PeakMemory
-from workers.swap import relocate, relocate_reference, swap_layers, swap_neurons, top_neurons
-from workers.train import layout
+from circuitry.tasks import get_task
+from circuitry.workers.model import CoordMLP
+from circuitry.workers.profile import PeakMemory
+from circuitry.workers.swap import relocate, relocate_reference, swap_layers, swap_neurons, top_neurons
+from circuitry.workers.train import layout
 
 SHAPES = [("digits", [64, 100, 100, 10]), ("digits", [64, 200, 200, 10]),
           ("mnist", [784, 100, 100, 10]), ("mnist", [784, 200, 200, 10])]

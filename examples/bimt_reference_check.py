@@ -11,9 +11,9 @@ import argparse
 
 import torch
 
-from tasks import TASKS, get_task
-from workers.names import TRAINED_REGIMES
-from workers.train import TrainConfig, train
+from circuitry.tasks import TASKS, get_task
+from circuitry.workers.names import TRAINED_REGIMES
+from circuitry.workers.train import TrainConfig, train
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import argparse
 
 import torch
 
-from workers.modularity import pruned_components
-from workers.train import TrainConfig, train
+from circuitry.workers.modularity import pruned_components
+from circuitry.workers.train import TrainConfig, train
 
 FRACTIONS = (1e-2, 3e-2, 5e-2, 1e-1)
 

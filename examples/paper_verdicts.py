@@ -19,8 +19,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.matched import FIGURES, compare_at_lam, matched_rows, paired_by_seed, reading  # noqa: E402
-from orchestrator.report import fmt, load_jobs, ratio_text  # noqa: E402
+from circuitry.orchestrator.matched import FIGURES, compare_at_lam, matched_rows, paired_by_seed, reading  # noqa: E402
+from circuitry.orchestrator.report import fmt, load_jobs, ratio_text  # noqa: E402
 
 # (claim, the regime bimt is compared with, figure label in orchestrator.matched.FIGURES)
 CIRCUIT_CLAIMS = [

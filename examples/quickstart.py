@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from workers.modularity import pruned_components
-from workers.outputs import write_training
-from workers.train import TrainConfig, train
+from circuitry.workers.modularity import pruned_components
+from circuitry.workers.outputs import write_training
+from circuitry.workers.train import TrainConfig, train
 
 
 def describe(components) -> str:

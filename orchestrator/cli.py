@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from tasks import TASKS
-from workers.names import REGIMES
+from circuitry.tasks import TASKS
+from circuitry.workers.names import REGIMES
 
 
 class InputError(click.UsageError):
@@ -61,11 +61,11 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
 
     --regime prune trains nothing from scratch: it prunes the --from-vanilla model to the weight
     count of the --match model and fine-tunes it (the models' own task, seed and settings)."""
-    from tasks.base import TaskDataError
-    from workers.device import DeviceError
-    from workers.outputs import write_training
-    from workers.train import TrainConfig
-    from workers.train import train as run_training
+    from circuitry.tasks.base import TaskDataError
+    from circuitry.workers.device import DeviceError
+    from circuitry.workers.outputs import write_training
+    from circuitry.workers.train import TrainConfig
+    from circuitry.workers.train import train as run_training
 
     if data_dir:
         os.environ["CIRCUITRY_MNIST_DIR"] = data_dir
@@ -97,9 +97,9 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
 
 def _prune(task, from_vanilla, match, finetune_steps, match_fraction, device):
     """`train --regime prune`: the two checkpoints checked, then workers.prune."""
-    from workers.model import CheckpointError, load_checkpoint
-    from workers.names import DEFAULT_MATCH_FRACTION
-    from workers.prune import PruneConfig, default_finetune_steps, prune
+    from circuitry.workers.model import CheckpointError, load_checkpoint
+    from circuitry.workers.names import DEFAULT_MATCH_FRACTION
+    from circuitry.workers.prune import PruneConfig, default_finetune_steps, prune
 
     ckpts = {}
     for option, path in (("--from-vanilla", from_vanilla), ("--match", match)):
@@ -125,9 +125,9 @@ def _prune(task, from_vanilla, match, finetune_steps, match_fraction, device):
 
 def _register_commands() -> None:
     """Commands that live in their own modules (one idea per module)."""
-    from orchestrator.cli_discover import discover_cmd
-    from orchestrator.cli_report import report_cmd
-    from orchestrator.cli_sweep import register
+    from circuitry.orchestrator.cli_discover import discover_cmd
+    from circuitry.orchestrator.cli_report import report_cmd
+    from circuitry.orchestrator.cli_sweep import register
 
     register(cli)
     cli.add_command(discover_cmd, "discover")

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 import torch
 
-from workers.discover import DiscoveryInputError, discover, export_eap_ig, write_discovery
-from workers.export import export_graphml
-from workers.model import CheckpointError, load_checkpoint
-from workers.names import ABLATIONS, DEFAULT_ABLATION, DEFAULT_ORDER, METHODS, ORDERS
+from circuitry.workers.discover import DiscoveryInputError, discover, export_eap_ig, write_discovery
+from circuitry.workers.export import export_graphml
+from circuitry.workers.model import CheckpointError, load_checkpoint
+from circuitry.workers.names import ABLATIONS, DEFAULT_ABLATION, DEFAULT_ORDER, METHODS, ORDERS
 
 
 def _load_data(path: str) -> dict:

@@ -14,8 +14,8 @@ import click
 def report_cmd(sweep, mlflow, tracking_uri):
     """Write SWEEP/report.md and its PNG figures from SWEEP/jobs.parquet (holding the sweep's
     lock: not while a `run` or `sync` of SWEEP is under way)."""
-    from orchestrator.report import write_report
-    from orchestrator.store import SweepBusy, sweep_lock
+    from circuitry.orchestrator.report import write_report
+    from circuitry.orchestrator.store import SweepBusy, sweep_lock
 
     sweep_dir = Path(sweep)
     if not (sweep_dir / "jobs.parquet").is_file():
@@ -26,7 +26,7 @@ def report_cmd(sweep, mlflow, tracking_uri):
             report, pictures = write_report(sweep_dir)
             click.echo(f"wrote {report} and {len(pictures)} figures")
             if mlflow:
-                from orchestrator.recorder import log_report
+                from circuitry.orchestrator.recorder import log_report
 
                 where = log_report(sweep_dir, [report, *pictures], tracking_uri)
                 if where:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.spec import SpecError, load_spec, parse_spec, spec_schema
+from circuitry.orchestrator.spec import SpecError, load_spec, parse_spec, spec_schema
 
 SPEC_ENV = "CIRCUITRY_SPEC_TOML"  # submit: the spec's text, in the Ray Job's runtime env
 
@@ -95,12 +95,12 @@ def schema_cmd():
 def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, metrics_linger, pushgateway, num_cpus,
             no_mlflow, quiet):
     """Run SPEC's sweep on Ray; only jobs without a finished result run."""
-    from orchestrator.ray_session import ensure_ray
-    from orchestrator.scheduler import Scheduler
-    from orchestrator.store import SweepBusy
+    from circuitry.orchestrator.ray_session import ensure_ray
+    from circuitry.orchestrator.scheduler import Scheduler
+    from circuitry.orchestrator.store import SweepBusy
 
     spec = _spec(spec_path, root)
-    from orchestrator.spec import _host, _pushgateway, _tracking_uri
+    from circuitry.orchestrator.spec import _host, _pushgateway, _tracking_uri
 
     try:
         if tracking_uri is not None:
@@ -111,7 +111,7 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
             _pushgateway("--pushgateway", pushgateway)
     except SpecError as e:
         raise SweepInputError(str(e)) from None
-    from orchestrator.cli import writable_dir
+    from circuitry.orchestrator.cli import writable_dir
 
     writable_dir(str(spec.sweep_dir), "sweep.root")
 
@@ -173,8 +173,8 @@ def submit_cmd(spec_path, address, root, tracking_uri, metrics_host):
     The spec travels in the job's runtime env; the driver (`circuitry run`) runs on the head in
     the working directory of the head's `ray start`. RAY_AUTH_MODE is forwarded only when you
     set it yourself: otherwise the cluster's own auth setting applies."""
-    from orchestrator.cli import user_set
-    from orchestrator.spec import _host
+    from circuitry.orchestrator.cli import user_set
+    from circuitry.orchestrator.spec import _host
 
     spec = _spec(spec_path, root)
     if metrics_host is not None:
@@ -260,8 +260,8 @@ def sync_cmd(sweep, tracking_uri):
 
     Only the jobs of SWEEP/spec.toml are logged (nothing else in the folder is read), while
     holding the sweep's lock (it waits for no `run`: a running sweep records MLflow itself)."""
-    from orchestrator.recorder import sync
-    from orchestrator.store import SweepBusy
+    from circuitry.orchestrator.recorder import sync
+    from circuitry.orchestrator.store import SweepBusy
 
     d, meta = _sweep_dir(sweep)
     if not (d / "spec.toml").is_file():

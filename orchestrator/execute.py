@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
-from orchestrator.spec import Job, matches, package_version
-from orchestrator.store import JobResult, check_size
-from workers.names import DEFAULT_ORDER
+from circuitry.orchestrator.spec import Job, matches, package_version
+from circuitry.orchestrator.store import JobResult, check_size
+from circuitry.workers.names import DEFAULT_ORDER
 
 
 class TransientError(RuntimeError):
@@ -52,7 +52,7 @@ class Reporter:
 
     def flush(self, wait: bool = False) -> None:
         if self.actor is not None and self.buf:
-            from workers.profile import rss_bytes  # imported once the first job runs (torch), not with the driver
+            from circuitry.workers.profile import rss_bytes  # imported once the first job runs (torch), not with the driver
 
             self.buf[-1] = (*self.buf[-1][:-1], rss_bytes())
             self.actor(self.buf, wait)
@@ -124,10 +124,10 @@ def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, dev
     """Train one model; returns (result, checkpoint). `pictures`: draw network.png (the spec's
     sweep.pictures). A prune job derives its model from `inputs`, the checkpoints of the jobs it
     needs (vanilla, bimt: workers.prune)."""
-    from workers.outputs import training_files
-    from workers.profile import PeakMemory
-    from workers.prune import PruneConfig, prune
-    from workers.train import TrainConfig, train
+    from circuitry.workers.outputs import training_files
+    from circuitry.workers.profile import PeakMemory
+    from circuitry.workers.prune import PruneConfig, prune
+    from circuitry.workers.train import TrainConfig, train
 
     job, rep, started = _begin(job, actor, faults)
     s = job.settings
@@ -161,7 +161,7 @@ def _discover_device(job: Job) -> str:
 
 def _discovery_result(job: Job, d, ckpt, started: float, peak: int, node_id: str | None = None,
                       pictures: bool = True, **extra) -> JobResult:
-    from workers.discover import discovery_files, summary_figures
+    from circuitry.workers.discover import discovery_files, summary_figures
 
     figures = summary_figures(d.summary)  # flat: the evaluation examples' figures as eval_*
     files = discovery_files(d, ckpt, pictures)  # before the record: its duration includes them
@@ -171,9 +171,9 @@ def _discovery_result(job: Job, d, ckpt, started: float, peak: int, node_id: str
 def execute_discover(job: Job | dict, ckpt: dict, actor=None, faults: Faults | None = None,
                      node_id: str | None = None, pictures: bool = True) -> JobResult:
     """Find one circuit in one pass."""
-    from workers.device import pick_device
-    from workers.discover import discover
-    from workers.profile import PeakMemory
+    from circuitry.workers.device import pick_device
+    from circuitry.workers.discover import discover
+    from circuitry.workers.profile import PeakMemory
 
     job, rep, started = _begin(job, actor, faults)
     device = pick_device(_discover_device(job))
@@ -199,7 +199,7 @@ def prepared_problem(job: Job, ckpt: dict, device):
     the others, rather than one prepare task before every chunk: a 2-worker job's chunks then start
     at once instead of after the prepare task, the problem's trip through the object store and the
     dependent tasks' dispatch (~0.06 s of the job's critical path on the 2-core machine)."""
-    from workers.discover import discovery_problem
+    from circuitry.workers.discover import discovery_problem
 
     key = (job.id, str(device))
     if key not in _PREPARED:
@@ -226,9 +226,9 @@ def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, acto
     "done" (which it waits for), so every edge is counted before the job's result is seen. A wait
     here was a round trip to the actor while both cores score, ~4 ms of every chunk (16 chunks of a
     width-768 two_moons net on 2 workers: 0.87 s with it, 0.84 s without, median of 5 rounds)."""
-    from workers.acdc import exact_scores
-    from workers.device import pick_device
-    from workers.profile import PeakMemory
+    from circuitry.workers.acdc import exact_scores
+    from circuitry.workers.device import pick_device
+    from circuitry.workers.profile import PeakMemory
 
     job = Job(**job) if isinstance(job, dict) else job
     t0 = time.time()
@@ -245,7 +245,7 @@ def execute_exact_merge(job: Job | dict, ckpt: dict, chunks: list[ChunkResult], 
     """Assemble the chunks' scores into the circuit, as one-pass `exact` would."""
     import numpy as np
 
-    from workers.discover import discovery_from_scores
+    from circuitry.workers.discover import discovery_from_scores
 
     job, rep, _ = _begin(job, actor, faults)
     started = min(c.started for c in chunks)

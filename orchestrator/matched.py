@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.report import fmt, ratio_text, sorted_regimes
-from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, Tost, paired_ratio, tost
+from circuitry.orchestrator.report import fmt, ratio_text, sorted_regimes
+from circuitry.orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, Tost, paired_ratio, tost
 
 TARGET = 0.95  # the headline target; other targets a sweep ran get their own tables
 MARGIN = 0.25  # TOST margin: "the same" means the ratio lies within [1/1.25, 1.25]

@@ -38,8 +38,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.store import JobStore, is_job_id, sweep_lock, write_atomic
-from workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
+from circuitry.orchestrator.store import JobStore, is_job_id, sweep_lock, write_atomic
+from circuitry.workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
 
 JOB_TAG = "circuitry.job_id"
 ROLE_TAG = "circuitry.role"
@@ -113,7 +113,7 @@ def run_name(rec: dict) -> str:
     job's label (orchestrator.spec.expand) is in the run's description and its tags. Settings
     the label shows because the grid varies them (train: steps, lam, ...; discover: output and
     the discover seed) come after the regime and seed they belong to."""
-    from orchestrator.spec import TRAIN_GRID
+    from circuitry.orchestrator.spec import TRAIN_GRID
 
     s, label = rec.get("settings") or {}, rec.get("label") or ""
     parts = label.split("/")
@@ -415,7 +415,7 @@ class Recorder:
 
 def spec_job_ids(sweep_dir: Path) -> set[str]:
     """The ids of the jobs of SWEEP/spec.toml (as this version of circuitry expands it)."""
-    from orchestrator.spec import parse_spec
+    from circuitry.orchestrator.spec import parse_spec
 
     path = Path(sweep_dir) / "spec.toml"
     return {j.id for j in parse_spec(path.read_text(), str(path)).jobs}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ray
 
-from orchestrator import execute
+from circuitry.orchestrator import execute
 
 
 def _threads(n: float) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.spec import TRAIN_GRID
-from orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, paired_ratio, t_half_width
-from workers.names import BASELINE_REGIME, REGIMES
+from circuitry.orchestrator.spec import TRAIN_GRID
+from circuitry.orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, paired_ratio, t_half_width
+from circuitry.workers.names import BASELINE_REGIME, REGIMES
 
 # (column, label, better): better is "higher" or "lower"
 QUALITY = [
@@ -411,7 +411,7 @@ def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: p
     import matplotlib.pyplot as plt
     import torch
 
-    from workers.draw import draw_network_on
+    from circuitry.workers.draw import draw_network_on
 
     rows = train[train["task"] == task]
     if rows.empty:
@@ -518,7 +518,7 @@ def missing_jobs(sweep_dir: Path, done: set[str]) -> list[str] | str:
     spec_path = Path(sweep_dir) / "spec.toml"
     if not spec_path.is_file():
         return "the sweep folder has no spec.toml"
-    from orchestrator.spec import SpecError, load_spec
+    from circuitry.orchestrator.spec import SpecError, load_spec
 
     try:
         spec = load_spec(spec_path, root=Path(sweep_dir).parent)
@@ -542,7 +542,7 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
         lines += ["", f"**Partial sweep**: {len(missing)} jobs have no result yet: {shown}."]
 
-    from orchestrator.matched import matched_sections  # it builds on this module's tables
+    from circuitry.orchestrator.matched import matched_sections  # it builds on this module's tables
 
     matched, pictures = matched_sections(train, discover, sweep_dir)  # the main comparison, first
     lines += [""] + matched + ([""] if matched else []) + ratio_sections(train, discover) + [""]

@@ -34,11 +34,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from orchestrator.execute import TransientError
-from orchestrator.metrics import ProgressBar, SweepMetrics
-from orchestrator.recorder import Recorder, resolve_uri
-from orchestrator.spec import Job, Spec, model_shape
-from orchestrator.store import JobResult, JobStore, sweep_lock, write_atomic
+from circuitry.orchestrator.execute import TransientError
+from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
+from circuitry.orchestrator.recorder import Recorder, resolve_uri
+from circuitry.orchestrator.spec import Job, Spec, model_shape
+from circuitry.orchestrator.store import JobResult, JobStore, sweep_lock, write_atomic
 
 
 @dataclass
@@ -103,7 +103,7 @@ class Scheduler:
     def run(self) -> SweepOutcome:
         import ray
 
-        from orchestrator import remote
+        from circuitry.orchestrator import remote
 
         self.ray, self.remote = ray, remote
         t_start = time.monotonic()
@@ -204,7 +204,7 @@ class Scheduler:
                 self._set_state(dj, "queued")
 
     def _cached_model(self, tj: Job) -> dict:
-        from workers.model import load_checkpoint
+        from circuitry.workers.model import load_checkpoint
 
         return load_checkpoint(self.store.folder(tj.id) / "model.pt")
 
@@ -218,7 +218,7 @@ class Scheduler:
     def submit_discover(self, job: Job, ckpt_ref) -> None:
         """One task, or (exact with resources.edge_chunk) chunk tasks of equal estimated work and a
         merge task that gets their scores."""
-        from workers.chunks import chunk_bounds
+        from circuitry.workers.chunks import chunk_bounds
 
         remote, d_opts, cpus, jd = self.remote, self.d_opts, self.spec.resources["discover_cpus"], asdict(job)
         pictures = self.spec.pictures
@@ -311,7 +311,7 @@ class Scheduler:
         kept = [dj for dj in self.children.get(tj.id, []) if dj.id in self.done_ids]
         if not kept:
             return
-        from workers.discover import model_id
+        from circuitry.workers.discover import model_id
 
         now = model_id(self.ray.get(self.ckpt_refs[tj.id]))
         for dj in kept:

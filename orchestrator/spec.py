@@ -42,8 +42,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks import TASKS
-from workers.names import (ABLATIONS, DEFAULT_ABLATION, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
+from circuitry.tasks import TASKS
+from circuitry.workers.names import (ABLATIONS, DEFAULT_ABLATION, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
                            METHODS, ORDERS, PENALTY_ONLY, PRUNE_FROM, PRUNE_MATCH, RECIPE_DEFAULTS, REGIMES,
                            edge_count, network_shape)
 

@@ -217,7 +217,7 @@ class JobStore:
             if name in sums and _sha256((folder / name).read_bytes()) != sums[name]:
                 raise DamagedResult(f"{folder / name}: its sha256 differs from the one written")
         if "model.pt" in files:
-            from workers.model import CheckpointError, load_checkpoint
+            from circuitry.workers.model import CheckpointError, load_checkpoint
 
             try:
                 load_checkpoint(folder / "model.pt")

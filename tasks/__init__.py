@@ -2,13 +2,13 @@
 to TASKS (README, 'Adding a task')."""
 from __future__ import annotations
 
-from tasks.base import Data, Task
-from tasks.digits import digits
-from tasks.mnist import mnist
-from tasks.modular_addition import modular_addition
-from tasks.planted_teacher import planted_teacher, teacher_edges
-from tasks.symbolic import compositionality, feature_sharing, independence
-from tasks.two_moons import two_moons
+from circuitry.tasks.base import Data, Task
+from circuitry.tasks.digits import digits
+from circuitry.tasks.mnist import mnist
+from circuitry.tasks.modular_addition import modular_addition
+from circuitry.tasks.planted_teacher import planted_teacher, teacher_edges
+from circuitry.tasks.symbolic import compositionality, feature_sharing, independence
+from circuitry.tasks.two_moons import two_moons
 
 TASKS: dict[str, Task] = {
     t.name: t

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from tasks.recipe import Recipe
+from circuitry.tasks.recipe import Recipe
 
 
 def live_edges(weights: list[torch.Tensor]) -> set[tuple[int, int, int]]:

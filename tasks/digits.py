@@ -11,8 +11,8 @@ from dataclasses import replace
 import torch
 from sklearn.datasets import load_digits
 
-from tasks.base import Data, Task
-from tasks.mnist import MNIST_RECIPE
+from circuitry.tasks.base import Data, Task
+from circuitry.tasks.mnist import MNIST_RECIPE
 
 WIDTH = 100
 TEST_FRACTION = 0.2

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.base import Data, Task, TaskDataError
-from tasks.recipe import Recipe
+from circuitry.tasks.base import Data, Task, TaskDataError
+from circuitry.tasks.recipe import Recipe
 
 FILES = {
     "x_train": "train-images-idx3-ubyte",

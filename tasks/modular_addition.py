@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from tasks.base import Data, Task
-from tasks.recipe import Recipe
+from circuitry.tasks.base import Data, Task
+from circuitry.tasks.recipe import Recipe
 
 P = 59
 EMBED_DIM = 32

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tasks.base import Data, Task, live_edges
-from tasks.recipe import SYMBOLIC
+from circuitry.tasks.base import Data, Task, live_edges
+from circuitry.tasks.recipe import SYMBOLIC
 
 SHAPE = (6, 12, 12, 3)
 BLOCKS = 3

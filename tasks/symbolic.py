@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from tasks.base import Data, Task
-from tasks.recipe import SYMBOLIC, Recipe
+from circuitry.tasks.base import Data, Task
+from circuitry.tasks.recipe import SYMBOLIC, Recipe
 
 N_TRAIN = N_TEST = 100
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from sklearn.datasets import make_moons
 
-from tasks.base import Data, Task
-from tasks.recipe import Recipe
+from circuitry.tasks.base import Data, Task
+from circuitry.tasks.recipe import Recipe
 
 N_TRAIN = N_TEST = 200
 

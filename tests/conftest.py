@@ -13,7 +13,7 @@ def ray_local():
     shut down at the end of the session."""
     import ray
 
-    from orchestrator.ray_session import start_local_ray
+    from circuitry.orchestrator.ray_session import start_local_ray
 
     started = not ray.is_initialized()
     if started:

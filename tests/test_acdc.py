@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from workers.acdc import acdc, acdc_naive, exact_naive, exact_scores
-from workers.graph import Graph, Problem
-from workers.model import CoordMLP
+from circuitry.workers.acdc import acdc, acdc_naive, exact_naive, exact_scores
+from circuitry.workers.graph import Graph, Problem
+from circuitry.workers.model import CoordMLP
 
 torch.set_num_threads(1)
 
@@ -154,7 +154,7 @@ def test_hand_built_circuit_is_recovered():
 def test_acdc_guesses_only_affect_speed(monkeypatch):
     """The quadratic model only guesses decisions: a wrong (negated) model and one-row tiles give
     the same circuit as the naive definition, just with more wasted rows."""
-    import workers.acdc as A
+    import circuitry.workers.acdc as A
     p = problem_for(random_checkpoint([5, 7, 6, 3], 11), "kl", "resample", None)
     ex, _ = exact_scores(p)
     tau = tau_between(ex, 0.5)
@@ -177,7 +177,7 @@ def test_guesses_are_the_sequential_answer_on_the_prefix_they_return():
     """`_guess`'s sweeps (each starting where the agreed prefix ends) return exactly the literal
     sequential decisions g_k = [pred_k(g_<k) < tau] on the prefix they return, measured decisions
     kept as they are; with sweeps enough, the whole window."""
-    from workers.acdc import _guess
+    from circuitry.workers.acdc import _guess
     gen = torch.Generator().manual_seed(9)
     for trial in range(100):
         B = int(torch.randint(1, 40, (1,), generator=gen))
@@ -203,7 +203,7 @@ def test_measure_round_matches_the_sequential_reading():
     """A round's decisions read off in tensor ops equal the literal loop: increase of row k against
     the row of the last guessed removal before it, exact up to and including the first
     contradiction of a guess, the next round's guesses after it; and whether any guess was wrong."""
-    from workers.acdc import _measure_round
+    from circuitry.workers.acdc import _measure_round
     gen = torch.Generator().manual_seed(5)
     tau, contradicted = 0.05, 0
     for _ in range(200):
@@ -237,7 +237,7 @@ def test_problem_to_device_keeps_results():
 
 def vanilla_checkpoint(task, width, steps):
     """A small dense net trained without any penalty (the networks ACDC is slowest on)."""
-    from workers.train import TrainConfig, train
+    from circuitry.workers.train import TrainConfig, train
     return train(TrainConfig(task=task, regime="vanilla", steps=steps, seed=0, width=width, device="cpu")).checkpoint
 
 
@@ -256,7 +256,7 @@ def dense_nets():
 def test_acdc_equals_naive_on_dense_nets(dense_nets, kind, net):
     """Every ablation and output=K on dense nets, with the examples a discovery would use (digits:
     real images, many pixels equal in a clean/corrupted pair)."""
-    from workers.discover import prepare
+    from circuitry.workers.discover import prepare
     ckpt = dense_nets[(kind, net)]
     for ablation in ("resample", "zero", "mean"):
         for output in (None, 1):
@@ -279,7 +279,7 @@ def test_acdc_equals_naive_on_dense_nets(dense_nets, kind, net):
 def test_device_code_path_runs_on_cpu(monkeypatch):
     """What a GPU runs (its large tiles: every candidate row of a round in one tile) gives the
     naive circuit on the CPU too, so nothing GPU-only goes untested."""
-    import workers.acdc as A
+    import circuitry.workers.acdc as A
     monkeypatch.setattr(A, "TILE_ELEMENTS", {})  # the CPU falls back to TILE_ELEMENTS_OTHER
     for kind in ("mse", "kl"):
         p = problem_for(random_checkpoint([5, 9, 7, 4], 12, zero_fraction=0.0), kind, "resample", None)
@@ -296,7 +296,7 @@ def test_device_code_path_runs_on_cpu(monkeypatch):
 def test_acdc_on_the_gpu_equals_the_naive_definition_on_the_cpu(dense_nets, kind, order):
     """The same code on a GPU: a problem moved there gives the CPU naive circuit and scores, and
     its results come back on the CPU."""
-    from workers.discover import prepare
+    from circuitry.workers.discover import prepare
     p = prepare(dense_nets[(kind, "vanilla")], ablation="resample").problem
     ex, _ = exact_scores(p)
     gpu = p.to("cuda")
@@ -354,7 +354,7 @@ def test_acdc_equals_naive_in_every_sender_order(order, kind):
 def test_sender_order_changes_the_circuit_and_random_follows_the_seed():
     """Order is a real choice: on a net where senders overlap, another order keeps other edges;
     `random` is a permutation per receiver fixed by the seed."""
-    from workers.acdc import sender_orders
+    from circuitry.workers.acdc import sender_orders
 
     shape = [4, 6, 5, 3]
     a, b = sender_orders(shape, "random", 1), sender_orders(shape, "random", 1)
@@ -378,7 +378,7 @@ def test_sender_order_changes_the_circuit_and_random_follows_the_seed():
 def cross_entropy_checkpoint(width, steps):
     """A dense digits net trained as issue 13's were (full-batch AdamW, lr 2e-3, cross-entropy, no
     penalty): large logits and many edges near tau, the case where guesses are most often wrong."""
-    import tasks
+    from circuitry import tasks
     task = tasks.get_task("digits")
     data = task.generate(0)
     torch.manual_seed(0)
@@ -395,8 +395,8 @@ def cross_entropy_checkpoint(width, steps):
 def test_acdc_equals_naive_on_cross_entropy_trained_dense_net(output):
     """Real digit images (blank pixels: zero-delta pairs), KL, taus from the exact scores' quantiles
     and the issue's 1e-3; CPU tiles and the GPU's (every row of a round in one tile)."""
-    import workers.acdc as A
-    from workers.discover import prepare
+    import circuitry.workers.acdc as A
+    from circuitry.workers.discover import prepare
     p = prepare(cross_entropy_checkpoint(8, 300), ablation="resample", output=output).problem
     ex, _ = exact_scores(p)
     for tau in (tau_between(ex, 0.4), tau_between(ex, 0.8), 1e-3):
@@ -418,7 +418,7 @@ def test_acdc_equals_naive_on_cross_entropy_trained_dense_net(output):
 def test_shifted_metric_terms_equal_the_plain_ones(kind):
     """Metric.per_example_shifted_t (ACDC's downstream form: outputs minus shift_t, <p, u> given or
     not) equals per_example_t, also where a logit moved so far that the shift over/underflows."""
-    from workers.graph import Metric
+    from circuitry.workers.graph import Metric
     g = torch.Generator().manual_seed(0)
     y_full = 3 * torch.randn(20, 5, generator=g, dtype=torch.float64)
     metric = Metric(kind, y_full)
@@ -452,7 +452,7 @@ def test_shifted_metric_terms_equal_the_plain_ones(kind):
 def test_metric_on_examples_gives_those_examples_terms(kind, output):
     """Metric.on_examples (per-example constants gathered lazily, when a formula first reads them):
     the terms of (example, value) pairs equal the full metric's terms of those examples, in every form."""
-    from workers.graph import Metric
+    from circuitry.workers.graph import Metric
     g = torch.Generator().manual_seed(1)
     y_full = 3 * torch.randn(20, 5, generator=g, dtype=torch.float64)
     metric = Metric(kind, y_full, output)
@@ -472,7 +472,7 @@ def test_closed_form_derivatives_match_finite_differences(kind):
     """The guesses' model for receivers that feed the outputs (`_Downstream.derivatives`) equals the
     central differences of the evaluated terms, for an output receiver and a last-hidden one, at
     the full model and at a moved state."""
-    from workers.acdc import _Downstream, _full_state
+    from circuitry.workers.acdc import _Downstream, _full_state
     p = problem_for(random_checkpoint([5, 7, 6, 4], 3, zero_fraction=0.2), kind, "resample", None, n=24)
     g, L = p.graph, p.graph.n_layers
     z, h = _full_state(p)
@@ -497,7 +497,7 @@ def test_exact_output_predictions_equal_the_evaluated_increases():
     """An output receiver's predictor under KL (`_ExactOutput`) is exact: its increases for a chain
     of guessed removals equal the ones the rows measure. (It only guesses, so a wrong formula would
     cost speed silently: this pins it.)"""
-    from workers.acdc import _Downstream, _full_state, _measure_round
+    from circuitry.workers.acdc import _Downstream, _full_state, _measure_round
     p = problem_for(random_checkpoint([5, 7, 6, 4], 5), "kl", "resample", None, n=24)
     L = p.graph.n_layers
     z, h = _full_state(p)
@@ -525,7 +525,7 @@ def test_interpolated_receivers_give_the_naive_circuit(monkeypatch, kind, ablati
     when every candidate is 'unsure' (an infinite margin: each decided from its exact rows). Both
     kinds of fit run: on the states of a round that holds every candidate, and on every state the
     remaining candidates can reach (after a round leaves the first interval)."""
-    import workers.acdc as A
+    import circuitry.workers.acdc as A
     fits, kinds = [], set()
     real_fit = A._Interpolant.fit
 
@@ -555,7 +555,7 @@ def test_interpolated_receivers_give_the_naive_circuit(monkeypatch, kind, ablati
 def test_interpolated_exact_scores_equal_the_naive_ones_in_any_chunking(monkeypatch):
     """`exact_scores` on interpolated receivers (forced): within 1e-12 of the one-forward-per-edge
     scores, and the same bits whichever slices of the edge list are asked for."""
-    import workers.acdc as A
+    import circuitry.workers.acdc as A
     monkeypatch.setattr(A, "CHEB_MIN_CANDIDATES", 1)
     for kind, output in (("kl", None), ("mse", 1)):
         p = problem_for(random_checkpoint([6, 7, 5, 4], 9), kind, "resample", output, n=40)
@@ -569,7 +569,7 @@ def test_interpolated_exact_scores_equal_the_naive_ones_in_any_chunking(monkeypa
 def test_receivers_whose_interpolant_fails_run_on_exact_rows(monkeypatch):
     """No interpolant reaches the tolerance (forced: tolerance 0) or examples whose deltas are all
     zero (blank pixels: a zero-width interval): the circuit is still the naive one."""
-    import workers.acdc as A
+    import circuitry.workers.acdc as A
     monkeypatch.setattr(A, "CHEB_MIN_CANDIDATES", 1)
     ckpt = random_checkpoint([6, 7, 5, 4], 21, zero_fraction=0.0)
     g = torch.Generator().manual_seed(3)
@@ -591,7 +591,7 @@ def test_scorers_hand_back_ordinary_tensors_and_leave_the_problem_usable_with_au
     """The scorers run under torch.inference_mode (`_without_autograd`), but what they return is
     ordinary: a caller can edit a mask in place and take gradients through the scores, and the
     problem still serves an autograd method afterwards (EAP's scores are the same as before)."""
-    from workers.attribution import attribution_scores
+    from circuitry.workers.attribution import attribution_scores
     p = problem_for(random_checkpoint([5, 7, 6, 3], 4), "kl", "resample", None)
     eap_before = attribution_scores(p, "eap")
     ex, _ = exact_scores(p)

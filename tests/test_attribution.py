@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-import tasks
-from workers.attribution import restoration_metric
-from workers.discover import discover, prepare
-from workers.model import CoordMLP
+from circuitry import tasks
+from circuitry.workers.attribution import restoration_metric
+from circuitry.workers.discover import discover, prepare
+from circuitry.workers.model import CoordMLP
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import tasks
-from orchestrator.cli_discover import discover_cmd
+from circuitry import tasks
+from circuitry.orchestrator.cli_discover import discover_cmd
 
 torch.set_num_threads(1)
 
@@ -24,7 +24,7 @@ def run_main(argv, capsys):
     """The console script's behaviour: orchestrator.cli.main when it exists, else the same
     one-line/exit-2 contract applied to the command here."""
     try:
-        from orchestrator.cli import main
+        from circuitry.orchestrator.cli import main
     except ImportError:  # the group is another module's; test the command alone
         main = None
     with pytest.raises(SystemExit) as e:
@@ -150,8 +150,8 @@ def test_graphml_export_loads_in_networkx(model, tmp_path):
 
 
 def test_graphml_export_of_a_2d_sheet(tmp_path):
-    from workers.outputs import write_training
-    from workers.train import TrainConfig, train
+    from circuitry.workers.outputs import write_training
+    from circuitry.workers.train import TrainConfig, train
 
     write_training(train(TrainConfig(task="digits", regime="bimt", steps=3, seed=0)), tmp_path / "m")
     out = tmp_path / "out"

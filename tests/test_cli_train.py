@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from orchestrator.cli import main
+from circuitry.orchestrator.cli import main
 
 
 def run_cli(args, capsys):
@@ -17,7 +17,7 @@ def run_cli(args, capsys):
 def test_train_writes_model_metrics_and_drawing(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "train", "--task", "independence", "--regime", "bimt",
+        [sys.executable, "-m", "circuitry.orchestrator.cli", "train", "--task", "independence", "--regime", "bimt",
          "--steps", "400", "--seed", "0", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )

@@ -283,7 +283,7 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def job_ids(spec_path: Path) -> set[str]:
-    from orchestrator.spec import load_spec
+    from circuitry.orchestrator.spec import load_spec
 
     return {j.id for j in load_spec(spec_path).jobs}
 

@@ -53,7 +53,7 @@ def containers(d) -> list[dict]:
 
 
 def default_metrics_port() -> int:
-    from orchestrator.spec import SWEEP_FIELDS
+    from circuitry.orchestrator.spec import SWEEP_FIELDS
 
     return SWEEP_FIELDS["metrics_port"][1]
 
@@ -117,8 +117,8 @@ def test_circuitry_metrics_port_is_the_code_default_everywhere():
 def test_metrics_host_option_and_env():
     from click.testing import CliRunner
 
-    from orchestrator import cli as cli_mod
-    from orchestrator.spec import SWEEP_FIELDS, SpecError, parse_spec
+    from circuitry.orchestrator import cli as cli_mod
+    from circuitry.orchestrator.spec import SWEEP_FIELDS, SpecError, parse_spec
 
     assert SWEEP_FIELDS["metrics_host"][1] == "127.0.0.1"
     cli_mod._register_commands()
@@ -137,7 +137,7 @@ def test_metrics_host_option_and_env():
 
 
 def test_taken_metrics_port_warns_in_one_line(capfd):
-    from orchestrator.metrics import SweepMetrics
+    from circuitry.orchestrator.metrics import SweepMetrics
 
     first, second = SweepMetrics("one"), SweepMetrics("two")
     port = first.serve(0)
@@ -151,7 +151,7 @@ def test_taken_metrics_port_warns_in_one_line(capfd):
 
 
 def test_submit_forwards_ray_auth_mode_only_when_user_set(monkeypatch):
-    from orchestrator import cli as cli_mod
+    from circuitry.orchestrator import cli as cli_mod
 
     captured = {}
 
@@ -276,14 +276,14 @@ def test_rayjob_runs_the_mounted_spec():
     text = cm["data"]["sweep.toml"]
     assert text == (DEPLOY / "sweep.toml").read_text()
 
-    from orchestrator.spec import parse_spec
+    from circuitry.orchestrator.spec import parse_spec
 
     spec = parse_spec(text, "circuitry-sweep ConfigMap")
     assert spec.metrics_port == default_metrics_port() and spec.jobs
 
 
 def test_cli_has_the_options_the_deploy_files_use():
-    from orchestrator import cli as cli_mod
+    from circuitry.orchestrator import cli as cli_mod
 
     cli_mod._register_commands()
     group = cli_mod.cli
@@ -320,7 +320,7 @@ def test_metric_name_extraction():
 
 
 def scrape_exporter() -> set[str]:
-    from orchestrator.metrics import SweepMetrics
+    from circuitry.orchestrator.metrics import SweepMetrics
 
     m = SweepMetrics("deploy-test")
     port = m.serve(0)
@@ -380,7 +380,7 @@ def test_readme_covers_the_basics():
 def test_metrics_linger_outlasts_two_scrapes_of_the_shipped_prometheus():
     """A sweep is a batch job: its endpoint stays up long enough after the last job for the shipped
     Prometheus to scrape the final figures twice."""
-    from orchestrator.spec import SWEEP_FIELDS, SpecError, parse_spec
+    from circuitry.orchestrator.spec import SWEEP_FIELDS, SpecError, parse_spec
 
     def seconds(d: str) -> float:
         m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", d)
@@ -408,7 +408,7 @@ def test_final_figures_are_pushed_to_a_pushgateway():
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from orchestrator.metrics import SweepMetrics
+    from circuitry.orchestrator.metrics import SweepMetrics
 
     got = {}
 

@@ -6,10 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import tasks
-from workers.discover import (DiscoveryInputError, discover, discovery_from_scores, exact_scores,
+from circuitry import tasks
+from circuitry.workers.discover import (DiscoveryInputError, discover, discovery_from_scores, exact_scores,
                               export_eap_ig, n_edges, write_discovery)
-from workers.model import CoordMLP
+from circuitry.workers.model import CoordMLP
 
 torch.set_num_threads(1)
 
@@ -145,8 +145,8 @@ def test_bad_selection_is_refused(teacher):
 
 
 def test_graph_api_attribute_and_evaluate(teacher):
-    from workers.discover import attribute, evaluate
-    from workers.graph import Graph
+    from circuitry.workers.discover import attribute, evaluate
+    from circuitry.workers.graph import Graph
     task = tasks.get_task("planted_teacher")
     split = task.make_data(0)
     g = Graph.from_checkpoint(teacher)
@@ -163,7 +163,7 @@ def test_graph_api_attribute_and_evaluate(teacher):
 
 
 def test_discover_device_option(teacher):
-    from workers.device import DeviceError, pick_device
+    from circuitry.workers.device import DeviceError, pick_device
     d = discover(teacher, "acdc", 1e-4, device="cpu")
     assert d.summary["device"] == "cpu"
     auto = discover(teacher, "acdc", 1e-4)  # "auto": the GPU if torch sees one

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import tasks
-from workers import discover as discover_mod
-from workers.acdc import acdc, acdc_naive
-from workers.discover import discover, prepare, summary_figures
-from workers.graph import Graph, Problem
-from workers.model import CoordMLP
-from workers.train import TrainConfig, train
+from circuitry import tasks
+from circuitry.workers import discover as discover_mod
+from circuitry.workers.acdc import acdc, acdc_naive
+from circuitry.workers.discover import discover, prepare, summary_figures
+from circuitry.workers.graph import Graph, Problem
+from circuitry.workers.model import CoordMLP
+from circuitry.workers.train import TrainConfig, train
 
 torch.set_num_threads(1)
 
@@ -90,7 +90,7 @@ def test_acceptance_digits_bimt_seed_3(tmp_path):
     """`circuitry train --task digits --regime bimt --steps 300 --seed 3` then `circuitry discover
     --method acdc --threshold 0.01`: graded on seed 3's own held-out examples. (Hidden width 24
     instead of the default 200 keeps the test a few seconds long; the data do not depend on it.)"""
-    from orchestrator.cli import main
+    from circuitry.orchestrator.cli import main
 
     model = tmp_path / "M"
     main(["train", "--task", "digits", "--regime", "bimt", "--steps", "300", "--seed", "3", "--width", "24",

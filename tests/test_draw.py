@@ -3,8 +3,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.collections import LineCollection
 
-from workers import draw
-from workers.model import CoordMLP
+from circuitry.workers import draw
+from circuitry.workers.model import CoordMLP
 
 
 def test_a_big_layer_draws_its_circuit_edges_first_and_at_most_the_cap(monkeypatch):

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from workers import evaluate as ev
-from workers.graph import Graph, Problem
-from workers.model import CoordMLP
+from circuitry.workers import evaluate as ev
+from circuitry.workers.graph import Graph, Problem
+from circuitry.workers.model import CoordMLP
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from test_sweep import make_spec, mlflow_runs, run
 
-from orchestrator.cli import main
+from circuitry.orchestrator.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -84,8 +84,8 @@ def test_truncated_model_heals_and_circuits_of_another_model_run_again(ray_local
     assert (aside(jobs, train.id) / "model.pt").stat().st_size == 200
     assert json.loads((aside(jobs, acdc.id) / "job.json").read_text())["figures"]["model_id"] == "0" * 16
     assert (jobs / eap.id).stat().st_ino == eap_inode
-    from workers.discover import model_id
-    from workers.model import load_checkpoint
+    from circuitry.workers.discover import model_id
+    from circuitry.workers.model import load_checkpoint
 
     now = model_id(load_checkpoint(jobs / train.id / "model.pt"))
     assert json.loads((jobs / acdc.id / "job.json").read_text())["figures"]["model_id"] == now

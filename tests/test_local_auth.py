@@ -171,7 +171,7 @@ def _environ(pid: int) -> list[bytes]:
 
 CHECK_ENV = """
 import json, os
-from orchestrator import ray_session
+from circuitry.orchestrator import ray_session
 ray_session.secure_local_env()
 first = dict(os.environ)
 ray_session._LOCAL_TOKEN = None  # as in a new process

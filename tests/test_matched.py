@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.matched import compare_at_lam, matched_rows, matched_sections, pareto_points, reading
-from orchestrator.report import fmt, load_jobs, ratio_text
-from orchestrator.stats import paired_ratio, tost
+from circuitry.orchestrator.matched import compare_at_lam, matched_rows, matched_sections, pareto_points, reading
+from circuitry.orchestrator.report import fmt, load_jobs, ratio_text
+from circuitry.orchestrator.stats import paired_ratio, tost
 from tests.test_report import table_rows
 
 SPEC = """
@@ -39,10 +39,10 @@ def sweep(tmp_path_factory):
     """The spec's jobs run in a plain loop (the worker functions Ray would call)."""
     import torch
 
-    from orchestrator.execute import execute_discover, execute_train
-    from orchestrator.recorder import flat_row, write_parquet
-    from orchestrator.spec import parse_spec
-    from orchestrator.store import JobStore
+    from circuitry.orchestrator.execute import execute_discover, execute_train
+    from circuitry.orchestrator.recorder import flat_row, write_parquet
+    from circuitry.orchestrator.spec import parse_spec
+    from circuitry.orchestrator.store import JobStore
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("matched")
@@ -118,7 +118,7 @@ def test_readings_claim_only_what_the_statistics_allow():
 
 
 def test_the_report_opens_with_the_matched_section_and_its_figure(sweep):
-    from orchestrator.report import write_report
+    from circuitry.orchestrator.report import write_report
 
     report, pictures = write_report(sweep)
     text = report.read_text()

@@ -6,9 +6,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.metrics import ProgressBar, SweepMetrics
-from orchestrator.scheduler import Scheduler
-from orchestrator.spec import parse_spec
+from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
+from circuitry.orchestrator.scheduler import Scheduler
+from circuitry.orchestrator.spec import parse_spec
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.recorder import read_records
-from orchestrator.scheduler import Scheduler
-from orchestrator.spec import parse_spec
+from circuitry.orchestrator.recorder import read_records
+from circuitry.orchestrator.scheduler import Scheduler
+from circuitry.orchestrator.spec import parse_spec
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import get_task
-from tasks.mnist import FILES, MnistDataError, load_idx_folder, read_idx
+from circuitry.tasks import get_task
+from circuitry.tasks.mnist import FILES, MnistDataError, load_idx_folder, read_idx
 
 
 def write_idx(path, array: np.ndarray, dtype_code=0x08, compress=False):

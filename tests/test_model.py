@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workers.model import (CoordMLP, folded_line_coordinates, load_checkpoint, ring_coordinates, save_checkpoint,
+from circuitry.workers.model import (CoordMLP, folded_line_coordinates, load_checkpoint, ring_coordinates, save_checkpoint,
                            sheet_coordinates, wire_lengths)
 
 

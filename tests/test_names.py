@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import cli_discover, report, spec
-from orchestrator.cli import cli
-from workers import acdc, attribution, discover, graph, names, prune, train
-from workers.device import DeviceError, pick_device
+from circuitry.orchestrator import cli_discover, report, spec
+from circuitry.orchestrator.cli import cli
+from circuitry.workers import acdc, attribution, discover, graph, names, prune, train
+from circuitry.workers.device import DeviceError, pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,15 +6,15 @@ import pandas as pd
 import pytest
 import torch
 
-from orchestrator.cli import main
-from orchestrator.recorder import read_records
-from orchestrator.report import write_report
-from orchestrator.scheduler import Scheduler
-from orchestrator.spec import SpecError, parse_spec
-from workers.model import load_checkpoint, save_checkpoint
-from workers.profile import weights_above
-from workers.prune import PruneConfig, layer_counts, magnitude_masks, prune
-from workers.train import TrainConfig, checkpoint_fit, train
+from circuitry.orchestrator.cli import main
+from circuitry.orchestrator.recorder import read_records
+from circuitry.orchestrator.report import write_report
+from circuitry.orchestrator.scheduler import Scheduler
+from circuitry.orchestrator.spec import SpecError, parse_spec
+from circuitry.workers.model import load_checkpoint, save_checkpoint
+from circuitry.workers.profile import weights_above
+from circuitry.workers.prune import PruneConfig, layer_counts, magnitude_masks, prune
+from circuitry.workers.train import TrainConfig, checkpoint_fit, train
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ def test_a_task_waiting_for_the_progress_actor_keeps_its_cpus(ray_local, keeping
 
     @ray.remote(num_cpus=2)  # the whole local Ray
     def task(probe, keeping):
-        from orchestrator.remote import _get_keeping_cpus
+        from circuitry.orchestrator.remote import _get_keeping_cpus
 
         ref = probe.free_cpus_after.remote(1.0)
         return _get_keeping_cpus(ref) if keeping else ray.get(ref)

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from orchestrator.cli import main
-from orchestrator.recorder import write_parquet
-from orchestrator.report import QUALITY, estimate, fmt, load_jobs, ratio_sections, row_keys, table
-from orchestrator.scheduler import Scheduler
-from orchestrator.spec import parse_spec
+from circuitry.orchestrator.cli import main
+from circuitry.orchestrator.recorder import write_parquet
+from circuitry.orchestrator.report import QUALITY, estimate, fmt, load_jobs, ratio_sections, row_keys, table
+from circuitry.orchestrator.scheduler import Scheduler
+from circuitry.orchestrator.spec import parse_spec
 
 SPEC = """
 [sweep]
@@ -282,7 +282,7 @@ def test_pairs_match_the_grid_point_not_only_the_seed(tmp_path):
 
 
 def test_missing_jobs_says_why_it_cannot_list_them(tmp_path):
-    from orchestrator.report import missing_jobs
+    from circuitry.orchestrator.report import missing_jobs
 
     assert missing_jobs(tmp_path, set()) == "the sweep folder has no spec.toml"
     spec = '[sweep]\nname = "m"\n[train]\ntask = "independence"\nregime = "{}"\nsteps = 1\n'
@@ -301,10 +301,10 @@ def test_target_f_and_order_reach_jobs_parquet_mlflow_and_the_order_section(tmp_
     import torch
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.execute import execute_discover, execute_train
+    from circuitry.orchestrator.execute import execute_discover, execute_train
 
-    from orchestrator.recorder import MlflowLogger, embedded_uri, flat_row
-    from orchestrator.report import order_sensitivity
+    from circuitry.orchestrator.recorder import MlflowLogger, embedded_uri, flat_row
+    from circuitry.orchestrator.report import order_sensitivity
 
     torch.set_num_threads(1)  # tiny nets: threads only contend on the shared 2-core machine
 

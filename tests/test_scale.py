@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator import execute
-from orchestrator.spec import SpecError, parse_spec
-from workers.chunks import chunk_bounds, receiver_costs
+from circuitry.orchestrator import execute
+from circuitry.orchestrator.spec import SpecError, parse_spec
+from circuitry.workers.chunks import chunk_bounds, receiver_costs
 
 SPEC = """
 [sweep]
@@ -51,8 +51,8 @@ def test_the_2_256_256_2_net_is_not_split_by_edge_count():
 
 
 def test_chunks_concatenate_to_the_one_pass_scores_and_prepare_once_per_process(tmp_path):
-    from workers.acdc import exact_scores
-    from workers.discover import n_edges, prepare
+    from circuitry.workers.acdc import exact_scores
+    from circuitry.workers.discover import n_edges, prepare
 
     spec = parse_spec(SPEC.format(root=tmp_path, extra=""))
     tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
@@ -81,7 +81,7 @@ def test_every_edge_of_a_chunked_job_is_reported_once_before_its_done(tmp_path):
     """A chunk does not wait for the progress actor at its end: the edges it has not reported go
     back with its scores and the merge reports them before "done", so a dashboard's edge count is
     whole when the job is."""
-    from workers.discover import n_edges
+    from circuitry.workers.discover import n_edges
 
     spec = parse_spec(SPEC.format(root=tmp_path, extra="").replace("width = 4", "width = 16"))
     tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
@@ -105,8 +105,8 @@ def test_every_edge_of_a_chunked_job_is_reported_once_before_its_done(tmp_path):
 def test_chunks_on_the_gpu_give_the_cpu_scores(tmp_path):
     """A chunk job on a GPU worker ("auto") scores there, on the problem it prepared there, and
     its scores come back as the CPU's to 1e-12."""
-    from workers.acdc import exact_scores
-    from workers.discover import prepare
+    from circuitry.workers.acdc import exact_scores
+    from circuitry.workers.discover import prepare
 
     spec = parse_spec(SPEC.format(root=tmp_path, extra="").replace("width = 4", "width = 64"))
     tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
@@ -120,7 +120,7 @@ def test_chunks_on_the_gpu_give_the_cpu_scores(tmp_path):
 @pytest.mark.parametrize("ablation,output", [("resample", None), ("mean", None), ("zero", 1)])
 def test_discovery_problem_is_prepares_problem(tmp_path, ablation, output):
     """The chunks' problem (without the evaluation examples) is the one-pass discovery's, tensor for tensor."""
-    from workers.discover import discovery_problem, prepare
+    from circuitry.workers.discover import discovery_problem, prepare
 
     spec = parse_spec(SPEC.format(root=tmp_path, extra=""))
     _, ckpt = execute.execute_train(spec.train_jobs()[0], pictures=False)

@@ -8,9 +8,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from orchestrator import spec
-from orchestrator.cli import main
-from workers import names
+from circuitry.orchestrator import spec
+from circuitry.orchestrator.cli import main
+from circuitry.workers import names
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))

@@ -2,8 +2,8 @@
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.spec import SpecError, parse_spec
+from circuitry.orchestrator.cli import main
+from circuitry.orchestrator.spec import SpecError, parse_spec
 
 GOOD = """
 [sweep]
@@ -119,7 +119,7 @@ def test_validate_prints_job_count(tmp_path, capsys):
 def test_quickstart_is_valid():
     from pathlib import Path
 
-    from orchestrator.spec import load_spec
+    from circuitry.orchestrator.spec import load_spec
 
     spec = load_spec(Path(__file__).parent.parent / "examples" / "quickstart.toml")
     tasks = {j.settings["task"] for j in spec.train_jobs()}
@@ -148,7 +148,7 @@ def test_ids_are_content_hashes(tmp_path):
 
 
 def test_id_includes_package_version(tmp_path, monkeypatch):
-    import orchestrator.spec as spec_mod
+    import circuitry.orchestrator.spec as spec_mod
 
     a = parse_spec(spec_text(tmp_path))
     monkeypatch.setattr(spec_mod, "package_version", lambda: "9.9.9")
@@ -161,7 +161,7 @@ def test_train_settings_resolve_to_the_task_recipe_and_the_recipe_is_in_the_id(t
     job; a task trained under another recipe (e.g. older defaults) never shares a job id."""
     from dataclasses import replace
 
-    import orchestrator.spec as spec_mod
+    import circuitry.orchestrator.spec as spec_mod
 
     text = spec_text(tmp_path).replace('task = ["independence", "two_moons"]', 'task = "independence"')
     a = parse_spec(text)
@@ -183,7 +183,7 @@ def test_spec_error_is_a_value_error():
 
 
 def test_several_discover_grids_union_their_jobs():
-    from orchestrator.spec import parse_spec
+    from circuitry.orchestrator.spec import parse_spec
 
     spec = parse_spec("""
 [sweep]
@@ -207,7 +207,7 @@ threshold = 0.01
 
 
 def test_a_bad_field_in_the_second_discover_grid_is_named():
-    from orchestrator.spec import SpecError, parse_spec
+    from circuitry.orchestrator.spec import SpecError, parse_spec
 
     with pytest.raises(SpecError, match=r'^discover\[1\]\.method: "acdcc" is not one of'):
         parse_spec('[sweep]\nname="g"\n[train]\ntask="independence"\nregime="bimt"\nsteps=1\n'
@@ -266,7 +266,7 @@ def test_errors_name_the_train_table_they_come_from(tmp_path):
 def test_target_f_and_order_name_their_jobs_and_leave_old_ids_alone():
     """target_f and a non-default order are part of a discover job's id and label; a spec that
     uses neither names exactly the jobs it named before they existed (the same hashed payload)."""
-    from orchestrator.spec import job_hash, package_version
+    from circuitry.orchestrator.spec import job_hash, package_version
 
     head = '[sweep]\nname="g"\n[train]\ntask="independence"\nregime="bimt"\nsteps=10\n'
     old = parse_spec(head + '[discover]\nmethod="acdc"\nthreshold=0.01\n').discover_jobs()[0]

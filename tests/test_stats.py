@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from orchestrator.stats import paired_ratio, tost
+from circuitry.orchestrator.stats import paired_ratio, tost
 
 
 def test_geometric_mean_and_t_interval_on_the_log_ratios():

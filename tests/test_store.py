@@ -6,12 +6,12 @@ import os
 
 import pytest
 
-from orchestrator.store import JobResult, JobStore, SweepBusy, check_size, sweep_lock, write_atomic
+from circuitry.orchestrator.store import JobResult, JobStore, SweepBusy, check_size, sweep_lock, write_atomic
 
 
 @functools.cache
 def model_bytes() -> bytes:
-    from workers.model import CoordMLP, checkpoint_bytes
+    from circuitry.workers.model import CoordMLP, checkpoint_bytes
 
     return checkpoint_bytes(CoordMLP([2, 3, 1]).to_checkpoint("independence", "vanilla", 0, {}))
 
@@ -89,7 +89,7 @@ def test_an_interrupted_commit_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_a_result_over_the_size_limit_fails_in_the_worker(monkeypatch):
-    import orchestrator.store as store_mod
+    import circuitry.orchestrator.store as store_mod
 
     monkeypatch.setattr(store_mod, "RESULT_LIMIT_BYTES", 10)
     assert check_size(result(small=b"123456789")).nbytes == 9
@@ -151,7 +151,7 @@ def test_sweep_lock_and_atomic_writes(tmp_path):
 def test_sync_and_report_wait_for_no_one(tmp_path, capsys):
     """`circuitry sync` and `circuitry report` take the sweep lock: while another process holds
     it they stop with one line (exit 1) and write nothing."""
-    from orchestrator.cli import main
+    from circuitry.orchestrator.cli import main
 
     (tmp_path / "sweep.json").write_text(json.dumps({"name": "t", "tracking_uri": "sqlite:///x.db"}))
     (tmp_path / "spec.toml").write_text('[sweep]\nname = "t"\n[train]\ntask = "independence"\n'

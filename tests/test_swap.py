@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from workers.model import CoordMLP, folded_line_coordinates, line_coordinates, sheet_coordinates
-from workers.swap import (
+from circuitry.workers.model import CoordMLP, folded_line_coordinates, line_coordinates, sheet_coordinates
+from circuitry.workers.swap import (
     best_position_reference,
     full_cost,
     relocate,

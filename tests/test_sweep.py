@@ -9,9 +9,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.recorder import read_records, sync
-from orchestrator.scheduler import Scheduler
-from orchestrator.spec import parse_spec
+from circuitry.orchestrator.recorder import read_records, sync
+from circuitry.orchestrator.scheduler import Scheduler
+from circuitry.orchestrator.spec import parse_spec
 
 pytestmark = pytest.mark.slow
 
@@ -122,8 +122,8 @@ def test_sweep_records_and_resumes(ray_local, tmp_path):
     assert_runs_are_the_jobs(runs, recs)
 
     # chunked exact == one-pass exact
-    from workers.discover import discover
-    from workers.model import load_checkpoint
+    from circuitry.workers.discover import discover
+    from circuitry.workers.model import load_checkpoint
 
     ckpt = load_checkpoint(spec.sweep_dir / "jobs" / dj.model_id / "model.pt")
     one = discover(ckpt, "exact", 0.01)
@@ -246,7 +246,7 @@ def test_mlflow_unreachable_is_not_fatal_and_sync_backfills(ray_local, tmp_path)
 
 
 def test_cli_run_and_sync(ray_local, tmp_path, capsys):
-    from orchestrator.cli import main
+    from circuitry.orchestrator.cli import main
 
     path = tmp_path / "s.toml"
     path.write_text(f"""

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from workers.target import Probe, search_top_k, search_tau
+from circuitry.workers.target import Probe, search_top_k, search_tau
 
 torch.set_num_threads(1)
 
@@ -78,7 +78,7 @@ def test_bad_targets_are_refused():
 def digits_model(tmp_path_factory):
     """A dense digits model: vanilla, width 16, 200 steps (a few seconds; the data do not depend on
     the width). Dense nets are where errors add up over many removed edges."""
-    from orchestrator.cli import main
+    from circuitry.orchestrator.cli import main
 
     out = tmp_path_factory.mktemp("digits")
     main(["train", "--task", "digits", "--regime", "vanilla", "--steps", "200", "--seed", "0", "--width", "16",
@@ -87,7 +87,7 @@ def digits_model(tmp_path_factory):
 
 
 def run_discover(model, out, *args):
-    from orchestrator.cli import main
+    from circuitry.orchestrator.cli import main
 
     main(["discover", "--model", str(model), "--method", "acdc", *args, "--out", str(out)])
     return json.loads((out / "summary.json").read_text()), pq.read_table(out / "circuit.parquet")
@@ -120,8 +120,8 @@ def test_acceptance_acdc_at_target_faithfulness(digits_model, tmp_path, capsys):
 
 
 def test_score_method_at_target_is_the_smallest_top_k(digits_model):
-    from workers.discover import discover
-    from workers.model import load_checkpoint
+    from circuitry.workers.discover import discover
+    from circuitry.workers.model import load_checkpoint
 
     ckpt = load_checkpoint(digits_model)
     d = discover(ckpt, "eap", target_f=0.9, device="cpu")
@@ -138,8 +138,8 @@ def test_score_method_at_target_is_the_smallest_top_k(digits_model):
 def test_a_dead_net_runs_acdc_once():
     """A net whose outputs ignore its inputs (every circuit's f undefined) gets the tau = 0 circuit
     from one ACDC run, not a walk down ten decades of tau."""
-    from workers.discover import discover
-    from workers.model import CoordMLP
+    from circuitry.workers.discover import discover
+    from circuitry.workers.model import CoordMLP
 
     ckpt = CoordMLP([2, 8, 8, 2]).to_checkpoint("two_moons", "vanilla", 0, {})
     ckpt["weights"][-1].zero_()

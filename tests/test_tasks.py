@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from tasks import TASKS, get_task, teacher_edges
-from workers.model import CoordMLP
+from circuitry.tasks import TASKS, get_task, teacher_edges
+from circuitry.workers.model import CoordMLP
 
 
 @pytest.mark.parametrize("name", [n for n in TASKS if n != "mnist"])  # mnist needs files: test_mnist.py

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from workers.modularity import pruned_components
+from circuitry.workers.modularity import pruned_components
 import torch.nn.functional as F
 
-from tasks import get_task
-from workers.model import CoordMLP
-from workers.train import TrainConfig, train
+from circuitry.tasks import get_task
+from circuitry.workers.model import CoordMLP
+from circuitry.workers.train import TrainConfig, train
 
 INDEPENDENT = {(frozenset({0, 2}), frozenset({0})), (frozenset({1, 3}), frozenset({1}))}
 

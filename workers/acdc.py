@@ -97,8 +97,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from workers.graph import LOG2_E, Problem
-from workers.names import CHEB_MIN_CANDIDATES, CHEB_NODES, ORDERS
+from circuitry.workers.graph import LOG2_E, Problem
+from circuitry.workers.names import CHEB_MIN_CANDIDATES, CHEB_NODES, ORDERS
 
 # Largest speculation window (candidates evaluated in one round), in float64 elements of the widest
 # downstream activation; the work itself runs in cache-sized tiles, so this bounds only the

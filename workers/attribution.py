@@ -34,8 +34,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from workers.graph import Problem
-from workers.names import ATTRIBUTION_METHODS
+from circuitry.workers.graph import Problem
+from circuitry.workers.names import ATTRIBUTION_METHODS
 
 def scored_outputs(kind: str, y: torch.Tensor, out_pos: int | None) -> torch.Tensor:
     """s(y): what r compares. Raw outputs (mse) or log-softmax (kl), [N, 1] for one output."""

@@ -23,7 +23,7 @@ Pure Python: the driver calls it without torch.
 """
 from __future__ import annotations
 
-from workers.names import CHEB_MIN_CANDIDATES, CHEB_NODES
+from circuitry.workers.names import CHEB_MIN_CANDIDATES, CHEB_NODES
 
 ROW = 12.9  # per candidate row: the chain, the tile's bookkeeping, the metric's reductions
 OUTPUT = 1.5  # per row and output it moves (an output receiver moves one)

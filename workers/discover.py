@@ -59,17 +59,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from tasks import get_task
-from tasks.base import live_edges
-from workers import acdc as acdc_mod
-from workers import evaluate as ev
-from workers.attribution import attribution_scores
-from workers.target import Probe, Search, search_top_k, search_tau
-from workers.device import pick_device
-from workers.graph import Graph, Problem
-from workers.names import ABLATIONS, METHODS, ORDERS, SCORE_METHODS
-from workers.outputs import json_bytes, png_bytes, write_files
-from workers.profile import PeakMemory
+from circuitry.tasks import get_task
+from circuitry.tasks.base import live_edges
+from circuitry.workers import acdc as acdc_mod
+from circuitry.workers import evaluate as ev
+from circuitry.workers.attribution import attribution_scores
+from circuitry.workers.target import Probe, Search, search_top_k, search_tau
+from circuitry.workers.device import pick_device
+from circuitry.workers.graph import Graph, Problem
+from circuitry.workers.names import ABLATIONS, METHODS, ORDERS, SCORE_METHODS
+from circuitry.workers.outputs import json_bytes, png_bytes, write_files
+from circuitry.workers.profile import PeakMemory
 
 # The most examples in each half (discovery, evaluation) of a task's test split: MNIST's 10,000
 # test images give 1,000 + 1,000, every other task's split is smaller than 2,000 and used whole.
@@ -547,7 +547,7 @@ def circuit_table(graph: Graph, masks, flat_scores: torch.Tensor, config: dict) 
 # ---------------------------------------------------------------- files
 
 def _draw(ckpt, masks, title, path):
-    from workers.draw import draw_network
+    from circuitry.workers.draw import draw_network
 
     draw_network(ckpt, path, edge_mask=masks, title=title)
 

@@ -11,7 +11,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import roc_auc_score
 
-from workers.graph import Graph, Problem
+from circuitry.workers.graph import Graph, Problem
 
 # MIB's edge fractions for the faithfulness curve, in percent.
 CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)

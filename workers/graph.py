@@ -23,7 +23,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from workers.names import ABLATIONS
+from circuitry.workers.names import ABLATIONS
 
 LOG2_E = 1.0 / math.log(2.0)
 LN_2 = math.log(2.0)

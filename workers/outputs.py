@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.draw import draw_network
-from workers.model import checkpoint_bytes
+from circuitry.workers.draw import draw_network
+from circuitry.workers.model import checkpoint_bytes
 
 
 def json_bytes(obj) -> bytes:

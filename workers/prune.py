@@ -36,8 +36,8 @@ from typing import Callable
 
 import torch
 
-from workers.names import DEFAULT_MATCH_FRACTION
-from workers.train import TrainResult, checkpoint_fit, config_of, train
+from circuitry.workers.names import DEFAULT_MATCH_FRACTION
+from circuitry.workers.train import TrainResult, checkpoint_fit, config_of, train
 
 @dataclass(frozen=True)
 class PruneConfig:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from workers.model import CoordMLP
+from circuitry.workers.model import CoordMLP
 
 
 def _n_layers(model: CoordMLP) -> int:

@@ -25,14 +25,14 @@ from typing import Callable
 
 import torch
 
-from tasks import get_task
-from tasks.recipe import Recipe
-from workers.device import pick_device
-from workers.model import (CoordMLP, folded_line_coordinates, line_coordinates, ring_coordinates,
+from circuitry.tasks import get_task
+from circuitry.tasks.recipe import Recipe
+from circuitry.workers.device import pick_device
+from circuitry.workers.model import (CoordMLP, folded_line_coordinates, line_coordinates, ring_coordinates,
                            sheet_coordinates, sheet_shape)
-from workers.names import DEFAULT_LOG_EVERY, RECIPE_DEFAULTS, TRAINED_REGIMES, network_shape
-from workers.profile import PeakMemory, count_parameters, inference_speed, weights_above
-from workers.swap import relocate
+from circuitry.workers.names import DEFAULT_LOG_EVERY, RECIPE_DEFAULTS, TRAINED_REGIMES, network_shape
+from circuitry.workers.profile import PeakMemory, count_parameters, inference_speed, weights_above
+from circuitry.workers.swap import relocate
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.stats import paired_ratio, tost
+from circuitry.orchestrator.stats import paired_ratio, tost
 
 SWEEPS = ("check_two_moons", "check_independence", "check_digits")
 FIGURES = (("eval_faithfulness", "held-out f"), ("n_edges_kept", "edges kept"), ("edges_tested", "edges tested"))
