@@ -30,8 +30,10 @@ from circuitry.tasks.recipe import Recipe
 from circuitry.workers.device import pick_device
 from circuitry.workers.model import (CoordMLP, folded_line_coordinates, line_coordinates, ring_coordinates,
                            sheet_coordinates, sheet_shape)
-from circuitry.workers.names import DEFAULT_LOG_EVERY, RECIPE_DEFAULTS, TRAINED_REGIMES, network_shape
-from circuitry.workers.profile import PeakMemory, count_parameters, inference_speed, weights_above
+from circuitry.workers.names import (DEFAULT_LOG_EVERY, RECIPE_DEFAULTS, TRAINED_REGIMES, network_shape,
+                                    resolved_swap_every)
+from circuitry.workers.profile import (PeakMemory, count_parameters, inference_speed, peak_tensor_bytes,
+                                      weights_above)
 from circuitry.workers.swap import relocate
 
 
@@ -64,6 +66,7 @@ class TrainConfig:
         d = asdict(self)
         for key in RECIPE_DEFAULTS:
             d[key] = getattr(r, key) if d[key] is None else d[key]
+        d["swap_every"] = resolved_swap_every(self.regime, self.steps, self.swap_every, r)
         d["batch_size"] = (r.batch_size or 0) if self.batch_size is None else self.batch_size
         d["sheets"] = task.input_grid is not None if self.sheets is None else self.sheets
         return TrainConfig(**d)
@@ -120,6 +123,14 @@ def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred.argmax(1) == y).float().mean())
 
 
+def _r2(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """R^2 averaged over the outputs (scikit-learn's r2_score, 'uniform_average')."""
+    y, pred = y.reshape(len(y), -1).double(), pred.reshape(len(pred), -1).double()
+    residual = ((y - pred) ** 2).sum(0)
+    total = ((y - y.mean(0)) ** 2).sum(0)
+    return float((1 - residual / total).mean())
+
+
 def _loss_fn(task, recipe: Recipe):
     return lambda pred, target: task.training_loss(pred, target, recipe.loss)
 
@@ -132,6 +143,9 @@ def _fit(model: CoordMLP, task, loss_fn, x, y, x_test, y_test) -> dict[str, floa
     if task.kind == "classification":
         out["train_accuracy"] = _accuracy(pred, y)
         out["test_accuracy"] = _accuracy(pred_test, y_test)
+    else:  # task performance on a scale loss is not: 1 for a perfect fit, 0 for the mean's
+        out["train_r2"] = _r2(pred, y)
+        out["test_r2"] = _r2(pred_test, y_test)
     return out
 
 
@@ -201,29 +215,35 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
     weight_factor = recipe.distance_weight if regime.local else 0.0
     batches = minibatches(len(x), cfg.batch_size, cfg.seed, device)
 
-    curve, swap_seconds, n_swapped, last_logged, examples = [], 0.0, 0, 0, 0
+    def optimise(model: CoordMLP, opt: torch.optim.Optimizer, xb, yb, step: int) -> torch.Tensor:
+        """One optimiser step on a batch; returns the batch's loss."""
+        loss = loss_fn(model(xb), yb)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        if masks is not None:
+            for linear, m in zip(model.linears, masks):
+                linear.weight.grad.mul_(m)
+        if regime.penalty:  # the gradient of lam * connection cost, added in closed form
+            model.add_connection_cost_grad(
+                recipe.lam_at(step, cfg.steps), weight_factor, penalize_bias=recipe.penalize_bias_at(step, cfg.steps),
+                norm=recipe.cost_norm, last_layer_distance=recipe.last_layer_distance)
+        opt.step()
+        if masks is not None:
+            _apply_masks(model, masks)
+        return loss
+
+    curve, swap_seconds, n_swapped, swap_rounds, last_logged, examples = [], 0.0, 0, 0, 0, 0
     with PeakMemory(device) as mem:
         start = time.perf_counter()
         for step in range(cfg.steps):
             idx = next(batches)
             xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-            loss = loss_fn(model(xb), yb)
-            opt.zero_grad(set_to_none=False)
-            loss.backward()
-            if masks is not None:
-                for linear, m in zip(model.linears, masks):
-                    linear.weight.grad.mul_(m)
-            if regime.penalty:  # the gradient of lam * connection cost, added in closed form
-                model.add_connection_cost_grad(
-                    recipe.lam_at(step, cfg.steps), weight_factor, penalize_bias=recipe.penalize_bias_at(step, cfg.steps),
-                    norm=recipe.cost_norm, last_layer_distance=recipe.last_layer_distance)
-            opt.step()
-            if masks is not None:
-                _apply_masks(model, masks)
+            loss = optimise(model, opt, xb, yb, step)
             examples += len(xb)
             if regime.swaps and (step + 1) % cfg.swap_every == 0:
                 t0 = time.perf_counter()
                 n_swapped += relocate(model, cfg.top_k, recipe.cost_norm, recipe.swap_inputs)
+                swap_rounds += 1
                 swap_seconds += time.perf_counter() - t0
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 with torch.no_grad():
@@ -236,6 +256,10 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - start
 
+    # the allocator's view of one full-size step (workers.profile), on a copy: training is not touched
+    n_batch = min(cfg.batch_size, len(x)) if cfg.batch_size else len(x)
+    tensor_bytes = peak_tensor_bytes(model, opt, lambda m, o: optimise(m, o, x[:n_batch], y[:n_batch], cfg.steps - 1),
+                                     device)
     model.eval()
     with torch.no_grad():
         # one yardstick for every regime of a task: summed, distance weight 1, biases included
@@ -249,8 +273,10 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
         "swap_seconds": swap_seconds,
         "swap_share": swap_seconds / train_seconds,
         "neurons_swapped": n_swapped,
+        "swap_rounds": swap_rounds,
         "peak_memory_bytes": mem.peak_bytes,
         "peak_memory_delta_bytes": mem.delta_bytes,
+        "peak_tensor_bytes": tensor_bytes,
         "n_parameters": count_parameters(model),
         "inference_per_second_batch1": inference_speed(model, x_test, 1),
         "inference_per_second_batch1024": inference_speed(model, x_test, 1024),
