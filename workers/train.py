@@ -176,14 +176,16 @@ def _apply_masks(model: CoordMLP, masks: list[torch.Tensor]) -> None:
 
 
 def train(config: TrainConfig, progress: Callable[[int, int], None] | None = None, start: dict | None = None,
-          masks: list[torch.Tensor] | None = None) -> TrainResult:
+          masks: list[torch.Tensor] | None = None,
+          prune_at: Callable[[int, CoordMLP], list[torch.Tensor] | None] | None = None) -> TrainResult:
     """Train one model. `progress(steps, examples)` is called every `log_every` steps with the
     increments since the last call (the orchestrator turns them into Prometheus counters).
     `start`: a checkpoint of the same shape to continue from instead of a fresh initialisation
     (its weights, biases, embedding and layout; the optimiser starts afresh). `masks`: one 0/1
     tensor per weight matrix; the weights where it is 0 are held at exactly zero (their gradient
     is masked, so AdamW's moments for them stay zero, and they are re-zeroed after every step).
-    workers.prune fine-tunes a pruned network with both."""
+    workers.prune fine-tunes a pruned network with both. `prune_at(step, model)`, called after
+    every step, may return new masks, which replace `masks` from then on (gradual pruning)."""
     cfg = config.resolved()
     task = get_task(cfg.task)
     recipe = cfg.recipe()
@@ -239,6 +241,9 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
             idx = next(batches)
             xb, yb = (x, y) if idx is None else (x[idx], y[idx])
             loss = optimise(model, opt, xb, yb, step)
+            if prune_at is not None and (new_masks := prune_at(step, model)) is not None:
+                masks = [m.to(device=device, dtype=dtype) for m in new_masks]
+                _apply_masks(model, masks)
             examples += len(xb)
             if regime.swaps and (step + 1) % cfg.swap_every == 0:
                 t0 = time.perf_counter()
