@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from circuitry.orchestrator.matched import FIGURES, compare_at_lam, matched_rows, paired_by_seed, reading  # noqa: E402
 from circuitry.orchestrator.primary import (PRIMARY, SECONDARY, compare, comparisons_table, failures_table,  # noqa: E402
                                             primary_rows)
+from circuitry.orchestrator.report_tables import fmt, load_jobs, ratio_text  # noqa: E402
 from circuitry.orchestrator.stats import log_ratio_effect_size, paired_ratio, tost  # noqa: E402
 from circuitry.tasks import get_task  # noqa: E402
 
 MEMORY_MARGIN = 0.05
-from circuitry.orchestrator.report import fmt, load_jobs, ratio_text  # noqa: E402
 
 # (claim, the regime bimt is compared with, figure label in orchestrator.matched.FIGURES)
 CIRCUIT_CLAIMS = [
