@@ -168,6 +168,17 @@ def _paired(rows: pd.DataFrame, task: str, regime: str, lam, column: str):
     return x, y, failures, vanilla_failures
 
 
+def _identical_within(x: np.ndarray, y: np.ndarray, e: Endpoint) -> bool:
+    """Every pair has the same ratio (or difference), inside the margin, from enough pairs: a
+    figure the regimes cannot change (a step's tensor bytes of one architecture), not noise."""
+    ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) & (y > 0) if e.scale == "ratio" else True)
+    if ok.sum() < 3:
+        return False
+    v = np.log(x[ok] / y[ok]) if e.scale == "ratio" else x[ok] - y[ok]
+    bound = math.log1p(e.margin) if e.scale == "ratio" else e.margin
+    return bool(np.ptp(v) == 0 and abs(v[0]) < bound)
+
+
 def compare(rows: pd.DataFrame, endpoints=PRIMARY, regimes=("l1", "local", "swap", "bimt", "prune")) -> list[Comparison]:
     """Every regime x lam of every task against vanilla on `endpoints`, Holm-adjusted as one family."""
     out = []
@@ -188,6 +199,8 @@ def compare(rows: pd.DataFrame, endpoints=PRIMARY, regimes=("l1", "local", "swap
                         d = paired_difference(x, y)
                         c = Comparison(task, regime, lam, e, d.n, d.mean, d.low, d.high, d.effect_size, d.p_value,
                                        tost_difference(x, y, e.margin).p_value, fails, vfails)
+                    if _identical_within(x, y, e):
+                        c.p_same = 0.0  # no spread at all and inside the margin: equal, not untestable
                     out.append(c)
     adjusted = holm([c.p_differs for c in out] + [c.p_same for c in out])
     for i, c in enumerate(out):

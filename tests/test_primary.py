@@ -55,3 +55,15 @@ def test_sparser_without_failures_is_better_with_its_effect_size():
     assert "better" in edges.text() and "d_z" in edges.text()
     gap = next(c for c in cs if c.endpoint.column == "generalisation_gap")
     assert gap.n == 6 and gap.estimate == pytest.approx(0.0)
+
+
+def test_a_figure_every_seed_shares_is_the_same_not_untestable():
+    train, disc = _sweep([100, 120, 95], [400, 500, 380], [0.95] * 3, [0.95] * 3)
+    from circuitry.orchestrator.primary import SECONDARY
+
+    cs = compare(primary_rows(train, disc, {"digits": 10}), SECONDARY)
+    memory = next(c for c in cs if c.endpoint.column == "peak_tensor_bytes")
+    assert memory.estimate == 1.0 and memory.verdict == "same"
+    train.loc[train["regime"] == "bimt", "peak_tensor_bytes"] = 2e5  # identical, but twice as much: not the same
+    cs = compare(primary_rows(train, disc, {"digits": 10}), SECONDARY)
+    assert next(c for c in cs if c.endpoint.column == "peak_tensor_bytes").verdict == "n.d."
