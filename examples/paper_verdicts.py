@@ -145,6 +145,10 @@ def primary_report(folders: list[Path], ablation: str) -> str:
     train = pd.concat([t for t, _ in frames], ignore_index=True)
     discover = pd.concat([d for _, d in frames], ignore_index=True)
     classes = {t: get_task(t).n_outputs if get_task(t).kind == "classification" else None for t in set(train["task"])}
+    if train.groupby("task")["steps"].nunique().max() > 1:  # one task at several lengths: compare within each
+        label = train["task"] + " (" + train["steps"].map("{:,}".format) + " steps)"
+        classes = {lab: classes[t] for lab, t in zip(label, train["task"])}
+        train["task"] = label
     rows = primary_rows(train, discover, classes, ablation)
     out = [f"Failures ({ablation} ablation):", "", failures_table(rows), "",
            "Primary family (Holm across it):", "", comparisons_table(compare(rows, PRIMARY)), "",
