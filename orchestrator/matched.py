@@ -32,7 +32,7 @@ NO_LAM = ("vanilla",)  # regimes that take no penalty strength: one point, paire
 FIGURES = [
     ("n_edges_kept", "edges at target f", "lower"),
     ("eval_faithfulness", "held-out f", "higher"),
-    ("eval_normalized_logit_gap", "held-out normalised logit gap", "higher"),
+    ("eval_normalized_logit_gap", "held-out normalised logit gap", "lower"),
     ("edge_roc_auc", "ground-truth ROC AUC", "higher"),
     ("test_accuracy", "test accuracy", "higher"),
     ("test_loss", "test loss", "lower"),

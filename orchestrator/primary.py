@@ -60,7 +60,7 @@ PRIMARY = (
 )
 # Read beside the primary family, never into the claims table
 SECONDARY = (
-    Endpoint("held-out normalised logit gap", "eval_normalized_logit_gap", "difference", 0.02, "higher"),
+    Endpoint("held-out normalised logit gap", "eval_normalized_logit_gap", "difference", 0.02, "lower"),
     Endpoint("edge precision (ground truth)", "edge_precision", "difference", 0.02, "higher"),
     Endpoint("edge recall (ground truth)", "edge_recall", "difference", 0.02, "higher"),
     Endpoint("peak tensor bytes of a step", "peak_tensor_bytes", "ratio", 0.05, "lower"),
