@@ -38,7 +38,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from circuitry.orchestrator.store import JobStore, is_job_id, sweep_lock, write_atomic
+from circuitry.orchestrator.store import JobStore, is_job_id, sweep_lock
+from circuitry.workers.files import write_atomic
 from circuitry.workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
 
 JOB_TAG = "circuitry.job_id"

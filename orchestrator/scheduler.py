@@ -39,7 +39,8 @@ from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
 from circuitry.orchestrator.recorder import Recorder, resolve_uri
 from circuitry.orchestrator.jobs import Job, model_shape
 from circuitry.orchestrator.spec import Spec
-from circuitry.orchestrator.store import JobResult, JobStore, sweep_lock, write_atomic
+from circuitry.orchestrator.store import JobResult, JobStore, sweep_lock
+from circuitry.workers.files import write_atomic
 
 
 @dataclass
@@ -57,10 +58,6 @@ class SweepOutcome:
     mlflow_error: str | None = None
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def ran(self) -> int:
-        return self.finished + self.failed
 
 
 def _short_error(e: BaseException) -> str:
@@ -278,9 +275,6 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 - the job failed after its retries
                 self.on_failure(job, _short_error(e))
         self.on_results(results)
-
-    def on_result(self, job: Job, result: JobResult) -> None:
-        self.on_results([(job, result)])
 
     def on_results(self, results: list[tuple[Job, JobResult]]) -> None:
         """Write the jobs' folders (the only writer; together, so their fsyncs overlap:

@@ -64,7 +64,8 @@ from circuitry.workers.discover_config import DiscoverConfig, DiscoveryInputErro
 from circuitry.workers.discovery_data import Prepared, prepare
 from circuitry.workers.graph import Graph, Problem
 from circuitry.workers.names import SCORE_METHODS
-from circuitry.workers.outputs import json_bytes, png_bytes, write_files
+from circuitry.workers.files import json_bytes, write_files
+from circuitry.workers.outputs import png_bytes
 from circuitry.workers.profile import PeakMemory
 from circuitry.workers.target import Probe, Search, search_top_k, search_tau
 
