@@ -8,7 +8,10 @@ Test-only fault injection (spec table [testing], documented in examples/quicksta
 matched by `transient_once` raises TransientError on its first attempt, one matched by
 `crash_once` calls os._exit(1) on its first attempt. Whether an attempt is the first is asked of
 the driver's side (`Faults.first_time`, the progress actor in a Ray run), which keeps the marker
-files `SWEEP/.faults/<id>.<fault>` so a later run of the sweep does not fire them again.
+files `SWEEP/.faults/<id>.<fault>` so a later run of the sweep does not fire them again. A job
+matched by `hold` waits at its start until the file SWEEP/.release exists (at most HOLD_SECONDS),
+so a test can keep a sweep running, or stop it mid-way, without long training; the worker reads
+the driver's folder for it, so it holds in a local run only.
 """
 from __future__ import annotations
 
@@ -20,6 +23,10 @@ from typing import Any, Callable, NamedTuple
 
 from circuitry.orchestrator.jobs import Job, matches, package_version
 from circuitry.orchestrator.store import JobResult, check_size
+
+
+RELEASE_FILE = ".release"  # in the sweep folder: held jobs go on once it exists
+HOLD_SECONDS = 600.0
 
 
 class TransientError(RuntimeError):
@@ -87,17 +94,22 @@ class Reporter:
 
 @dataclass
 class Faults:
-    """TEST ONLY: the spec's [testing] selectors, and `first_time(job_id, fault)`, True exactly once
-    per job and fault in a sweep (see the module doc)."""
+    """TEST ONLY: the spec's [testing] selectors, `first_time(job_id, fault)`, True exactly once
+    per job and fault in a sweep, and the file that releases held jobs (see the module doc)."""
 
     selectors: dict
     first_time: Callable[[str, str], bool]
+    release: str | None = None
 
 
 def inject_faults(job: Job, faults: Faults | None) -> None:
     """TEST ONLY: see the module doc."""
     if faults is None:
         return
+    if faults.release and matches(faults.selectors.get("hold", []), job):
+        deadline = time.monotonic() + HOLD_SECONDS
+        while not os.path.exists(faults.release) and time.monotonic() < deadline:
+            time.sleep(0.1)
     for fault in ("crash_once", "transient_once"):
         if not matches(faults.selectors.get(fault, []), job) or not faults.first_time(job.id, fault):
             continue
@@ -159,14 +171,6 @@ def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, dev
     return out, result.checkpoint
 
 
-def discover_config(job: Job):
-    """The discovery a discover job asks for (workers.discover_config.DiscoverConfig). It runs on
-    the job's "device" setting when it has one, else "auto" (the GPU when the worker's torch sees one)."""
-    from circuitry.workers.discover_config import DiscoverConfig
-
-    return DiscoverConfig.from_settings(job.settings, device=job.settings.get("device") or "auto")
-
-
 def _discovery_result(job: Job, d, ckpt, started: float, peak: int, node_id: str | None = None,
                       pictures: bool = True, **extra) -> JobResult:
     from circuitry.workers.discover import discovery_files, summary_figures
@@ -186,7 +190,7 @@ def execute_discover(job: Job | dict, ckpt: dict, actor=None, faults: Faults | N
     from circuitry.workers.profile import PeakMemory
 
     job, rep, started = _begin(job, actor, faults)
-    config = discover_config(job)
+    config = job.discover_config()
     device = pick_device(config.device)
     with PeakMemory(device) as mem:
         d = find_circuit(ckpt, replace(config, device=str(device)), progress=rep.edges)
@@ -207,13 +211,13 @@ def prepared_problem(job: Job, ckpt: dict, device):
     process runs and reused by its later ones. Each worker prepares for itself, at the same time as
     the others, rather than one prepare task before every chunk: a 2-worker job's chunks then start
     at once instead of after the prepare task, the problem's trip through the object store and the
-    dependent tasks' dispatch (~0.06 s of the job's critical path on the 2-core machine)."""
+    dependent tasks' dispatch, all on the job's critical path."""
     from circuitry.workers.discovery_data import discovery_problem
 
     key = (job.id, str(device))
     if key not in _PREPARED:
         _PREPARED.clear()
-        c = discover_config(job)
+        c = job.discover_config()
         _PREPARED[key] = discovery_problem(ckpt, ablation=c.ablation, output=c.output, seed=c.seed).to(device)
     return _PREPARED[key]
 
@@ -234,8 +238,7 @@ def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, acto
     """`exact` scores of edges [start, stop) of the job's model. The chunk does not wait at its end
     for the progress actor to take its last "edges" events: the merge reports them, before its
     "done" (which it waits for), so every edge is counted before the job's result is seen. A wait
-    here was a round trip to the actor while both cores score, ~4 ms of every chunk (16 chunks of a
-    width-768 two_moons net on 2 workers: 0.87 s with it, 0.84 s without, median of 5 rounds)."""
+    here would be a round trip to the actor at the end of every chunk, while the cores score."""
     from circuitry.workers.acdc import exact_scores
     from circuitry.workers.device import pick_device
     from circuitry.workers.profile import PeakMemory
@@ -244,7 +247,7 @@ def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, acto
     t0 = time.time()
     rep = Reporter(actor, job)
     rep.emit("chunk", stop - start, flush=True)
-    device = pick_device(discover_config(job).device)
+    device = pick_device(job.discover_config().device)
     with PeakMemory(device) as mem:
         scores, _ = exact_scores(prepared_problem(job, ckpt, device), start, stop, progress=rep.edges)
     return ChunkResult(scores.numpy(), t0, time.time(), mem.peak_bytes, rep.take("edges"))
@@ -260,7 +263,7 @@ def execute_exact_merge(job: Job | dict, ckpt: dict, chunks: list[ChunkResult], 
     job, rep, _ = _begin(job, actor, faults)
     started = min(c.started for c in chunks)
     scores = np.concatenate([c.scores for c in chunks])
-    d = discovery_from_scores(ckpt, scores, discover_config(job), seconds=max(c.ended for c in chunks) - started)
+    d = discovery_from_scores(ckpt, scores, job.discover_config(), seconds=max(c.ended for c in chunks) - started)
     d.summary["discovery_seconds_incl_merge"] = time.time() - started
     out = _discovery_result(job, d, ckpt, started, max(c.peak_bytes for c in chunks), node_id, pictures,
                             chunks=len(chunks))

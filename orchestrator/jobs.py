@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 
 from circuitry.tasks import TASKS
+from circuitry.workers.discover_config import DiscoverConfig
 from circuitry.workers.names import (DEFAULT_MATCH_FRACTION, DEFAULT_ORDER, PENALTY_ONLY, PRUNE_FROM, PRUNE_MATCH,
                                      RECIPE_DEFAULTS, edge_count, network_shape)
 
@@ -53,6 +54,11 @@ class Job:
     model_id: str | None = None  # discover: the id of the train job whose model it reads
     n_edges: int = 0  # edges of the model's dense neuron graph
     needs: tuple[str, ...] = ()  # prune: the ids of the (vanilla, bimt) train jobs whose models it reads
+
+    def discover_config(self) -> DiscoverConfig:
+        """A discover job's settings as the DiscoverConfig the worker runs; on the job's "device"
+        setting when it has one, else "auto" (the GPU when the worker's torch sees one)."""
+        return DiscoverConfig.from_settings(self.settings, device=self.settings.get("device") or "auto")
 
     def params(self) -> dict:
         out = {"job_id": self.id, "kind": self.kind, **self.settings}

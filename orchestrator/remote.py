@@ -38,23 +38,26 @@ def _get_keeping_cpus(ref):
     core worker completes from another thread. A task blocked in `ray.get` on its main thread lends
     its CPU back to Ray, which then starts a worker process for the next queued task; the task that
     blocked (for a millisecond) finishes, sits idle and is stopped, and the queued one waits for
-    a cold process: a 1-worker `exact` job of 4 chunks on a 2-1536-1536-2 net took 8.0-8.8 s that
-    way, 5.1-5.8 s without. Ray lends the CPU only for waits in its own get."""
+    a cold process, which costs a chunked job most of a second a chunk. Ray lends the CPU only for
+    waits in its own get."""
     return ref.future().result()
 
 
-def _faults(actor, selectors):
-    """execute.Faults asking the progress actor whether an injected fault fires (test only)."""
-    if not selectors:
+def _faults(actor, faults):
+    """execute.Faults asking the progress actor whether an injected fault fires (test only):
+    `faults` is (the spec's [testing] selectors, the sweep's release file) or None."""
+    if not faults:
         return None
-    return execute.Faults(selectors, lambda job_id, fault: _get_keeping_cpus(actor.first_time.remote(job_id, fault)))
+    selectors, release = faults
+    return execute.Faults(selectors, lambda job_id, fault: _get_keeping_cpus(actor.first_time.remote(job_id, fault)),
+                          release)
 
 
 @ray.remote(num_returns=2)
 def job_task(op: str, cpus: float, actor, *args):
     """Every kind of work is this one task (`op` picks it), so Ray sees one scheduling class and
     hands the next job to the same warm worker process (a lease is reused only within a class;
-    with one function per kind, workers were started and killed between kinds, ~1 s a job).
+    with one function per kind, workers are started and killed between kinds, about a second a job).
     Returns (result, checkpoint or None): a JobResult (record and files) for train, discover and
     merge, the scores of its edges for a chunk."""
     _threads(cpus)
@@ -83,7 +86,7 @@ class Submitter:
     work the task options (resources, retries), the CPUs (torch threads) and the training device."""
 
     actor: Any
-    faults: dict | None
+    faults: tuple[dict, str] | None  # test only: ([testing] selectors, the release file), see execute
     pictures: bool
     train_options: dict
     train_cpus: float

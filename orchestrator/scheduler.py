@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from circuitry.orchestrator.execute import TransientError
+from circuitry.orchestrator.execute import RELEASE_FILE, TransientError
 from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
 from circuitry.orchestrator.recorder import Recorder, resolve_uri
 from circuitry.orchestrator.jobs import Job, model_shape
@@ -154,7 +154,7 @@ class Scheduler:
         gpus = self.ray.cluster_resources().get("GPU", 0) > 0
         retry = {"max_retries": res["max_retries"], "retry_exceptions": [TransientError]}
         self.actor = self.remote.progress_actor()
-        faults = spec.testing if any(spec.testing.values()) else None
+        faults = (spec.testing, str(self.sweep_dir / RELEASE_FILE)) if any(spec.testing.values()) else None
         if faults:
             self.ray.get(self.actor.arm.remote(self._fired_faults()))
         self.submit = self.remote.Submitter(

@@ -7,9 +7,9 @@ through Ray's object store, and the driver commits it:
 2. fsync that folder, rename it to `jobs/<id>/`, fsync `jobs/`.
 
 Results that arrive together are committed together (`commit_many`, one thread each, up to
-COMMIT_THREADS): the filesystem folds their fsyncs into shared journal commits, so 100 results
-cost about what 5 did one after another (~20 ms each alone on the 2-core CI machine, ~1-2 ms
-each in a group), and a driver receiving 200 results a second keeps up.
+COMMIT_THREADS): the filesystem folds their fsyncs into shared journal commits, so a group costs
+about what a few results one after another do, and a driver receiving hundreds of results a
+second keeps up (benchmarks/scale.py).
 
 So a job folder that exists is finished (a half-written result is only ever a dot-folder, which
 readers skip and `prepare` removes), and after a power loss the rename is either there with all
