@@ -143,8 +143,9 @@ def test_no_reference_to_the_founding_design_outside_the_repository():
     """The design lives in docs/; nothing may send a reader to a file a clone does not have."""
     needle = "shared" + "/design"
     try:
-        files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True,
-                               timeout=60).stdout.decode().split("\0")
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                cwd=ROOT, capture_output=True, check=True, timeout=60)
+        files = listed.stdout.decode().split("\0")
     except (OSError, subprocess.CalledProcessError):  # not a git checkout: every file but the venv's
         files = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
                  if p.is_file() and not {".git", ".venv"} & set(p.relative_to(ROOT).parts)]
