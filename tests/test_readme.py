@@ -28,7 +28,7 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 def _repo_path(token: str) -> str | None:
     """`token` as a repository path when it names one (its first part is a top-level entry)."""
     token = token.strip().rstrip(".,;:")
-    if " " in token or "(" in token or "*" in token:
+    if any(c in token for c in " (*$<"):  # prose, calls, globs, shell variables, placeholders
         return None
     first = token.split("/", 1)[0]
     if first in TOP and (first != token or "." in first or token.endswith("/")):
@@ -42,27 +42,39 @@ def test_readme_is_short():
                                   "and move reference material to docs/"
 
 
-def test_every_path_the_readme_names_exists():
-    text = README.read_text()
+def _named_paths(text: str) -> set[str]:
+    """The repository paths a page names: in backticks, in code blocks, as links from the root."""
     named = {p for t in CODE.findall(text) if (p := _repo_path(t))}
-    named |= {t.split("#")[0] for t in LINK.findall(text) if not re.match(r"[a-z]+://", t)}
     for block in FENCE.findall(text):
         named |= {p for t in block.split() if (p := _repo_path(t))}
+    return named
+
+
+def test_every_path_the_readme_names_exists():
+    text = README.read_text()
+    named = _named_paths(text) | {t.split("#")[0] for t in LINK.findall(text) if not re.match(r"[a-z]+://", t)}
     assert "examples/quickstart.toml" in named and "docs/design.md" in named  # the check sees paths
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, f"README.md names paths that do not exist: {missing}"
 
 
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_path_a_doc_names_exists(page: Path):
+    """Paths written from the repository root (`workers/graph.py`, `deploy/README.md`) in docs/."""
+    missing = sorted(p for p in _named_paths(page.read_text()) if not (ROOT / p).exists())
+    assert not missing, f"{page.relative_to(ROOT)} names paths that do not exist: {missing}"
+
+
 def test_layout_rows_name_real_modules():
-    """In the layout table, a row for `folder/` names modules of that folder: each `x.py` must be a
-    file there and each `x/` a package there."""
+    """In the layout table, a row for `folder/` names modules of that folder: each `x.py` (or
+    `pkg/x.py`) must be a file there and each `x/` a package there."""
     rows = [line for line in README.read_text().splitlines() if re.match(r"\| `\w+/` \|", line)]
     assert {r.split("`")[1] for r in rows} >= {"tasks/", "workers/", "orchestrator/"}
     missing = []
     for row in rows:
         folder = ROOT / row.split("`")[1]
         for name in CODE.findall(row.split("|", 2)[2]):
-            if (re.fullmatch(r"\w+\.py", name) and not (folder / name).is_file()) or (
+            if (re.fullmatch(r"[\w/]+\.py", name) and not (folder / name).is_file()) or (
                     re.fullmatch(r"\w+/", name) and not (folder / name).is_dir()):
                 missing.append(f"{folder.name}/{name}")
     assert not missing, f"README.md's layout table names modules that do not exist: {missing}"
