@@ -167,3 +167,24 @@ def test_no_reference_to_the_founding_design_outside_the_repository():
         if path.is_file() and needle.encode() in path.read_bytes():
             found.append(name)
     assert not found, f"{needle} is referenced in {found}; point to docs/design.md or docs/formats.md"
+
+
+def test_sweeps_doc_lists_every_spec_field():
+    """docs/sweeps.md is the spec reference: a section per table, a row per field (the models in
+    orchestrator/spec.py are the truth; `circuitry schema` prints them)."""
+    from circuitry.orchestrator import spec
+
+    models = {"sweep": spec.Sweep, "train": spec.Train, "prune": spec.Prune, "discover": spec.Discover,
+              "resources": spec.Resources, "testing": spec.Testing}
+    assert set(models) == set(spec.TABLES), "a new spec table: add it here and to docs/sweeps.md"
+    text = (ROOT / "docs" / "sweeps.md").read_text()
+    sections = dict(re.findall(r"^## `\[(\w+)\]`[^\n]*\n(.*?)(?=^## |\Z)", text, re.S | re.M))
+    missing = []
+    for table, model in models.items():
+        if table not in sections:
+            missing.append(f"[{table}]")
+            continue
+        rows = {name for line in sections[table].splitlines() if line.startswith("| `")
+                for name in CODE.findall(line.split("|")[1])}
+        missing += [f"{table}.{f}" for f in model.model_fields if f not in rows]
+    assert not missing, f"docs/sweeps.md does not document {missing}"
