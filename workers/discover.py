@@ -3,7 +3,7 @@
     d = discover(ckpt, "acdc", 0.01)            # or any of workers.names.METHODS
     write_discovery(d, out_dir, ckpt)           # circuit.parquet, summary.json, circuit.png
 
-The examples (docs/design.md, "The examples a discovery runs on"): the test split of the model's own
+The examples (design.md, "The examples a discovery runs on"): the test split of the model's own
 data seed (its training seed, from the checkpoint's config), in the order the task generates it;
 the first half are the discovery examples (the method sees only these; mean ablation and EAP-IG's
 mean input average over them), the second half the evaluation examples, on which every circuit
@@ -12,7 +12,7 @@ examples (MNIST's 10,000 test images; summary.json's `examples_cap_per_half` say
 Each half's corrupted inputs pair examples within that half (task.corrupt with the discover
 seed, which chooses nothing else). `--data` examples are split into the same two halves.
 
-Methods and score semantics (docs/design.md; the `score` column of circuit.parquet):
+Methods and score semantics (design.md; the `score` column of circuit.parquet):
 - `acdc`: the metric increase measured when the edge was tried; the edge is removed when that
   increase is < tau (workers.acdc, exactly the sequential definition).
 - `exact`: metric(full model with only this edge ablated) - metric(full model); metric(full) = 0.
