@@ -1,5 +1,5 @@
 """The task registry. Adding a task: write a module with a `Task` value, import it here and add it
-to TASKS (README.md, 'Tasks')."""
+to TASKS (README, 'Adding a task')."""
 from __future__ import annotations
 
 from circuitry.tasks.base import Data, Task
