@@ -188,3 +188,14 @@ def test_sweeps_doc_lists_every_spec_field():
                 for name in CODE.findall(line.split("|")[1])}
         missing += [f"{table}.{f}" for f in model.model_fields if f not in rows]
     assert not missing, f"docs/sweeps.md does not document {missing}"
+
+
+def test_readme_python_api_names_exist():
+    """Every `circuitry.NAME` the README shows is part of the public API (`import circuitry`)."""
+    import circuitry
+
+    packages = {"tasks", "workers", "orchestrator", "mlp"}  # sub-packages, and the format name circuitry.mlp/1
+    names = set(re.findall(r"\bcircuitry\.(\w+)", README.read_text())) - packages
+    assert {"train", "discover"} <= names
+    missing = sorted(n for n in names if not hasattr(circuitry, n))
+    assert not missing, f"README.md shows circuitry.{missing} which `import circuitry` does not have"
