@@ -47,48 +47,18 @@ Checkpoint `circuitry.transformer/1` (`save`, `load`; a plain dict, `torch.load(
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from circuitry.tasks.sequence import TransformerConfig  # noqa: F401 (re-exported: the model's config)
 from circuitry.workers.model import CheckpointError, line_coordinates, save_checkpoint
 
 FORMAT = "circuitry.transformer/1"
-ACTIVATIONS = ("gelu", "relu")
 LN_EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class TransformerConfig:
-    n_layers: int
-    n_heads: int
-    d_model: int
-    d_head: int
-    d_mlp: int  # 0 = attention-only
-    n_ctx: int  # max sequence length
-    d_vocab: int  # token input vocabulary; 0 = linear input map (real-valued tokens)
-    d_input: int  # features per real-valued token (used when d_vocab == 0), else 0
-    d_output: int  # outputs per position (vocabulary logits, or regression dims)
-    activation: str = "gelu"  # "gelu" | "relu"
-    layer_norm: bool = False  # pre-LN blocks + final LN when True
-    positional: bool = True  # learned positional embedding W_pos
-
-    def __post_init__(self):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        if (self.d_vocab > 0) == (self.d_input > 0):
-            raise ValueError("set exactly one of d_vocab (token inputs) and d_input (real-valued inputs)")
-        for name in ("n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_output"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    @property
-    def d_in(self) -> int:
-        """Neurons of the input layer: the vocabulary, or the real-valued features."""
-        return self.d_vocab or self.d_input
 
 
 def _uniform(*shape: int, fan_in: int) -> nn.Parameter:
@@ -210,6 +180,14 @@ class Unembed(nn.Module):
         return x @ self.W_U + self.b_U
 
 
+def coordinates(c: TransformerConfig) -> dict[str, torch.Tensor]:
+    """Each neuron layer's 1-D positions in [0, 1] (the module docstring's layers)."""
+    return {"input": line_coordinates(c.d_in), "resid": line_coordinates(c.d_model),
+            "attn": line_coordinates(c.n_heads * c.d_head),
+            "mlp": line_coordinates(c.d_mlp) if c.d_mlp else torch.zeros(0),
+            "output": line_coordinates(c.d_output)}
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -239,12 +217,7 @@ class Transformer(nn.Module):
         return self.unembed(resid)
 
     def coordinates(self) -> dict[str, torch.Tensor]:
-        """Each neuron layer's 1-D positions in [0, 1] (the module docstring's layers)."""
-        c = self.cfg
-        return {"input": line_coordinates(c.d_in), "resid": line_coordinates(c.d_model),
-                "attn": line_coordinates(c.n_heads * c.d_head),
-                "mlp": line_coordinates(c.d_mlp) if c.d_mlp else torch.zeros(0),
-                "output": line_coordinates(c.d_output)}
+        return coordinates(self.cfg)
 
     def to_checkpoint(self, task: str, regime: str, seed: int, config: dict) -> dict:
         return {
