@@ -74,6 +74,11 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
     if regime != "prune" and any(v is not None for v in prune_options.values()):
         given = next(k for k, v in prune_options.items() if v is not None)
         raise InputError(f"{given}: only --regime prune takes it; drop it or use --regime prune")
+    t = TASKS[task]
+    if t.compiled is not None and regime != "vanilla":
+        raise InputError(f"--regime: {task}'s weights are compiled by tracr, not trained; use --regime vanilla")
+    if t.transformer is not None and width is not None:
+        raise InputError(f"--width: {task} trains a transformer (its shape is the task's); drop --width")
     out_dir = writable_dir(out, "--out")
     try:
         if regime == "prune":

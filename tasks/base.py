@@ -61,6 +61,8 @@ class Task:
     positions: tuple[int, ...] = ()
     truth: CircuitTruth | None = None
     accuracy_metric: str | None = None
+    # Fixed weights (tracr's compiled programs): the checkpoint training returns unchanged.
+    compiled: Callable[[], dict] | None = None
 
     @property
     def model_kind(self) -> str:
