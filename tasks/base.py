@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from circuitry.tasks.recipe import Recipe
+from circuitry.tasks.sequence import CircuitTruth, TransformerConfig
 
 
 def live_edges(weights: list[torch.Tensor]) -> set[tuple[int, int, int]]:
@@ -62,16 +63,37 @@ class Task:
     # 0). None: discovery uses the test split (a fixed split: digits, MNIST, modular addition,
     # whose 59^2 pairs leave too few unseen ones).
     fresh: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # Transformer tasks (tasks.sequence): the model trained, instead of an MLP of `shape` (then
+    # `()`); inputs [N, pos] token ids or [N, pos, d_input] floats; targets at the scored
+    # `positions`, [N, len(positions)] class ids or [N, len(positions), k] values (compared with
+    # the first k outputs); what is known of the circuit; and the name under which the test
+    # accuracy is also reported (e.g. induction_accuracy).
+    transformer: TransformerConfig | None = None
+    positions: tuple[int, ...] = ()
+    truth: CircuitTruth | None = None
+    accuracy_metric: str | None = None
+    # Fixed weights (tracr's compiled programs): the checkpoint training returns unchanged.
+    compiled: Callable[[], dict] | None = None
+
+    @property
+    def model_kind(self) -> str:
+        """What workers.train builds: "mlp" (workers.model) or "transformer" (workers.transformer)."""
+        return "mlp" if self.transformer is None else "transformer"
 
     @property
     def metric(self) -> str:
         """The circuit metric: mean squared error to the full model for regression,
-        KL(full || circuit) for classification (design.md, 'ACDC, precisely')."""
+        KL(full || circuit) for classification (docs/design.md, "Metrics")."""
         return "mse" if self.kind == "regression" else "kl"
 
     @property
     def n_outputs(self) -> int:
-        return self.shape[-1]
+        return self.shape[-1] if self.transformer is None else self.transformer.d_output
+
+    def scored(self, pred: torch.Tensor) -> torch.Tensor:
+        """A transformer's outputs at the scored positions, [N, len(positions), d_output] (an
+        MLP's outputs as they are)."""
+        return pred if self.transformer is None else pred[:, list(self.positions)]
 
     def make_data(self, seed: int) -> Data:
         return self.generate(seed)
@@ -83,14 +105,18 @@ class Task:
         return self.fresh(seed, n)
 
     def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean squared error or cross-entropy; a transformer's at the scored positions."""
+        pred = self.scored(pred)
         if self.kind == "regression":
+            if self.transformer is not None:
+                pred = pred[..., : y.shape[-1]]
             return torch.mean((pred - y) ** 2)
-        return F.cross_entropy(pred, y)
+        return F.cross_entropy(pred.flatten(0, -2), y.flatten())
 
     def training_loss(self, pred: torch.Tensor, y: torch.Tensor, loss: str = "task") -> torch.Tensor:
         """The loss training minimises: the task's own, or (`"mse_onehot"`, BIMT's MNIST notebook)
         the mean squared error between the logits and the one-hot labels. The circuit metric does
-        not change with it (design.md: KL for classification)."""
+        not change with it (docs/design.md: KL for classification)."""
         if loss == "mse_onehot":
             return F.mse_loss(pred, F.one_hot(y, pred.shape[1]).to(pred.dtype))
         return self.loss(pred, y)

@@ -158,6 +158,9 @@ def config_of(ckpt: dict, **changes) -> TrainConfig:
 def checkpoint_fit(ckpt: dict) -> dict[str, float]:
     """A checkpoint's train and test loss (and accuracies) on its own data seed, on the CPU, in
     its recipe's float type and loss."""
+    if ckpt.get("format") == "circuitry.transformer/1":
+        from circuitry.workers.train_transformer import transformer_fit
+        return transformer_fit(ckpt)
     cfg = config_of(ckpt, regime="vanilla", device="cpu").resolved()
     task, recipe = get_task(cfg.task), cfg.recipe()
     dtype = getattr(torch, recipe.dtype)
@@ -188,6 +191,9 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
     every step, may return new masks, which replace `masks` from then on (gradual pruning)."""
     cfg = config.resolved()
     task = get_task(cfg.task)
+    if task.model_kind == "transformer":  # masks: parameter name -> 0/1 tensor there
+        from circuitry.workers.train_transformer import train_transformer
+        return train_transformer(cfg, progress, start, masks)
     recipe = cfg.recipe()
     regime = TRAINED_REGIMES[cfg.regime]
     device = pick_device(cfg.device)
@@ -277,8 +283,8 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
         "steps_per_second": cfg.steps / train_seconds,
         "swap_seconds": swap_seconds,
         "swap_share": swap_seconds / train_seconds,
-        "neurons_swapped": n_swapped,
         "swap_rounds": swap_rounds,
+        "neurons_swapped": n_swapped,
         "peak_memory_bytes": mem.peak_bytes,
         "peak_memory_delta_bytes": mem.delta_bytes,
         "peak_tensor_bytes": tensor_bytes,
