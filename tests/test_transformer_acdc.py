@@ -9,6 +9,15 @@ from circuitry.workers import transformer_acdc as ta
 from circuitry.workers.transformer_graph import TransformerGraph, TransformerProblem, Weights
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread (two threads on a shared 2-core VM mostly wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def eap_ig_edge_names(n_layers, n_heads, mlp=True):
     """EAP-IG's Graph.from_model edge insertion order (parallel_attn_mlp=False), re-derived."""
     names, stream = [], ["input"]
