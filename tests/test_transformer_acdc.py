@@ -79,6 +79,20 @@ def test_full_forward_is_the_residual_stream(ln, d_mlp):
     torch.testing.assert_close(g.forward(g.embed(x), g.full_mask(), abl)[1], y, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("ln,d_mlp,d_vocab", [(False, 16, 7), (True, 16, 7), (False, 0, 0)])
+def test_weights_from_model_reproduce_its_forward(ln, d_mlp, d_vocab):
+    from circuitry.workers.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(n_layers=2, n_heads=2, d_model=8, d_head=4, d_mlp=d_mlp, n_ctx=6, d_vocab=d_vocab,
+                            d_input=0 if d_vocab else 3, d_output=5, layer_norm=ln)
+    model = Transformer(cfg).double()
+    x = torch.randint(0, 7, (3, 6)) if d_vocab else torch.randn(3, 6, 3, dtype=torch.float64)
+    g = TransformerGraph(Weights.from_model(model))
+    with torch.no_grad():
+        torch.testing.assert_close(g.forward(g.embed(x))[1], model(x), rtol=1e-10, atol=1e-10)
+
+
 def test_removing_an_edge_patches_that_receiver_only():
     w = Weights.random(2, 2, 8, 4, 16, seed=2)
     g = TransformerGraph(w)
@@ -160,3 +174,33 @@ def test_tau_zero_and_huge_tau_extremes():
     huge = ta.acdc(p, 1e9)
     assert not bool((huge.mask & p.graph.real).any())
     assert torch.equal(ta.acdc(p, 0.0).mask & p.graph.real, ta.acdc_naive(p, 0.0).mask & p.graph.real)
+
+
+@pytest.mark.parametrize("metric", ["kl", "logit_diff", "mse"])
+def test_eap_scores_are_the_derivative_of_r_along_each_edge(metric):
+    from circuitry.workers.transformer_attribution import attribution_scores, restoration_metric
+
+    p = _problem(metric, "resample", seed=7, d_output=7 if metric == "mse" else None)
+    scores, _ = attribution_scores(p, "eap")
+    r, g, eps = restoration_metric(p), p.graph, 1e-6
+    for rr, s in g.edge_pairs[::9].tolist():  # a spread of edges: head q/k/v, mlp and logits receivers
+        def r_at(t):
+            m = g.real.to(torch.float64)
+            m[rr, s] = 1 - t  # the edge's contribution moved a fraction t toward its ablated value
+            return float(r(g.forward(p.x0, m, p.ablated)[1]))
+        fd = (r_at(eps) - r_at(-eps)) / (2 * eps)
+        assert scores[rr, s] == pytest.approx(fd, rel=1e-4, abs=1e-8)
+    assert torch.equal(scores != 0, g.real & (scores != 0))
+
+
+def test_eap_ig_with_one_step_is_eap_at_the_ablated_input():
+    from circuitry.workers.transformer_attribution import attribution_scores
+
+    p = _problem("kl", "zero", seed=8)
+    ig, _ = attribution_scores(p, "eap-ig", steps=5)
+    eap, _ = attribution_scores(p, "eap")
+    assert ig.shape == eap.shape and not torch.allclose(ig, eap)
+    # the path's mean gradient: equal to EAP's when the path collapses to the clean input
+    p.ablated[0] = p.x0
+    ig1, _ = attribution_scores(p, "eap-ig", steps=5)
+    torch.testing.assert_close(ig1, attribution_scores(p, "eap")[0], rtol=1e-10, atol=1e-12)

@@ -130,7 +130,7 @@ class _Cache:
                 if w.layer_norm:
                     x = _ln(x, w.ln1_w[l], w.ln1_b[l])
                 self.qkv[l, i] = g.project(l, i, x)
-        self.terms = problem.metric.per_example(problem.graph.unembed(self.xin[-1]))
+        self.terms = self._terms(self.xin[-1])
         # receiver -> (kind, layer, which, head, sender index of its node)
         self.info = []
         for r, name in enumerate(g.receivers):
@@ -156,6 +156,12 @@ class _Cache:
                 live |= self.mask[rr]
         return bool(live[self.info[r][4]])
 
+    def _terms(self, x: torch.Tensor) -> torch.Tensor:
+        """Metric terms from final residual inputs x [..., N, P, D]: unembedded at the scored
+        positions only (the metric reads nothing else)."""
+        pos = self.p.metric.positions
+        return self.p.metric.per_example_scored(self.g.unembed(x[..., pos, :]))
+
     def rows(self, r: int, X: torch.Tensor, commit: bool = False) -> torch.Tensor:
         """Per-example metric terms [B, N] of the circuit with receiver r's input replaced by each
         row of X [B, N, P, D]. With `commit` (B = 1), the cache takes that state."""
@@ -164,7 +170,7 @@ class _Cache:
         if commit:
             self.xin[r] = X[0]
         if kind == "logits":
-            terms = self.p.metric.per_example(g.unembed(X))
+            terms = self._terms(X)
             if commit:
                 self.terms = terms[0]
             return terms
@@ -240,7 +246,7 @@ class _Cache:
             x = self.xin[-1] + _sum_live(live, deltas)
             if commit:
                 self.xin[-1] = x[0]
-            terms = self.p.metric.per_example(g.unembed(x))
+            terms = self._terms(x)
         if commit:
             self.terms = terms[0].clone()
         return terms

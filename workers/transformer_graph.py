@@ -103,7 +103,7 @@ class Weights:
             W_U=d(model.unembed.W_U), b_U=d(model.unembed.b_U),
             W_E=d(getattr(embed, "W_E", None)), W_in=d(getattr(embed, "W_in", None)),
             b_in=d(getattr(embed, "b_in", None)),
-            W_pos=d(getattr(model, "W_pos", None) if not hasattr(model, "pos_embed") else model.pos_embed.W_pos),
+            W_pos=None if getattr(model, "pos_embed", None) is None else d(model.pos_embed.W_pos),
         )
         if has_mlp:
             kw.update(mlp_W_in=stack(lambda b: b.mlp.W_in), mlp_b_in=stack(lambda b: b.mlp.b_in),
@@ -359,7 +359,10 @@ class TransformerMetric:
         return (yp.gather(-1, c) - yp.gather(-1, i))[..., 0]
 
     def per_example(self, y: torch.Tensor) -> torch.Tensor:
-        yp = y[..., self.positions, :]
+        return self.per_example_scored(y[..., self.positions, :])
+
+    def per_example_scored(self, yp: torch.Tensor) -> torch.Tensor:
+        """`per_example` of outputs at the scored positions only, yp [..., N, k, O]."""
         if self.kind == "kl":
             return (self.neg_entropy - (self.p_full * yp).sum(-1) + torch.logsumexp(yp, -1)).mean(-1)
         if self.kind == "logit_diff":
