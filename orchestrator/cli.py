@@ -91,7 +91,8 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
     m = result.metrics
     pruned = f", {m['weights_nonzero']} weights (test loss {m['pruned_test_loss']:.3g} before fine-tuning)" \
         if regime == "prune" else ""
-    click.echo(f"{task}/{regime} seed {result.checkpoint['seed']}: test loss {m['test_loss']:.3g}{pruned}, connection cost "
+    accuracy = next((f", {k} {m[k]:.3f}" for k in m if k.endswith("_accuracy") and k not in ("train_accuracy", "test_accuracy")), "")
+    click.echo(f"{task}/{regime} seed {result.checkpoint['seed']}: test loss {m['test_loss']:.3g}{accuracy}{pruned}, connection cost "
                f"{m['connection_cost']:.3g}, {m['steps_per_second']:.0f} steps/s -> {out_dir / 'model.pt'}")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from circuitry.tasks.base import Data, Task
 from circuitry.tasks.digits import digits
+from circuitry.tasks.incontext import incontext
+from circuitry.tasks.induction import induction
 from circuitry.tasks.mnist import mnist
 from circuitry.tasks.modular_addition import modular_addition
 from circuitry.tasks.planted_teacher import planted_teacher, teacher_edges
@@ -21,6 +23,8 @@ TASKS: dict[str, Task] = {
         digits,
         mnist,
         planted_teacher,
+        induction,
+        incontext,
     ]
 }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ACTIVATIONS = ("gelu", "relu")
+ACTIVATIONS = ("gelu", "gelu_new", "relu")  # gelu_new: the tanh approximation (TransformerLens's name)
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class TransformerConfig:
     d_vocab: int  # token input vocabulary; 0 = linear input map (real-valued tokens)
     d_input: int  # features per real-valued token (used when d_vocab == 0), else 0
     d_output: int  # outputs per position (vocabulary logits, or regression dims)
-    activation: str = "gelu"  # "gelu" | "relu"
+    activation: str = "gelu"  # "gelu" | "gelu_new" | "relu"
     layer_norm: bool = False  # pre-LN blocks + final LN when True
     positional: bool = True  # learned positional embedding W_pos
 

@@ -131,7 +131,7 @@ def test_mean_cost_is_the_references_per_layer_mean():
     got = float(total_cost(cost_terms(model, sheet, 2.0, 0.5, "mean")).detach())
     c = model.coordinates()
     d = lambda dst, src: (dst.double()[:, None] - src.double()[None, :]).abs()  # noqa: E731  [out, in] as nn.Linear
-    lin = lambda w, b, dist: float((w.abs() * (2 * dist + 0.5)).mean() + (b.abs() * 0.5).mean())  # noqa: E731
+    lin = lambda w, b, dist: float(((w.abs() * (2 * dist + 0.5)).mean() + (b.abs() * 0.5).mean()).detach())  # noqa: E731
     e = model.embed
     want = lin(e.W_in.T, e.b_in, d(c["resid"], c["input"]))
     for block in model.blocks:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -149,7 +150,7 @@ class MLP(nn.Module):
         self.b_in = _uniform(cfg.d_mlp, fan_in=cfg.d_model)
         self.W_out = _uniform(cfg.d_mlp, cfg.d_model, fan_in=cfg.d_mlp)
         self.b_out = _uniform(cfg.d_model, fan_in=cfg.d_mlp)
-        self.act = F.gelu if cfg.activation == "gelu" else F.relu
+        self.act = {"gelu": F.gelu, "relu": F.relu, "gelu_new": partial(F.gelu, approximate="tanh")}[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x @ self.W_in + self.b_in) @ self.W_out + self.b_out
