@@ -41,10 +41,11 @@ def _load_data(path: str) -> dict:
 @click.option("--top-k", type=click.IntRange(min=0), default=None, help="Score methods: keep the k edges of largest |score|.")
 @click.option("--edge-fraction", type=click.FloatRange(0, 1), default=None, help="Score methods: keep this fraction of edges.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None, help="torch.save'd dict: clean, corrupt[, labels].")
-@click.option("--export", "export", type=click.Choice(["graphml", "eap-ig"]), default=None,
+@click.option("--export", "export", type=click.Choice(["graphml", "eap-ig", "transformer-lens"]), default=None,
               help="Also write graphml: circuit.graphml (networkx, Gephi, Cytoscape), or eap-ig: graph_eap_ig.json, "
                    "EAP-IG's node/edge/score layout (EAP-IG's own Graph.from_json cannot load it: it only "
-                   "builds transformer graphs).")
+                   "builds transformer graphs; for a transformer checkpoint it loads), or transformer-lens "
+                   "(transformer checkpoints): model_transformer_lens.pt, a HookedTransformer state dict.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Corruption pairing seed (the examples come from the model's own training seed).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for circuit.parquet etc.")
 def discover_cmd(model_path, method, threshold, target_f, order, ablation, output, top_k, edge_fraction, data_path,
@@ -54,11 +55,18 @@ def discover_cmd(model_path, method, threshold, target_f, order, ablation, outpu
         raise click.BadParameter(f"must be >= 0, got {threshold}; tau is a metric increase", param_hint="--threshold")
     if target_f is not None and not 0 < target_f <= 1:
         raise click.BadParameter(f"must be in (0, 1], got {target_f}; it is a faithfulness f", param_hint="--target-f")
+    from circuitry.orchestrator.cli_transformer import discover_transformer_cmd, is_transformer_file
+
+    data = _load_data(data_path) if data_path else None
+    if is_transformer_file(model_path):  # circuitry.transformer/1: the head-level graph
+        return discover_transformer_cmd(model_path, method, threshold, target_f, order, ablation, output, top_k,
+                                        edge_fraction, data, export, seed, out)
+    if export == "transformer-lens":
+        raise click.BadParameter("transformer-lens exports transformer checkpoints only", param_hint="--export")
     try:
         ckpt = load_checkpoint(model_path)
     except CheckpointError as e:
         raise click.BadParameter(str(e), param_hint="--model") from None
-    data = _load_data(data_path) if data_path else None
     try:
         d = discover(ckpt, method, threshold, ablation=ablation, output=output, data=data, seed=seed,
                      top_k=top_k, edge_fraction=edge_fraction, target_f=target_f, order=order)

@@ -151,7 +151,9 @@ def _ln(x, w, b):
 
 
 def _act(name: str, x):
-    return F.gelu(x) if name == "gelu" else F.relu(x) if name == "relu" else F.silu(x)
+    if name == "gelu_new":
+        return F.gelu(x, approximate="tanh")
+    return F.gelu(x) if name == "gelu" else F.relu(x)
 
 
 class TransformerGraph:
@@ -265,12 +267,26 @@ class TransformerGraph:
         y = torch.bmm(x.reshape(shape[0], -1, shape[-1]), W) + b[:, None, :]
         return y.reshape(*shape[:-1], W.shape[-1])
 
-    def heads_from_qkv(self, l, q, k, v, hs=slice(None)):
+    def pattern(self, q, k):
         P = q.shape[-2]
         att = q @ k.transpose(-1, -2) / math.sqrt(self.w.d_head)
         causal = torch.ones(P, P, dtype=torch.bool, device=q.device).tril()
-        att = att.masked_fill(~causal, float("-inf")).softmax(-1)
-        z = att @ v
+        return att.masked_fill(~causal, float("-inf")).softmax(-1)
+
+    def patterns(self, clean_out: torch.Tensor) -> list[torch.Tensor]:
+        """The full model's attention patterns per layer, [N, H, query, key], from its sender
+        outputs (`forward(...)[0]`)."""
+        out = []
+        for l in range(self.w.n_layers):
+            x = clean_out[:1 + l * self.per_layer].sum(0) + self.const[int(self.head_recv[l, 0, 0])]
+            if self.w.layer_norm:
+                x = _ln(x, self.w.ln1_w[l], self.w.ln1_b[l])
+            x = x.expand(self.w.n_heads, *x.shape)
+            out.append(self.pattern(self.project(l, 0, x), self.project(l, 1, x)).transpose(0, 1))
+        return out
+
+    def heads_from_qkv(self, l, q, k, v, hs=slice(None)):
+        z = self.pattern(q, k) @ v
         W_O = self.w.W_O[l][hs]
         shape = z.shape
         return torch.bmm(z.reshape(shape[0], -1, shape[-1]), W_O).reshape(*shape[:-1], W_O.shape[-1])
