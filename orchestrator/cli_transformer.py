@@ -58,6 +58,6 @@ def discover_transformer_cmd(model_path, method, threshold, target_f, order, abl
     click.echo(line)
     gt = s.get("ground_truth")
     if gt and "recovered" in gt:
-        click.echo(f"ground truth: previous-token head {gt['previous_token_head']}, induction head "
-                   f"{gt['induction_head']}; k-composition from {gt['k_composition_from'] or 'none'}, "
-                   f"induction head -> logits kept: {gt['keeps_induction_to_logits']}")
+        click.echo(f"ground truth: {'recovered' if gt['recovered'] else 'not recovered'} (k-composition kept: "
+                   f"{', '.join(gt['k_composition']) or 'none'}; top previous-token head {gt['previous_token_head']}, "
+                   f"top induction head {gt['induction_head']})")

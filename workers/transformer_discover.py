@@ -16,9 +16,10 @@ schema metadata as for MLPs. summary.json: the MLP's fields (n_edges_total, n_ed
 edge_sparsity, n_nodes_kept, faithfulness, metric_*, the faithfulness curve for score methods,
 target fields, evaluation, discovery_seconds, forward_examples, edges_tested, edges_per_second),
 the circuit's accuracy at the scored positions beside the full model's, and `ground_truth` where
-the task knows its mechanism (tasks.sequence.CircuitTruth): induction's previous-token head
-(layer 0) and induction head (layer 1) found from the attention patterns (the task's
-`head_scores`), and whether the circuit keeps `a0.hP -> a1.hI<k>` and `a1.hI -> logits`; tracr
+the task knows its mechanism (tasks.sequence.CircuitTruth): induction's mechanism is
+`recovered` when the circuit keeps an edge `a0.hX -> a1.hY<k>` and `a1.hY -> logits` for the
+same Y (`k_composition` lists them), beside the heads that score highest as previous-token (layer
+0) and induction (layer 1) heads on the attention patterns (the task's `head_scores`); tracr
 programs' fixed nodes and edges, with the kept fraction of each.
 """
 from __future__ import annotations
@@ -146,13 +147,17 @@ def ground_truth(task, p: TransformerProblem, mask) -> dict:
         prev, _ = head_scores(pats[0])
         _, ind = head_scores(pats[1])
         ph, ih = int(prev.argmax()), int(ind.argmax())
-        composition = [f"a0.h{h}" for h in range(g.w.n_heads) if kept(f"a0.h{h}", f"a1.h{ih}<k>")]
+        H = g.w.n_heads
+        # the mechanism, whichever heads play it: a layer-0 head feeding a layer-1 head's keys,
+        # that layer-1 head writing to the logits
+        chains = [f"a0.h{x}->a1.h{y}<k>" for y in range(H) if kept(f"a1.h{y}", "logits")
+                  for x in range(H) if kept(f"a0.h{x}", f"a1.h{y}<k>")]
         out.update(previous_token_head=f"a0.h{ph}", induction_head=f"a1.h{ih}",
                    previous_token_score=float(prev[ph]), induction_score=float(ind[ih]),
-                   k_composition_from=composition,
-                   keeps_previous_token_k_composition=kept(f"a0.h{ph}", f"a1.h{ih}<k>"),
-                   keeps_induction_to_logits=kept(f"a1.h{ih}", "logits"))
-        out["recovered"] = bool(composition) and out["keeps_induction_to_logits"]
+                   k_composition=chains,
+                   keeps_top_heads_k_composition=kept(f"a0.h{ph}", f"a1.h{ih}<k>"),
+                   keeps_induction_to_logits=kept(f"a1.h{ih}", "logits"),
+                   recovered=bool(chains))
     if truth.edges:
         hits = [e for e in truth.edges if kept(*e)]
         out.update(truth_edges=len(truth.edges), truth_edges_kept=len(hits),
