@@ -14,7 +14,7 @@ where the id is the spec's (orchestrator.store.is_job_id), never from a record's
 Embedded default tracking store: `sqlite:///SWEEP/mlflow.db` with artifacts in `SWEEP/mlartifacts`,
 created once by the driver before anything is logged. SQLite stores are opened in WAL mode with
 synchronous=NORMAL (`_sqlite_without_fsync_per_commit`): MLflow commits ~9 times per run, and with
-SQLite's default each commit waited for the disk (~10 ms on the CI machine: ~4 runs/s). A power
+SQLite's default each commit waits for the disk, a few runs a second at most. A power
 loss may then lose the last runs, never corrupt the store; the job folders are the record and
 `circuitry sync` logs what is missing.
 
@@ -38,7 +38,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from circuitry.orchestrator.store import JobStore, is_job_id, sweep_lock, write_atomic
+from circuitry.orchestrator.store import JobStore, is_job_id, sweep_lock
+from circuitry.workers.files import write_atomic
 from circuitry.workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
 
 JOB_TAG = "circuitry.job_id"
@@ -110,7 +111,7 @@ _TAIL = re.compile(r"(out|dseed)\d+")
 def run_name(rec: dict) -> str:
     """The MLflow run name: what tells a sweep's runs apart first, since the runs table cuts names
     short ("acdc t=0.01 · bimt s1 · independence", "bimt s1 steps=3000 · independence"); the
-    job's label (orchestrator.spec.expand) is in the run's description and its tags. Settings
+    job's label (orchestrator.jobs.expand) is in the run's description and its tags. Settings
     the label shows because the grid varies them (train: steps, lam, ...; discover: output and
     the discover seed) come after the regime and seed they belong to."""
     from circuitry.orchestrator.spec import TRAIN_GRID

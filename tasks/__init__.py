@@ -10,6 +10,7 @@ from circuitry.tasks.mnist import mnist
 from circuitry.tasks.modular_addition import modular_addition
 from circuitry.tasks.planted_teacher import planted_teacher, teacher_edges
 from circuitry.tasks.symbolic import compositionality, feature_sharing, independence
+from circuitry.tasks.tracr import tracr_frac_prevs, tracr_reverse
 from circuitry.tasks.two_moons import two_moons
 
 TASKS: dict[str, Task] = {
@@ -25,6 +26,8 @@ TASKS: dict[str, Task] = {
         planted_teacher,
         induction,
         incontext,
+        tracr_reverse,
+        tracr_frac_prevs,
     ]
 }
 

@@ -23,6 +23,7 @@ class TransformerConfig:
     activation: str = "gelu"  # "gelu" | "gelu_new" | "relu"
     layer_norm: bool = False  # pre-LN blocks + final LN when True
     positional: bool = True  # learned positional embedding W_pos
+    causal: bool = True  # False: every position attends to every position (tracr's compiled models)
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:

@@ -24,7 +24,7 @@ def reference_forward(ckpt: dict, x: torch.Tensor) -> torch.Tensor:
     def ln(name, t):
         return F.layer_norm(t, (m["d_model"],), w[f"{name}.w"], w[f"{name}.b"], 1e-5) if m["layer_norm"] else t
 
-    act = F.gelu if m["activation"] == "gelu" else F.relu
+    act = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda t: F.gelu(t, approximate="tanh")}[m["activation"]]
     for l in range(m["n_layers"]):
         a = f"blocks.{l}.attn."
         h_in = ln(f"blocks.{l}.ln1", resid)
@@ -33,9 +33,10 @@ def reference_forward(ckpt: dict, x: torch.Tensor) -> torch.Tensor:
             q = h_in @ w[a + "W_Q"][h] + w[a + "b_Q"][h]
             k = h_in @ w[a + "W_K"][h] + w[a + "b_K"][h]
             v = h_in @ w[a + "W_V"][h] + w[a + "b_V"][h]
-            for i in range(n):  # query position i sees keys 0..i
-                scores = (k[:, : i + 1] @ q[:, i, :, None]).squeeze(-1) / math.sqrt(m["d_head"])
-                z = (scores.softmax(-1)[:, :, None] * v[:, : i + 1]).sum(1)
+            for i in range(n):  # query position i sees keys 0..i (all keys when not causal)
+                seen = i + 1 if m["causal"] else n
+                scores = (k[:, :seen] @ q[:, i, :, None]).squeeze(-1) / math.sqrt(m["d_head"])
+                z = (scores.softmax(-1)[:, :, None] * v[:, :seen]).sum(1)
                 out[:, i] += z @ w[a + "W_O"][h]
         resid = resid + out
         if m["d_mlp"]:
@@ -50,11 +51,12 @@ CONFIGS = [
     small_config(),
     small_config(d_mlp=0, activation="relu"),
     small_config(layer_norm=True, positional=False),
-    small_config(d_vocab=0, d_input=2, d_output=2, n_heads=1, d_head=8, positional=False),
+    small_config(d_vocab=0, d_input=2, d_output=2, n_heads=1, d_head=8, positional=False, activation="gelu_new"),
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=["tokens", "attn-only", "layernorm", "linear-input"])
+@pytest.mark.parametrize("cfg", CONFIGS + [small_config(causal=False)],
+                         ids=["tokens", "attn-only", "layernorm", "linear-input", "not-causal"])
 def test_shapes_and_forward_match_the_written_out_reference(cfg):
     torch.manual_seed(0)
     model = Transformer(cfg).double()

@@ -24,7 +24,7 @@ def induction_model(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def small_and_one_thread(monkeypatch):
     """50 + 50 examples instead of the test split's 1000 + 1000, one torch thread: tiny tensors."""
-    monkeypatch.setattr("circuitry.workers.discover.MAX_EXAMPLES_PER_HALF", 50)
+    monkeypatch.setattr("circuitry.workers.discovery_data.MAX_EXAMPLES_PER_HALF", 50)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -74,6 +74,8 @@ def _train(cfg, progress, start, masks):
     from circuitry.workers.train import TrainResult, minibatches  # the MLP loop's pieces
 
     task = get_task(cfg.task)
+    if task.compiled is not None:
+        return _compiled(cfg, task)
     recipe = cfg.recipe()
     if recipe.loss != "task":
         raise ValueError(f"task {task.name}: a transformer trains on the task's own loss, not {recipe.loss!r}")
@@ -163,6 +165,27 @@ def _train(cfg, progress, start, masks):
     record["device"] = device.type
     ckpt = model.cpu().float().to_checkpoint(cfg.task, cfg.regime, cfg.seed, record)
     return TrainResult(checkpoint=ckpt, metrics=metrics, curve=curve)
+
+
+def _compiled(cfg, task):
+    """A task with fixed weights (tracr): its checkpoint, unchanged, with its fit and profile."""
+    from circuitry.workers.train import TrainResult
+
+    if cfg.regime != "vanilla":
+        raise ValueError(f"task {task.name}'s weights are compiled, not trained: use regime vanilla")
+    compiled = task.compiled()
+    model = Transformer.from_checkpoint(compiled).eval()
+    data = task.make_data(cfg.seed)
+    weights = [w.detach() for w in penalised_weights(model)]
+    metrics = {**fit(model, task, data.x_train, data.y_train, data.x_test, data.y_test),
+               "connection_cost": yardstick_cost(model, cfg.recipe().l0), "train_seconds": 0.0, "swap_rounds": 0,
+               "neurons_swapped": 0, "n_parameters": count_parameters(model),
+               "inference_per_second_batch1": inference_speed(model, data.x_test, 1),
+               "weights_above_1e-2": weights_above(weights, 1e-2)}
+    ckpt = {**{k: v for k, v in compiled.items() if k in ("format", "model", "weights", "coordinates")},
+            "task": task.name, "regime": cfg.regime, "seed": cfg.seed,
+            "config": {**cfg.record(), "compiled": compiled["config"].get("compiler", "")}}
+    return TrainResult(checkpoint=ckpt, metrics=metrics, curve=[])
 
 
 def transformer_fit(ckpt: dict) -> dict[str, float]:

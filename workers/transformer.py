@@ -19,7 +19,8 @@ Weights follow TransformerLens's names, shapes and einsum conventions, so a rese
     model.unembed.W_U          [d_model, d_output],  .b_U [d_output]
 
 A block is `x = x + attn(ln1(x)); x = x + mlp(ln2(x))` (no LN: the identity), attention is causal
-and scaled by 1/sqrt(d_head). `Attention.forward` also takes separate query, key and value inputs
+(unless config.causal is False, as tracr's compiled models) and scaled by 1/sqrt(d_head). The
+config is tasks.sequence.TransformerConfig, re-exported here. `Attention.forward` also takes separate query, key and value inputs
 ([batch, pos, d_model], or [batch, pos, n_heads, d_model] per head) for path patching.
 
 Neuron coordinates (BIMT, `incontext_3.4.ipynb`): every layer of neurons is a 1-D line in [0, 1],
@@ -113,6 +114,7 @@ class Attention(nn.Module):
         self.W_O = _uniform(h, e, d, fan_in=h * e)
         self.b_O = _uniform(d, fan_in=h * e)
         self.scale = 1 / math.sqrt(e)
+        self.causal = cfg.causal
 
     @staticmethod
     def _project(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -122,10 +124,12 @@ class Attention(nn.Module):
         return torch.einsum("bphd,hde->bphe", x, W) + b
 
     def pattern(self, q_input: torch.Tensor, k_input: torch.Tensor) -> torch.Tensor:
-        """Causal attention probabilities [batch, head, query_pos, key_pos]."""
+        """Attention probabilities [batch, head, query_pos, key_pos] (causal unless cfg.causal is False)."""
         q = self._project(q_input, self.W_Q, self.b_Q)
         k = self._project(k_input, self.W_K, self.b_K)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
+        if not self.causal:
+            return scores.softmax(-1)
         n = scores.shape[-1]
         future = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
         return scores.masked_fill(future, float("-inf")).softmax(-1)

@@ -38,7 +38,8 @@ import torch
 
 from circuitry.tasks import get_task
 from circuitry.workers import transformer_acdc as ta
-from circuitry.workers.discover import DiscoveryInputError, _check_selection, split_examples
+from circuitry.workers.discover_config import DiscoverConfig, DiscoveryInputError
+from circuitry.workers.discovery_data import split_examples
 from circuitry.workers.evaluate import CURVE_PERCENTS, normalized_faithfulness
 from circuitry.workers.outputs import json_bytes, write_files
 from circuitry.workers.target import Probe, search_tau, search_top_k
@@ -180,7 +181,7 @@ def discover_transformer(ckpt: dict, method: str, threshold: float | None = None
                          edge_fraction: float | None = None, target_f: float | None = None,
                          order: str = "ascending", progress: Callable[[int], None] | None = None) -> TransformerDiscovery:
     """Find the circuit of a transformer checkpoint with `method` (module doc). CPU, float64."""
-    _check_selection(method, threshold, top_k, edge_fraction, target_f, order)
+    DiscoverConfig(method, threshold, top_k, edge_fraction, target_f, order, ablation, None, seed).check()
     if order != "ascending":
         raise DiscoveryInputError("--order", "transformer ACDC visits senders in ascending order only; drop --order")
     try:
