@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from circuitry.workers import transformer_acdc as ta  # noqa: E402
+from circuitry.workers.acdc import transformer as ta  # noqa: E402
 from circuitry.workers.transformer_attribution import attribution_scores  # noqa: E402
 from circuitry.workers.transformer_graph import TransformerGraph, TransformerProblem, Weights  # noqa: E402
 

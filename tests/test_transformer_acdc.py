@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from circuitry.workers import transformer_acdc as ta
+from circuitry.workers.acdc import transformer as ta
 from circuitry.workers.transformer_graph import TransformerGraph, TransformerProblem, Weights
 
 

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import torch
 
 from circuitry.tasks import get_task
-from circuitry.workers import transformer_acdc as ta
+from circuitry.workers.acdc import transformer as ta
 from circuitry.workers.discover_config import DiscoverConfig, DiscoveryInputError
 from circuitry.workers.discovery_data import split_examples
 from circuitry.workers.evaluate import CURVE_PERCENTS, normalized_faithfulness

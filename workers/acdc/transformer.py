@@ -1,4 +1,4 @@
-"""ACDC and exact per-edge scores on the head-level transformer graph (workers.transformer_graph).
+"""ACDC and exact per-edge scores on the head-level transformer graph (workers.transformer_graph); the MLP graph's ACDC is the rest of this package.
 
 Definition (design.md, "ACDC, precisely", transformers): receivers in reverse topological order,
 here the reverse of EAP-IG's backward order (logits, m{L-1}, a{L-1}.h{H-1}<v> .. a{L-1}.h0<v>, the
