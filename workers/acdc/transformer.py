@@ -1,4 +1,5 @@
-"""ACDC and exact per-edge scores on the head-level transformer graph (workers.transformer_graph); the MLP graph's ACDC is the rest of this package.
+"""ACDC and exact per-edge scores on the head-level transformer graph (workers.transformer_graph);
+the MLP graph's ACDC is the rest of this package.
 
 Definition (design.md, "ACDC, precisely", transformers): receivers in reverse topological order,
 here the reverse of EAP-IG's backward order (logits, m{L-1}, a{L-1}.h{H-1}<v> .. a{L-1}.h0<v>, the
@@ -118,6 +119,10 @@ class _Cache:
         self.p, self.g, self.mask = problem, g, mask
         self.abl = problem.ablated
         self.out = problem.clean.clone()
+        # a receiver's senders are upstream of every receiver not yet decided, so they keep the
+        # full model's clean outputs: removing s -> r always moves r's input by deltas[s]
+        self.deltas = problem.ablated - problem.clean
+        self.silent = (self.deltas.reshape(len(self.out), -1) == 0).all(1)
         S, N, P, D = self.out.shape
         flat = self.out.reshape(S, -1)
         xin = [(mask[r, :g.n_senders[r]].to(flat.dtype) @ flat[:g.n_senders[r]]).reshape(N, P, D) + g.const[r]
@@ -264,16 +269,20 @@ def _sum_live(live: torch.Tensor, deltas: list) -> torch.Tensor:
 
 def _decide(cache: _Cache, r: int, tau: float, met_now: float, max_rows: int):
     """Sequential decisions for the edges into receiver r (ascending sender), in speculative
-    batches (module doc). Returns (kept [n], scores [n], final input, metric after, rows spent)."""
+    batches (module doc). Returns (kept [n], scores [n], final input (None: the receiver cannot
+    reach the logits), metric after, rows spent)."""
     g = cache.g
     n = g.n_senders[r]
-    deltas = cache.abl[:n] - cache.out[:n]
+    deltas = cache.deltas[:n]
     kept = torch.ones(n, dtype=torch.bool)
     scores = torch.zeros(n, dtype=torch.float64)
-    state = cache.xin[r].clone()
-    silent = (deltas.reshape(n, -1) == 0).all(1)
+    state = cache.xin[r]
+    silent = cache.silent[:n].clone()
     if not cache.reaches(r):
-        silent[:] = True
+        # every increase is exactly 0 and nothing the metric reads changes: a node that cannot
+        # reach the logits never can again (edges are only removed), so its cache can go stale
+        kept[:] = not (0.0 < tau)
+        return kept, scores, None, met_now, 0
     kept[silent] = not (0.0 < tau)
     active = torch.nonzero(~silent)[:, 0]
     guess = torch.ones(active.numel(), dtype=torch.bool)  # guessed "removed"
@@ -329,7 +338,8 @@ def acdc(problem: TransformerProblem, tau: float, progress: Callable[[int], None
         tested += n
         mask[r, :n] = kept
         scores[r, :n] = sc
-        cache.rows(r, state[None], commit=True)
+        if state is not None and not bool(kept[~cache.silent[:n]].all()):  # its input moved
+            cache.rows(r, state[None], commit=True)
         if progress:
             progress(n)
     return TransformerEdgeResult(mask, scores, spent, tested)
@@ -347,8 +357,7 @@ def exact_scores(problem: TransformerProblem, progress: Callable[[int], None] | 
     spent = problem.n_examples
     for r in range(len(g.receivers)):
         n = g.n_senders[r]
-        deltas = cache.abl[:n] - cache.out[:n]
-        silent = (deltas.reshape(n, -1) == 0).all(1)
+        deltas, silent = cache.deltas[:n], cache.silent[:n]
         for a in range(0, n, max_rows):
             rows = cache.xin[r] + deltas[a:a + max_rows]
             out[r, a:a + rows.shape[0]] = cache.rows(r, rows).mean(1) - full
