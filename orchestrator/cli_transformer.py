@@ -47,9 +47,13 @@ def discover_transformer_cmd(model_path, method, threshold, target_f, order, abl
     if export == "eap-ig":
         export_eap_ig_graph(d, Path(out_dir) / "graph_eap_ig.json")
     elif export == "transformer-lens":
-        from circuitry.workers.transformer_lens_export import export_transformer_lens
+        from circuitry.workers.transformer_lens_export import ExportError, export_transformer_lens
 
-        export_transformer_lens(ckpt, Path(out_dir) / "model_transformer_lens.pt")
+        try:
+            export_transformer_lens(ckpt, Path(out_dir) / "model_transformer_lens.pt")
+        except ExportError as e:
+            raise click.BadParameter(f"{e}; the circuit was written, drop --export transformer-lens",
+                                     param_hint="--export") from None
     s = d.summary
     line = (f"{s['task']} {method} ({ablation}, heads): {s['n_edges_kept']}/{s['n_edges_total']} edges kept, "
             f"faithfulness {s['faithfulness']:.3g} ({s['n_discovery']} examples), held out "
