@@ -72,3 +72,25 @@ def test_transformer_bad_input_exits_2(induction_model, tmp_path):
     assert r.exit_code == 2 and "--output" in r.output
     r = _run(["--model", induction_model, "--method", "acdc", "--threshold", "0.1", "--export", "graphml", "--out", tmp_path / "x"])
     assert r.exit_code == 2 and "--export" in r.output
+
+
+def test_transformer_lens_export_file(induction_model, tmp_path):
+    r = _run(["--model", induction_model, "--method", "eap", "--top-k", "5", "--export", "transformer-lens",
+              "--out", tmp_path / "t"])
+    assert r.exit_code == 0, r.output
+    d = torch.load(tmp_path / "t" / "model_transformer_lens.pt", weights_only=True)
+    assert d["cfg"]["attn_only"] and d["cfg"]["n_heads"] == 2 and d["cfg"]["normalization_type"] == "LN"
+    assert torch.equal(d["state_dict"]["blocks.1.attn.W_K"], torch.load(induction_model, weights_only=True)["weights"]["blocks.1.attn.W_K"])
+
+
+def test_regression_transformer_mse(tmp_path):
+    torch.manual_seed(1)
+    task = get_task("incontext")
+    path = tmp_path / "model.pt"
+    save(Transformer(task.transformer).to_checkpoint("incontext", "vanilla", 0, {"seed": 0}), path)
+    r = _run(["--model", path, "--method", "acdc", "--threshold", "1e-4", "--ablation", "mean", "--out", tmp_path / "d"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert s["metric"] == "mse" and s["ablation"] == "mean" and "circuit_accuracy" not in s
+    r = _run(["--model", path, "--method", "acdc", "--threshold", "1e-4", "--export", "transformer-lens", "--out", tmp_path / "e"])
+    assert r.exit_code == 2 and "token ids" in r.output  # the circuit is written, the export refused
