@@ -94,3 +94,15 @@ def test_regression_transformer_mse(tmp_path):
     assert s["metric"] == "mse" and s["ablation"] == "mean" and "circuit_accuracy" not in s
     r = _run(["--model", path, "--method", "acdc", "--threshold", "1e-4", "--export", "transformer-lens", "--out", tmp_path / "e"])
     assert r.exit_code == 2 and "token ids" in r.output  # the circuit is written, the export refused
+
+
+def test_sweep_entry_point_dispatches_on_the_format(induction_model):
+    """What a sweep's discover job calls (find_circuit, discovery_files) takes a transformer checkpoint."""
+    from circuitry.workers.discover import DiscoverConfig, discovery_files, find_circuit, summary_figures
+
+    ckpt = torch.load(induction_model, weights_only=True)
+    d = find_circuit(ckpt, DiscoverConfig("eap", top_k=3))
+    files = discovery_files(d, ckpt)
+    assert list(files) == ["circuit.parquet", "summary.json"]
+    assert json.loads(files["summary.json"])["n_edges_kept"] == 3
+    assert "eval_faithfulness" in summary_figures(d.summary)
