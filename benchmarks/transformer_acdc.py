@@ -2,7 +2,7 @@
 masked forward per candidate, `acdc_naive`), and a GPT-2-small-shaped row for EAP, EAP-IG and
 ACDC's edges/s.
 
-    python benchmarks/transformer_acdc.py [--threads 1] [--tau 0.05] [--plain-prefix K] [--gpt2-seconds 60]
+    python benchmarks/transformer_acdc.py [--threads 1] [--tau 0.3] [--plain-prefix K] [--gpt2-seconds 60]
 
 Row 1: a random 4-layer, 8-head, d_model 128 model with MLPs (d_mlp 512, d_head 16, vocabulary
 50; 1,519 edges), batch 32, sequence 16, KL on the second half of the positions, resample
@@ -48,7 +48,7 @@ class _Stop(Exception):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--tau", type=float, default=0.05)
+    ap.add_argument("--tau", type=float, default=0.3)
     ap.add_argument("--plain-prefix", type=int, default=None)
     ap.add_argument("--gpt2-seconds", type=float, default=60.0)
     ap.add_argument("--no-gpt2", action="store_true")
