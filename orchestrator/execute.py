@@ -66,7 +66,7 @@ class Reporter:
         self.buf = [e for e in self.buf if e[0] != event]
         return total
 
-    def train_progress(self, steps: int, examples: int) -> None:
+    def train_progress(self, steps: int, examples: int, loss: float | None = None) -> None:
         self.emit("steps", steps)
         self.emit("examples", examples)
 

@@ -1,35 +1,61 @@
-"""The task registry. Adding a task: write a module with a `Task` value, import it here and add it
-to TASKS (README, 'Adding a task')."""
+"""The task registry. Adding a task: write a module with a `Task` value named like the task, and
+add its name and module to _MODULES (README, 'Adding a task').
+
+A task's module is imported on its first lookup, so listing the names (the CLI's choices, the
+spec's schema, `circuitry --help`) imports neither torch nor scikit-learn."""
 from __future__ import annotations
 
-from circuitry.tasks.base import Data, Task
-from circuitry.tasks.digits import digits
-from circuitry.tasks.mnist import mnist
-from circuitry.tasks.modular_addition import modular_addition
-from circuitry.tasks.planted_teacher import planted_teacher, teacher_edges
-from circuitry.tasks.symbolic import compositionality, feature_sharing, independence
-from circuitry.tasks.two_moons import two_moons
+import importlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
-TASKS: dict[str, Task] = {
-    t.name: t
-    for t in [
-        independence,
-        feature_sharing,
-        compositionality,
-        two_moons,
-        modular_addition,
-        digits,
-        mnist,
-        planted_teacher,
-    ]
+if TYPE_CHECKING:
+    from circuitry.tasks.base import Data, Task
+
+# task name -> the module of circuitry.tasks that defines a `Task` value of that name
+_MODULES = {
+    "independence": "symbolic",
+    "feature_sharing": "symbolic",
+    "compositionality": "symbolic",
+    "two_moons": "two_moons",
+    "modular_addition": "modular_addition",
+    "digits": "digits",
+    "mnist": "mnist",
+    "planted_teacher": "planted_teacher",
 }
 
 
-def get_task(name: str) -> Task:
+class _Registry(Mapping):
+    """name -> Task, in _MODULES' order; imports a task's module when the task is first looked up."""
+
+    def __getitem__(self, name: str) -> "Task":
+        module = importlib.import_module(f"circuitry.tasks.{_MODULES[name]}")
+        return getattr(module, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MODULES)
+
+    def __len__(self) -> int:
+        return len(_MODULES)
+
+
+TASKS: Mapping[str, "Task"] = _Registry()
+
+
+def get_task(name: str) -> "Task":
     try:
         return TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}") from None
+
+
+_LAZY = {"Data": "base", "Task": "base", "teacher_edges": "planted_teacher"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'circuitry.tasks' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"circuitry.tasks.{_LAZY[name]}"), name)
 
 
 __all__ = ["Data", "Task", "TASKS", "get_task", "teacher_edges"]

@@ -84,7 +84,7 @@ def _check_pair(vanilla: dict, match: dict) -> None:
 
 
 def prune(vanilla: dict, match: dict, cfg: PruneConfig,
-          progress: Callable[[int, int], None] | None = None) -> TrainResult:
+          progress: Callable[[int, int, float], None] | None = None) -> TrainResult:
     """Prune `vanilla` to `match`'s per-layer weight counts, fine-tune, return a "prune" checkpoint."""
     _check_pair(vanilla, match)
     if cfg.finetune_steps < 1:
