@@ -51,6 +51,9 @@ def staged(out: Path):
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private (0700); OUT gets a plain mkdir's mode
     try:
         yield tmp
         _commit(tmp, out)
