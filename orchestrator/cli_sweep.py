@@ -248,7 +248,9 @@ def ui_cmd(sweep, port):
         return
     args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
             "--default-artifact-root", (d / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port)]
-    click.echo(f"MLflow UI for {d}: http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    from circuitry.orchestrator.recorder import UI_QUERY
+
+    click.echo(f"MLflow UI for {d}: http://127.0.0.1:{port}/{UI_QUERY}  (Ctrl-C stops it)")
     os.execv(sys.executable, args)
 
 
