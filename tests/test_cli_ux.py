@@ -136,3 +136,12 @@ def test_discover_finds_mnist_data(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "c2").exists()
     code, _, err = run_cli([*args, "--data-dir", str(moved), "--out", str(tmp_path / "c3")], capsys)
     assert code == 0, err
+
+
+def test_status_reads_the_sweeps_counts_from_the_driver_log():
+    from circuitry.orchestrator.cli_sweep import sweep_counts
+
+    log = ("sweep demo: 72 jobs, 12 already finished, 60 to run -> /x\n[13/72] finished a (1.0 s)\n"
+           "[13/72] FAILED b: boom\n[14/72] finished c (1.0 s)\n")
+    assert sweep_counts(log) == ", 14/72 jobs done (12 cached, 1 failed)"
+    assert sweep_counts("Starting the driver\n") == ""
