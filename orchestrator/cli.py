@@ -142,12 +142,14 @@ def _prune(task, from_vanilla, match, finetune_steps, match_fraction, device, qu
 def _register_commands() -> None:
     """Commands that live in their own modules (one idea per module)."""
     from circuitry.orchestrator.cli_discover import discover_cmd
+    from circuitry.orchestrator.cli_draw import draw_cmd
     from circuitry.orchestrator.cli_report import report_cmd
     from circuitry.orchestrator.cli_sweep import register
 
     register(cli)
     cli.add_command(discover_cmd, "discover")
     cli.add_command(report_cmd, "report")
+    cli.add_command(draw_cmd, "draw")
 
 
 # The environment circuitry defaults for local use when the user has not set it. RAY_AUTH_MODE is

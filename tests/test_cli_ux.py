@@ -145,3 +145,23 @@ def test_status_reads_the_sweeps_counts_from_the_driver_log():
            "[13/72] FAILED b: boom\n[14/72] finished c (1.0 s)\n")
     assert sweep_counts(log) == ", 14/72 jobs done (12 cached, 1 failed)"
     assert sweep_counts("Starting the driver\n") == ""
+
+
+def test_draw_writes_the_input_reach_of_an_image_task(tmp_path, capsys):
+    model, circuit = tmp_path / "m", tmp_path / "c"
+    assert run_cli(["train", "--task", "digits", "--regime", "vanilla", "--steps", "3", "--width", "6",
+                    "--out", str(model)], capsys)[0] == 0
+    assert run_cli(["discover", "--model", str(model / "model.pt"), "--method", "eap", "--top-k", "40",
+                    "--out", str(circuit)], capsys)[0] == 0
+    code, line, err = run_cli(["draw", str(circuit), "--model", str(model / "model.pt")], capsys)
+    assert code == 0, err
+    assert (circuit / "input_reach.png").stat().st_size > 0 and "input reach of 40 circuit edges" in line
+    code, _, err = run_cli(["draw", str(circuit), "--model", str(tmp_path / "nope.pt")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_draw_refuses_a_task_without_images(teacher, tmp_path, capsys):
+    assert run_cli(["discover", "--model", str(teacher), "--method", "eap", "--top-k", "5",
+                    "--out", str(tmp_path / "c")], capsys)[0] == 0
+    code, _, err = run_cli(["draw", str(tmp_path / "c"), "--model", str(teacher)], capsys)
+    assert code == 2 and "image tasks" in err and len(err.strip().splitlines()) == 1
