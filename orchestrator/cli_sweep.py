@@ -10,13 +10,11 @@ from pathlib import Path
 
 import click
 
+from circuitry.orchestrator import checkers
+from circuitry.orchestrator.cli_common import ENV_DEFAULTS, InputError, user_set, writable_dir
 from circuitry.orchestrator.spec import SpecError, load_spec, parse_spec, spec_schema
 
 SPEC_ENV = "CIRCUITRY_SPEC_TOML"  # submit: the spec's text, in the Ray Job's runtime env
-
-
-class SweepInputError(click.UsageError):
-    pass
 
 
 def _spec(path: str, root: str | None = None):
@@ -27,7 +25,7 @@ def _spec(path: str, root: str | None = None):
             return parse_spec(sys.stdin.read(), "stdin", root)
         return load_spec(path, root)
     except SpecError as e:
-        raise SweepInputError(str(e)) from None
+        raise InputError(str(e)) from None
 
 
 def _sweep_dir(arg: str) -> tuple[Path, dict]:
@@ -37,7 +35,7 @@ def _sweep_dir(arg: str) -> tuple[Path, dict]:
         p = _spec(arg).sweep_dir
     meta_path = p / "sweep.json"
     if not meta_path.is_file():
-        raise SweepInputError(f"SWEEP: {arg} is not a sweep folder (no sweep.json); give the folder "
+        raise InputError(f"SWEEP: {arg} is not a sweep folder (no sweep.json); give the folder "
                               "`circuitry run` printed, or the spec")
     return p.resolve(), json.loads(meta_path.read_text())
 
@@ -100,18 +98,16 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
     from circuitry.orchestrator.store import SweepBusy
 
     spec = _spec(spec_path, root)
-    from circuitry.orchestrator.spec import _host, _pushgateway, _tracking_uri
 
     try:
         if tracking_uri is not None:
-            _tracking_uri("--tracking-uri", tracking_uri)
+            checkers.tracking_uri("--tracking-uri", tracking_uri)
         if metrics_host is not None:
-            _host("--metrics-host", metrics_host)
+            checkers.host("--metrics-host", metrics_host)
         if pushgateway is not None:
-            _pushgateway("--pushgateway", pushgateway)
+            checkers.pushgateway("--pushgateway", pushgateway)
     except SpecError as e:
-        raise SweepInputError(str(e)) from None
-    from circuitry.orchestrator.cli import writable_dir
+        raise InputError(str(e)) from None
 
     writable_dir(str(spec.sweep_dir), "sweep.root")
 
@@ -173,15 +169,13 @@ def submit_cmd(spec_path, address, root, tracking_uri, metrics_host):
     The spec travels in the job's runtime env; the driver (`circuitry run`) runs on the head in
     the working directory of the head's `ray start`. RAY_AUTH_MODE is forwarded only when you
     set it yourself: otherwise the cluster's own auth setting applies."""
-    from circuitry.orchestrator.cli import user_set
-    from circuitry.orchestrator.spec import _host
 
     spec = _spec(spec_path, root)
     if metrics_host is not None:
         try:
-            _host("--metrics-host", metrics_host)
+            checkers.host("--metrics-host", metrics_host)
         except SpecError as e:
-            raise SweepInputError(str(e)) from None
+            raise InputError(str(e)) from None
     entry = f"printenv {SPEC_ENV} | circuitry run -"
     if root is not None:
         entry += f" --root {shlex.quote(root)}"
@@ -191,7 +185,7 @@ def submit_cmd(spec_path, address, root, tracking_uri, metrics_host):
         entry += f" --metrics-host {shlex.quote(metrics_host)}"
     client = _job_client(address)
     env = {SPEC_ENV: spec.source}
-    for k, default in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true")):
+    for k, default in ENV_DEFAULTS.items():
         env[k] = os.environ.get(k, default)
     if user_set("RAY_AUTH_MODE"):
         env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
@@ -284,7 +278,7 @@ def sync_cmd(sweep, tracking_uri):
 
     d, meta = _sweep_dir(sweep)
     if not (d / "spec.toml").is_file():
-        raise SweepInputError(f"SWEEP: {d} has no spec.toml, so which results are its jobs is unknown; "
+        raise InputError(f"SWEEP: {d} has no spec.toml, so which results are its jobs is unknown; "
                               "run its spec once with `circuitry run` (finished jobs do not run again)")
     uri = tracking_uri or meta["tracking_uri"]
     try:
@@ -292,7 +286,7 @@ def sync_cmd(sweep, tracking_uri):
     except SweepBusy as e:
         raise click.ClickException(str(e)) from None
     except SpecError as e:
-        raise SweepInputError(f"SWEEP: {e}") from None
+        raise InputError(f"SWEEP: {e}") from None
     except Exception as e:  # noqa: BLE001
         raise click.ClickException(f"MLflow at {uri} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     click.echo(f"{logged} runs logged, {present} were already there -> {uri}")

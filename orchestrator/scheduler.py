@@ -37,7 +37,8 @@ from pathlib import Path
 from circuitry.orchestrator.execute import TransientError
 from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
 from circuitry.orchestrator.recorder import Recorder, resolve_uri
-from circuitry.orchestrator.spec import Job, Spec, model_shape
+from circuitry.orchestrator.jobs import Job, model_shape
+from circuitry.orchestrator.spec import Spec
 from circuitry.orchestrator.store import JobResult, JobStore, sweep_lock, write_atomic
 
 

@@ -56,7 +56,7 @@ from pathlib import Path
 RESULT_LIMIT_BYTES = 1 << 30
 COMMIT_THREADS = 16  # results written at once by commit_many
 RECORD = "job.json"
-JOB_ID = re.compile(r"[0-9a-f]{16}")  # orchestrator.spec.job_hash
+JOB_ID = re.compile(r"[0-9a-f]{16}")  # orchestrator.jobs.job_hash
 
 
 def is_job_id(name) -> bool:

@@ -63,7 +63,7 @@ def edge_count(shape) -> int:
     return sum(a * b for a, b in zip(shape, shape[1:]))
 
 
-# Interpolated receivers (workers.acdc._Interpolant): the Chebyshev node counts tried in turn, and
+# Interpolated receivers (workers.acdc.interpolant.Interpolant): the Chebyshev node counts tried in turn, and
 # the fewest candidates for which a receiver whose rows pass a hidden layer is interpolated. Here,
 # not in workers.acdc, because workers.chunks prices such receivers by them without torch.
 CHEB_NODES: tuple[int, ...] = (17, 33, 65, 129)
