@@ -107,6 +107,14 @@ def _record(job: Job, figures: dict, started: float, peak: int, node_id: str | N
     }
 
 
+def noop_result(job: Job, faults: Faults | None, started: float, node_id: str | None) -> JobResult | None:
+    """TEST ONLY: the finished result of a job the spec's [testing] noop selects (no work, one
+    small file), else None."""
+    if faults is None or not matches(faults.selectors.get("noop", []), job):
+        return None
+    return JobResult(_record(job, {"noop": 1}, started, 0, node_id), {"noop.json": b"{}"})
+
+
 def _begin(job: Job | dict, actor, faults: Faults | None) -> tuple[Job, "Reporter", float]:
     """How every job starts: its Job, a progress reporter that has sent "start", the start time,
     and (test only) the injected faults."""
@@ -130,6 +138,8 @@ def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, dev
     from circuitry.workers.train import TrainConfig, train
 
     job, rep, started = _begin(job, actor, faults)
+    if (noop := noop_result(job, faults, started, node_id)) is not None:
+        return noop, None
     s = job.settings
     with PeakMemory(device) as mem:
         if s["regime"] == "prune":
@@ -176,6 +186,8 @@ def execute_discover(job: Job | dict, ckpt: dict, actor=None, faults: Faults | N
     from circuitry.workers.profile import PeakMemory
 
     job, rep, started = _begin(job, actor, faults)
+    if (noop := noop_result(job, faults, started, node_id)) is not None:
+        return noop
     device = pick_device(_discover_device(job))
     with PeakMemory(device) as mem:
         d = discover(ckpt, job.settings["method"], job.settings["threshold"], progress=rep.edges,

@@ -160,7 +160,7 @@ class Scheduler:
         self.d_opts = {"num_cpus": res["discover_cpus"], "num_gpus": res["discover_gpus"] if gpus else 0, **retry}
         self.device = "cuda" if gpus and res["train_gpus"] > 0 else "cpu"
         self.actor = self.remote.progress_actor()
-        self.faults = spec.testing if (spec.testing["transient_once"] or spec.testing["crash_once"]) else None
+        self.faults = spec.testing if any(spec.testing.get(k) for k in ("transient_once", "crash_once", "noop")) else None
         if self.faults:
             self.ray.get(self.actor.arm.remote(self._fired_faults()))
 
