@@ -6,7 +6,7 @@ spec's schema, `circuitry --help`) imports neither torch nor scikit-learn."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,18 +25,31 @@ _MODULES = {
 }
 
 
-class _Registry(Mapping):
-    """name -> Task, in _MODULES' order; imports a task's module when the task is first looked up."""
+class _Registry(MutableMapping):
+    """name -> Task, in _MODULES' order; imports a task's module when the task is first looked up.
+    A task set here (a test's variant, a task defined elsewhere) takes the name's place until it
+    is deleted."""
+
+    def __init__(self):
+        self._set: dict[str, "Task"] = {}
 
     def __getitem__(self, name: str) -> "Task":
+        if name in self._set:
+            return self._set[name]
         module = importlib.import_module(f"circuitry.tasks.{_MODULES[name]}")
         return getattr(module, name)
 
+    def __setitem__(self, name: str, task: "Task") -> None:
+        self._set[name] = task
+
+    def __delitem__(self, name: str) -> None:
+        del self._set[name]
+
     def __iter__(self) -> Iterator[str]:
-        return iter(_MODULES)
+        return iter([*_MODULES, *(n for n in self._set if n not in _MODULES)])
 
     def __len__(self) -> int:
-        return len(_MODULES)
+        return len(set(_MODULES) | set(self._set))
 
 
 TASKS: Mapping[str, "Task"] = _Registry()

@@ -165,3 +165,15 @@ def test_draw_refuses_a_task_without_images(teacher, tmp_path, capsys):
                     "--out", str(tmp_path / "c")], capsys)[0] == 0
     code, _, err = run_cli(["draw", str(tmp_path / "c"), "--model", str(teacher)], capsys)
     assert code == 2 and "image tasks" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_spec_error_at_once_with_did_you_mean(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text('[sweep]\nname = "bad"\n[train]\ntask = "independence"\nregime = ["vanilla", "bimtt"]\n'
+                    'stpes = 100\n[discover]\nmethod = "acdc"\ntreshold = 0.01\n[resorces]\n')
+    code, _, err = run_cli(["validate", str(path)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    for fragment in ('"bimtt" is not one of', "did you mean bimt?", "train.stpes: unknown field",
+                     "did you mean steps?", "discover.treshold: unknown field", "did you mean threshold?",
+                     "resorces: unknown table", "did you mean resources?"):
+        assert fragment in err, (fragment, err)
