@@ -6,7 +6,9 @@ Each run is a train job's record as a sweep logs it: ~25 params, 17 figures, a 2
 curve, the job's tags; with --artifacts its folder too (metrics.json, model.pt, job.json, ~14 kB,
 one upload each). Rates are timed from the first result handed to the Recorder to the last run
 logged (Recorder.close), the rows side by side in one process against one server; every run is
-counted back from the server afterwards ("lost" must be 0).
+counted back from the server afterwards ("lost" must be 0). The server's CPU time per run (its
+processes' user + system time) is printed too: on a shared machine the rate depends on what else
+runs, the CPU a run costs does not, and cores / that cost is the server's ceiling.
 
     python benchmarks/mlflow_rate.py                   # SQLite and PostgreSQL (when installed), 1 vs 8 threads
     python benchmarks/mlflow_rate.py --runs 400 --stores sqlite --threads 1,4,8,16
@@ -88,11 +90,12 @@ class Postgres:
         if self.user:
             pw = pwd.getpwnam(self.user)
             os.chown(base, pw.pw_uid, pw.pw_gid)
+            base.parent.chmod(0o711)  # mkdtemp's folder is private; the postgres user must pass through it
         self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"])
         self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(base / "pg.log"), "-w", "start",
                    "-o", f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=on"])
         self._run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "mlflow"])
-        self.uri = f"postgresql://postgres@127.0.0.1:{self.port}/mlflow"
+        self.uri = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/mlflow"  # SQLAlchemy 2.1 would pick psycopg 3
 
     def _run(self, cmd: list[str]) -> None:
         if self.user:
@@ -128,7 +131,29 @@ def train_record(i: int, sweep_dir: Path, artifacts: bool) -> dict:
     return rec
 
 
-def measure(url: str, runs: int, threads: int, base: Path, artifacts: bool) -> dict:
+def cpu_seconds(proc: subprocess.Popen) -> float:
+    """CPU time (user + system) of the server and every process it started (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)  # ppid, utime + stime
+    tree, total = {proc.pid}, 0.0
+    changed = True
+    while changed:
+        changed = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                changed = True
+    return sum(stats[p][1] for p in tree if p in stats)
+
+
+def measure(url: str, runs: int, threads: int, base: Path, artifacts: bool, server: subprocess.Popen) -> dict:
     from mlflow.tracking import MlflowClient
 
     from circuitry.orchestrator.recorder import JOB_TAG, Recorder
@@ -139,11 +164,12 @@ def measure(url: str, runs: int, threads: int, base: Path, artifacts: bool) -> d
     records = [train_record(i, sweep_dir, artifacts) for i in range(runs)]
     rec = Recorder(sweep_dir, name, url, mlflow_threads=threads, warn=lambda m: print(m, file=sys.stderr))
     rec.start({})
-    t0 = time.perf_counter()
+    server0, client0, t0 = cpu_seconds(server), time.process_time(), time.perf_counter()
     for r in records:
         rec.add(r)
     rec.close("FINISHED")
     seconds = time.perf_counter() - t0
+    server_cpu, client_cpu = cpu_seconds(server) - server0, time.process_time() - client0
     client = MlflowClient(url)
     exp = client.get_experiment_by_name(name)
     found = set()
@@ -155,6 +181,8 @@ def measure(url: str, runs: int, threads: int, base: Path, artifacts: bool) -> d
         if not token:
             break
     return {"threads": threads, "runs": runs, "seconds": seconds, "runs_per_s": runs / seconds,
+            "server_cpu_ms_per_run": 1000 * server_cpu / runs, "client_cpu_ms_per_run": 1000 * client_cpu / runs,
+            "load_average": os.getloadavg()[0],
             "lost": runs - len(found & {r["job_id"] for r in records}), "error": rec.mlflow_error}
 
 
@@ -176,7 +204,7 @@ def main() -> None:
                 uri = f"sqlite:///{base / 'mlflow.db'}"
             else:
                 try:
-                    import psycopg2  # noqa: F401 - the server's driver for postgresql:// URIs
+                    import psycopg2  # noqa: F401 - the server's driver for the postgresql+psycopg2:// URI
                     pg = Postgres(base / "pg")
                 except Exception as e:  # noqa: BLE001
                     print(f"{store}: skipped ({type(e).__name__}: {e})")
@@ -184,11 +212,13 @@ def main() -> None:
                 uri = pg.uri
             server, url = start_mlflow(uri, base, args.server_workers)
             for t in threads:
-                row = {"store": store, "artifacts": args.artifacts, **measure(url, args.runs, t, base, args.artifacts)}
+                row = {"store": store, "artifacts": args.artifacts,
+                       **measure(url, args.runs, t, base, args.artifacts, server)}
                 rows.append(row)
                 print(f"{store:10s} threads {t:3d}: {row['runs']} runs in {row['seconds']:.1f} s = "
-                      f"{row['runs_per_s']:.1f} runs/s, lost {row['lost']}" + (f", error {row['error']}" if row["error"] else ""),
-                      flush=True)
+                      f"{row['runs_per_s']:.1f} runs/s; server CPU {row['server_cpu_ms_per_run']:.0f} ms/run, "
+                      f"client CPU {row['client_cpu_ms_per_run']:.0f} ms/run; load {row['load_average']:.1f}; "
+                      f"lost {row['lost']}" + (f", error {row['error']}" if row["error"] else ""), flush=True)
         finally:
             if server is not None:
                 stop(server)
