@@ -58,7 +58,8 @@ def discover_cmd(model_path, method, threshold, target_f, order, ablation, outpu
     from circuitry.orchestrator.console import DiscoveryBar, callback, show_progress, use_threads
     from circuitry.orchestrator.outdir import check_out, staged
     from circuitry.tasks.base import TaskDataError
-    from circuitry.workers.discover import DiscoveryInputError, discover, export_eap_ig, write_discovery
+    from circuitry.workers.discover import (DiscoverConfig, DiscoveryInputError, export_eap_ig, find_circuit,
+                                            write_discovery)
     from circuitry.workers.export import export_graphml
     from circuitry.workers.model import CheckpointError, load_checkpoint
 
@@ -76,11 +77,11 @@ def discover_cmd(model_path, method, threshold, target_f, order, ablation, outpu
     if data_dir:  # the task reads its folder from the environment (tasks.mnist)
         os.environ["CIRCUITRY_MNIST_DIR"] = data_dir
     data = _load_data(data_path) if data_path else None
+    config = DiscoverConfig(method, threshold, top_k, edge_fraction, target_f, order, ablation, output, seed)
     try:
-        with DiscoveryBar(edge_count(ckpt["shape"]), f"{ckpt['task']} {method}", show_progress(quiet)) as bar:
-            d = discover(ckpt, method, threshold, ablation=ablation, output=output, data=data, seed=seed,
-                         top_k=top_k, edge_fraction=edge_fraction, target_f=target_f, order=order,
-                         progress=callback(bar))
+        n_edges = edge_count(ckpt["shape"]) if "shape" in ckpt else None
+        with DiscoveryBar(n_edges, f"{ckpt['task']} {method}", show_progress(quiet)) as bar:
+            d = find_circuit(ckpt, config, data=data, progress=callback(bar))
     except DiscoveryInputError as e:
         raise click.BadParameter(str(e), param_hint=e.option) from None
     except TaskDataError as e:

@@ -8,18 +8,6 @@ from pathlib import Path
 import click
 
 
-def circuit_masks(table, shape: list[int]):
-    """circuit.parquet's in_circuit column as one [n_dst, n_src] bool mask per weight matrix."""
-    import torch
-
-    masks = [torch.zeros(b, a, dtype=torch.bool) for a, b in zip(shape, shape[1:])]
-    cols = table.select(["src_layer", "src_pos", "dst_pos", "in_circuit"]).to_pydict()
-    for l, s, d, keep in zip(cols["src_layer"], cols["src_pos"], cols["dst_pos"], cols["in_circuit"]):
-        if keep:
-            masks[l][d, s] = True
-    return masks
-
-
 @click.command("draw")
 @click.argument("circuit", metavar="CIRCUIT", type=click.Path(file_okay=False))
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
@@ -33,6 +21,7 @@ def draw_cmd(circuit, model_path, out):
     import pyarrow.parquet as pq
 
     from circuitry.tasks import TASKS
+    from circuitry.workers.circuit_file import load_circuit
     from circuitry.workers.draw import draw_input_reach
     from circuitry.workers.model import CheckpointError, load_checkpoint
     from circuitry.workers.names import edge_count
@@ -57,5 +46,5 @@ def draw_cmd(circuit, model_path, out):
         raise click.BadParameter(f"{path} has {table.num_rows} edges, {model_path} has {edge_count(shape)}; give "
                                  "the model the circuit was found on", param_hint="--model")
     target = Path(out) if out else Path(circuit) / "input_reach.png"
-    draw_input_reach(ckpt, circuit_masks(table, shape), target, tuple(grid))
+    draw_input_reach(ckpt, load_circuit(path, shape), target, tuple(grid))
     click.echo(f"input reach of {int(table['in_circuit'].to_numpy().sum())} circuit edges -> {target}")

@@ -70,7 +70,7 @@ class DiscoveryBar:
     drawn as a bar over the graph's edges. A search over thresholds (`--target-f`) decides every
     edge once per ACDC run, so the bar's total grows by one graph per run it sees pass the end."""
 
-    def __init__(self, n_edges: int, label: str, enabled: bool):
+    def __init__(self, n_edges: int | None, label: str, enabled: bool):
         self.n_edges, self.bar, self.runs = n_edges, None, 1
         if enabled:
             from tqdm import tqdm
@@ -80,7 +80,7 @@ class DiscoveryBar:
     def __call__(self, n: int) -> None:
         if self.bar is None:
             return
-        if self.bar.n + n > self.bar.total:
+        if self.n_edges and self.bar.n + n > self.bar.total:
             self.runs += 1
             self.bar.total += self.n_edges
             self.bar.set_postfix(run=self.runs, refresh=False)

@@ -22,6 +22,10 @@ _MODULES = {
     "digits": "digits",
     "mnist": "mnist",
     "planted_teacher": "planted_teacher",
+    "induction": "induction",
+    "incontext": "incontext",
+    "tracr_reverse": "tracr",
+    "tracr_frac_prevs": "tracr",
 }
 
 
