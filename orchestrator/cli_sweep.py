@@ -259,10 +259,24 @@ def ui_cmd(sweep, port):
         return
     args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
             "--default-artifact-root", (d / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port)]
-    from circuitry.orchestrator.recorder import UI_QUERY
+    from circuitry.orchestrator.recorder import ui_url
 
-    click.echo(f"MLflow UI for {d}: http://127.0.0.1:{port}/{UI_QUERY}  (Ctrl-C stops it)")
+    click.echo(f"MLflow UI for {d}: {ui_url(f'http://127.0.0.1:{port}', _experiment_id(uri, meta['name']))}  "
+               "(Ctrl-C stops it)")
     os.execv(sys.executable, args)
+
+
+def _experiment_id(sqlite_uri: str, name: str) -> str | None:
+    """The sweep's experiment id in its SQLite store, read without loading MLflow (None if absent)."""
+    import sqlite3
+
+    path = sqlite_uri.removeprefix("sqlite:///")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            row = db.execute("SELECT experiment_id FROM experiments WHERE name = ?", (name,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 @click.command("sync")

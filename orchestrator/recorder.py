@@ -49,8 +49,14 @@ from circuitry.workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
 JOB_TAG = "circuitry.job_id"
 ROLE_TAG = "circuitry.role"
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-# the UI's query that opens it in its model-training view whatever view it showed last
-UI_QUERY = "?workflowType=machine_learning"
+
+
+def ui_url(base: str, experiment_id: str | None = None) -> str:
+    """The MLflow UI's page of a sweep in its model-training view (runs table, charts). MLflow 3's
+    UI opens in its GenAI view unless told otherwise, and (3.17, checked in headless Chromium) the
+    experiment's kind tag alone does not switch it; the hash route's `workflowType` query does."""
+    page = f"experiments/{experiment_id}" if experiment_id else ""
+    return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
 
 
 def embedded_uri(sweep_dir: Path) -> str:
@@ -223,7 +229,8 @@ class MlflowLogger:
         else:
             self.exp_id = exp.experiment_id
         if exp is None or exp.tags.get(KIND_TAG) != MODEL_TRAINING:
-            # MLflow 3's UI shows an experiment without this tag in its GenAI view (traces, no runs table)
+            # MLflow 3 records what an experiment is for in this tag (its UI reads it where the
+            # global GenAI / model-training switch does not decide; ui_url sets that switch)
             self.client.set_experiment_tag(self.exp_id, KIND_TAG, MODEL_TRAINING)
         self.known = self._known_runs()
         parents = self.client.search_runs([self.exp_id], f"tags.`{ROLE_TAG}` = 'sweep'", max_results=1)

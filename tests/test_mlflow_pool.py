@@ -87,3 +87,19 @@ def test_first_failure_stops_logging_once():
         pool.put((record(i), True))
     pool.close("FINISHED")
     assert len(errors) == 1 and pool.failed and pool.backlog() == 0 and pool.logged == 0
+
+
+def test_ui_url_opens_the_sweep_in_the_model_training_view(tmp_path):
+    from circuitry.orchestrator.cli_sweep import _experiment_id
+    from circuitry.orchestrator.recorder import ui_url
+
+    uri = embedded_uri(tmp_path)
+    rec = Recorder(tmp_path, "ui", uri, mlflow_threads=1)
+    rec.start({})
+    rec.close("FINISHED")
+    exp_id = _experiment_id(uri, "ui")
+    assert exp_id == MlflowClient(uri).get_experiment_by_name("ui").experiment_id
+    # the query goes inside the hash route: MLflow's UI reads it there, not before the '#'
+    assert ui_url("http://127.0.0.1:5000", exp_id) == \
+        f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning"
+    assert _experiment_id(uri, "no such sweep") is None
