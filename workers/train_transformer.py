@@ -79,13 +79,11 @@ def _train(cfg, progress, start, masks):
     recipe = cfg.recipe()
     if recipe.loss != "task":
         raise ValueError(f"task {task.name}: a transformer trains on the task's own loss, not {recipe.loss!r}")
-    if cfg.width is not None:
-        raise ValueError(f"task {task.name} trains a transformer; width applies to MLP tasks (drop it)")
     regime = TRAINED_REGIMES[cfg.regime]
     device = pick_device(cfg.device)
     dtype = getattr(torch, recipe.dtype)
     torch.manual_seed(cfg.seed)
-    model = Transformer(task.transformer) if start is None else Transformer.from_checkpoint(start)
+    model = Transformer(cfg.transformer()) if start is None else Transformer.from_checkpoint(start)
     model = model.to(device=device, dtype=dtype)
     params = dict(model.named_parameters())
     masks = None if masks is None else {k: m.to(device=device, dtype=dtype) for k, m in masks.items()}
