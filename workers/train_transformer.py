@@ -13,15 +13,14 @@ from circuitry.workers.cost import add_cost_grad, total_cost
 from circuitry.workers.device import pick_device
 from circuitry.workers.names import TRAINED_REGIMES
 from circuitry.workers.profile import PeakMemory, count_parameters, inference_speed, weights_above
-from circuitry.workers.transformer import Transformer
+from circuitry.workers.transformer import Transformer, is_weight_matrix
 from circuitry.workers.transformer_bimt import Sheet, cost_terms, relocate
 
 
 def penalised_weights(model: Transformer) -> list[torch.Tensor]:
     """The weight matrices (no biases, embeddings' positions or LayerNorms): what `weights_above`
     and pruning count."""
-    return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1].startswith("W_") and
-            not name.endswith("W_pos")]
+    return [p for name, p in model.named_parameters() if is_weight_matrix(name)]
 
 
 @torch.no_grad()

@@ -185,6 +185,13 @@ class Unembed(nn.Module):
         return x @ self.W_U + self.b_U
 
 
+def is_weight_matrix(name: str) -> bool:
+    """A parameter (state_dict) name of a weight matrix: W_E / W_in, W_Q, W_K, W_V, W_O, the MLPs'
+    W_in and W_out, W_U; not W_pos (no neuron sends it), biases or LayerNorms. What pruning and the
+    `weights_above` counts count."""
+    return name.rsplit(".", 1)[-1].startswith("W_") and not name.endswith("W_pos")
+
+
 def coordinates(c: TransformerConfig) -> dict[str, torch.Tensor]:
     """Each neuron layer's 1-D positions in [0, 1] (the module docstring's layers)."""
     return {"input": line_coordinates(c.d_in), "resid": line_coordinates(c.d_model),
