@@ -14,7 +14,7 @@ where the id is the spec's (orchestrator.store.is_job_id), never from a record's
 Embedded default tracking store: `sqlite:///SWEEP/mlflow.db` with artifacts in `SWEEP/mlartifacts`,
 created once by the driver before anything is logged. SQLite stores are opened in WAL mode with
 synchronous=NORMAL (`_sqlite_without_fsync_per_commit`): MLflow commits ~9 times per run, and with
-SQLite's default each commit waited for the disk (~10 ms on the CI machine: ~4 runs/s). A power
+SQLite's default each commit waits for the disk, a few runs a second at most. A power
 loss may then lose the last runs, never corrupt the store; the job folders are the record and
 `circuitry sync` logs what is missing.
 
@@ -38,7 +38,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from circuitry.orchestrator.store import JobStore, is_job_id, sweep_lock, write_atomic
+from circuitry.orchestrator.store import JobStore, is_job_id, sweep_lock
+from circuitry.workers.files import write_atomic
 from circuitry.workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
 
 JOB_TAG = "circuitry.job_id"

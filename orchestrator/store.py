@@ -7,9 +7,9 @@ through Ray's object store, and the driver commits it:
 2. fsync that folder, rename it to `jobs/<id>/`, fsync `jobs/`.
 
 Results that arrive together are committed together (`commit_many`, one thread each, up to
-COMMIT_THREADS): the filesystem folds their fsyncs into shared journal commits, so 100 results
-cost about what 5 did one after another (~20 ms each alone on the 2-core CI machine, ~1-2 ms
-each in a group), and a driver receiving 200 results a second keeps up.
+COMMIT_THREADS): the filesystem folds their fsyncs into shared journal commits, so a group costs
+about what a few results one after another do, and a driver receiving hundreds of results a
+second keeps up (benchmarks/scale.py).
 
 So a job folder that exists is finished (a half-written result is only ever a dot-folder, which
 readers skip and `prepare` removes), and after a power loss the rename is either there with all
@@ -42,7 +42,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import math
 import os
 import re
 import secrets
@@ -52,6 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from circuitry.workers.files import fsync_dir, json_safe, write_synced
 
 RESULT_LIMIT_BYTES = 1 << 30
 COMMIT_THREADS = 16  # results written at once by commit_many
@@ -111,56 +112,6 @@ def check_size(result: JobResult) -> JobResult:
         raise ValueError(f"job {result.record.get('label')}: its files are {result.nbytes} bytes, over the "
                          f"{RESULT_LIMIT_BYTES}-byte limit of one result (orchestrator.store.RESULT_LIMIT_BYTES)")
     return result
-
-
-def clean(x):
-    """JSON-safe: non-finite floats -> None, numpy/torch scalars -> numbers, anything else -> str."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean(v) for v in x]
-    if hasattr(x, "item") and callable(x.item):  # numpy / torch scalars
-        try:
-            return clean(x.item())
-        except (ValueError, RuntimeError):
-            return str(x)
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
-
-
-def _write_synced(path: Path, data: bytes, fsync: bool = True) -> None:
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path, fsync: bool = True) -> None:
-    if not fsync:
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Replace `path` with `data`: a uniquely named temporary file beside it, fsynced, renamed over
-    it, and the folder fsynced (concurrent writers never share a temporary file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        _write_synced(tmp, data, fsync)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent, fsync)
 
 
 def _plain_name(name) -> bool:
@@ -279,7 +230,7 @@ class JobStore:
         """Write one result atomically (see the module doc); returns the record as written."""
         if not is_job_id(job_id):
             raise ValueError(f"{job_id!r} is not a job id (16 hex digits)")
-        record = clean({**result.record, "job_id": job_id, "files": list(result.files),
+        record = json_safe({**result.record, "job_id": job_id, "files": list(result.files),
                         "sha256": {name: _sha256(data) for name, data in result.files.items()}})
         for name in result.files:
             if not _plain_name(name):
@@ -288,14 +239,14 @@ class JobStore:
         tmp.mkdir()
         try:
             for name, data in result.files.items():
-                _write_synced(tmp / name, data, self.fsync)
-            _write_synced(tmp / RECORD, json.dumps(record, indent=2, sort_keys=True).encode(), self.fsync)
-            _fsync_dir(tmp, self.fsync)
+                write_synced(tmp / name, data, self.fsync)
+            write_synced(tmp / RECORD, json.dumps(record, indent=2, sort_keys=True).encode(), self.fsync)
+            fsync_dir(tmp, self.fsync)
             final = self.folder(job_id)
             if final.exists():
                 self.set_aside(final)
             os.rename(tmp, final)
-            _fsync_dir(self.root, self.fsync)
+            fsync_dir(self.root, self.fsync)
         except BaseException:  # Ctrl-C included: leave no half-written folder behind
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -16,7 +16,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 
 MIN_DRAWN = 1e-3  # edges below this fraction of max|W| are invisible anyway: skip them
 # at most this many lines a layer (circuit edges first, then by |w|): a few hundred pixels cannot
-# show more, and a dense 768-wide layer's 590k lines took matplotlib ~10 s
+# show more, and a dense 768-wide layer's 590k lines take matplotlib seconds
 MAX_DRAWN_PER_LAYER = 20_000
 
 

@@ -50,7 +50,7 @@ ATTRIBUTION_METHODS: tuple[str, ...] = ("eap", "eap-ig")  # gradient scores (wor
 ABLATIONS: tuple[str, ...] = ("resample", "zero", "mean")
 DEFAULT_ABLATION = "resample"
 ORDERS: tuple[str, ...] = ("ascending", "descending", "random")  # ACDC's sender order
-DEFAULT_ORDER = "ascending"  # the ACDC definition's (design.md)
+DEFAULT_ORDER = "ascending"  # the ACDC definition's (docs/design.md)
 
 
 def network_shape(task_shape, width: int | None = None) -> list[int]:
