@@ -13,6 +13,7 @@ from circuitry.workers.cost import add_cost_grad, total_cost
 from circuitry.workers.device import pick_device
 from circuitry.workers.names import TRAINED_REGIMES
 from circuitry.workers.profile import PeakMemory, count_parameters, inference_speed, weights_above
+from circuitry.workers.train_config import TrainResult, config_of, minibatches
 from circuitry.workers.transformer import Transformer, is_weight_matrix
 from circuitry.workers.transformer_bimt import Sheet, cost_terms, relocate
 
@@ -70,7 +71,6 @@ def train_transformer(cfg, progress=None, start: dict | None = None, masks: dict
 
 
 def _train(cfg, progress, start, masks):
-    from circuitry.workers.train import TrainResult, minibatches  # the MLP loop's pieces
 
     task = get_task(cfg.task)
     if task.compiled is not None:
@@ -166,7 +166,6 @@ def _train(cfg, progress, start, masks):
 
 def _compiled(cfg, task):
     """A task with fixed weights (tracr): its checkpoint, unchanged, with its fit and profile."""
-    from circuitry.workers.train import TrainResult
 
     if cfg.regime != "vanilla":
         raise ValueError(f"task {task.name}'s weights are compiled, not trained: use regime vanilla")
@@ -188,7 +187,6 @@ def _compiled(cfg, task):
 def transformer_fit(ckpt: dict) -> dict[str, float]:
     """A transformer checkpoint's train and test loss (and accuracies) on its own data seed, on the
     CPU, in its recipe's float type (workers.train.checkpoint_fit for transformers)."""
-    from circuitry.workers.train import config_of
 
     cfg = config_of(ckpt, regime="vanilla", device="cpu").resolved()
     task, dtype = get_task(cfg.task), getattr(torch, cfg.recipe().dtype)
