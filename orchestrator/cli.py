@@ -106,7 +106,7 @@ def _prune(task, from_vanilla, match, finetune_steps, match_fraction, device, qu
     from circuitry.orchestrator.console import TrainingBar, callback, show_progress
     from circuitry.workers.model import CheckpointError, load_checkpoint
     from circuitry.workers.names import DEFAULT_MATCH_FRACTION
-    from circuitry.workers.prune import PruneConfig, default_finetune_steps, prune
+    from circuitry.workers.prune import PruneConfig, default_finetune_steps, model_shape, prune
 
     ckpts = {}
     for option, path in (("--from-vanilla", from_vanilla), ("--match", match)):
@@ -123,9 +123,9 @@ def _prune(task, from_vanilla, match, finetune_steps, match_fraction, device, qu
     vanilla = ckpts["--from-vanilla"]
     if vanilla.get("regime") != "vanilla":
         raise InputError(f"--from-vanilla: {from_vanilla} is a {vanilla.get('regime')} model; give a vanilla one")
-    if list(vanilla["shape"]) != list(ckpts["--match"]["shape"]):
-        raise InputError(f"--match: its shape {list(ckpts['--match']['shape'])} is not the vanilla model's "
-                         f"{list(vanilla['shape'])}; give a model of the same shape")
+    if model_shape(vanilla) != model_shape(ckpts["--match"]):
+        raise InputError(f"--match: its shape {model_shape(ckpts['--match'])} is not the vanilla model's "
+                         f"{model_shape(vanilla)}; give a model of the same shape")
     steps = finetune_steps or default_finetune_steps(vanilla["config"]["steps"])
     config = PruneConfig(steps, match_fraction or DEFAULT_MATCH_FRACTION, device=device)
     with TrainingBar(steps, f"{task}/prune", show_progress(quiet)) as bar:

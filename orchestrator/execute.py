@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 
 from circuitry.orchestrator.jobs import Job, matches, package_version
 from circuitry.orchestrator.store import JobResult, check_size
+from circuitry.workers.names import TRANSFORMER_SHAPE
 
 
 RELEASE_FILE = ".release"  # in the sweep folder: held jobs go on once it exists
@@ -171,9 +172,11 @@ def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, dev
         else:
             config = TrainConfig(task=s["task"], regime=s["regime"], steps=s["steps"], seed=s["seed"], lam=s["lam"],
                                  lr=s["lr"], swap_every=s["swap_every"], top_k=s["top_k"], width=s["width"],
-                                 final_factor=s["final_factor"], log_every=s["log_every"], device=device)
+                                 final_factor=s["final_factor"], log_every=s["log_every"], device=device,
+                                 **{k: s.get(k) for k in TRANSFORMER_SHAPE})
             result = train(config, progress=rep.train_progress)
-    n_edges = sum(int(w.numel()) for w in result.checkpoint["weights"])
+    weights = result.checkpoint["weights"]  # a list (MLP) or a name -> tensor dict (transformer)
+    n_edges = sum(int(w.numel()) for w in (weights.values() if isinstance(weights, dict) else weights))
     figures = {**result.metrics, "n_edges": n_edges}
     files = training_files(result, pictures)  # before the record: its duration includes them
     out = check_size(JobResult(_record(job, figures, started, mem.peak_bytes, node_id, curve=result.curve), files))

@@ -11,8 +11,10 @@ A spec (see examples/quickstart.toml):
                  binds: 127.0.0.1, or 0.0.0.0 so a cluster's Prometheus can reach it),
                  metrics_linger, pushgateway, pictures (network.png / circuit.png per job)
     [train]      grid: task, regime, seed, steps, lam, lr, width, swap_every, top_k, final_factor,
-                 log_every (each a value or a list of values; lists multiply; lam, lr, swap_every,
-                 top_k, final_factor default to the task's BIMT recipe, tasks.recipe)
+                 log_every, and for transformer tasks n_layers, n_heads, d_model, d_head, d_mlp
+                 (each a value or a list of values; lists multiply; lam, lr, swap_every, top_k,
+                 final_factor default to the task's BIMT recipe, tasks.recipe; the shape fields
+                 to the task's model, tasks.sequence)
     [prune]      finetune_steps (default: a tenth of the train steps), match_fraction (1e-2): the
                  `prune` regime's settings (workers.prune); regime "prune" in [train] adds, for
                  every grid point, a job that prunes the vanilla model of the same task, seed and
@@ -44,7 +46,7 @@ from circuitry.orchestrator.checkers import SpecError
 from circuitry.orchestrator.jobs import Job, MissingModels, expand
 from circuitry.tasks import TASKS
 from circuitry.workers.names import (ABLATIONS, DEFAULT_ABLATION, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
-                                     METHODS, ORDERS, REGIMES)
+                                     METHODS, ORDERS, REGIMES, TRANSFORMER_SHAPE)
 
 
 # ---------------------------------------------------------------- the tables, as pydantic models
@@ -154,6 +156,12 @@ class Train(Table):
     final_factor: Grid(NonNegFloat) = _unset("the task's BIMT recipe")
     """The lam multiplier of the schedule's last phase."""
     log_every: Grid(PositiveInt) = DEFAULT_LOG_EVERY
+    # transformer tasks only (names.TRANSFORMER_SHAPE)
+    n_layers: Grid(PositiveInt) = _unset("the task's model (transformer tasks)")
+    n_heads: Grid(PositiveInt) = _unset("the task's model (transformer tasks)")
+    d_model: Grid(PositiveInt) = _unset("the task's model (transformer tasks)")
+    d_head: Grid(PositiveInt) = _unset("the task's model (transformer tasks)")
+    d_mlp: Grid(NonNegInt) = _unset("the task's model (transformer tasks); 0 = attention-only")
 
 
 class Discover(Table):
@@ -458,6 +466,7 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
         for i, w in enumerate(grid["width"]):
             if w is not None and w > 4096:
                 raise SpecError(f"{name}.width[{i}]: {w} is too wide; allowed: 1..4096")
+        _check_model_fields(name, grid)
     root_path = Path(root if root is not None else sweep["root"]).expanduser()
     spec = Spec(sweep["name"], root_path, sweep["tracking_uri"], sweep["metrics_port"], train, discover,
                 resources, testing, text, sweep["metrics_host"], sweep["metrics_linger"], sweep["pushgateway"],
@@ -468,6 +477,21 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
     except MissingModels as e:
         raise SpecError(str(e)) from None
     return spec
+
+
+def _check_model_fields(name: str, grid: dict[str, list]) -> None:
+    """width reshapes MLP tasks, the transformer shape fields transformer tasks: a field set for a
+    task of the other kind is an error, not silently ignored."""
+    kinds = {t: TASKS[t].transformer is not None for t in grid["task"]}
+    for field_name in ("width", *TRANSFORMER_SHAPE):
+        if all(v is None for v in grid[field_name]):
+            continue
+        wrong = [t for t, is_transformer in kinds.items() if is_transformer != (field_name != "width")]
+        if wrong:
+            kind = "transformer" if field_name == "width" else "MLP"
+            fix = "use n_layers, n_heads, d_model, d_head, d_mlp" if field_name == "width" else "use width"
+            raise SpecError(f"{name}.{field_name}: task {wrong[0]} trains a{'n' if kind == 'MLP' else ''} {kind}; "
+                            f"{fix}, or put it in its own [[train]] table")
 
 
 def load_spec(path: str | Path, root: str | Path | None = None) -> Spec:
