@@ -108,8 +108,15 @@ def find_circuit(ckpt: dict, config: DiscoverConfig, *, data: dict | None = None
     """Find the circuit `config` asks for; `progress(n)` is called with the number of edges just
     evaluated. Deterministic for the same inputs. The method runs on `config.device`; its results
     and the grading are on the CPU. `config.target_f`: the circuit at that faithfulness instead of
-    at a threshold (module doc)."""
+    at a threshold (module doc). A `circuitry.transformer/1` checkpoint is handed to the
+    head-level graph (workers.transformer_discover; CPU)."""
     c = config.check()
+    if ckpt.get("format") == "circuitry.transformer/1":
+        from circuitry.workers.transformer_discover import discover_transformer
+
+        return discover_transformer(ckpt, c.method, c.threshold, ablation=c.ablation, data=data, seed=c.seed,
+                                    top_k=c.top_k, edge_fraction=c.edge_fraction, target_f=c.target_f,
+                                    order=c.order, progress=progress)
     dev = pick_device(c.device)
     t0 = time.perf_counter()
     search, ranking = None, None
@@ -333,15 +340,17 @@ def _ground_truth(ckpt, prep: Prepared, masks, flat_scores, keep, output) -> dic
 
 # ---------------------------------------------------------------- files
 
-def _draw(ckpt, masks, title, path):
+def _draw(ckpt, masks, title, path, scores=None):
     from circuitry.workers.draw import draw_network
 
-    draw_network(ckpt, path, edge_mask=masks, title=title)
+    draw_network(ckpt, path, edge_mask=masks, title=title, edge_scores=scores or None)
 
 
 def discovery_files(d: Discovery, ckpt: dict, pictures: bool = True) -> dict[str, bytes]:
     """circuit.parquet, circuit.png (unless not `pictures`), then summary.json (last: its presence
-    marks the result finished), as bytes."""
+    marks the result finished), as bytes. A transformer's discovery has no picture yet."""
+    if not isinstance(d, Discovery):  # workers.transformer_discover.TransformerDiscovery
+        return {"circuit.parquet": _parquet_bytes(d.table), "summary.json": json_bytes(d.summary)}
     sink = pa.BufferOutputStream()
     pq.write_table(d.table, sink)
     c = d.config
@@ -352,9 +361,15 @@ def discovery_files(d: Discovery, ckpt: dict, pictures: bool = True) -> dict[str
     title = f"{c['task']}/{c['regime']} {c['method']} {sel} {c['ablation']}: {d.summary['n_edges_kept']}/{d.summary['n_edges_total']} edges"
     files = {"circuit.parquet": sink.getvalue().to_pybytes()}
     if pictures:
-        files["circuit.png"] = png_bytes(_draw, ckpt, d.masks, title)
+        files["circuit.png"] = png_bytes(_draw, ckpt, d.masks, title, scores=d.scores)
     files["summary.json"] = json_bytes(d.summary)
     return files
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 def write_discovery(d: Discovery, out_dir, ckpt: dict) -> Path:

@@ -206,23 +206,29 @@ class CheckpointError(ValueError):
 
 
 REQUIRED_KEYS = ("format", "task", "shape", "weights", "biases", "in_perm", "out_perm", "coordinates", "l0")
+# every checkpoint format circuitry writes, and the keys it must have (workers.transformer: the transformer's)
+TRANSFORMER_FORMAT = "circuitry.transformer/1"
+FORMATS = {FORMAT: REQUIRED_KEYS,
+           TRANSFORMER_FORMAT: ("format", "task", "model", "weights", "coordinates", "config")}
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load and check a `circuitry.mlp/1` checkpoint with `weights_only=True` (no code runs)."""
+def load_checkpoint(path: str | Path, formats: tuple[str, ...] = tuple(FORMATS)) -> dict:
+    """Load and check a circuitry checkpoint (`circuitry.mlp/1`, or `circuitry.transformer/1`) with
+    `weights_only=True` (no code runs); `formats` narrows what is accepted."""
     path = Path(path)
+    expected = " or ".join(repr(f) for f in formats)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; train one with `circuitry train --out DIR`")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or pickled code
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}); expected {FORMAT}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}); expected {expected}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in formats:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: format is {got!r}, expected {FORMAT!r}")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+        raise CheckpointError(f"{path}: format is {got!r}, expected {expected}")
+    missing = [k for k in FORMATS[ckpt["format"]] if k not in ckpt]
     if missing:
-        raise CheckpointError(f"{path}: {FORMAT} checkpoint lacks {', '.join(missing)}")
+        raise CheckpointError(f"{path}: {ckpt['format']} checkpoint lacks {', '.join(missing)}")
     return ckpt
 
 

@@ -105,11 +105,12 @@ def _apply_masks(model: CoordMLP, masks: list[torch.Tensor]) -> None:
         linear.weight.mul_(m)
 
 
-def train(config: TrainConfig, progress: Callable[[int, int], None] | None = None, start: dict | None = None,
+def train(config: TrainConfig, progress: Callable[[int, int, float], None] | None = None, start: dict | None = None,
           masks: list[torch.Tensor] | None = None,
           prune_at: Callable[[int, CoordMLP], list[torch.Tensor] | None] | None = None) -> TrainResult:
-    """Train one model. `progress(steps, examples)` is called every `log_every` steps with the
-    increments since the last call (the orchestrator turns them into Prometheus counters).
+    """Train one model. `progress(steps, examples, train_loss)` is called every `log_every` steps
+    with the increments since the last call (the orchestrator turns them into Prometheus counters;
+    the CLI draws a bar) and the loss just logged.
     `start`: a checkpoint of the same shape to continue from instead of a fresh initialisation
     (its weights, biases, embedding and layout; the optimiser starts afresh). `masks`: one 0/1
     tensor per weight matrix; the weights where it is 0 are held at exactly zero (their gradient
@@ -188,7 +189,7 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
                     test_loss = float(loss_fn(model(x_test), y_test))
                 curve.append({"step": step, "train_loss": float(loss.detach()), "test_loss": test_loss})
                 if progress:
-                    progress(step + 1 - last_logged, examples)
+                    progress(step + 1 - last_logged, examples, curve[-1]["train_loss"])
                     last_logged, examples = step + 1, 0
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -9,7 +9,7 @@ import torch
 
 from circuitry.tasks import get_task
 from circuitry.tasks.recipe import Recipe
-from circuitry.workers.names import DEFAULT_LOG_EVERY, RECIPE_DEFAULTS, TRAINED_REGIMES, resolved_swap_every
+from circuitry.workers.names import DEFAULT_LOG_EVERY, RECIPE_DEFAULTS, TRAINED_REGIMES, TRANSFORMER_SHAPE, resolved_swap_every
 
 
 @dataclass
@@ -23,7 +23,13 @@ class TrainConfig:
     lr: float | None = None
     swap_every: int | None = None
     top_k: int | None = None
-    width: int | None = None  # hidden width override
+    width: int | None = None  # hidden width override (MLP tasks)
+    # transformer tasks: the model's shape overrides (names.TRANSFORMER_SHAPE; None: the task's)
+    n_layers: int | None = None
+    n_heads: int | None = None
+    d_model: int | None = None
+    d_head: int | None = None
+    d_mlp: int | None = None
     sheets: bool | None = None  # 2-D neuron sheets; None: the task's default (image tasks)
     final_factor: float | None = None  # lam multiplier of the schedule's last phase
     batch_size: int | None = None  # 0: full batch (None: the recipe's, like the fields above)
@@ -37,6 +43,11 @@ class TrainConfig:
             raise ValueError(f"unknown regime {self.regime!r}: choose one of {', '.join(TRAINED_REGIMES)}")
         if self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps}")
+        shape_set = [k for k in TRANSFORMER_SHAPE if getattr(self, k) is not None]
+        if task.transformer is None and shape_set:
+            raise ValueError(f"{shape_set[0]} reshapes a transformer; task {self.task} trains an MLP (use width)")
+        if task.transformer is not None and self.width is not None:
+            raise ValueError(f"width reshapes an MLP; task {self.task} trains a transformer (use {', '.join(TRANSFORMER_SHAPE)})")
         r = task.recipe
         d = asdict(self)
         for key in RECIPE_DEFAULTS:
@@ -53,11 +64,18 @@ class TrainConfig:
                        top_k=self.top_k, batch_size=self.batch_size or None)
 
     def record(self) -> dict:
-        """Every resolved setting, flat: the checkpoint's `config` (job ids and resume rest on it)."""
+        """Every resolved setting, flat: the checkpoint's `config` (job ids and resume rest on it);
+        the transformer shape overrides only where set (an MLP's record is what it was)."""
         recipe = asdict(self.recipe())
         recipe["lam_phases"] = [list(p) for p in recipe["lam_phases"]]
         del recipe["steps"]  # the recipe's default length; the run's own is `steps`
-        return {**recipe, **asdict(self)}
+        own = {k: v for k, v in asdict(self).items() if not (k in TRANSFORMER_SHAPE and v is None)}
+        return {**recipe, **own}
+
+    def transformer(self):
+        """The transformer a transformer task trains, with this config's shape overrides."""
+        shape = {k: getattr(self, k) for k in TRANSFORMER_SHAPE if getattr(self, k) is not None}
+        return replace(get_task(self.task).transformer, **shape)
 
 
 @dataclass
