@@ -96,9 +96,10 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
     accuracy = f", test accuracy {m['test_accuracy']:.3g}" if "test_accuracy" in m else ""
     accuracy += next((f", {k} {m[k]:.3f}" for k in m if k.endswith("_accuracy")
                       and k not in ("train_accuracy", "test_accuracy")), "")
+    # a tracr task's compiled weights are not trained: no steps/s
+    speed = f", {m['steps_per_second']:.0f} steps/s" if "steps_per_second" in m else ""
     click.echo(f"{task}/{regime} seed {result.checkpoint['seed']}: test loss {m['test_loss']:.3g}{accuracy}{pruned}, "
-               f"connection cost {m['connection_cost']:.3g}, {m['steps_per_second']:.0f} steps/s "
-               f"-> {out_dir / 'model.pt'}")
+               f"connection cost {m['connection_cost']:.3g}{speed} -> {out_dir / 'model.pt'}")
 
 
 def _prune(task, from_vanilla, match, finetune_steps, match_fraction, device, quiet):

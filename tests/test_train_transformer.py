@@ -38,6 +38,15 @@ def test_cli_trains_induction_under_bimt_with_swaps(tmp_path, capsys):
     assert fit["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
 
 
+def test_cli_train_of_a_tracr_task_returns_its_compiled_weights(tmp_path, capsys):
+    # fixed weights have no training speed: the CLI's line must not need one
+    out = tmp_path / "run"
+    code, io = run_cli(["train", "--task", "tracr_frac_prevs", "--regime", "vanilla", "--out", str(out)], capsys)
+    assert code == 0, io.err
+    assert torch.load(out / "model.pt", weights_only=True)["format"] == "circuitry.transformer/1"
+    assert "tracr_frac_prevs/vanilla" in io.out and "steps/s" not in io.out
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--task", "tracr_reverse", "--regime", "bimt"], "--regime: tracr_reverse's weights are compiled"),
     (["--task", "induction", "--regime", "vanilla", "--width", "8"], "--width: induction trains a transformer"),
