@@ -211,7 +211,9 @@ def status_cmd(job_id, address, logs):
                 click.echo(f"{j.submission_id}  {j.status}  {j.entrypoint}")
             return
         text = client.get_job_logs(job_id)
-        click.echo(f"{job_id}: {client.get_job_status(job_id)}{sweep_counts(text)}")
+        click.echo(f"{job_id}: {client.get_job_status(job_id)}")  # scripts read the state off this line's end
+        if counts := sweep_counts(text):
+            click.echo(f"sweep: {counts}")
         if logs:
             click.echo(text)
     except RuntimeError as e:
@@ -220,7 +222,7 @@ def status_cmd(job_id, address, logs):
 
 def sweep_counts(log: str) -> str:
     """The driver's last progress figures in its log (orchestrator.metrics.ProgressBar's lines
-    `[done/total] finished ...` / `FAILED ...`, and the sweep's first line): ", 40/72 jobs done
+    `[done/total] finished ...` / `FAILED ...`, and the sweep's first line): "40/72 jobs done
     (12 cached, 1 failed)", or "" before the driver has printed any."""
     import re
 
@@ -231,7 +233,7 @@ def sweep_counts(log: str) -> str:
     n, total = done[-1] if done else (start.group(2), start.group(1))
     failed = len(re.findall(r"^\[\d+/\d+\] FAILED ", log, re.M))
     cached = f"{start.group(2)} cached, " if start else ""
-    return f", {n}/{total} jobs done ({cached}{failed} failed)"
+    return f"{n}/{total} jobs done ({cached}{failed} failed)"
 
 
 @click.command("cancel")

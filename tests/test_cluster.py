@@ -208,7 +208,7 @@ class Cluster:
     def status(self, job: str) -> str:
         p = self.circuitry("status", job, "--address", self.address)
         assert p.returncode == 0, p.stderr
-        return p.stdout.strip().rsplit(" ", 1)[-1]
+        return p.stdout.strip().splitlines()[0].rsplit(" ", 1)[-1]  # "JOB: STATE", then the sweep's counts
 
     def logs(self, job: str) -> str:
         return self.circuitry("status", job, "--address", self.address, "--logs").stdout
