@@ -2,7 +2,8 @@
 
 An existing cluster (`--address`, RAY_ADDRESS, a Ray Job's driver) keeps its own authentication:
 RAY_AUTH_MODE and the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) come from
-the environment, as for every Ray client.
+the environment, as for every Ray client. `local` (Ray's word for "start a cluster here") is no
+existing cluster: it gets the embedded Ray below, with its per-run token.
 
 The embedded local Ray listens on more than loopback (Ray's dashboard agent, GCS and raylet bind
 every interface), so without authentication anyone who reaches this machine could submit a job to
@@ -29,6 +30,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":  # Ray's own word for "start one here": the embedded Ray, with its per-run token
+        os.environ.pop("RAY_ADDRESS", None)
+        address = None
     if address:
         ray.init(address=address, logging_level="WARNING")
     else:

@@ -8,8 +8,14 @@ once (naming the tracking URI), MLflow is switched off for the rest of the sweep
 `circuitry sync SWEEP` backfills it later. Runs are keyed by the tag `circuitry.job_id`: a job
 that already has a FINISHED run is never logged twice by a backfill; a job that ran again (its
 folder was damaged and moved aside) replaces its older run, so MLflow shows the result on disk.
-Only jobs of the sweep's spec are recorded, and a run's artifacts come from `jobs/<job id>/`
-where the id is the spec's (orchestrator.store.is_job_id), never from a record's fields.
+Only jobs of the sweep's spec are recorded, and a run's artifacts are the files its signed
+record lists, read through orchestrator.store (no link followed, each sha256 checked) and uploaded
+file by file from a private temporary copy of those bytes: never a folder, never a path a record
+or a link names. A job whose folder fails those checks at upload time gets no run.
+
+Where runs go: `run` logs to --tracking-uri, the spec's tracking_uri or the embedded store;
+`sync` and `report` to --tracking-uri or the embedded store only. sweep.json's tracking_uri is
+anyone's who can write the sweep folder, so they name it and never follow it.
 
 Embedded default tracking store: `sqlite:///SWEEP/mlflow.db` with artifacts in `SWEEP/mlartifacts`,
 created once by the driver before anything is logged. SQLite stores are opened in WAL mode with
@@ -38,7 +44,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from circuitry.orchestrator.store import JobStore, is_job_id, sweep_lock, write_atomic
+from circuitry.orchestrator.store import (DamagedResult, JobStore, WriteFailed, is_job_id, opened_dir, read_regular,
+                                          sweep_lock, write_atomic)
 from circuitry.workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
 
 JOB_TAG = "circuitry.job_id"
@@ -274,6 +281,12 @@ class MlflowLogger:
             self.known.pop(jid, None)
         if self.known.get(jid) == "FINISHED":
             return False
+        files = {}
+        if status == "FINISHED":
+            try:  # the checked bytes of the files the signed record lists (module doc)
+                rec, files = JobStore(self.sweep_dir).read(jid)
+            except DamagedResult:
+                return False
         for old in self.stale.pop(jid, []):
             self.client.delete_run(old)
         tags = {ROLE_TAG: "job", JOB_TAG: jid, "mlflow.parentRunId": self.parent, "kind": rec["kind"],
@@ -304,9 +317,8 @@ class MlflowLogger:
         self._log(run_id, params, metrics, end_ms)
         if rec.get("error"):
             self.client.set_tag(run_id, "error", str(rec["error"])[:5000])
-        folder = self.sweep_dir / "jobs" / jid
-        if status == "FINISHED" and folder.is_dir():
-            self.client.log_artifacts(run_id, str(folder))
+        if files:
+            self._upload(run_id, files)
         self.client.set_terminated(run_id, status, end_time=end_ms)
         self.known[jid] = status
         if status != "FINISHED":
@@ -314,6 +326,16 @@ class MlflowLogger:
         else:
             self.finished_runs[jid] = [run_id]
         return True
+
+    def _upload(self, run_id: str, files: dict[str, bytes], under: str | None = None) -> None:
+        """Each file as its own artifact, from a copy in a private temporary folder (mode 0700)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="circuitry-upload-") as tmp:
+            for name, data in files.items():
+                path = Path(tmp) / name
+                path.write_bytes(data)
+                self.client.log_artifact(run_id, str(path), under)
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.parent, status)
@@ -371,7 +393,10 @@ class Recorder:
         """Runs waiting to be logged to MLflow (0 when MLflow is off or failed)."""
         return self.q.qsize() if self.thread is not None and self.mlflow_error is None else 0
 
+    write_error: str | None = None
+
     def flush_parquet(self, force: bool = False) -> None:
+        """Rewrite jobs.parquet (at most every 2 s unless `force`); WriteFailed when it cannot."""
         if self.dirty and (force or time.monotonic() - self.last_write > 2.0):
             write_parquet(list(self.rows.values()), self.parquet)
             self.dirty, self.last_write = False, time.monotonic()
@@ -406,7 +431,11 @@ class Recorder:
     _end_status: str | None = None
 
     def close(self, status: str = "FINISHED", timeout: float | None = None) -> None:
-        self.flush_parquet(force=True)
+        """The last jobs.parquet (a failure is kept in write_error, not raised: MLflow still ends)."""
+        try:
+            self.flush_parquet(force=True)
+        except WriteFailed as e:
+            self.write_error = str(e)
         if self.thread is not None:
             self._end_status = status
             self.q.put(None)
@@ -421,16 +450,26 @@ def spec_job_ids(sweep_dir: Path) -> set[str]:
     return {j.id for j in parse_spec(path.read_text(), str(path)).jobs}
 
 
-def sync(sweep_dir: Path, sweep_name: str, tracking_uri: str) -> tuple[int, int]:
-    """Backfill MLflow from the finished results of the jobs of SWEEP/spec.toml (nothing else in
-    the folder is read), under the sweep lock; returns (runs logged, jobs already there)."""
+def sync(sweep_dir: Path, sweep_name: str, tracking_uri: str) -> tuple[int, int, int]:
+    """Backfill MLflow from the finished, signed results of the jobs of SWEEP/spec.toml (nothing
+    else in the folder is read), under the sweep lock; returns (runs logged, jobs already there,
+    folders of the spec's jobs left aside: unsigned or damaged)."""
     with sweep_lock(sweep_dir):
-        records = JobStore(sweep_dir).records(spec_job_ids(sweep_dir))
+        records, rejected = JobStore(sweep_dir).scan(spec_job_ids(sweep_dir))
+        write_parquet([flat_row(r) for r in records.values()], Path(sweep_dir) / "jobs.parquet")
         logger = MlflowLogger(tracking_uri, sweep_name, sweep_dir)
         logged = sum(logger.log_job(rec) for rec in records.values())
         logger.end("FINISHED")
-        write_parquet([flat_row(r) for r in records.values()], Path(sweep_dir) / "jobs.parquet")
-    return logged, len(records) - logged
+    return logged, len(records) - logged, len(rejected)
+
+
+def other_uri_note(meta: dict, uri: str) -> str | None:
+    """A line naming the tracking URI sweep.json holds when it is not `uri` (module doc)."""
+    named = meta.get("tracking_uri")
+    if isinstance(named, str) and named and named != uri:
+        return (f"note: sweep.json names the tracking URI {named[:300]!r}; not followed (a file in the sweep folder "
+                "decides no destination): give --tracking-uri to log there")
+    return None
 
 
 def log_report(sweep_dir: Path, paths: list[Path], tracking_uri: str | None = None) -> str | None:
@@ -439,12 +478,20 @@ def log_report(sweep_dir: Path, paths: list[Path], tracking_uri: str | None = No
     report in the sweep folder stands on its own."""
     sweep_dir = Path(sweep_dir)
     info_path = sweep_dir / "sweep.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    uri = tracking_uri or info.get("tracking_uri") or embedded_uri(sweep_dir)
+    try:
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    except (OSError, ValueError):
+        info = {}
+    info = info if isinstance(info, dict) else {}
+    uri = tracking_uri or embedded_uri(sweep_dir)
+    note = other_uri_note(info, uri)
+    if note:
+        print(note, file=sys.stderr)
     try:
         logger = MlflowLogger(uri, info.get("name", sweep_dir.name), sweep_dir)
-        for p in paths:
-            logger.client.log_artifact(logger.parent, str(p), "report")
+        with opened_dir(sweep_dir) as sfd:  # the files the report just wrote, read without following a link
+            files = {p.name: read_regular(sfd, p.name, sweep_dir) for p in paths}
+        logger._upload(logger.parent, files, "report")
         logger.end("FINISHED")
     except Exception as e:  # noqa: BLE001 - any MLflow failure leaves the local report intact
         print(f"warning: could not log the report to MLflow at {uri} ({type(e).__name__}: {e}); "

@@ -9,6 +9,7 @@ mean with a t-interval on the log ratios (orchestrator.stats).
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 
 from circuitry.orchestrator.spec import TRAIN_GRID
 from circuitry.orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, paired_ratio, t_half_width
+from circuitry.orchestrator.store import save_png, write_atomic
 from circuitry.workers.names import BASELINE_REGIME, REGIMES
 
 # (column, label, better): better is "higher" or "lower"
@@ -411,8 +413,10 @@ def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: p
     import matplotlib.pyplot as plt
     import torch
 
+    from circuitry.orchestrator.store import JobStore
     from circuitry.workers.draw import draw_network_on
 
+    store = JobStore(sweep_dir)
     rows = train[train["task"] == task]
     if rows.empty:
         return None
@@ -422,21 +426,25 @@ def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: p
     fig, axes = plt.subplots(1, len(regimes), figsize=(3.6 * len(regimes), 5.5), squeeze=False)
     for ax, regime in zip(axes[0], regimes):
         job = rows[rows["regime"] == regime].iloc[0]
-        ckpt = torch.load(sweep_dir / "jobs" / job["job_id"] / "model.pt", weights_only=True)
+        blob = store.trusted_file(job["job_id"], "model.pt")  # by id, checked bytes; never a path from a file
+        if blob is None:
+            ax.set_axis_off()
+            continue
+        ckpt = torch.load(io.BytesIO(blob), weights_only=True)
         acdc = discover[(discover["model_id"] == job["job_id"]) & (discover.get("method") == "acdc")]
         masks, note = None, "no ACDC circuit"
         if "threshold" in acdc:  # circuits at a threshold; those at a target faithfulness have none
             acdc = acdc[acdc["threshold"].notna()]
         if len(acdc):
             pick = acdc.sort_values("threshold").iloc[len(acdc) // 2]
-            path = sweep_dir / "jobs" / pick["job_id"] / "circuit.parquet"
-            if path.is_file():
-                masks = _masks_from_circuit(path, ckpt["shape"])
+            circuit = store.trusted_file(pick["job_id"], "circuit.parquet")  # by id, checked bytes
+            if circuit is not None:
+                masks = _masks_from_circuit(io.BytesIO(circuit), ckpt["shape"])
                 note = f"ACDC tau={pick['threshold']:g}: {int(pick['n_edges_kept'])} edges"
         draw_network_on(ax, ckpt, masks, f"{regime} (seed {seed})\n{note}")
     fig.tight_layout()
     path = out / f"networks_{task}.png"
-    fig.savefig(path, dpi=90)
+    save_png(fig, path, dpi=90)
     plt.close(fig)
     return path
 
@@ -454,7 +462,7 @@ def _line_figure(path: Path, title: str, xlabel: str, ylabel: str, series: dict,
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_png(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -506,7 +514,7 @@ def figure_discovery_time(discover: pd.DataFrame, out: Path) -> Path | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "discovery_time.png"
-    fig.savefig(path, dpi=100)
+    save_png(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -569,5 +577,5 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
         pictures.append(time_fig)
     lines += [f"![{p.stem}]({p.name})" for p in pictures]
     report = sweep_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    write_atomic(report, ("\n".join(lines) + "\n").encode(), fsync=False)  # never through a planted link
     return report, pictures

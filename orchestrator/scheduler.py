@@ -17,7 +17,10 @@ progress.
 Resume: a job whose folder SWEEP/jobs/<id>/ exists is finished and never runs again; re-running a
 spec after a crash, a Ctrl-C or with more grid points runs only the rest. Ctrl-C cancels the
 running tasks (a result the driver has not written yet is run again next time) and leaves the
-sweep resumable. One driver per sweep folder at a time (SWEEP/.lock, orchestrator.store.sweep_lock).
+sweep resumable. One driver per sweep folder at a time (a flock on the sweep folder itself, taken
+by `circuitry run` before Ray starts: orchestrator.store.sweep_lock). A write the disk refuses
+(jobs.parquet, sweep.json) stops the sweep like Ctrl-C, with one line naming the path
+(SweepOutcome.write_error); every result already written is kept.
 
 Healing: at the start of a run, a job folder that is not a finished result (unreadable or
 inconsistent job.json, a file missing or changed, a model.pt that does not load) is moved aside
@@ -38,7 +41,7 @@ from circuitry.orchestrator.execute import TransientError
 from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
 from circuitry.orchestrator.recorder import Recorder, resolve_uri
 from circuitry.orchestrator.spec import Job, Spec, model_shape
-from circuitry.orchestrator.store import JobResult, JobStore, sweep_lock, write_atomic
+from circuitry.orchestrator.store import JobResult, JobStore, WriteFailed, sweep_lock, write_atomic
 
 
 @dataclass
@@ -54,6 +57,7 @@ class SweepOutcome:
     interrupted: bool = False
     metrics_port: int | None = None
     mlflow_error: str | None = None
+    write_error: str | None = None  # a write of jobs.parquet that failed (a full disk): one line
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -92,24 +96,28 @@ class Scheduler:
         self.jobs = {j.id: j for j in spec.jobs}
 
     # ------------------------------------------------------------ setup
-    def _prepare_folder(self) -> None:
+    def prepare_folder(self) -> None:
         """Under the sweep lock: clear a crash's half-written results, then write sweep.json and
-        spec.toml (the spec names the jobs that `sync` may record)."""
-        self.store.prepare()  # removes the half-written results of a crash
+        spec.toml (the spec names the jobs that `sync` may record). Needs no Ray: `circuitry run`
+        calls it before starting Ray, so a bad folder or a full disk costs no Ray start."""
+        self.store.prepare(self.echo)  # removes the half-written results of a crash
         meta = {"name": self.spec.name, "tracking_uri": self.uri, "n_jobs": len(self.spec.jobs)}
         write_atomic(self.sweep_dir / "sweep.json", json.dumps(meta, indent=2).encode())
         write_atomic(self.sweep_dir / "spec.toml", self.spec.source.encode())
 
-    def run(self) -> SweepOutcome:
+    def run(self, locked: bool = False) -> SweepOutcome:
+        """The sweep; `locked`: the caller holds the sweep lock and has called prepare_folder."""
         import ray
 
         from circuitry.orchestrator import remote
 
         self.ray, self.remote = ray, remote
         t_start = time.monotonic()
+        if locked:
+            return self._run(t_start)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         with sweep_lock(self.sweep_dir):
-            self._prepare_folder()
+            self.prepare_folder()
             return self._run(t_start)
 
     # ------------------------------------------------------------ the run
@@ -124,6 +132,9 @@ class Scheduler:
                 self.recorder.flush_parquet()
         except KeyboardInterrupt:
             interrupted = True
+            self.cancel()
+        except WriteFailed as e:  # a full disk: stop as Ctrl-C does, keeping every result written
+            interrupted, self.out.write_error = True, str(e)
             self.cancel()
         finally:
             self._close(interrupted, t_start)
@@ -204,9 +215,9 @@ class Scheduler:
                 self._set_state(dj, "queued")
 
     def _cached_model(self, tj: Job) -> dict:
-        from circuitry.workers.model import load_checkpoint
+        from circuitry.workers.model import checkpoint_from_bytes
 
-        return load_checkpoint(self.store.folder(tj.id) / "model.pt")
+        return checkpoint_from_bytes(self.store.read_file(tj.id, "model.pt"), self.store.folder(tj.id) / "model.pt")
 
     def submit_train(self, tj: Job) -> None:
         res = self.spec.resources
@@ -389,6 +400,7 @@ class Scheduler:
         try:
             self.recorder.close(status, timeout=None if not interrupted else 30)
             self.out.mlflow_error = self.recorder.mlflow_error
+            self.out.write_error = self.out.write_error or self.recorder.write_error
         except KeyboardInterrupt:  # the results are on disk; only MLflow is behind
             self.out.mlflow_error = f"stopped with {self.recorder.backlog()} runs not logged"
             self.echo(f"MLflow logging stopped with {self.recorder.backlog()} runs not logged; "
