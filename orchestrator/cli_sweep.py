@@ -301,6 +301,8 @@ def sync_cmd(sweep, tracking_uri):
     try:
         with sweep_errors():
             logged, present, aside = sync(d, meta["name"], uri)
+    except click.UsageError:
+        raise
     except SpecError as e:
         raise SweepInputError(f"SWEEP: {e}") from None
     except Exception as e:  # noqa: BLE001
