@@ -29,15 +29,23 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address == "local":  # Ray's own word for "start one here": the embedded Ray, with its per-run token
-        os.environ.pop("RAY_ADDRESS", None)
-        address = None
+    address = cluster_address(address)
     if address:
         ray.init(address=address, logging_level="WARNING")
     else:
         start_local_ray(num_cpus)
     return True
+
+
+def cluster_address(address: str | None = None) -> str | None:
+    """The existing cluster to join (`address`, else RAY_ADDRESS), or None for the embedded Ray.
+    RAY_ADDRESS=local is Ray's "start one here": the embedded Ray with its per-run token, and the
+    variable is dropped so that Ray's own ray.init does not start an unauthenticated one."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":
+        os.environ.pop("RAY_ADDRESS", None)
+        return None
+    return address
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:

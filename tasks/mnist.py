@@ -82,13 +82,13 @@ def _check_split(folder, split: str, x: np.ndarray, y: np.ndarray) -> None:
     if x.ndim != 3 or x.shape[1:] != (28, 28):
         raise MnistDataError(f"{where} images have shape {list(x.shape)}, expected [N, 28, 28]; {LAYOUT}")
     if x.dtype != np.uint8:
-        raise MnistDataError(f"{where} images are {x.dtype}, expected unsigned bytes (IDX type 0x08); {LAYOUT}")
+        raise MnistDataError(f"{where} images are {x.dtype.name}, expected unsigned bytes (IDX type 0x08); {LAYOUT}")
     if y.ndim != 1 or len(x) != len(y):
         raise MnistDataError(f"{where} images {list(x.shape)} and labels {list(y.shape)} do not pair up; {LAYOUT}")
     if len(y) == 0:
         raise MnistDataError(f"{where} holds no examples; {LAYOUT}")
     if y.dtype.kind not in "iu":
-        raise MnistDataError(f"{where} labels are {y.dtype}, expected integers (IDX type 0x08); {LAYOUT}")
+        raise MnistDataError(f"{where} labels are {y.dtype.name}, expected integers (IDX type 0x08); {LAYOUT}")
     bad = (y < 0) | (y > 9)
     if bad.any():
         raise MnistDataError(f"{where} label {int(y[bad][0])} at index {int(np.argmax(bad))} is not a digit 0..9; "
