@@ -10,7 +10,8 @@ def refresh_table(sweep_dir: Path) -> int:
     """Rewrite SWEEP/jobs.parquet from the signed, finished results of the spec's jobs
     (orchestrator.store): the report's rows are those, never rows planted in the table. Returns
     how many of the spec's job folders were left aside (unsigned or damaged)."""
-    from circuitry.orchestrator.recorder import flat_row, spec_job_ids, write_parquet
+    from circuitry.orchestrator.backfill import spec_job_ids
+    from circuitry.orchestrator.recorder import flat_row, write_parquet
     from circuitry.orchestrator.spec import SpecError
     from circuitry.orchestrator.store import JobStore
 
@@ -47,7 +48,7 @@ def report_cmd(sweep, mlflow, tracking_uri):
         report, pictures = write_report(sweep_dir)
         click.echo(f"wrote {report} and {len(pictures)} figures")
         if mlflow:
-            from circuitry.orchestrator.recorder import log_report
+            from circuitry.orchestrator.backfill import log_report
 
             where = log_report(sweep_dir, [report, *pictures], tracking_uri)
             if where:

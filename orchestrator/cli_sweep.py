@@ -266,7 +266,8 @@ def cancel_cmd(job_id, address):
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 def ui_cmd(sweep, port):
     """Open the MLflow UI on SWEEP's tracking store, on 127.0.0.1."""
-    from circuitry.orchestrator.recorder import embedded_uri, other_uri_note
+    from circuitry.orchestrator.backfill import other_uri_note
+    from circuitry.orchestrator.recorder import embedded_uri
 
     d, meta = _sweep_dir(sweep)
     uri = embedded_uri(d)
@@ -288,7 +289,8 @@ def sync_cmd(sweep, tracking_uri):
 
     Only the jobs of SWEEP/spec.toml are logged (nothing else in the folder is read), while
     holding the sweep's lock (it waits for no `run`: a running sweep records MLflow itself)."""
-    from circuitry.orchestrator.recorder import embedded_uri, other_uri_note, sync
+    from circuitry.orchestrator.backfill import other_uri_note, sync
+    from circuitry.orchestrator.recorder import embedded_uri
 
     d, meta = _sweep_dir(sweep)
     if not (d / "spec.toml").is_file():

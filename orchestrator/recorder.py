@@ -44,8 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from circuitry.orchestrator.store import (DamagedResult, JobStore, WriteFailed, is_job_id, opened_dir, read_regular,
-                                          sweep_lock, write_atomic)
+from circuitry.orchestrator.store import DamagedResult, JobStore, WriteFailed, is_job_id, write_atomic
 from circuitry.workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
 
 JOB_TAG = "circuitry.job_id"
@@ -348,7 +347,8 @@ class Recorder:
                  mlflow_enabled: bool = True, warn=None):
         self.sweep_dir = Path(sweep_dir)
         self.name, self.uri, self.spec_params = sweep_name, tracking_uri, spec_params or {}
-        self.rows: dict[str, dict] = {}
+        self.rows: dict[str, tuple] = {}  # job id -> (column names, values): compact, see _keep
+        self._names: dict[tuple, tuple] = {}
         self.parquet = self.sweep_dir / "jobs.parquet"
         self.dirty, self.last_write = False, 0.0
         self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
@@ -372,7 +372,7 @@ class Recorder:
             prev = old.get(rec["job_id"])
             if prev and prev.get("attempts") is not None:
                 row["attempts"] = rec["attempts"] = prev["attempts"]
-            self.rows[rec["job_id"]] = row
+            self._keep(row)
         self.dirty = True
         self.flush_parquet(force=True)
         if self.mlflow_enabled:
@@ -381,9 +381,16 @@ class Recorder:
             for rec in existing.values():  # backfill finished jobs without a run (no duplicates)
                 self.q.put((rec, False))
 
+    def _keep(self, row: dict) -> None:
+        """A job's row as a tuple of values beside its column names, shared by the rows that have
+        the same (one tuple per kind of job): a third of a dict's memory, for every job of a sweep."""
+        names = tuple(row)
+        names = self._names.setdefault(names, names)
+        self.rows[row["job_id"]] = (names, tuple(row.values()))
+
     def add(self, rec: dict) -> None:
         """A job that ran now: its row, and its run (replacing the run of an earlier result)."""
-        self.rows[rec["job_id"]] = flat_row(rec)
+        self._keep(flat_row(rec))
         self.dirty = True
         self.flush_parquet()
         if self.mlflow_enabled:
@@ -398,7 +405,7 @@ class Recorder:
     def flush_parquet(self, force: bool = False) -> None:
         """Rewrite jobs.parquet (at most every 2 s unless `force`); WriteFailed when it cannot."""
         if self.dirty and (force or time.monotonic() - self.last_write > 2.0):
-            write_parquet(list(self.rows.values()), self.parquet)
+            write_parquet([dict(zip(names, values)) for names, values in self.rows.values()], self.parquet)
             self.dirty, self.last_write = False, time.monotonic()
 
     def _fail(self, e: Exception) -> None:
@@ -440,61 +447,3 @@ class Recorder:
             self._end_status = status
             self.q.put(None)
             self.thread.join(timeout)
-
-
-def spec_job_ids(sweep_dir: Path) -> set[str]:
-    """The ids of the jobs of SWEEP/spec.toml (as this version of circuitry expands it)."""
-    from circuitry.orchestrator.spec import parse_spec
-
-    path = Path(sweep_dir) / "spec.toml"
-    return {j.id for j in parse_spec(path.read_text(), str(path)).jobs}
-
-
-def sync(sweep_dir: Path, sweep_name: str, tracking_uri: str) -> tuple[int, int, int]:
-    """Backfill MLflow from the finished, signed results of the jobs of SWEEP/spec.toml (nothing
-    else in the folder is read), under the sweep lock; returns (runs logged, jobs already there,
-    folders of the spec's jobs left aside: unsigned or damaged)."""
-    with sweep_lock(sweep_dir):
-        records, rejected = JobStore(sweep_dir).scan(spec_job_ids(sweep_dir))
-        write_parquet([flat_row(r) for r in records.values()], Path(sweep_dir) / "jobs.parquet")
-        logger = MlflowLogger(tracking_uri, sweep_name, sweep_dir)
-        logged = sum(logger.log_job(rec) for rec in records.values())
-        logger.end("FINISHED")
-    return logged, len(records) - logged, len(rejected)
-
-
-def other_uri_note(meta: dict, uri: str) -> str | None:
-    """A line naming the tracking URI sweep.json holds when it is not `uri` (module doc)."""
-    named = meta.get("tracking_uri")
-    if isinstance(named, str) and named and named != uri:
-        return (f"note: sweep.json names the tracking URI {named[:300]!r}; not followed (a file in the sweep folder "
-                "decides no destination): give --tracking-uri to log there")
-    return None
-
-
-def log_report(sweep_dir: Path, paths: list[Path], tracking_uri: str | None = None) -> str | None:
-    """Log the report's files as artifacts (under report/) of the sweep's parent MLflow run.
-    Returns where they went, or None (with a warning naming the URI) when MLflow fails: the
-    report in the sweep folder stands on its own."""
-    sweep_dir = Path(sweep_dir)
-    info_path = sweep_dir / "sweep.json"
-    try:
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    except (OSError, ValueError):
-        info = {}
-    info = info if isinstance(info, dict) else {}
-    uri = tracking_uri or embedded_uri(sweep_dir)
-    note = other_uri_note(info, uri)
-    if note:
-        print(note, file=sys.stderr)
-    try:
-        logger = MlflowLogger(uri, info.get("name", sweep_dir.name), sweep_dir)
-        with opened_dir(sweep_dir) as sfd:  # the files the report just wrote, read without following a link
-            files = {p.name: read_regular(sfd, p.name, sweep_dir) for p in paths}
-        logger._upload(logger.parent, files, "report")
-        logger.end("FINISHED")
-    except Exception as e:  # noqa: BLE001 - any MLflow failure leaves the local report intact
-        print(f"warning: could not log the report to MLflow at {uri} ({type(e).__name__}: {e}); "
-              f"it is in {sweep_dir}", file=sys.stderr)
-        return None
-    return f"{uri} (run {logger.parent}, artifacts report/)"

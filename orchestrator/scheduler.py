@@ -14,6 +14,11 @@ the sweep folder: tasks return their record and files through the object store, 
 no shared filesystem; orchestrator.store), then records it (jobs.parquet + MLflow) and draws
 progress.
 
+Submission: jobs whose inputs are ready wait in a queue and are submitted while fewer than
+`window` jobs are pending in Ray (SUBMIT_WINDOW, or 4 per cluster CPU), so the driver's memory
+grows with the spec's jobs (their settings and states, ~1-2 KB each: benchmarks/driver_memory.py),
+not with Ray's per-task state for every job at once.
+
 Resume: a job whose folder SWEEP/jobs/<id>/ exists is finished and never runs again; re-running a
 spec after a crash, a Ctrl-C or with more grid points runs only the rest. Ctrl-C cancels the
 running tasks (a result the driver has not written yet is run again next time) and leaves the
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +48,8 @@ from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
 from circuitry.orchestrator.recorder import Recorder, resolve_uri
 from circuitry.orchestrator.spec import Job, Spec, model_shape
 from circuitry.orchestrator.store import JobResult, JobStore, WriteFailed, sweep_lock, write_atomic
+
+SUBMIT_WINDOW = 1000  # jobs pending in Ray at once, at least (4 per cluster CPU when that is more)
 
 
 @dataclass
@@ -126,7 +134,7 @@ class Scheduler:
         interrupted = False
         try:
             self._submit_unfinished()
-            while self.pending:
+            while self._fill():
                 self._collect(self._wait())
                 self.bar.draw(*self._counts())
                 self.recorder.flush_parquet()
@@ -179,6 +187,9 @@ class Scheduler:
         self.attempts: dict[str, int] = {}
         self.started_at: dict[str, float] = {}  # job id -> when the driver heard of its first attempt
         self.pending: dict = {}  # ObjectRef of a job's result -> job
+        self.waiting: deque = deque()  # (job, submit it): ready jobs beyond the window (module doc)
+        self.waiting_ids: set[str] = set()
+        self.window = max(SUBMIT_WINDOW, 4 * int(self.ray.cluster_resources().get("CPU", 1)))
         self.live: dict[str, list] = {}  # job id -> every ref to cancel on Ctrl-C
         self.ckpt_refs: dict[str, object] = {}
         self.n_edges_of: dict[str, int] = {}
@@ -219,14 +230,33 @@ class Scheduler:
 
         return checkpoint_from_bytes(self.store.read_file(tj.id, "model.pt"), self.store.folder(tj.id) / "model.pt")
 
+    def _enqueue(self, job: Job, submit) -> None:
+        self.waiting.append((job, submit))
+        self.waiting_ids.add(job.id)
+        self._set_state(job, "queued")
+
+    def _fill(self) -> bool:
+        """Submit waiting jobs while fewer than `window` are pending; whether any job is left."""
+        while self.waiting and len(self.pending) < self.window:
+            job, submit = self.waiting.popleft()
+            self.waiting_ids.discard(job.id)
+            submit()
+        return bool(self.pending or self.waiting)
+
     def submit_train(self, tj: Job) -> None:
+        self._enqueue(tj, lambda: self._send_train(tj))
+
+    def submit_discover(self, job: Job, ckpt_ref) -> None:
+        self._enqueue(job, lambda: self._send_discover(job, ckpt_ref))
+
+    def _send_train(self, tj: Job) -> None:
         res = self.spec.resources
         rec_ref, self.ckpt_refs[tj.id] = self.remote.submit("train", self.t_opts, res["train_cpus"], self.actor,
                                                             asdict(tj), self.faults, self.device, self.spec.pictures,
                                                             *(self.ckpt_refs[n] for n in tj.needs))
         self._pending(tj, rec_ref, [rec_ref])
 
-    def submit_discover(self, job: Job, ckpt_ref) -> None:
+    def _send_discover(self, job: Job, ckpt_ref) -> None:
         """One task, or (exact with resources.edge_chunk) chunk tasks of equal estimated work and a
         merge task that gets their scores."""
         from circuitry.workers.chunks import chunk_bounds
@@ -259,7 +289,8 @@ class Scheduler:
 
     def _submit_if_ready(self, pj: Job) -> None:
         """A prune job, once every model it reads is ready (and it is neither done, running nor skipped)."""
-        if (pj.id not in self.done_ids and pj.id not in self.live and self.state.get(pj.id) == "queued"
+        if (pj.id not in self.done_ids and pj.id not in self.live and pj.id not in self.waiting_ids
+                and self.state.get(pj.id) == "queued"
                 and all(n in self.ready for n in pj.needs)):
             self.submit_train(pj)
 
@@ -366,6 +397,8 @@ class Scheduler:
         """Ctrl-C: cancel every running task. Results the driver has not written are not results:
         the next run runs those jobs again."""
         self.out.interrupted = True
+        self.waiting.clear()
+        self.waiting_ids.clear()
         cancelled = [ref for refs in self.live.values() for ref in refs]
         for ref in cancelled:
             try:

@@ -9,7 +9,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from circuitry.orchestrator.recorder import read_records, sync
+from circuitry.orchestrator.backfill import sync
+from circuitry.orchestrator.recorder import read_records
 from circuitry.orchestrator.scheduler import Scheduler
 from circuitry.orchestrator.spec import parse_spec
 
