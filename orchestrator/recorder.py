@@ -44,11 +44,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from circuitry.orchestrator.safe_fs import move_links_aside
 from circuitry.orchestrator.store import DamagedResult, JobStore, WriteFailed, is_job_id, write_atomic
 from circuitry.workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
 
 JOB_TAG = "circuitry.job_id"
 ROLE_TAG = "circuitry.role"
+
+
+STORE_FILES = ("mlflow.db", "mlflow.db-wal", "mlflow.db-shm", "mlflow.db-journal", "mlartifacts")
 
 
 def embedded_uri(sweep_dir: Path) -> str:
@@ -209,6 +213,9 @@ class MlflowLogger:
         if uri.startswith("sqlite:"):
             _sqlite_without_fsync_per_commit()
         self.uri, self.sweep_name, self.sweep_dir = uri, sweep_name, Path(sweep_dir)
+        embedded = uri == embedded_uri(self.sweep_dir)
+        if embedded:  # SQLite and MLflow open these by path: a planted link is moved aside, not followed
+            move_links_aside(self.sweep_dir, STORE_FILES, lambda m: print(m, file=sys.stderr))
         self.client = MlflowClient(tracking_uri=uri)  # an SQLite store is created here, once
         exp = self.client.get_experiment_by_name(sweep_name)
         if exp is None:
@@ -218,6 +225,8 @@ class MlflowLogger:
             self.exp_id = self.client.create_experiment(sweep_name, artifact_location=artifacts)
         else:
             self.exp_id = exp.experiment_id
+        if embedded and (self.sweep_dir / "mlartifacts").is_dir():
+            move_links_aside(self.sweep_dir / "mlartifacts", (str(self.exp_id),), lambda m: print(m, file=sys.stderr))
         self.known = self._known_runs()
         parents = self.client.search_runs([self.exp_id], f"tags.`{ROLE_TAG}` = 'sweep'", max_results=1)
         if parents:

@@ -103,15 +103,22 @@ def test_sync_uploads_no_byte_a_link_points_at(tmp_path, capsys):
     (jobs / c).rename(outside)
     (outside / "loot.txt").write_bytes(SECRET)
     (jobs / c).symlink_to(outside)
-    before = snapshot(outside)
+    victims = tmp_path / "victims"  # the embedded store's names, planted as links
+    (victims / "mlartifacts").mkdir(parents=True)
+    (victims / "mlflow.db").write_bytes(b"keep")
+    (victims / "mlartifacts" / "keep.txt").write_bytes(b"keep")
+    for name in ("mlflow.db", "mlartifacts"):
+        (d / name).symlink_to(victims / name)
+    before = snapshot(outside), snapshot(victims)
 
     main(["sync", str(d)])  # returns: exit 0
-    out = capsys.readouterr().out
-    assert "1 runs logged, 0 were already there" in out and "3 job folders left aside" in out
+    cap = capsys.readouterr()
+    assert "1 runs logged, 0 were already there" in cap.out and "3 job folders left aside" in cap.out
+    assert cap.err.count("is a link; moved aside to .damaged-") == 2
     leaked = [name for name, data in bytes_under(d) if SECRET in data]
     assert not leaked, leaked
     assert (d / "mlflow.db").is_file() and list((d / "mlartifacts").rglob("model.pt"))  # the intact job's files
-    assert snapshot(outside) == before and secret.read_bytes() == SECRET
+    assert (snapshot(outside), snapshot(victims)) == before and secret.read_bytes() == SECRET
 
 
 def test_sync_names_the_uri_of_sweep_json_and_does_not_follow_it(tmp_path, capsys):
