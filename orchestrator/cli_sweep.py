@@ -136,6 +136,10 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
     from circuitry.orchestrator.cli import writable_dir
 
     writable_dir(str(spec.sweep_dir), "sweep.root", no_link=True)
+    from circuitry.orchestrator.signing import signing_key
+
+    with sweep_errors():
+        signing_key()  # created now, or its problem in one line before anything runs
 
     def on_term(signum, frame):  # `ray job stop` / kill: stop like Ctrl-C
         raise KeyboardInterrupt

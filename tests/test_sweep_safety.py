@@ -401,3 +401,15 @@ def test_ray_address_local_gets_the_embedded_ray_and_its_token(monkeypatch):
     assert cluster_address("ray://head:10001") == "ray://head:10001"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert cluster_address() == "10.0.0.1:6379"
+
+
+def test_a_key_others_can_read_stops_the_command_and_moves_nothing(tmp_path, capsys, monkeypatch):
+    spec, d = store_sweep(tmp_path, seeds=(0,))
+    loose = tmp_path / "loose-key"
+    loose.write_text("ab" * 32)
+    loose.chmod(0o644)
+    monkeypatch.setenv("CIRCUITRY_KEY_FILE", str(loose))
+    assert exit_code(["sync", str(d)]) == 2
+    line = one_line(capsys)
+    assert "the signing key is readable by others (mode 644)" in line and f"chmod 600 {loose}" in line
+    assert not list((d / "jobs").glob(".damaged-*")) and not (d / "mlflow.db").exists()
