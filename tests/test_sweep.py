@@ -242,8 +242,8 @@ def test_mlflow_unreachable_is_not_fatal_and_sync_backfills(ray_local, tmp_path)
     assert (out.finished, out.failed) == (2, 0)
     assert out.mlflow_error and len(pd.read_parquet(spec.sweep_dir / "jobs.parquet")) == 2
     uri = f"sqlite:///{tmp_path / 'backfill.db'}"
-    assert sync(spec.sweep_dir, "t", uri) == (2, 0)
-    assert sync(spec.sweep_dir, "t", uri) == (0, 2)  # no duplicates
+    assert sync(spec.sweep_dir, "t", uri) == (2, 0, 0)  # logged, already there, left aside
+    assert sync(spec.sweep_dir, "t", uri) == (0, 2, 0)  # no duplicates
 
 
 def test_cli_run_and_sync(ray_local, tmp_path, capsys):
