@@ -164,12 +164,14 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
                 import ray
 
                 ray.shutdown()
+    from circuitry.orchestrator.recorder import sync_command
+
     d = out.sweep_dir
     click.echo(f"{out.finished} jobs ran, {out.cached} were already finished, {out.failed} failed, "
                f"{out.skipped} skipped, {out.retries} retries, in {out.seconds:.1f} s")
     click.echo(f"results:      {d}/jobs/<job id>/ and {d / 'jobs.parquet'}")
     if out.mlflow_error:
-        click.echo(f"MLflow:       {out.tracking_uri} FAILED ({out.mlflow_error}); run `circuitry sync {d}`")
+        click.echo(f"MLflow:       {out.tracking_uri} FAILED ({out.mlflow_error}); run `{sync_command(d, out.tracking_uri)}`")
     elif not no_mlflow:
         click.echo(f"MLflow store: {out.tracking_uri}")
         if out.tracking_uri.startswith("sqlite:"):

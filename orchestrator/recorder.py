@@ -63,6 +63,12 @@ def resolve_uri(sweep_dir: Path, uri: str | None) -> str:
     return uri or embedded_uri(sweep_dir)
 
 
+def sync_command(sweep_dir: Path, uri: str) -> str:
+    """The `circuitry sync` line that backfills `uri` (which sync takes from its command line only)."""
+    flag = "" if uri == embedded_uri(sweep_dir) else f" --tracking-uri {uri}"
+    return f"circuitry sync {sweep_dir}{flag}"
+
+
 def read_records(sweep_dir: Path) -> dict[str, dict]:
     """The finished jobs' records (SWEEP/jobs/<id>/job.json); damaged folders are skipped."""
     return JobStore(sweep_dir).records()
@@ -420,7 +426,7 @@ class Recorder:
     def _fail(self, e: Exception) -> None:
         self.mlflow_error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         self.warn(f"warning: MLflow at {self.uri} failed ({self.mlflow_error}); recording goes on in "
-                  f"{self.parquet}; run `circuitry sync {self.sweep_dir}` to backfill MLflow")
+                  f"{self.parquet}; run `{sync_command(self.sweep_dir, self.uri)}` to backfill MLflow")
 
     def _run(self) -> None:
         try:

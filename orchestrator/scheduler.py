@@ -45,7 +45,7 @@ from pathlib import Path
 
 from circuitry.orchestrator.execute import TransientError
 from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
-from circuitry.orchestrator.recorder import Recorder, resolve_uri
+from circuitry.orchestrator.recorder import Recorder, resolve_uri, sync_command
 from circuitry.orchestrator.spec import Job, Spec, model_shape
 from circuitry.orchestrator.store import JobResult, JobStore, WriteFailed, sweep_lock, write_atomic
 
@@ -429,7 +429,7 @@ class Scheduler:
         behind = self.recorder.backlog()
         if behind and not interrupted:  # results came faster than MLflow logs them: say so, then catch up
             self.echo(f"MLflow: {behind} runs still to log to {self.uri}; waiting (Ctrl-C stops; "
-                      f"`circuitry sync {self.sweep_dir}` logs the rest later)")
+                      f"`{sync_command(self.sweep_dir, self.uri)}` logs the rest later)")
         try:
             self.recorder.close(status, timeout=None if not interrupted else 30)
             self.out.mlflow_error = self.recorder.mlflow_error
@@ -437,7 +437,7 @@ class Scheduler:
         except KeyboardInterrupt:  # the results are on disk; only MLflow is behind
             self.out.mlflow_error = f"stopped with {self.recorder.backlog()} runs not logged"
             self.echo(f"MLflow logging stopped with {self.recorder.backlog()} runs not logged; "
-                      f"`circuitry sync {self.sweep_dir}` logs them")
+                      f"`{sync_command(self.sweep_dir, self.uri)}` logs them")
         self.out.seconds = time.monotonic() - t_start
         if not interrupted:  # a batch job's last figures must be scrapeable: serve them a while longer
             self.metrics.linger(self.metrics_linger - (time.monotonic() - t_last), self.echo)
