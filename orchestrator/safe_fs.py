@@ -77,8 +77,7 @@ def sweep_lock(sweep_dir: str | Path):
         os.close(fd)
 
 
-
-def _write_new(dir_fd: int, name: str, data: bytes, fsync: bool = True) -> None:
+def write_new(dir_fd: int, name: str, data: bytes, fsync: bool = True) -> None:
     """A new file in the folder `dir_fd`: O_EXCL and O_NOFOLLOW, so nothing planted is written through."""
     fd = os.open(name, NEW_FILE, 0o644, dir_fd=dir_fd)
     with os.fdopen(fd, "wb") as f:
@@ -88,7 +87,7 @@ def _write_new(dir_fd: int, name: str, data: bytes, fsync: bool = True) -> None:
             os.fsync(f.fileno())
 
 
-def _fsync_fd(fd: int, fsync: bool = True) -> None:
+def fsync_fd(fd: int, fsync: bool = True) -> None:
     if fsync:
         os.fsync(fd)
 
@@ -103,7 +102,7 @@ def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
     try:
         with opened_dir(path.parent) as dfd:
             try:
-                _write_new(dfd, tmp, data, fsync)
+                write_new(dfd, tmp, data, fsync)
                 os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
                 try:
@@ -111,12 +110,12 @@ def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
                 except OSError:
                     pass
                 raise
-            _fsync_fd(dfd, fsync)
+            fsync_fd(dfd, fsync)
     except UnsafeFolder:
         raise
     except OSError as e:
-        raise WriteFailed(e.errno, f"cannot write {path} ({e.strerror}); free space (or fix the folder) and run "
-                                   "the same command again: the results already written are kept") from None
+        raise WriteFailed(f"cannot write {path} ({e.strerror}); free space (or fix the folder) and run the same "
+                          "command again: the results already written are kept") from None
 
 
 def save_png(fig, path: Path, **kwargs) -> None:
@@ -124,7 +123,6 @@ def save_png(fig, path: Path, **kwargs) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **kwargs)
     write_atomic(path, buf.getvalue(), fsync=False)
-
 
 
 def read_regular(dir_fd: int, name: str, where: Path, limit: int = RESULT_LIMIT_BYTES) -> bytes:

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from circuitry.orchestrator.safe_fs import (RESULT_LIMIT_BYTES, DamagedResult, SweepBusy, UnsafeFolder,  # noqa: F401
-                                            UnsignedResult, WriteFailed, _fsync_fd, _write_new, open_dir,
+                                            UnsignedResult, WriteFailed, fsync_fd, write_new, open_dir,
                                             opened_dir, read_regular, save_png, sweep_lock, write_atomic)
 from circuitry.orchestrator.signing import sign, signed
 
@@ -334,16 +334,16 @@ class JobStore:
             try:
                 with opened_dir(tmp, jfd) as tfd:
                     for name, data in result.files.items():
-                        _write_new(tfd, name, data, self.fsync)
-                    _write_new(tfd, RECORD, json.dumps(record, indent=2, sort_keys=True).encode(), self.fsync)
-                    _fsync_fd(tfd, self.fsync)
+                        write_new(tfd, name, data, self.fsync)
+                    write_new(tfd, RECORD, json.dumps(record, indent=2, sort_keys=True).encode(), self.fsync)
+                    fsync_fd(tfd, self.fsync)
                 try:
                     os.stat(job_id, dir_fd=jfd, follow_symlinks=False)
                     self._set_aside(jfd, job_id)
                 except FileNotFoundError:
                     pass
                 os.rename(tmp, job_id, src_dir_fd=jfd, dst_dir_fd=jfd)
-                _fsync_fd(jfd, self.fsync)
+                fsync_fd(jfd, self.fsync)
             except BaseException:  # Ctrl-C included: leave no half-written folder behind
                 shutil.rmtree(tmp, dir_fd=jfd, ignore_errors=True)
                 raise

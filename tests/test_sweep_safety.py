@@ -413,3 +413,26 @@ def test_a_key_others_can_read_stops_the_command_and_moves_nothing(tmp_path, cap
     line = one_line(capsys)
     assert "the signing key is readable by others (mode 644)" in line and f"chmod 600 {loose}" in line
     assert not list((d / "jobs").glob(".damaged-*")) and not (d / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_no_more_jobs_are_pending_in_ray_than_the_window(ray_local, tmp_path):
+    """Jobs beyond the submission window wait in the driver's queue (orchestrator.scheduler), so
+    Ray holds at most `window` pending tasks however big the spec; every job still runs once."""
+    from circuitry.orchestrator.scheduler import Scheduler
+
+    class Watched(Scheduler):
+        most = 0
+
+        def _start(self):
+            super()._start()
+            self.window = 2
+
+        def _wait(self):
+            Watched.most = max(Watched.most, len(self.pending))
+            return super()._wait()
+
+    spec = parse_spec(spec_text(tmp_path, [0, 1, 2, 3, 4]).replace("metrics_port = -1", "metrics_port = -1\npictures = false"))
+    out = Watched(spec, progress=False, record_mlflow=False, echo=lambda m: None).run()
+    assert (out.finished, out.failed) == (5, 0) and Watched.most == 2
+    assert len(JobStore(spec.sweep_dir).records()) == 5
