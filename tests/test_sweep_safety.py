@@ -437,3 +437,22 @@ def test_no_more_jobs_are_pending_in_ray_than_the_window(ray_local, tmp_path):
     out = Watched(spec, progress=False, record_mlflow=False, echo=lambda m: None).run()
     assert (out.finished, out.failed) == (5, 0) and Watched.most == 2
     assert len(JobStore(spec.sweep_dir).records()) == 5
+
+
+def test_the_write_probe_writes_through_no_link(tmp_path):
+    """`train --out` and `run` probe their folder with a new file of a unique name (O_EXCL,
+    O_NOFOLLOW): a link planted at the old probe's name is left as it is, its target untouched."""
+    from click import UsageError
+
+    from circuitry.orchestrator.cli import writable_dir
+
+    out, target = tmp_path / "out", tmp_path / "target"
+    out.mkdir()
+    target.write_bytes(b"keep")
+    (out / ".circuitry-write-test").symlink_to(target)
+    assert writable_dir(str(out), "--out") == out
+    assert target.read_bytes() == b"keep" and (out / ".circuitry-write-test").is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == [".circuitry-write-test"]
+    (tmp_path / "linked").symlink_to(out)
+    with pytest.raises(UsageError, match="sweep.root: .* is a link"):
+        writable_dir(str(tmp_path / "linked"), "sweep.root", no_link=True)
