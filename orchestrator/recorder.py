@@ -299,6 +299,8 @@ class MlflowLogger:
         if status == "FINISHED":
             try:  # the checked bytes of the files the signed record lists (module doc)
                 rec, files = JobStore(self.sweep_dir).read(jid)
+            except FileNotFoundError:  # no jobs/ at all (a record logged on its own): no artifacts
+                files = {}
             except DamagedResult:
                 return False
         for old in self.stale.pop(jid, []):
