@@ -20,7 +20,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from circuitry.orchestrator.matched import FIGURES, compare_at_lam, matched_rows, paired_by_seed, reading  # noqa: E402
-from circuitry.orchestrator.report import fmt, load_jobs, ratio_text  # noqa: E402
+from circuitry.orchestrator.report_tables import fmt, load_jobs, ratio_text  # noqa: E402
 
 # (claim, the regime bimt is compared with, figure label in orchestrator.matched.FIGURES)
 CIRCUIT_CLAIMS = [

@@ -6,19 +6,16 @@ import os
 import shlex
 import signal
 import sys
-from pathlib import Path
-
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
+from circuitry.orchestrator import checkers
+from circuitry.orchestrator.cli_common import ENV_DEFAULTS, InputError, user_set, writable_dir
 from circuitry.orchestrator.spec import SpecError, load_spec, parse_spec, spec_schema
 
 SPEC_ENV = "CIRCUITRY_SPEC_TOML"  # submit: the spec's text, in the Ray Job's runtime env
-
-
-class SweepInputError(click.UsageError):
-    pass
 
 
 @contextmanager
@@ -30,7 +27,7 @@ def sweep_errors():
     try:
         yield
     except (SweepBusy, UnsafeFolder, WriteFailed, SigningKeyError) as e:
-        raise SweepInputError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        raise InputError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
 def _spec(path: str, root: str | None = None):
@@ -41,7 +38,7 @@ def _spec(path: str, root: str | None = None):
             return parse_spec(sys.stdin.read(), "stdin", root)
         return load_spec(path, root)
     except SpecError as e:
-        raise SweepInputError(str(e)) from None
+        raise InputError(str(e)) from None
 
 
 def _sweep_dir(arg: str) -> tuple[Path, dict]:
@@ -51,16 +48,16 @@ def _sweep_dir(arg: str) -> tuple[Path, dict]:
         p = _spec(arg).sweep_dir
     meta_path = p / "sweep.json"
     if not meta_path.is_file():
-        raise SweepInputError(f"SWEEP: {arg} is not a sweep folder (no sweep.json); give the folder "
+        raise InputError(f"SWEEP: {arg} is not a sweep folder (no sweep.json); give the folder "
                               "`circuitry run` printed, or the spec")
     if p.is_symlink():
-        raise SweepInputError(f"SWEEP: {arg} is a link; circuitry follows no link to a sweep folder; give the folder")
+        raise InputError(f"SWEEP: {arg} is a link; circuitry follows no link to a sweep folder; give the folder")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:
-        raise SweepInputError(f"SWEEP: {meta_path} is unreadable ({type(e).__name__}); run its spec again") from None
+        raise InputError(f"SWEEP: {meta_path} is unreadable ({type(e).__name__}); run its spec again") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
-        raise SweepInputError(f"SWEEP: {meta_path} names no sweep; run its spec again")
+        raise InputError(f"SWEEP: {meta_path} names no sweep; run its spec again")
     return p.resolve(), meta
 
 
@@ -122,18 +119,16 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
     from circuitry.orchestrator.store import sweep_lock
 
     spec = _spec(spec_path, root)
-    from circuitry.orchestrator.spec import _host, _pushgateway, _tracking_uri
 
     try:
         if tracking_uri is not None:
-            _tracking_uri("--tracking-uri", tracking_uri)
+            checkers.tracking_uri("--tracking-uri", tracking_uri)
         if metrics_host is not None:
-            _host("--metrics-host", metrics_host)
+            checkers.host("--metrics-host", metrics_host)
         if pushgateway is not None:
-            _pushgateway("--pushgateway", pushgateway)
+            checkers.pushgateway("--pushgateway", pushgateway)
     except SpecError as e:
-        raise SweepInputError(str(e)) from None
-    from circuitry.orchestrator.cli import writable_dir
+        raise InputError(str(e)) from None
 
     writable_dir(str(spec.sweep_dir), "sweep.root", no_link=True)
     from circuitry.orchestrator.signing import signing_key
@@ -177,7 +172,7 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
         if out.tracking_uri.startswith("sqlite:"):
             click.echo(f"open its UI:  circuitry ui {shlex.quote(str(d))}")
     if out.write_error:
-        raise SweepInputError(out.write_error)
+        raise InputError(out.write_error)
     if out.interrupted:
         click.echo("interrupted: finished results are kept; run the same command again to resume", err=True)
         sys.exit(130)
@@ -204,15 +199,13 @@ def submit_cmd(spec_path, address, root, tracking_uri, metrics_host):
     The spec travels in the job's runtime env; the driver (`circuitry run`) runs on the head in
     the working directory of the head's `ray start`. RAY_AUTH_MODE is forwarded only when you
     set it yourself: otherwise the cluster's own auth setting applies."""
-    from circuitry.orchestrator.cli import user_set
-    from circuitry.orchestrator.spec import _host
 
     spec = _spec(spec_path, root)
     if metrics_host is not None:
         try:
-            _host("--metrics-host", metrics_host)
+            checkers.host("--metrics-host", metrics_host)
         except SpecError as e:
-            raise SweepInputError(str(e)) from None
+            raise InputError(str(e)) from None
     entry = f"printenv {SPEC_ENV} | circuitry run -"
     if root is not None:
         entry += f" --root {shlex.quote(root)}"
@@ -222,7 +215,7 @@ def submit_cmd(spec_path, address, root, tracking_uri, metrics_host):
         entry += f" --metrics-host {shlex.quote(metrics_host)}"
     client = _job_client(address)
     env = {SPEC_ENV: spec.source}
-    for k, default in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true")):
+    for k, default in ENV_DEFAULTS.items():
         env[k] = os.environ.get(k, default)
     if user_set("RAY_AUTH_MODE"):
         env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
@@ -300,7 +293,7 @@ def sync_cmd(sweep, tracking_uri):
 
     d, meta = _sweep_dir(sweep)
     if not (d / "spec.toml").is_file():
-        raise SweepInputError(f"SWEEP: {d} has no spec.toml, so which results are its jobs is unknown; "
+        raise InputError(f"SWEEP: {d} has no spec.toml, so which results are its jobs is unknown; "
                               "run its spec once with `circuitry run` (finished jobs do not run again)")
     uri = tracking_uri or embedded_uri(d)
     note = other_uri_note(meta, uri)
@@ -312,7 +305,7 @@ def sync_cmd(sweep, tracking_uri):
     except click.UsageError:
         raise
     except SpecError as e:
-        raise SweepInputError(f"SWEEP: {e}") from None
+        raise InputError(f"SWEEP: {e}") from None
     except Exception as e:  # noqa: BLE001
         raise click.ClickException(f"MLflow at {uri} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     click.echo(f"{logged} runs logged, {present} were already there -> {uri}")

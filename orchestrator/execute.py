@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
-from circuitry.orchestrator.spec import Job, matches, package_version
+from circuitry.orchestrator.jobs import Job, matches, package_version
 from circuitry.orchestrator.store import JobResult, check_size
 from circuitry.workers.names import DEFAULT_ORDER
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from circuitry.orchestrator.report import fmt, ratio_text, sorted_regimes
+from circuitry.orchestrator.report_tables import fmt, ratio_text, sorted_regimes
 from circuitry.orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, Tost, paired_ratio, tost
 from circuitry.orchestrator.store import save_png
 

@@ -126,7 +126,7 @@ _TAIL = re.compile(r"(out|dseed)\d+")
 def run_name(rec: dict) -> str:
     """The MLflow run name: what tells a sweep's runs apart first, since the runs table cuts names
     short ("acdc t=0.01 · bimt s1 · independence", "bimt s1 steps=3000 · independence"); the
-    job's label (orchestrator.spec.expand) is in the run's description and its tags. Settings
+    job's label (orchestrator.jobs.expand) is in the run's description and its tags. Settings
     the label shows because the grid varies them (train: steps, lam, ...; discover: output and
     the discover seed) come after the regime and seed they belong to."""
     from circuitry.orchestrator.spec import TRAIN_GRID

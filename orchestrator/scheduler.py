@@ -45,8 +45,9 @@ from pathlib import Path
 
 from circuitry.orchestrator.execute import TransientError
 from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
+from circuitry.orchestrator.jobs import Job, model_shape
 from circuitry.orchestrator.recorder import Recorder, resolve_uri, sync_command
-from circuitry.orchestrator.spec import Job, Spec, model_shape
+from circuitry.orchestrator.spec import Spec
 from circuitry.orchestrator.store import JobResult, JobStore, WriteFailed, sweep_lock, write_atomic
 
 SUBMIT_WINDOW = 1000  # jobs pending in Ray at once, at least (4 per cluster CPU when that is more)

@@ -1,5 +1,6 @@
-"""Sweep specs: parse a TOML file, validate every field before anything runs, and expand the grids
-into a job graph whose ids are content hashes (design.md, "Identity and resume").
+"""Sweep specs: parse a TOML file into checked tables, every field validated before anything runs
+(the field checkers: orchestrator.checkers); the tables' grids become the job graph in
+orchestrator.jobs (ids are content hashes: docs/design.md, "Identity and resume").
 
 A spec (see examples/quickstart.toml):
 
@@ -29,174 +30,27 @@ allowed, e.g. `train.regime[2]: "bimtt" is not one of vanilla, l1, local, swap, 
 """
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import math
-import re
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
-from importlib.metadata import PackageNotFoundError, version
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from circuitry.orchestrator import checkers
+from circuitry.orchestrator.checkers import SpecError
 from circuitry.orchestrator.count import JobCount, count_jobs
+from circuitry.orchestrator.jobs import Job, MissingModels, expand
 from circuitry.tasks import TASKS
 from circuitry.workers.names import (ABLATIONS, DEFAULT_ABLATION, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
-                           METHODS, ORDERS, PENALTY_ONLY, PRUNE_FROM, PRUNE_MATCH, RECIPE_DEFAULTS, REGIMES,
-                           edge_count, network_shape)
-
-
-class SpecError(ValueError):
-    """A spec problem: one line naming the field path, the bad value and what is allowed."""
-
-
-def package_version() -> str:
-    try:
-        return version("circuitry")
-    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0+unknown"
-
-
-# ---------------------------------------------------------------- field checkers
-
-
-def _show(v: Any) -> str:
-    return json.dumps(v) if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
-
-
-# TOML integers are 64-bit; Python's tomllib reads any size, so a spec could carry a value that no
-# other TOML reader (nor torch, nor Parquet) accepts.
-INT64 = (-(2**63), 2**63 - 1)
-
-
-def _out_of_int64(path, v) -> None:
-    if isinstance(v, int) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
-        raise SpecError(f"{path}: {_show(v)} is outside TOML's 64-bit integer range; give a smaller value")
-
-
-def _int(path, v, lo=None, what="an integer"):
-    _out_of_int64(path, v)
-    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
-        raise SpecError(f"{path}: {_show(v)} is not {what}")
-    return v
-
-
-def _float(path, v, lo=None, what="a number"):
-    _out_of_int64(path, v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (lo is not None and v < lo):
-        raise SpecError(f"{path}: {_show(v)} is not {what}")
-    return float(v)
-
-
-def _choice(options):
-    def check(path, v):
-        if not isinstance(v, str) or v not in options:
-            raise SpecError(f"{path}: {_show(v)} is not one of {', '.join(options)}")
-        return v
-    return check
-
-
-def _positive_int(path, v):
-    return _int(path, v, 1, "a positive integer")
-
-
-def _nonneg_int(path, v):
-    return _int(path, v, 0, "a non-negative integer")
-
-
-def _nonneg_float(path, v):
-    return _float(path, v, 0.0, "a non-negative number")
-
-
-def _open_fraction(path, v):
-    v = _float(path, v, 0.0, "a fraction in (0, 1)")
-    if not 0 < v < 1:
-        raise SpecError(f"{path}: {_show(v)} is not a fraction in (0, 1)")
-    return v
-
-
-def _positive_float(path, v):
-    v = _float(path, v, 0.0, "a positive number")
-    if v <= 0:
-        raise SpecError(f"{path}: {_show(v)} is not a positive number")
-    return v
-
-
-def _faithfulness(path, v):
-    v = _float(path, v, what="a faithfulness in (0, 1]")
-    if not 0 < v <= 1:
-        raise SpecError(f"{path}: {_show(v)} is not a faithfulness in (0, 1]")
-    return v
-
-
-# The patterns some strings must match, whole (the checkers below and the JSON Schema share them)
-NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
-TRACKING_URI = r"(https?|sqlite|file|databricks|postgresql|mysql)[+a-z0-9]*:.*|/.*"
-HOST = r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*"
-PUSHGATEWAY = r"(https?://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]+)?/?"
-
-
-def _name(path, v):
-    if not isinstance(v, str) or not re.fullmatch(NAME, v):
-        raise SpecError(f"{path}: {_show(v)} is not a name (letters, digits, '.', '-', '_'; up to 100)")
-    return v
-
-
-def _string(path, v):
-    if not isinstance(v, str):
-        raise SpecError(f"{path}: {_show(v)} is not a string")
-    return v
-
-
-def _empty_or_matching(pattern: str, what: str, flags=0):
-    """A checker of a string that is "" or matches `pattern`; the error says `what` it must be."""
-    def check(path, v):
-        _string(path, v)
-        if v and not re.fullmatch(pattern, v, flags):
-            raise SpecError(f"{path}: {_show(v)} is not {what}")
-        return v
-    return check
-
-
-_tracking_uri = _empty_or_matching(TRACKING_URI, 'a tracking URI ("" for the embedded store, http://HOST:PORT, '
-                                   "sqlite:///FILE, file:///DIR)", re.DOTALL)
-
-
-def _port(path, v):
-    v = _int(path, v, -1, "a port (0 = any free port, -1 = no endpoint)")
-    if v > 65535:
-        raise SpecError(f"{path}: {v} is not a port (0 = any free port, -1 = no endpoint)")
-    return v
-
-
-def _host(path, v):
-    if not isinstance(v, str) or not re.fullmatch(HOST, v):
-        raise SpecError(f"{path}: {_show(v)} is not a host to bind (127.0.0.1, 0.0.0.0, ::, a host name)")
-    return v
-
-
-_pushgateway = _empty_or_matching(PUSHGATEWAY, 'a Pushgateway address ("" for none, http://HOST:9091)')
-
-
-def _bool(path, v):
-    if not isinstance(v, bool):
-        raise SpecError(f"{path}: {_show(v)} is not true or false")
-    return v
-
-
-def _selector(path, v):
-    if not isinstance(v, str) or not v:
-        raise SpecError(f"{path}: {_show(v)} is not a job selector (\"train\", \"discover\" or a job label prefix)")
-    return v
+                                     METHODS, ORDERS, REGIMES)
 
 
 # ---------------------------------------------------------------- the tables, as pydantic models
 
 # The models declare every table and field once: its type, allowed values, default and meaning.
-# They give the JSON Schema (`circuitry schema`, for editors) and the defaults; the checkers above
+# They give the JSON Schema (`circuitry schema`, for editors) and the defaults; the checkers (orchestrator.checkers)
 # (attached to each type as `Checked`) validate and word the one-line errors. Pydantic does not
 # validate here: its errors for a grid field (a value or a list) report both branches of the union
 # in its own words over several lines, so keeping this file's one-line texts would take a
@@ -215,25 +69,25 @@ def _whole(pattern: str) -> str:
     return f"^(?:{pattern})$"
 
 
-INT64_MAX = INT64[1]
-PositiveInt = Annotated[int, Field(ge=1, le=INT64_MAX), Checked(_positive_int)]
-NonNegInt = Annotated[int, Field(ge=0, le=INT64_MAX), Checked(_nonneg_int)]
-NonNegFloat = Annotated[float, Field(ge=0), Checked(_nonneg_float)]
-PositiveFloat = Annotated[float, Field(gt=0), Checked(_positive_float)]
-OpenFraction = Annotated[float, Field(gt=0, lt=1), Checked(_open_fraction)]
-Faithfulness = Annotated[float, Field(gt=0, le=1), Checked(_faithfulness)]
-Port = Annotated[int, Field(ge=-1, le=65535), Checked(_port)]
-Name = Annotated[str, Field(pattern=_whole(NAME)), Checked(_name)]
-String = Annotated[str, Checked(_string)]
-TrackingUri = Annotated[str, Field(pattern=_whole(f"|{TRACKING_URI}")), Checked(_tracking_uri)]
-Host = Annotated[str, Field(pattern=_whole(HOST)), Checked(_host)]
-Pushgateway = Annotated[str, Field(pattern=_whole(f"|{PUSHGATEWAY}")), Checked(_pushgateway)]
-Bool = Annotated[bool, Checked(_bool)]
-Selector = Annotated[str, Field(min_length=1), Checked(_selector)]
+INT64_MAX = checkers.INT64[1]
+PositiveInt = Annotated[int, Field(ge=1, le=INT64_MAX), Checked(checkers.positive_int)]
+NonNegInt = Annotated[int, Field(ge=0, le=INT64_MAX), Checked(checkers.nonneg_int)]
+NonNegFloat = Annotated[float, Field(ge=0), Checked(checkers.nonneg_float)]
+PositiveFloat = Annotated[float, Field(gt=0), Checked(checkers.positive_float)]
+OpenFraction = Annotated[float, Field(gt=0, lt=1), Checked(checkers.open_fraction)]
+Faithfulness = Annotated[float, Field(gt=0, le=1), Checked(checkers.faithfulness)]
+Port = Annotated[int, Field(ge=-1, le=65535), Checked(checkers.port)]
+Name = Annotated[str, Field(pattern=_whole(checkers.NAME)), Checked(checkers.name)]
+String = Annotated[str, Checked(checkers.string)]
+TrackingUri = Annotated[str, Field(pattern=_whole(f"|{checkers.TRACKING_URI}")), Checked(checkers.tracking_uri)]
+Host = Annotated[str, Field(pattern=_whole(checkers.HOST)), Checked(checkers.host)]
+Pushgateway = Annotated[str, Field(pattern=_whole(f"|{checkers.PUSHGATEWAY}")), Checked(checkers.pushgateway)]
+Bool = Annotated[bool, Checked(checkers.boolean)]
+Selector = Annotated[str, Field(min_length=1), Checked(checkers.selector)]
 
 
 def Choice(options: tuple[str, ...]):  # noqa: N802 - a type
-    return Annotated[Literal[options], Checked(_choice(options))]
+    return Annotated[Literal[options], Checked(checkers.choice(options))]
 
 
 def Grid(element):  # noqa: N802 - a type
@@ -296,7 +150,7 @@ class Train(Table):
     steps: Grid(PositiveInt)
     lam: Grid(NonNegFloat) = _unset("the task's BIMT recipe (tasks.recipe)")
     lr: Grid(PositiveFloat) = _unset("the task's BIMT recipe")
-    width: Grid(Annotated[int, Field(ge=1, le=4096), Checked(_positive_int)]) = _unset("the task's hidden widths")
+    width: Grid(Annotated[int, Field(ge=1, le=4096), Checked(checkers.positive_int)]) = _unset("the task's hidden widths")
     swap_every: Grid(PositiveInt) = _unset("the task's BIMT recipe")
     top_k: Grid(NonNegInt) = _unset("the task's BIMT recipe")
     """Neurons relocated per layer per swap round."""
@@ -432,7 +286,7 @@ def _grid(table: str, given: dict, fields: dict) -> dict[str, list]:
         seen = set()
         for i, v in enumerate(vals):
             if v in seen:
-                raise SpecError(f"{table}.{key}[{i}]: {_show(v)} is listed twice; list each value once")
+                raise SpecError(f"{table}.{key}[{i}]: {checkers.show(v)} is listed twice; list each value once")
             seen.add(v)
         out[key] = vals
     return out
@@ -446,9 +300,6 @@ def _table_names(table: str, value) -> list[str]:
 def _grids(table: str, value, fields: dict) -> list[dict[str, list]]:
     tables = value if isinstance(value, list) else [value]
     return [_grid(name, t, fields) for name, t in zip(_table_names(table, value), tables)]
-
-
-# ---------------------------------------------------------------- jobs
 
 
 def _check_selection(name: str, grid: dict[str, list]) -> None:
@@ -465,62 +316,6 @@ def _check_selection(name: str, grid: dict[str, list]) -> None:
     if scorers and grid["order"] != [DEFAULT_ORDER]:
         raise SpecError(f"{name}.order: the sender order is acdc's; put {', '.join(scorers)} in its own "
                         "[[discover]] table without order")
-
-
-def _discover_payload(d: dict) -> dict:
-    """The discover settings a job id hashes: the newer settings only where they are used (no
-    target_f = None, no threshold = None, no default order), so that the ids of specs written
-    before them stay what they were."""
-    unused = {"threshold": None, "target_f": None, "order": DEFAULT_ORDER}
-    return {k: v for k, v in d.items() if not (k in unused and v == unused[k])}
-
-
-def job_hash(payload: dict) -> str:
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True, slots=True)  # slots: one per job of a spec, for the whole sweep
-class Job:
-    kind: str  # "train" or "discover"
-    id: str
-    settings: dict  # train: TrainConfig fields (task defaults resolved); discover: method etc.
-    label: str  # human-readable, e.g. "train/independence/bimt/seed0"
-    model_id: str | None = None  # discover: the id of the train job whose model it reads
-    n_edges: int = 0  # edges of the model's dense neuron graph
-    needs: tuple[str, ...] = ()  # prune: the ids of the (vanilla, bimt) train jobs whose models it reads
-
-    def params(self) -> dict:
-        out = {"job_id": self.id, "kind": self.kind, **self.settings}
-        if self.model_id:
-            out["model_id"] = self.model_id
-        return out
-
-
-def _resolve_train(s: dict) -> dict:
-    """The task's recipe filled in the way workers.train.TrainConfig.resolved() does, so `lam = 1e-3`
-    and an omitted lam with the task's default 1e-3 name the same job."""
-    recipe = TASKS[s["task"]].recipe
-    s = dict(s)
-    for key in RECIPE_DEFAULTS:
-        if s[key] is None:
-            s[key] = getattr(recipe, key)
-    return s
-
-
-def _recipe_fields(task: str) -> dict:
-    """The rest of the task's recipe (cost normalisation, l0, schedule, layout, loss, ...): part of a
-    train job's id, so a sweep made under other task settings is never resumed as if it were this one."""
-    return {k: list(map(list, v)) if k == "lam_phases" else v for k, v in asdict(TASKS[task].recipe).items()}
-
-
-def model_shape(settings: dict) -> list[int]:
-    """The network a train job's settings describe (workers.train builds the same)."""
-    return network_shape(TASKS[settings["task"]].shape, settings.get("width"))
-
-
-def n_edges(settings: dict) -> int:
-    return edge_count(model_shape(settings))
 
 
 @dataclass
@@ -557,81 +352,6 @@ class Spec:
                    if j.settings["method"] == "exact" and chunk and j.n_edges > chunk)
 
 
-def _point(s: dict, ignore: tuple[str, ...] = ()) -> str:
-    """A train job's settings but its regime (and `ignore`): what a prune job shares with its models."""
-    return json.dumps({k: v for k, v in s.items() if k != "regime" and k not in ignore}, sort_keys=True)
-
-
-def _prune_job(s: dict, models: dict, prune: dict, ver: str) -> Job:
-    """The prune job of one grid point: it reads the vanilla model of its task, seed and steps and
-    the bimt model of the same point, so their ids are part of its own (and of its settings, for
-    the record)."""
-    vanilla = models.get((PRUNE_FROM, _point(s, PENALTY_ONLY)))
-    match = models.get((PRUNE_MATCH, _point(s)))
-    if vanilla is None or match is None:
-        raise SpecError(f'train.regime: "prune" at {s["task"]} seed {s["seed"]} lam {s["lam"]} needs a "{PRUNE_FROM}" '
-                        f'model of the same task, seed and steps and a "{PRUNE_MATCH}" model of the same point (it '
-                        f"prunes the first to the weight count of the second); add them to the spec")
-    s = {**s, "finetune_steps": prune["finetune_steps"] or max(1, s["steps"] // 10),
-         "match_fraction": prune["match_fraction"], "vanilla_id": vanilla.id, "match_id": match.id}
-    pid = job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s})
-    return Job("train", pid, s, "", None, n_edges(s), (vanilla.id, match.id))
-
-
-def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None, ver: str | None = None,
-           prune: dict | None = None) -> list[Job]:
-    """Train jobs: the product of each train grid (several [[train]] grids are unioned; a job named
-    by two grids runs once); a "prune" point reads a vanilla and a bimt model (spec [prune]
-    settings) and comes after them. Discover jobs: for every model, the product of each discover
-    grid (unioned the same way)."""
-    ver = ver or package_version()
-    prune = {**{k: d for k, (_, d) in PRUNE_FIELDS.items()}, **(prune or {})}
-    trained: dict[str, dict] = {}  # job id -> settings, in the order the grids name them
-    pruned: dict[str, dict] = {}  # a prune point's settings (as _point) -> settings
-    for grid in train:
-        keys = list(grid)
-        for combo in itertools.product(*(grid[k] for k in keys)):
-            s = _resolve_train(dict(zip(keys, combo)))
-            if s["regime"] == "prune":
-                pruned.setdefault(_point(s), s)
-            else:
-                trained.setdefault(job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s}), s)
-    jobs = [Job("train", tid, s, "", None, n_edges(s)) for tid, s in trained.items()]
-    models: dict[tuple[str, str], Job] = {}  # (regime, settings but the regime [and PENALTY_ONLY]) -> job
-    for j in jobs:
-        models.setdefault((j.settings["regime"], _point(j.settings)), j)
-        models.setdefault((j.settings["regime"], _point(j.settings, PENALTY_ONLY)), j)
-    jobs += [_prune_job(s, models, prune, ver) for s in pruned.values()]
-    # a label names what tells the sweep's models of one task apart: the settings that vary there
-    varying = [k for k in TRAIN_GRID if k not in ("task", "regime", "seed")
-               and len({(j.settings["task"], repr(j.settings[k])) for j in jobs})
-               > len({j.settings["task"] for j in jobs})]
-    jobs = [replace(j, label=f"train/{j.settings['task']}/{j.settings['regime']}/seed{j.settings['seed']}"
-                          + "".join(f"/{k}{j.settings[k]}" for k in varying)) for j in jobs]
-    seen = set()
-    for grid in discover or []:
-        dkeys = list(grid)
-        only = set(grid.get("train_seed", [None])) - {None}
-        dkeys = [k for k in dkeys if k != "train_seed"]
-        for tj in [j for j in jobs if j.kind == "train" and (not only or j.settings["seed"] in only)]:
-            for combo in itertools.product(*(grid[k] for k in dkeys)):
-                d = dict(zip(dkeys, combo))
-                did = job_hash({"kind": "discover", "version": ver, "model_id": tj.id, **_discover_payload(d)})
-                if did in seen:
-                    continue
-                seen.add(did)
-                method = d["method"] if d["order"] == DEFAULT_ORDER else f"{d['method']}-{d['order']}"
-                selection = f"t{d['threshold']}" if d["target_f"] is None else f"f{d['target_f']}"
-                tail = f"{method}/{selection}/{d['ablation']}"
-                if d["output"] is not None:
-                    tail += f"/out{d['output']}"
-                if len(grid["seed"]) > 1:
-                    tail += f"/dseed{d['seed']}"
-                label = "discover/" + tj.label.removeprefix("train/") + "/" + tail
-                jobs.append(Job("discover", did, {**d, "task": tj.settings["task"], "regime": tj.settings["regime"],
-                                                   "train_seed": tj.settings["seed"]}, label, tj.id, tj.n_edges))
-    return jobs
-
 
 def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) -> Spec:
     try:
@@ -644,7 +364,7 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
         if table in ("train", "discover") and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             continue  # [[train]] / [[discover]]: several grids, e.g. one lam grid per task
         if not isinstance(value, dict):
-            raise SpecError(f"{table}: {_show(value)} is not a table; write [{table}]")
+            raise SpecError(f"{table}: {checkers.show(value)} is not a table; write [{table}]")
     for table in ("sweep", "train"):
         if table not in raw:
             raise SpecError(f"{table}: missing table; a spec needs [sweep] and [train]")
@@ -664,8 +384,8 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
     for key, (_, default) in TESTING_FIELDS.items():
         val = testing_raw.get(key, default)
         if not isinstance(val, list):
-            raise SpecError(f"testing.{key}: {_show(val)} is not a list of job selectors")
-        testing[key] = [_selector(f"testing.{key}[{i}]", v) for i, v in enumerate(val)]
+            raise SpecError(f"testing.{key}: {checkers.show(val)} is not a list of job selectors")
+        testing[key] = [checkers.selector(f"testing.{key}[{i}]", v) for i, v in enumerate(val)]
 
     for name, grid in zip(names if discover else [], discover or []):
         for i, out in enumerate(grid["output"]):
@@ -686,7 +406,10 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
                 sweep["pictures"])
     spec.prune = prune
     _within_max_jobs(count_jobs(train, discover), sweep["max_jobs"])
-    spec.jobs = expand(train, discover, prune=prune)
+    try:
+        spec.jobs = expand(train, discover, prune=prune)
+    except MissingModels as e:
+        raise SpecError(str(e)) from None
     _within_max_jobs(JobCount(len(spec.jobs), 0), sweep["max_jobs"])  # when the count was an upper bound
     return spec
 
@@ -713,6 +436,3 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> Spec:
     return parse_spec(text, str(path), root)
 
 
-def matches(selectors: list[str], job: Job) -> bool:
-    """Test-only fault selectors: a job kind ("train", "discover") or a prefix of a job label."""
-    return any(s == job.kind or job.label.startswith(s) or s == job.id for s in selectors)

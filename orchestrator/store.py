@@ -67,7 +67,7 @@ from circuitry.orchestrator.signing import sign, signed
 
 COMMIT_THREADS = 16  # results written at once by commit_many
 RECORD = "job.json"
-JOB_ID = re.compile(r"[0-9a-f]{16}")  # orchestrator.spec.job_hash
+JOB_ID = re.compile(r"[0-9a-f]{16}")  # orchestrator.jobs.job_hash
 
 
 def is_job_id(name) -> bool:

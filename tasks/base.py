@@ -55,7 +55,7 @@ class Task:
     @property
     def metric(self) -> str:
         """The circuit metric: mean squared error to the full model for regression,
-        KL(full || circuit) for classification (design.md, 'ACDC, precisely')."""
+        KL(full || circuit) for classification (docs/design.md, "Metrics")."""
         return "mse" if self.kind == "regression" else "kl"
 
     @property
@@ -73,7 +73,7 @@ class Task:
     def training_loss(self, pred: torch.Tensor, y: torch.Tensor, loss: str = "task") -> torch.Tensor:
         """The loss training minimises: the task's own, or (`"mse_onehot"`, BIMT's MNIST notebook)
         the mean squared error between the logits and the one-hot labels. The circuit metric does
-        not change with it (design.md: KL for classification)."""
+        not change with it (docs/design.md: KL for classification)."""
         if loss == "mse_onehot":
             return F.mse_loss(pred, F.one_hot(y, pred.shape[1]).to(pred.dtype))
         return self.loss(pred, y)

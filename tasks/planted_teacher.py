@@ -56,7 +56,7 @@ def _teacher_weights() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 
 def teacher() -> dict:
-    """The teacher as a `circuitry.mlp/1` checkpoint (design.md), positions as laid out."""
+    """The teacher as a `circuitry.mlp/1` checkpoint (docs/formats.md), positions as laid out."""
     weights, biases = _teacher_weights()
     coords = [torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n) for n in SHAPE]
     return {

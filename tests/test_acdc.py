@@ -154,18 +154,19 @@ def test_hand_built_circuit_is_recovered():
 def test_acdc_guesses_only_affect_speed(monkeypatch):
     """The quadratic model only guesses decisions: a wrong (negated) model and one-row tiles give
     the same circuit as the naive definition, just with more wasted rows."""
-    import circuitry.workers.acdc as A
+    from circuitry.workers.acdc import downstream, guesses, speculate
     p = problem_for(random_checkpoint([5, 7, 6, 3], 11), "kl", "resample", None)
     ex, _ = exact_scores(p)
     tau = tau_between(ex, 0.5)
     naive = acdc_naive(p, tau)
     good = acdc(p, tau)
-    real_model, real_derivatives = A._metric_model, A._Downstream.derivatives
-    monkeypatch.setattr(A, "_metric_model", lambda lo, mid, hi, eps: tuple(-t for t in real_model(lo, mid, hi, eps)))
-    monkeypatch.setattr(A._Downstream, "derivatives", lambda *a: tuple(-t for t in real_derivatives(*a)))
-    real_exact = A._ExactOutput.__call__
-    monkeypatch.setattr(A._ExactOutput, "__call__", lambda self, g, first=0: -real_exact(self, g, first))
-    monkeypatch.setattr(A, "TILE_ELEMENTS", {"cpu": 1})
+    real_model, real_derivatives = guesses.metric_model, downstream.Downstream.derivatives
+    monkeypatch.setattr(speculate, "metric_model",
+                        lambda lo, mid, hi, eps: tuple(-t for t in real_model(lo, mid, hi, eps)))
+    monkeypatch.setattr(downstream.Downstream, "derivatives", lambda *a: tuple(-t for t in real_derivatives(*a)))
+    real_exact = guesses.ExactOutput.__call__
+    monkeypatch.setattr(guesses.ExactOutput, "__call__", lambda self, g, first=0: -real_exact(self, g, first))
+    monkeypatch.setattr(downstream, "TILE_ELEMENTS", {"cpu": 1})
     bad = acdc(p, tau)
     assert same_masks(good.masks, naive.masks) and same_masks(bad.masks, naive.masks)
     for a, b in zip(bad.scores, naive.scores):
@@ -174,10 +175,10 @@ def test_acdc_guesses_only_affect_speed(monkeypatch):
 
 
 def test_guesses_are_the_sequential_answer_on_the_prefix_they_return():
-    """`_guess`'s sweeps (each starting where the agreed prefix ends) return exactly the literal
+    """`guess`'s sweeps (each starting where the agreed prefix ends) return exactly the literal
     sequential decisions g_k = [pred_k(g_<k) < tau] on the prefix they return, measured decisions
     kept as they are; with sweeps enough, the whole window."""
-    from circuitry.workers.acdc import _guess
+    from circuitry.workers.acdc.guesses import guess
     gen = torch.Generator().manual_seed(9)
     for trial in range(100):
         B = int(torch.randint(1, 40, (1,), generator=gen))
@@ -193,7 +194,7 @@ def test_guesses_are_the_sequential_answer_on_the_prefix_they_return():
         for k in range(B):
             expected[k] = known[k] if has_known[k] else bool(predict(expected)[k] < 0.0)
         for sweeps in (2, B + 1):
-            g, agreed = _guess(predict, 0.0, has_known, known, sweeps=sweeps)
+            g, agreed = guess(predict, 0.0, has_known, known, sweeps=sweeps)
             assert 1 <= agreed <= B and g.shape == (agreed,)
             assert torch.equal(g, expected[:agreed]), trial
         assert agreed == B
@@ -203,7 +204,7 @@ def test_measure_round_matches_the_sequential_reading():
     """A round's decisions read off in tensor ops equal the literal loop: increase of row k against
     the row of the last guessed removal before it, exact up to and including the first
     contradiction of a guess, the next round's guesses after it; and whether any guess was wrong."""
-    from circuitry.workers.acdc import _measure_round
+    from circuitry.workers.acdc.guesses import measure_round
     gen = torch.Generator().manual_seed(5)
     tau, contradicted = 0.05, 0
     for _ in range(200):
@@ -219,7 +220,7 @@ def test_measure_round_matches_the_sequential_reading():
                 accepted = k + 1
             if g[k]:
                 before = float(met[k])
-        inc, remove, acc, wrong = _measure_round(met, g, met_now, tau)
+        inc, remove, acc, wrong = measure_round(met, g, met_now, tau)
         assert inc.tolist() == incs and remove.tolist() == removes and acc == accepted
         assert wrong == (removes != g.tolist())
         contradicted += accepted < B
@@ -279,8 +280,8 @@ def test_acdc_equals_naive_on_dense_nets(dense_nets, kind, net):
 def test_device_code_path_runs_on_cpu(monkeypatch):
     """What a GPU runs (its large tiles: every candidate row of a round in one tile) gives the
     naive circuit on the CPU too, so nothing GPU-only goes untested."""
-    import circuitry.workers.acdc as A
-    monkeypatch.setattr(A, "TILE_ELEMENTS", {})  # the CPU falls back to TILE_ELEMENTS_OTHER
+    from circuitry.workers.acdc import downstream
+    monkeypatch.setattr(downstream, "TILE_ELEMENTS", {})  # the CPU falls back to TILE_ELEMENTS_OTHER
     for kind in ("mse", "kl"):
         p = problem_for(random_checkpoint([5, 9, 7, 4], 12, zero_fraction=0.0), kind, "resample", None)
         ex, _ = exact_scores(p)
@@ -395,18 +396,18 @@ def cross_entropy_checkpoint(width, steps):
 def test_acdc_equals_naive_on_cross_entropy_trained_dense_net(output):
     """Real digit images (blank pixels: zero-delta pairs), KL, taus from the exact scores' quantiles
     and the issue's 1e-3; CPU tiles and the GPU's (every row of a round in one tile)."""
-    import circuitry.workers.acdc as A
+    from circuitry.workers.acdc import downstream
     from circuitry.workers.discover import prepare
     p = prepare(cross_entropy_checkpoint(8, 300), ablation="resample", output=output).problem
     ex, _ = exact_scores(p)
     for tau in (tau_between(ex, 0.4), tau_between(ex, 0.8), 1e-3):
         naive = acdc_naive(p, tau)
-        for tiles in (A.TILE_ELEMENTS, {}):
-            A_tiles, A.TILE_ELEMENTS = A.TILE_ELEMENTS, tiles
+        for tiles in (downstream.TILE_ELEMENTS, {}):
+            cpu_tiles, downstream.TILE_ELEMENTS = downstream.TILE_ELEMENTS, tiles
             try:
                 fast = acdc(p, tau)
             finally:
-                A.TILE_ELEMENTS = A_tiles
+                downstream.TILE_ELEMENTS = cpu_tiles
             assert same_masks(fast.masks, naive.masks), (tau, tiles)
             for a, b in zip(fast.scores, naive.scores):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
@@ -469,17 +470,17 @@ def test_metric_on_examples_gives_those_examples_terms(kind, output):
 
 @pytest.mark.parametrize("kind", ["mse", "kl"])
 def test_closed_form_derivatives_match_finite_differences(kind):
-    """The guesses' model for receivers that feed the outputs (`_Downstream.derivatives`) equals the
+    """The guesses' model for receivers that feed the outputs (`Downstream.derivatives`) equals the
     central differences of the evaluated terms, for an output receiver and a last-hidden one, at
     the full model and at a moved state."""
-    from circuitry.workers.acdc import _Downstream, _full_state
+    from circuitry.workers.acdc.downstream import Downstream, full_state
     p = problem_for(random_checkpoint([5, 7, 6, 4], 3, zero_fraction=0.2), kind, "resample", None, n=24)
     g, L = p.graph, p.graph.n_layers
-    z, h = _full_state(p)
+    z, h = full_state(p)
     masks = g.full_masks()
     masks[L - 1][0, 2] = False  # a dead edge: the receiver moves fewer outputs
     for m in (L, L - 1):
-        down = _Downstream(p, masks, m, z, h, 1 << 20)
+        down = Downstream(p, masks, m, z, h, 1 << 20)
         assert down.closed_form
         for j in range(g.shape[m]):
             plan = down.plan(j)
@@ -494,14 +495,15 @@ def test_closed_form_derivatives_match_finite_differences(kind):
 
 
 def test_exact_output_predictions_equal_the_evaluated_increases():
-    """An output receiver's predictor under KL (`_ExactOutput`) is exact: its increases for a chain
+    """An output receiver's predictor under KL (`ExactOutput`) is exact: its increases for a chain
     of guessed removals equal the ones the rows measure. (It only guesses, so a wrong formula would
     cost speed silently: this pins it.)"""
-    from circuitry.workers.acdc import _Downstream, _full_state, _measure_round
+    from circuitry.workers.acdc.downstream import Downstream, full_state
+    from circuitry.workers.acdc.guesses import measure_round
     p = problem_for(random_checkpoint([5, 7, 6, 4], 5), "kl", "resample", None, n=24)
     L = p.graph.n_layers
-    z, h = _full_state(p)
-    down = _Downstream(p, p.graph.full_masks(), L, z, h, 1 << 20)
+    z, h = full_state(p)
+    down = Downstream(p, p.graph.full_masks(), L, z, h, 1 << 20)
     gen = torch.Generator().manual_seed(0)
     for j in range(p.graph.shape[L]):
         plan = down.plan(j)
@@ -511,7 +513,7 @@ def test_exact_output_predictions_equal_the_evaluated_increases():
                                                       g[:-1, None] * deltas[:-1]]), 0)
         met, _ = down.evaluate(j, before + deltas, plan)
         now, _ = down.evaluate(j, z[L][j][None], plan)
-        inc, *_ = _measure_round(met, g, float(now[0]), tau=float("inf"))
+        inc, *_ = measure_round(met, g, float(now[0]), tau=float("inf"))
         predicted = down.exact_output(j, plan)(z[L][j], deltas)(g)
         torch.testing.assert_close(predicted, inc, rtol=1e-9, atol=1e-12)
 
@@ -520,25 +522,25 @@ def test_exact_output_predictions_equal_the_evaluated_increases():
                                                           ("kl", "mean", 1, False), ("mse", "zero", 2, False),
                                                           ("kl", "resample", None, True)])
 def test_interpolated_receivers_give_the_naive_circuit(monkeypatch, kind, ablation, output, unsure):
-    """Receivers decided on an interpolant of their terms (`_Interpolant`, forced on every receiver
+    """Receivers decided on an interpolant of their terms (`Interpolant`, forced on every receiver
     whose rows pass a hidden layer): the naive circuit and scores, at taus across the scores; also
     when every candidate is 'unsure' (an infinite margin: each decided from its exact rows). Both
     kinds of fit run: on the states of a round that holds every candidate, and on every state the
     remaining candidates can reach (after a round leaves the first interval)."""
-    import circuitry.workers.acdc as A
+    from circuitry.workers.acdc import interpolant
     fits, kinds = [], set()
-    real_fit = A._Interpolant.fit
+    real_fit = interpolant.Interpolant.fit
 
-    def fit(down, j, plan, lo, hi, counts=A.CHEB_NODES):
+    def fit(down, j, plan, lo, hi, counts=interpolant.CHEB_NODES):
         interp, spent = real_fit(down, j, plan, lo, hi, counts)
         if unsure and interp is not None:
             interp.margin = float("inf")
         fits.append(interp)
-        kinds.add("round" if counts == A.CHEB_NODES else "reachable")
+        kinds.add("round" if counts == interpolant.CHEB_NODES else "reachable")
         return interp, spent
 
-    monkeypatch.setattr(A, "CHEB_MIN_CANDIDATES", 1)
-    monkeypatch.setattr(A._Interpolant, "fit", staticmethod(fit))
+    monkeypatch.setattr(interpolant, "CHEB_MIN_CANDIDATES", 1)
+    monkeypatch.setattr(interpolant.Interpolant, "fit", staticmethod(fit))
     for seed, shape in ((0, [6, 7, 5, 4]), (1, [5, 6, 6, 5, 3])):
         p = problem_for(random_checkpoint(shape, 40 + seed), kind, ablation, output, n=40, seed=seed)
         ex, _ = exact_scores(p)
@@ -555,8 +557,8 @@ def test_interpolated_receivers_give_the_naive_circuit(monkeypatch, kind, ablati
 def test_interpolated_exact_scores_equal_the_naive_ones_in_any_chunking(monkeypatch):
     """`exact_scores` on interpolated receivers (forced): within 1e-12 of the one-forward-per-edge
     scores, and the same bits whichever slices of the edge list are asked for."""
-    import circuitry.workers.acdc as A
-    monkeypatch.setattr(A, "CHEB_MIN_CANDIDATES", 1)
+    from circuitry.workers.acdc import interpolant
+    monkeypatch.setattr(interpolant, "CHEB_MIN_CANDIDATES", 1)
     for kind, output in (("kl", None), ("mse", 1)):
         p = problem_for(random_checkpoint([6, 7, 5, 4], 9), kind, "resample", output, n=40)
         whole, _ = exact_scores(p)
@@ -569,8 +571,8 @@ def test_interpolated_exact_scores_equal_the_naive_ones_in_any_chunking(monkeypa
 def test_receivers_whose_interpolant_fails_run_on_exact_rows(monkeypatch):
     """No interpolant reaches the tolerance (forced: tolerance 0) or examples whose deltas are all
     zero (blank pixels: a zero-width interval): the circuit is still the naive one."""
-    import circuitry.workers.acdc as A
-    monkeypatch.setattr(A, "CHEB_MIN_CANDIDATES", 1)
+    from circuitry.workers.acdc import interpolant
+    monkeypatch.setattr(interpolant, "CHEB_MIN_CANDIDATES", 1)
     ckpt = random_checkpoint([6, 7, 5, 4], 21, zero_fraction=0.0)
     g = torch.Generator().manual_seed(3)
     x, xc = torch.randn(40, 6, generator=g), torch.randn(40, 6, generator=g)
@@ -579,8 +581,8 @@ def test_receivers_whose_interpolant_fails_run_on_exact_rows(monkeypatch):
     ex, _ = exact_scores(p)
     tau = tau_between(ex, 0.5)
     naive = acdc_naive(p, tau)
-    for tolerance in (A.CHEB_TOLERANCE, 0.0):
-        monkeypatch.setattr(A, "CHEB_TOLERANCE", tolerance)
+    for tolerance in (interpolant.CHEB_TOLERANCE, 0.0):
+        monkeypatch.setattr(interpolant, "CHEB_TOLERANCE", tolerance)
         fast = acdc(p, tau)
         assert same_masks(fast.masks, naive.masks), tolerance
         for a, b in zip(fast.scores, naive.scores):
@@ -588,7 +590,7 @@ def test_receivers_whose_interpolant_fails_run_on_exact_rows(monkeypatch):
 
 
 def test_scorers_hand_back_ordinary_tensors_and_leave_the_problem_usable_with_autograd():
-    """The scorers run under torch.inference_mode (`_without_autograd`), but what they return is
+    """The scorers run under torch.inference_mode (`without_autograd`), but what they return is
     ordinary: a caller can edit a mask in place and take gradients through the scores, and the
     problem still serves an autograd method afterwards (EAP's scores are the same as before)."""
     from circuitry.workers.attribution import attribution_scores

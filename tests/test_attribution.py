@@ -1,4 +1,4 @@
-"""EAP and EAP-IG scores are the formulas of design.md ("Attribution metric"), checked against an
+"""EAP and EAP-IG scores are the formulas of docs/design.md ("The attribution metric"), checked against an
 independent float64 computation: numpy forward and backward passes written out by hand (no torch
 autograd), from the checkpoint's tensors, on the discovery half of a --data file."""
 import numpy as np
@@ -26,7 +26,7 @@ def _log_softmax(y):
 
 
 class HandNet:
-    """The checkpoint format's forward (design.md) in numpy float64, and its backward by hand."""
+    """The checkpoint format's forward (docs/formats.md) in numpy float64, and its backward by hand."""
 
     def __init__(self, ckpt):
         self.w = [w.double().numpy() for w in ckpt["weights"]]

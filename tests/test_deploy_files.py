@@ -177,7 +177,8 @@ def test_submit_forwards_ray_auth_mode_only_when_user_set(monkeypatch):
         assert captured["env"].get("RAY_AUTH_MODE") == forwarded
         assert "--root rel/sweeps" in captured["entrypoint"]  # unchanged: resolved on the head
         assert "CIRCUITRY_SPEC_TOML" in captured["env"]
-    monkeypatch.setattr(cli_mod, "USER_SET_ENV", None)
+    from circuitry.orchestrator import cli_common
+    monkeypatch.setattr(cli_common, "USER_SET_ENV", None)
 
 
 def test_ray_ports_agree():

@@ -1,4 +1,4 @@
-"""The examples a discovery runs on (design.md): the model's own held-out test split, the first
+"""The examples a discovery runs on (docs/design.md): the model's own held-out test split, the first
 half to find the circuit, the second half to grade it; and ACDC's implementation-free cost,
 `edges_tested`."""
 import json
@@ -74,7 +74,7 @@ def test_large_test_split_is_capped_per_half(monkeypatch):
 
 
 def _hand_accuracy(ckpt, x, y) -> float:
-    """The checkpoint format's forward (design.md), in float64, by hand."""
+    """The checkpoint format's forward (docs/formats.md), in float64, by hand."""
     h = x.double()[:, ckpt["in_perm"]]
     L = len(ckpt["weights"])
     for l, (w, b) in enumerate(zip(ckpt["weights"], ckpt["biases"])):

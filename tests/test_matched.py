@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from circuitry.orchestrator.matched import compare_at_lam, matched_rows, matched_sections, pareto_points, reading
-from circuitry.orchestrator.report import fmt, load_jobs, ratio_text
+from circuitry.orchestrator.report_tables import fmt, load_jobs, ratio_text
 from circuitry.orchestrator.stats import paired_ratio, tost
 from tests.test_report import table_rows
 

@@ -9,7 +9,7 @@ from circuitry.workers.model import (CoordMLP, folded_line_coordinates, load_che
 
 
 def design_forward(ckpt, x):
-    """The forward pass exactly as design.md states it, from the checkpoint dict alone."""
+    """The forward pass exactly as docs/formats.md states it, from the checkpoint dict alone."""
     h = ckpt["embedding"][x].flatten(1) if "embedding" in ckpt else x
     h = h[:, ckpt["in_perm"]]
     for l, (w, b) in enumerate(zip(ckpt["weights"], ckpt["biases"])):

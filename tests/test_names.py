@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitry.orchestrator import cli_discover, report, spec
+from circuitry.orchestrator import cli_discover, jobs, report_tables, spec
 from circuitry.orchestrator.cli import cli
 from circuitry.workers import acdc, attribution, discover, graph, names, prune, train
 from circuitry.workers.device import DeviceError, pick_device
@@ -27,7 +27,7 @@ def test_cli_spec_and_workers_share_one_tuple():
     assert discover.METHODS is names.METHODS and discover.ORDERS is names.ORDERS
     assert graph.ABLATIONS is names.ABLATIONS and acdc.ORDERS is names.ORDERS
     assert attribution.ATTRIBUTION_METHODS is names.ATTRIBUTION_METHODS
-    assert report.REGIME_ORDER is names.REGIMES and report.BASELINE == names.BASELINE_REGIME
+    assert report_tables.REGIME_ORDER is names.REGIMES and report_tables.BASELINE == names.BASELINE_REGIME
     assert train.TRAINED_REGIMES is names.TRAINED_REGIMES
     assert prune.DEFAULT_MATCH_FRACTION == names.DEFAULT_MATCH_FRACTION
     assert names.REGIMES == (*names.TRAINED_REGIMES, "prune")
@@ -59,9 +59,9 @@ def test_spec_edge_count_is_the_trained_networks():
     settings = {"task": "independence", "width": 3}
     result = train.train(train.TrainConfig("independence", "vanilla", 1, width=3, log_every=1, device="cpu"))
     weights = result.checkpoint["weights"]
-    assert spec.model_shape(settings) == list(result.checkpoint["shape"]) == [4, 3, 3, 2]
-    assert spec.n_edges(settings) == sum(w.numel() for w in weights) == 4 * 3 + 3 * 3 + 3 * 2
-    assert spec.model_shape({"task": "independence"}) == list(train.get_task("independence").shape)
+    assert jobs.model_shape(settings) == list(result.checkpoint["shape"]) == [4, 3, 3, 2]
+    assert jobs.n_edges(settings) == sum(w.numel() for w in weights) == 4 * 3 + 3 * 3 + 3 * 2
+    assert jobs.model_shape({"task": "independence"}) == list(train.get_task("independence").shape)
 
 
 def test_one_device_function():

@@ -13,7 +13,7 @@ from scipy import stats
 
 from circuitry.orchestrator.cli import main
 from circuitry.orchestrator.recorder import write_parquet
-from circuitry.orchestrator.report import QUALITY, estimate, fmt, load_jobs, ratio_sections, row_keys, table
+from circuitry.orchestrator.report_tables import QUALITY, estimate, fmt, load_jobs, ratio_sections, row_keys, table
 from circuitry.orchestrator.scheduler import Scheduler
 from circuitry.orchestrator.spec import parse_spec
 
@@ -304,7 +304,7 @@ def test_target_f_and_order_reach_jobs_parquet_mlflow_and_the_order_section(tmp_
     from circuitry.orchestrator.execute import execute_discover, execute_train
 
     from circuitry.orchestrator.recorder import MlflowLogger, embedded_uri, flat_row
-    from circuitry.orchestrator.report import order_sensitivity
+    from circuitry.orchestrator.report_tables import order_sensitivity
 
     torch.set_num_threads(1)  # tiny nets: threads only contend on the shared 2-core machine
 

@@ -1,5 +1,7 @@
 """Sweep specs: validation errors (one line, exit 2), grid expansion and content-hash job ids."""
 
+from pathlib import Path
+
 import pytest
 
 from circuitry.orchestrator.cli import main
@@ -148,10 +150,10 @@ def test_ids_are_content_hashes(tmp_path):
 
 
 def test_id_includes_package_version(tmp_path, monkeypatch):
-    import circuitry.orchestrator.spec as spec_mod
+    import circuitry.orchestrator.jobs as jobs_mod
 
     a = parse_spec(spec_text(tmp_path))
-    monkeypatch.setattr(spec_mod, "package_version", lambda: "9.9.9")
+    monkeypatch.setattr(jobs_mod, "package_version", lambda: "9.9.9")
     b = parse_spec(spec_text(tmp_path))
     assert not {j.id for j in a.jobs} & {j.id for j in b.jobs}
 
@@ -161,7 +163,7 @@ def test_train_settings_resolve_to_the_task_recipe_and_the_recipe_is_in_the_id(t
     job; a task trained under another recipe (e.g. older defaults) never shares a job id."""
     from dataclasses import replace
 
-    import circuitry.orchestrator.spec as spec_mod
+    import circuitry.orchestrator.jobs as jobs_mod
 
     text = spec_text(tmp_path).replace('task = ["independence", "two_moons"]', 'task = "independence"')
     a = parse_spec(text)
@@ -171,8 +173,8 @@ def test_train_settings_resolve_to_the_task_recipe_and_the_recipe_is_in_the_id(t
     assert [j.id for j in written.jobs] == [j.id for j in a.jobs]
     moons = parse_spec(text.replace('task = "independence"', 'task = "two_moons"')).train_jobs()[0].settings
     assert (moons["top_k"], moons["final_factor"]) == (10, 10.0)
-    task = spec_mod.TASKS["independence"]
-    monkeypatch.setitem(spec_mod.TASKS, "independence", replace(task, recipe=replace(task.recipe, cost_norm="mean")))
+    task = jobs_mod.TASKS["independence"]
+    monkeypatch.setitem(jobs_mod.TASKS, "independence", replace(task, recipe=replace(task.recipe, cost_norm="mean")))
     b = parse_spec(text)
     assert not {j.id for j in a.train_jobs()} & {j.id for j in b.train_jobs()}
 
@@ -266,7 +268,7 @@ def test_errors_name_the_train_table_they_come_from(tmp_path):
 def test_target_f_and_order_name_their_jobs_and_leave_old_ids_alone():
     """target_f and a non-default order are part of a discover job's id and label; a spec that
     uses neither names exactly the jobs it named before they existed (the same hashed payload)."""
-    from circuitry.orchestrator.spec import job_hash, package_version
+    from circuitry.orchestrator.jobs import job_hash, package_version
 
     head = '[sweep]\nname="g"\n[train]\ntask="independence"\nregime="bimt"\nsteps=10\n'
     old = parse_spec(head + '[discover]\nmethod="acdc"\nthreshold=0.01\n').discover_jobs()[0]
@@ -304,3 +306,25 @@ def test_train_seed_applies_a_discover_grid_to_some_models_only():
     with pytest.raises(SpecError, match=r"^discover\[1\]\.train_seed: -1 is not a non-negative integer"):
         parse_spec(head + '[[discover]]\nmethod="acdc"\ntarget_f=0.95\n[[discover]]\nmethod="acdc"\nthreshold=0.1\n'
                    'train_seed=-1\n')
+
+
+# sha256 of the (id, label) pairs each example spec expands to, at package version 0.2.0 (a
+# version is part of every id; pinning it keeps this test about the job graph, not the release)
+EXAMPLE_IDS = {"mnist.toml": (90, "2dc433726be4d5d6"), "paper.toml": (3360, "b4650f65232f6289"),
+               "paper_modular_lam.toml": (63, "220f81a589d667e5"), "quickstart.toml": (24, "df72c07868475127")}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_IDS))
+def test_example_specs_keep_their_job_ids_and_labels(name):
+    """A sweep is resumed by job id: refactoring the spec or the job graph must not rename a job."""
+    import hashlib
+    import json
+
+    from circuitry.orchestrator.jobs import expand
+    from circuitry.orchestrator.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / name)
+    pairs = [[j.id, j.label] for j in expand(spec.train, spec.discover, ver="0.2.0", prune=spec.prune)]
+    count, digest = EXAMPLE_IDS[name]
+    assert len(pairs) == count
+    assert hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16] == digest

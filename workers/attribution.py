@@ -1,6 +1,6 @@
 """Attribution patching scores for every edge: EAP and EAP-IG (Hanna et al.'s 'inputs' variant).
 
-What is differentiated (design.md, "Attribution metric"): the linear restoration metric
+What is differentiated (docs/design.md, "The attribution metric"): the linear restoration metric
     r(y) = sum_n <s(y_n) - s(y0_n), s(yN_n) - s(y0_n)> / sum_n ||s(yN_n) - s(y0_n)||^2
 with yN the full model's clean outputs, y0 the empty circuit's (every edge ablated), both
 constants, and s the scored view of an output: raw values for regression, log-softmax for

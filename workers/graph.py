@@ -1,6 +1,6 @@
 """The dense neuron graph of a `circuitry.mlp/1` checkpoint, its ablations and its circuit metric.
 
-Everything here is float64 and in *position* order (design.md): `weights[l][j, i]` is the edge
+Everything here is float64 and in *position* order (docs/design.md): `weights[l][j, i]` is the edge
 from position i of layer l to position j of layer l+1. Layer 0 is the input layer (features after
 `in_perm`, or the concatenated embeddings), layer L = len(weights) holds the output logits/values.
 

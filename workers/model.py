@@ -2,7 +2,7 @@
 
 Layer l has n_l neurons at fixed positions; a neuron swap moves the neuron (its weights and bias),
 never the positions. Weights are stored in position order, so `weights[l][j, i]` is the edge from
-position i of layer l to position j of layer l+1, exactly as in `circuitry.mlp/1` (design.md).
+position i of layer l to position j of layer l+1, exactly as in `circuitry.mlp/1` (docs/formats.md).
 """
 from __future__ import annotations
 

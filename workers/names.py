@@ -46,7 +46,7 @@ ATTRIBUTION_METHODS: tuple[str, ...] = ("eap", "eap-ig")  # gradient scores (wor
 ABLATIONS: tuple[str, ...] = ("resample", "zero", "mean")
 DEFAULT_ABLATION = "resample"
 ORDERS: tuple[str, ...] = ("ascending", "descending", "random")  # ACDC's sender order
-DEFAULT_ORDER = "ascending"  # the ACDC definition's (design.md)
+DEFAULT_ORDER = "ascending"  # the ACDC definition's (docs/design.md)
 
 
 def network_shape(task_shape, width: int | None = None) -> list[int]:
@@ -63,7 +63,7 @@ def edge_count(shape) -> int:
     return sum(a * b for a, b in zip(shape, shape[1:]))
 
 
-# Interpolated receivers (workers.acdc._Interpolant): the Chebyshev node counts tried in turn, and
+# Interpolated receivers (workers.acdc.interpolant.Interpolant): the Chebyshev node counts tried in turn, and
 # the fewest candidates for which a receiver whose rows pass a hidden layer is interpolated. Here,
 # not in workers.acdc, because workers.chunks prices such receivers by them without torch.
 CHEB_NODES: tuple[int, ...] = (17, 33, 65, 129)

@@ -14,7 +14,7 @@ the pruned network the largest budget: the control is not handicapped by a stric
 weight of BIMT's below 1% of its largest moves a pre-activation by little (`match_pruned_test_loss`
 in the record is the BIMT network's own test loss with only those weights kept, a check of that).
 Only the weight matrices count and are pruned; biases and a token task's embedding stay dense in
-every network, as the circuit's edges are the weights only (design.md, circuit.parquet).
+every network, as the circuit's edges are the weights only (docs/formats.md, circuit.parquet).
 
 Per-layer pruning. Layer l of the vanilla network keeps its k_l largest |w| (ties: the lower flat
 index), k_l the matched network's count in layer l under the threshold above; so the two networks

@@ -1,0 +1,136 @@
+"""The report's figures: the networks side by side with a circuit highlighted, edges kept against
+tau, the faithfulness curve, discovery time. Each returns the PNG's path, or None when the sweep
+has nothing to draw."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from circuitry.orchestrator.report_tables import estimate, sorted_regimes
+from circuitry.orchestrator.store import save_png
+
+
+def _masks_from_circuit(path: Path, shape: list[int]):
+    import pyarrow.parquet as pq
+    import torch
+
+    t = pq.read_table(path, columns=["src_layer", "src_pos", "dst_pos", "in_circuit"]).to_pandas()
+    masks = [torch.zeros(shape[l + 1], shape[l], dtype=torch.bool) for l in range(len(shape) - 1)]
+    kept = t[t["in_circuit"]]
+    for l, g in kept.groupby("src_layer"):
+        masks[int(l)][torch.as_tensor(g["dst_pos"].to_numpy().copy()), torch.as_tensor(g["src_pos"].to_numpy().copy())] = True
+    return masks
+
+
+def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: pd.DataFrame, out: Path) -> Path | None:
+    """One seed per regime, side by side, with an ACDC circuit highlighted where there is one."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from circuitry.orchestrator.store import JobStore
+    from circuitry.workers.draw import draw_network_on
+
+    store = JobStore(sweep_dir)
+    rows = train[train["task"] == task]
+    if rows.empty:
+        return None
+    seed = rows["seed"].min()
+    rows = rows[rows["seed"] == seed]
+    regimes = sorted_regimes(rows["regime"])
+    fig, axes = plt.subplots(1, len(regimes), figsize=(3.6 * len(regimes), 5.5), squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        job = rows[rows["regime"] == regime].iloc[0]
+        blob = store.trusted_file(job["job_id"], "model.pt")  # by id, checked bytes; never a path from a file
+        if blob is None:
+            ax.set_axis_off()
+            continue
+        ckpt = torch.load(io.BytesIO(blob), weights_only=True)
+        acdc = discover[(discover["model_id"] == job["job_id"]) & (discover.get("method") == "acdc")]
+        masks, note = None, "no ACDC circuit"
+        if "threshold" in acdc:  # circuits at a threshold; those at a target faithfulness have none
+            acdc = acdc[acdc["threshold"].notna()]
+        if len(acdc):
+            pick = acdc.sort_values("threshold").iloc[len(acdc) // 2]
+            circuit = store.trusted_file(pick["job_id"], "circuit.parquet")  # by id, checked bytes
+            if circuit is not None:
+                masks = _masks_from_circuit(io.BytesIO(circuit), ckpt["shape"])
+                note = f"ACDC tau={pick['threshold']:g}: {int(pick['n_edges_kept'])} edges"
+        draw_network_on(ax, ckpt, masks, f"{regime} (seed {seed})\n{note}")
+    fig.tight_layout()
+    path = out / f"networks_{task}.png"
+    save_png(fig, path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _line_figure(path: Path, title: str, xlabel: str, ylabel: str, series: dict, logx: bool = True) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, (x, y, err) in series.items():
+        ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def figure_edges_vs_threshold(task: str, discover: pd.DataFrame, out: Path) -> Path | None:
+    rows = discover[(discover["task"] == task) & (discover.get("method") == "acdc")]
+    if rows.empty or rows["threshold"].nunique() < 2:
+        return None
+    series = {}
+    for regime in sorted_regimes(rows["regime"]):
+        g = rows[rows["regime"] == regime].groupby("threshold")["n_edges_kept"]
+        est = {t: estimate(v) for t, v in g}
+        xs = sorted(est)
+        series[regime] = (xs, [est[t].mean for t in xs], [est[t].half_width or 0 for t in xs])
+    return _line_figure(out / f"edges_vs_threshold_{task}.png", f"{task}: ACDC edges kept", "tau", "edges kept", series)
+
+
+def figure_faithfulness_curve(task: str, discover: pd.DataFrame, out: Path) -> Path | None:
+    import json
+
+    rows = discover[(discover["task"] == task) & discover.get("curve_faithfulness", pd.Series(dtype=object)).notna()]
+    if rows.empty:
+        return None
+    method = "exact" if (rows["method"] == "exact").any() else rows["method"].iloc[0]
+    rows = rows[rows["method"] == method]
+    series = {}
+    for regime in sorted_regimes(rows["regime"]):
+        g = rows[rows["regime"] == regime]
+        xs = json.loads(g["curve_fractions"].iloc[0])
+        curves = np.array([json.loads(c) for c in g["curve_faithfulness"]], dtype=float)
+        ests = [estimate(curves[:, i]) for i in range(curves.shape[1])]
+        series[regime] = ([100 * x for x in xs], [e.mean for e in ests], [e.half_width or 0 for e in ests])
+    return _line_figure(out / f"faithfulness_curve_{task}.png", f"{task}: faithfulness of top edges ({method})",
+                        "edges kept (%)", "faithfulness f", series)
+
+
+def figure_discovery_time(discover: pd.DataFrame, out: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    if discover.empty or "discovery_seconds" not in discover:
+        return None
+    g = discover.groupby(["task", "method", "regime"])["discovery_seconds"].mean().unstack("regime")
+    g = g[[r for r in sorted_regimes(g.columns)]]
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(g)), 3.5))
+    g.plot.bar(ax=ax, logy=True)
+    ax.set_ylabel("discovery wall time (s)")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "discovery_time.png"
+    save_png(fig, path, dpi=100)
+    plt.close(fig)
+    return path
