@@ -379,6 +379,8 @@ class Recorder:
     def start(self, existing: dict[str, dict]) -> None:
         old = {}
         try:  # keep what only the table knows (attempts) for jobs finished in earlier runs
+            if self.parquet.is_symlink() or not self.parquet.is_file():  # a planted link or FIFO: not read
+                raise FileNotFoundError(self.parquet)
             for row in pq.read_table(self.parquet).to_pylist():
                 if row.get("status") == "finished":
                     old[row["job_id"]] = row
