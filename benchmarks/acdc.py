@@ -66,9 +66,9 @@ def make_checkpoint(task_name: str, width: int | None, steps: int, random: bool,
     return CoordMLP(shape).to_checkpoint(task_name, "random", 0, {}), "random weights"
 
 
-def issue_dense_checkpoint(steps: int) -> tuple[dict, str]:
-    """The dense nets issue 13 measured: digits 64-200-200-10 trained without any penalty the way
-    workers.train did before it followed BIMT's own recipes (b0b3ebb): full-batch AdamW, lr 2e-3,
+def full_batch_checkpoint(steps: int) -> tuple[dict, str]:
+    """Dense hard nets: digits 64-200-200-10 trained without any penalty the way workers.train did
+    before it followed BIMT's own recipes (b0b3ebb): full-batch AdamW, lr 2e-3,
     the task's cross-entropy, seed 0. (Today's digits recipe, MSE on one-hot targets in batches of
     100, gives nets whose KL effects are small and whose circuits at these taus are nearly empty,
     an easy case for ACDC; these keep the hard yardstick.)"""
@@ -83,7 +83,7 @@ def issue_dense_checkpoint(steps: int) -> tuple[dict, str]:
         task.loss(model(data.x_train), data.y_train).backward()
         opt.step()
     ckpt = model.to_checkpoint("digits", "vanilla", 0, {})
-    return ckpt, f"vanilla (issue 13 recipe) {steps} steps ({time.perf_counter() - t0:.0f}s)"
+    return ckpt, f"vanilla (dense, full-batch recipe) {steps} steps ({time.perf_counter() - t0:.0f}s)"
 
 
 def visiting_order_prefix(shapes, n_edges: int) -> list[torch.Tensor]:
@@ -294,9 +294,9 @@ def main():
             ("digits 64-200-200-10", "digits", 200, args.naive_edges, args.random, "bimt", args.steps, None),
             # the worst case: dense random weights, every receiver reaches the outputs
             ("digits 64-200-200-10 random", "digits", 200, args.naive_edges, True, "bimt", 0, None),
-            # dense trained nets (no penalty), at the thresholds a user tried (issue 13)
-            ("digits 64-200-200-10 vanilla 200 steps", "digits", 200, args.naive_edges, False, "issue13", 200, 1e-2),
-            ("digits 64-200-200-10 vanilla 2000 steps", "digits", 200, args.naive_edges, False, "issue13", 2000,
+            # dense trained nets (no penalty), at the thresholds a user tried
+            ("digits 64-200-200-10 vanilla 200 steps", "digits", 200, args.naive_edges, False, "full-batch", 200, 1e-2),
+            ("digits 64-200-200-10 vanilla 2000 steps", "digits", 200, args.naive_edges, False, "full-batch", 2000,
              1e-3)]
     if args.random:
         nets = nets[:2]
@@ -307,12 +307,12 @@ def main():
     device = pick_device(args.device)
     rate = gemm_rate()
     for label, task, width, naive_budget, random, regime, steps, tau in nets:
-        ckpt, how = issue_dense_checkpoint(steps) if regime == "issue13" else \
+        ckpt, how = full_batch_checkpoint(steps) if regime == "full-batch" else \
             make_checkpoint(task, width, steps, random, regime)
         print(f"{label}: {how}", flush=True)
         # the dense rows run acdc on --device; the sparse rows stay on the CPU
         bench(label, ckpt, naive_budget, rows, args.naive_max_seconds, tau, rate,
-              device if regime == "issue13" else torch.device("cpu"))
+              device if regime == "full-batch" else torch.device("cpu"))
     if not args.no_big:
         print("mnist 784-200-200-10: random weights and uniform [0, 1] examples (no MNIST files are read; "
               "timing only)", flush=True)

@@ -2,10 +2,9 @@
 
 0. How a result reaches the sweep folder, on a 2-node local Ray (ray.cluster_utils.Cluster: a head
    and a second node, separate raylets and object stores on this machine), every job on the
-   second node: (new) the task returns its record and files through the object store and the
-   driver writes the folder (orchestrator.store: temp folder, fsync, rename) vs (old) the task
-   writes the folder itself into a folder both nodes see (no fsync, as before) and returns the
-   record. Per job: submit, wait, write; both paths alternate in rounds, side by side.
+   second node: the task returns its record and files through the object store and the driver
+   writes the folder (orchestrator.store: temp folder, fsync, rename), with and without the
+   fsyncs (the transport alone). Per job: submit, wait, write; both alternate in rounds.
 1. Per-job overhead of the Ray path (orchestrator.scheduler: Ray tasks, progress actor, ray.wait
    loop, jobs.parquet; MLflow off, it runs on its own thread) against calling the same job
    functions (orchestrator.execute) in a plain loop. Ray gets 1 CPU so both run the jobs one after
@@ -96,21 +95,6 @@ def _return_result(record, files):
     return JobResult(record, files)
 
 
-@ray.remote(num_cpus=1, resources={"second": 1})
-def _write_shared_folder(jobs_dir, record, files):
-    """The old path (before issue 16): the worker writes its folder, temp name then rename."""
-    import json
-    import secrets
-
-    tmp = Path(jobs_dir) / f".tmp-{record['job_id']}-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    for name, data in files.items():
-        (tmp / name).write_bytes(data)
-    (tmp / "job.json").write_text(json.dumps({**record, "files": list(files)}, indent=2, sort_keys=True))
-    os.rename(tmp, Path(jobs_dir) / record["job_id"])
-    return record
-
-
 def real_files() -> dict[str, bytes]:
     """The files of a real small train job (the workers' own bytes)."""
     from circuitry.workers.outputs import training_files
@@ -120,9 +104,9 @@ def real_files() -> dict[str, bytes]:
 
 
 def result_path(tmp: Path, n_jobs: int, rounds: int = 5):
-    """Seconds per job of each path (old; new without fsync, the transport alone; new as shipped),
-    for a real small job's files and for 5 MB of files: the median over rounds of each round's
-    mean (every round runs the three paths one after another)."""
+    """Seconds per job without fsync (the transport alone) and as shipped, for a real small job's
+    files and for 5 MB of files: the median over rounds of each round's mean (every round runs
+    both one after the other)."""
     from ray.cluster_utils import Cluster
 
     sizes = {"small job (real files)": real_files(),
@@ -135,20 +119,17 @@ def result_path(tmp: Path, n_jobs: int, rounds: int = 5):
         for label, files in sizes.items():
             files_ref = ray.put(files)
             ray.get(_return_result.remote({"job_id": "warm"}, files_ref))  # a warm worker on node 2
-            paths = {"old": [], "new, no fsync": [], "new": []}
+            paths = {"no fsync": [], "fsync": []}
             for r in range(rounds):
                 for path, times in paths.items():
                     out = tmp / f"{path}-{label[:5]}-{r}".replace(" ", "_").replace(",", "")
-                    store = JobStore(out, fsync=path == "new")
+                    store = JobStore(out, fsync=path == "fsync")
                     store.prepare()
                     t = time.perf_counter()
                     for i in range(n_jobs):
                         jid = f"{r:04x}{i:012x}"
                         record = {"job_id": jid, "kind": "train"}
-                        if path == "old":
-                            ray.get(_write_shared_folder.remote(str(store.root), record, files_ref))
-                        else:
-                            store.commit(jid, ray.get(_return_result.remote(record, files_ref)))
+                        store.commit(jid, ray.get(_return_result.remote(record, files_ref)))
                     times.append((time.perf_counter() - t) / n_jobs)
             rows.append((label, sum(len(b) for b in files.values()),
                          *(statistics.median(times) for times in paths.values())))
@@ -334,12 +315,10 @@ def main():
     try:
         if not args.fanout_only:
             print("how a result reaches the sweep folder (2-node local Ray, jobs on the second node; ms per job)")
-            print("| files | bytes | old: worker writes a shared folder | new without fsync "
-                  "| new (driver writes, fsync) | new / old |")
-            print("| --- | --- | --- | --- | --- | --- |")
-            for label, nbytes, old_s, nosync_s, new_s in result_path(tmp, args.results):
-                print(f"| {label} | {nbytes} | {1000 * old_s:.1f} | {1000 * nosync_s:.1f} | {1000 * new_s:.1f} "
-                      f"| {new_s / old_s:.2f}x |")
+            print("| files | bytes | driver writes, no fsync | as shipped (fsync) | fsync / no fsync |")
+            print("| --- | --- | --- | --- | --- |")
+            for label, nbytes, nosync_s, new_s in result_path(tmp, args.results):
+                print(f"| {label} | {nbytes} | {1000 * nosync_s:.1f} | {1000 * new_s:.1f} | {new_s / nosync_s:.2f}x |")
             print()
             rows, per_job, fixed = overhead(tmp, max(1, args.jobs // 2))
             print("per-job overhead (tiny train + acdc jobs; Ray on 1 CPU vs the same functions in a plain loop)")

@@ -10,7 +10,7 @@ prints these rows; `python benchmarks/scale.py --jobs 2000` runs them alone).
    2 s). MLflow: runs/s of the recorder's logger for these records, on the embedded SQLite store
    and on a lean local `mlflow server` (one worker, HTTP).
 2. A simulated cluster: results arrive at R jobs/s (200: 100 workers of 0.5-s jobs) for a few
-   seconds, each handed to the real driver path (Scheduler.on_result: the folder written with
+   seconds, each handed to the real driver path (Scheduler.on_results: the folder written with
    fsync, jobs.parquet, metrics, the MLflow queue on SQLite). Shown: the driver's time per result
    (it keeps up when that is under 1/R), the MLflow backlog when the last result arrived, and how
    long MLflow took after that to catch up.

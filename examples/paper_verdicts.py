@@ -1,6 +1,8 @@
-"""The verdict rows of docs/results.md, from the matched sweep (examples/paper.toml).
+"""The verdict rows of docs/results.md, from the matched sweep (examples/paper.toml), or with
+--one-tau those of the earlier check sweeps (examples/paper_check/*.toml, ACDC at tau = 0.01).
 
     python examples/paper_verdicts.py sweeps/paper
+    python examples/paper_verdicts.py sweeps --one-tau      # SWEEPS_ROOT holding the check sweeps
 
 Each of the seed paper's claims, per task and per lam, as bimt ÷ the regime it is compared with,
 paired by seed: circuit figures at matched faithfulness (ACDC's sparsest circuit with f >= 0.95
@@ -15,12 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from circuitry.orchestrator.matched import FIGURES, compare_at_lam, matched_rows, paired_by_seed, reading  # noqa: E402
 from circuitry.orchestrator.report_tables import fmt, load_jobs, ratio_text  # noqa: E402
+from circuitry.orchestrator.stats import paired_ratio, tost  # noqa: E402
 
 # (claim, the regime bimt is compared with, figure label in orchestrator.matched.FIGURES)
 CIRCUIT_CLAIMS = [
@@ -91,12 +95,53 @@ def verdict_table(sweep: Path, method: str) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- the earlier check sweeps, at one tau
+# Paired log-ratio t-intervals (95%) over seeds for l1 and bimt against vanilla, and bimt against l1
+# with TOST at ±25%, on ACDC circuits at tau = 0.01, faithfulness graded on the held-out examples.
+CHECK_SWEEPS = ("check_two_moons", "check_independence", "check_digits")
+CHECK_FIGURES = (("eval_faithfulness", "held-out f"), ("n_edges_kept", "edges kept"), ("edges_tested", "edges tested"))
+
+
+def interval(r) -> str:
+    if r.n == 0:
+        return "undefined"
+    return f"{r.geometric_mean:.3g} [{r.low:.3g}, {r.high:.3g}]" if r.n > 1 else f"{r.geometric_mean:.3g}"
+
+
+def one_tau_rows(jobs: pd.DataFrame, spec: str) -> list[tuple]:
+    acdc = jobs[(jobs.kind == "discover") & (jobs.method == "acdc") & np.isclose(jobs.threshold.astype(float), 0.01)]
+
+    def values(regime, column):  # one value per model seed, in seed order, so regimes pair by seed
+        return pd.to_numeric(acdc[acdc.regime == regime].sort_values("train_seed")[column], errors="coerce").to_numpy()
+
+    task, rows = acdc.task.iloc[0], []
+    for other in ("l1", "bimt"):
+        for column, label in CHECK_FIGURES:
+            r = paired_ratio(values(other, column), values("vanilla", column))
+            rows.append((task, f"{other} ÷ vanilla", label, interval(r), r.n, r.n_undefined,
+                         "t-interval on paired log ratios", "yes" if r.excludes_1 else "no", spec))
+    for column, label in CHECK_FIGURES[:2]:
+        r, t = paired_ratio(values("bimt", column), values("l1", column)), tost(values("bimt", column), values("l1", column))
+        rows.append((task, "bimt ÷ l1", label, interval(r), r.n, r.n_undefined, f"TOST ±25%: p = {t.p_value:.3g}",
+                     "equivalent" if t.equivalent else "not shown equivalent", spec))
+    return rows
+
+
+def one_tau_table(root: Path) -> str:
+    rows = [r for name in CHECK_SWEEPS
+            for r in one_tau_rows(pd.read_parquet(root / name / "jobs.parquet"), f"examples/paper_check/{name}.toml")]
+    header = ("task", "comparison", "figure (ACDC, tau 0.01)", "ratio [95% CI]", "n", "undefined", "test", "result",
+              "spec")
+    return "\n".join("| " + " | ".join(str(v) for v in line) + " |" for line in (header, ("---",) * len(header), *rows))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("sweep", type=Path)
+    ap.add_argument("sweep", type=Path, help="the matched sweep's folder; with --one-tau, the folder of the check sweeps")
     ap.add_argument("--method", default="acdc", choices=["acdc", "eap-ig", "eap", "exact"])
+    ap.add_argument("--one-tau", action="store_true", help="the earlier check sweeps' rows (ACDC at tau = 0.01)")
     args = ap.parse_args()
-    print(verdict_table(args.sweep, args.method))
+    print(one_tau_table(args.sweep) if args.one_tau else verdict_table(args.sweep, args.method))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,11 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
     if regime != "prune" and any(v is not None for v in prune_options.values()):
         given = next(k for k, v in prune_options.items() if v is not None)
         raise InputError(f"{given}: only --regime prune takes it; drop it or use --regime prune")
+    t = TASKS[task]
+    if t.compiled is not None and regime != "vanilla":
+        raise InputError(f"--regime: {task}'s weights are compiled by tracr, not trained; use --regime vanilla")
+    if t.transformer is not None and width is not None:
+        raise InputError(f"--width: {task} trains a transformer (its shape is the task's); drop --width")
     out_dir = writable_dir(out, "--out")
     try:
         if regime == "prune":
@@ -75,7 +80,8 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
     m = result.metrics
     pruned = f", {m['weights_nonzero']} weights (test loss {m['pruned_test_loss']:.3g} before fine-tuning)" \
         if regime == "prune" else ""
-    click.echo(f"{task}/{regime} seed {result.checkpoint['seed']}: test loss {m['test_loss']:.3g}{pruned}, connection cost "
+    accuracy = next((f", {k} {m[k]:.3f}" for k in m if k.endswith("_accuracy") and k not in ("train_accuracy", "test_accuracy")), "")
+    click.echo(f"{task}/{regime} seed {result.checkpoint['seed']}: test loss {m['test_loss']:.3g}{accuracy}{pruned}, connection cost "
                f"{m['connection_cost']:.3g}, {m['steps_per_second']:.0f} steps/s -> {out_dir / 'model.pt'}")
 
 

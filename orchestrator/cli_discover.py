@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import torch
 
-from circuitry.workers.discover import DiscoveryInputError, discover, export_eap_ig, write_discovery
+from circuitry.workers.discover import DiscoverConfig, DiscoveryInputError, export_eap_ig, find_circuit, write_discovery
 from circuitry.workers.export import export_graphml
 from circuitry.workers.model import CheckpointError, load_checkpoint
 from circuitry.workers.names import ABLATIONS, DEFAULT_ABLATION, DEFAULT_ORDER, METHODS, ORDERS
@@ -59,9 +59,9 @@ def discover_cmd(model_path, method, threshold, target_f, order, ablation, outpu
     except CheckpointError as e:
         raise click.BadParameter(str(e), param_hint="--model") from None
     data = _load_data(data_path) if data_path else None
+    config = DiscoverConfig(method, threshold, top_k, edge_fraction, target_f, order, ablation, output, seed)
     try:
-        d = discover(ckpt, method, threshold, ablation=ablation, output=output, data=data, seed=seed,
-                     top_k=top_k, edge_fraction=edge_fraction, target_f=target_f, order=order)
+        d = find_circuit(ckpt, config, data=data)
     except DiscoveryInputError as e:
         raise click.BadParameter(str(e), param_hint=e.option) from None
     out_dir = write_discovery(d, out, ckpt)

@@ -8,7 +8,10 @@ Test-only fault injection (spec table [testing], documented in examples/quicksta
 matched by `transient_once` raises TransientError on its first attempt, one matched by
 `crash_once` calls os._exit(1) on its first attempt. Whether an attempt is the first is asked of
 the driver's side (`Faults.first_time`, the progress actor in a Ray run), which keeps the marker
-files `SWEEP/.faults/<id>.<fault>` so a later run of the sweep does not fire them again.
+files `SWEEP/.faults/<id>.<fault>` so a later run of the sweep does not fire them again. A job
+matched by `hold` waits at its start until the file SWEEP/.release exists (at most HOLD_SECONDS),
+so a test can keep a sweep running, or stop it mid-way, without long training; the worker reads
+the driver's folder for it, so it holds in a local run only.
 """
 from __future__ import annotations
 
@@ -20,11 +23,27 @@ from typing import Any, Callable, NamedTuple
 
 from circuitry.orchestrator.jobs import Job, matches, package_version
 from circuitry.orchestrator.store import JobResult, check_size
-from circuitry.workers.names import DEFAULT_ORDER
+
+
+RELEASE_FILE = ".release"  # in the sweep folder: held jobs go on once it exists
+HOLD_SECONDS = 600.0
 
 
 class TransientError(RuntimeError):
     """A failure worth retrying (Ray retries tasks that raise it, up to resources.max_retries)."""
+
+
+class Event(NamedTuple):
+    """One progress event from a worker to the driver (through the progress actor,
+    orchestrator.remote); the scheduler turns each into SweepMetrics calls."""
+
+    name: str  # start, chunk, steps, examples, edges, done; fault (the progress actor's own)
+    job_id: str
+    kind: str | None  # the job's kind: train or discover
+    label: str | None
+    value: float | str = 0  # steps, examples or edges done; a fault's name
+    pid: int = 0  # the worker process
+    rss: int = 0  # its resident memory, on a batch's last event (0 on the others)
 
 
 class Reporter:
@@ -32,21 +51,20 @@ class Reporter:
     `interval` seconds (and on flush); orchestrator.remote's sender forwards them to the progress
     actor (waiting for delivery of "start" and "done": a job's start is delivered before its work
     begins, so even an attempt that dies at once is counted, and all of its events are delivered
-    before its result is). Events are tuples
-    (event, job_id, kind, label, value, pid, rss); rss, the worker's resident memory, is read
-    once a batch, on its last event (0 on the others: a read of /proc costs ~25 us, and a chunk
-    of `exact` reports once a receiver). `send=None`: no reporting (plain loop)."""
+    before its result is). The worker's resident memory is read once a batch, on its last event
+    (a read of /proc is not free, and a chunk of `exact` reports once a receiver). `send=None`:
+    no reporting (plain loop)."""
 
     def __init__(self, send, job: Job, interval: float = 0.5):
         self.actor, self.job, self.interval = send, job, interval
         self.pid = os.getpid()
-        self.buf: list[tuple] = []
+        self.buf: list[Event] = []
         self.last = time.monotonic()
 
     def emit(self, event: str, value: float = 0, flush: bool = False) -> None:
         if self.actor is None:
             return
-        self.buf.append((event, self.job.id, self.job.kind, self.job.label, value, self.pid, 0))
+        self.buf.append(Event(event, self.job.id, self.job.kind, self.job.label, value, self.pid))
         if flush or time.monotonic() - self.last >= self.interval:
             self.flush(wait=event in ("start", "done"))
 
@@ -54,7 +72,7 @@ class Reporter:
         if self.actor is not None and self.buf:
             from circuitry.workers.profile import rss_bytes  # imported once the first job runs (torch), not with the driver
 
-            self.buf[-1] = (*self.buf[-1][:-1], rss_bytes())
+            self.buf[-1] = self.buf[-1]._replace(rss=rss_bytes())
             self.actor(self.buf, wait)
             self.buf = []
         self.last = time.monotonic()
@@ -62,8 +80,8 @@ class Reporter:
     def take(self, event: str) -> float:
         """Remove the unsent `event`s and return the sum of their values, for the caller to
         deliver another way."""
-        total = sum(e[4] for e in self.buf if e[0] == event)
-        self.buf = [e for e in self.buf if e[0] != event]
+        total = sum(e.value for e in self.buf if e.name == event)
+        self.buf = [e for e in self.buf if e.name != event]
         return total
 
     def train_progress(self, steps: int, examples: int) -> None:
@@ -76,17 +94,22 @@ class Reporter:
 
 @dataclass
 class Faults:
-    """TEST ONLY: the spec's [testing] selectors, and `first_time(job_id, fault)`, True exactly once
-    per job and fault in a sweep (see the module doc)."""
+    """TEST ONLY: the spec's [testing] selectors, `first_time(job_id, fault)`, True exactly once
+    per job and fault in a sweep, and the file that releases held jobs (see the module doc)."""
 
     selectors: dict
     first_time: Callable[[str, str], bool]
+    release: str | None = None
 
 
 def inject_faults(job: Job, faults: Faults | None) -> None:
     """TEST ONLY: see the module doc."""
     if faults is None:
         return
+    if faults.release and matches(faults.selectors.get("hold", []), job):
+        deadline = time.monotonic() + HOLD_SECONDS
+        while not os.path.exists(faults.release) and time.monotonic() < deadline:
+            time.sleep(0.1)
     for fault in ("crash_once", "transient_once"):
         if not matches(faults.selectors.get(fault, []), job) or not faults.first_time(job.id, fault):
             continue
@@ -148,17 +171,6 @@ def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, dev
     return out, result.checkpoint
 
 
-def _discover_kwargs(job: Job) -> dict:
-    s = job.settings
-    return {"ablation": s["ablation"], "output": s["output"], "seed": s["seed"]}
-
-
-def _discover_device(job: Job) -> str:
-    """Where a discovery runs: the job's "device" setting when it has one, else "auto" (the GPU
-    when the worker's torch sees one)."""
-    return job.settings.get("device") or "auto"
-
-
 def _discovery_result(job: Job, d, ckpt, started: float, peak: int, node_id: str | None = None,
                       pictures: bool = True, **extra) -> JobResult:
     from circuitry.workers.discover import discovery_files, summary_figures
@@ -171,16 +183,17 @@ def _discovery_result(job: Job, d, ckpt, started: float, peak: int, node_id: str
 def execute_discover(job: Job | dict, ckpt: dict, actor=None, faults: Faults | None = None,
                      node_id: str | None = None, pictures: bool = True) -> JobResult:
     """Find one circuit in one pass."""
+    from dataclasses import replace
+
     from circuitry.workers.device import pick_device
-    from circuitry.workers.discover import discover
+    from circuitry.workers.discover import find_circuit
     from circuitry.workers.profile import PeakMemory
 
     job, rep, started = _begin(job, actor, faults)
-    device = pick_device(_discover_device(job))
+    config = job.discover_config()
+    device = pick_device(config.device)
     with PeakMemory(device) as mem:
-        d = discover(ckpt, job.settings["method"], job.settings["threshold"], progress=rep.edges,
-                     device=device, target_f=job.settings.get("target_f"),
-                     order=job.settings.get("order", DEFAULT_ORDER), **_discover_kwargs(job))
+        d = find_circuit(ckpt, replace(config, device=str(device)), progress=rep.edges)
     rep.flush()
     out = _discovery_result(job, d, ckpt, started, mem.peak_bytes, node_id, pictures, chunks=1)
     rep.emit("done", flush=True)
@@ -198,13 +211,14 @@ def prepared_problem(job: Job, ckpt: dict, device):
     process runs and reused by its later ones. Each worker prepares for itself, at the same time as
     the others, rather than one prepare task before every chunk: a 2-worker job's chunks then start
     at once instead of after the prepare task, the problem's trip through the object store and the
-    dependent tasks' dispatch (~0.06 s of the job's critical path on the 2-core machine)."""
-    from circuitry.workers.discover import discovery_problem
+    dependent tasks' dispatch, all on the job's critical path."""
+    from circuitry.workers.discovery_data import discovery_problem
 
     key = (job.id, str(device))
     if key not in _PREPARED:
         _PREPARED.clear()
-        _PREPARED[key] = discovery_problem(ckpt, **_discover_kwargs(job)).to(device)
+        c = job.discover_config()
+        _PREPARED[key] = discovery_problem(ckpt, ablation=c.ablation, output=c.output, seed=c.seed).to(device)
     return _PREPARED[key]
 
 
@@ -224,8 +238,7 @@ def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, acto
     """`exact` scores of edges [start, stop) of the job's model. The chunk does not wait at its end
     for the progress actor to take its last "edges" events: the merge reports them, before its
     "done" (which it waits for), so every edge is counted before the job's result is seen. A wait
-    here was a round trip to the actor while both cores score, ~4 ms of every chunk (16 chunks of a
-    width-768 two_moons net on 2 workers: 0.87 s with it, 0.84 s without, median of 5 rounds)."""
+    here would be a round trip to the actor at the end of every chunk, while the cores score."""
     from circuitry.workers.acdc import exact_scores
     from circuitry.workers.device import pick_device
     from circuitry.workers.profile import PeakMemory
@@ -234,7 +247,7 @@ def execute_exact_chunk(job: Job | dict, ckpt: dict, start: int, stop: int, acto
     t0 = time.time()
     rep = Reporter(actor, job)
     rep.emit("chunk", stop - start, flush=True)
-    device = pick_device(_discover_device(job))
+    device = pick_device(job.discover_config().device)
     with PeakMemory(device) as mem:
         scores, _ = exact_scores(prepared_problem(job, ckpt, device), start, stop, progress=rep.edges)
     return ChunkResult(scores.numpy(), t0, time.time(), mem.peak_bytes, rep.take("edges"))
@@ -250,9 +263,7 @@ def execute_exact_merge(job: Job | dict, ckpt: dict, chunks: list[ChunkResult], 
     job, rep, _ = _begin(job, actor, faults)
     started = min(c.started for c in chunks)
     scores = np.concatenate([c.scores for c in chunks])
-    s = job.settings
-    d = discovery_from_scores(ckpt, scores, method="exact", threshold=s["threshold"], target_f=s.get("target_f"),
-                              seconds=max(c.ended for c in chunks) - started, **_discover_kwargs(job))
+    d = discovery_from_scores(ckpt, scores, job.discover_config(), seconds=max(c.ended for c in chunks) - started)
     d.summary["discovery_seconds_incl_merge"] = time.time() - started
     out = _discovery_result(job, d, ckpt, started, max(c.peak_bytes for c in chunks), node_id, pictures,
                             chunks=len(chunks))

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 
 from circuitry.tasks import TASKS
+from circuitry.workers.discover_config import DiscoverConfig
 from circuitry.workers.names import (DEFAULT_MATCH_FRACTION, DEFAULT_ORDER, PENALTY_ONLY, PRUNE_FROM, PRUNE_MATCH,
                                      RECIPE_DEFAULTS, edge_count, network_shape)
 
@@ -54,6 +55,11 @@ class Job:
     n_edges: int = 0  # edges of the model's dense neuron graph
     needs: tuple[str, ...] = ()  # prune: the ids of the (vanilla, bimt) train jobs whose models it reads
 
+    def discover_config(self) -> DiscoverConfig:
+        """A discover job's settings as the DiscoverConfig the worker runs; on the job's "device"
+        setting when it has one, else "auto" (the GPU when the worker's torch sees one)."""
+        return DiscoverConfig.from_settings(self.settings, device=self.settings.get("device") or "auto")
+
     def params(self) -> dict:
         out = {"job_id": self.id, "kind": self.kind, **self.settings}
         if self.model_id:
@@ -83,8 +89,10 @@ def model_shape(settings: dict) -> list[int]:
     return network_shape(TASKS[settings["task"]].shape, settings.get("width"))
 
 
-def n_edges(settings: dict) -> int:
+def model_edges(settings: dict) -> int:
+    """Edges of the dense neuron graph of the model a train job's settings describe."""
     return edge_count(model_shape(settings))
+
 
 def _point(s: dict, ignore: tuple[str, ...] = ()) -> str:
     """A train job's settings but its regime (and `ignore`): what a prune job shares with its models."""
@@ -104,7 +112,7 @@ def _prune_job(s: dict, models: dict, prune: dict, ver: str) -> Job:
     s = {**s, "finetune_steps": prune["finetune_steps"] or max(1, s["steps"] // 10),
          "match_fraction": prune["match_fraction"], "vanilla_id": vanilla.id, "match_id": match.id}
     pid = job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s})
-    return Job("train", pid, s, "", None, n_edges(s), (vanilla.id, match.id))
+    return Job("train", pid, s, "", None, model_edges(s), (vanilla.id, match.id))
 
 
 def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None, ver: str | None = None,
@@ -125,7 +133,7 @@ def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None,
                 pruned.setdefault(_point(s), s)
             else:
                 trained.setdefault(job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s}), s)
-    jobs = [Job("train", tid, s, "", None, n_edges(s)) for tid, s in trained.items()]
+    jobs = [Job("train", tid, s, "", None, model_edges(s)) for tid, s in trained.items()]
     models: dict[tuple[str, str], Job] = {}  # (regime, settings but the regime [and PENALTY_ONLY]) -> job
     for j in jobs:
         models.setdefault((j.settings["regime"], _point(j.settings)), j)

@@ -86,7 +86,7 @@ class SweepMetrics:
             self._peak[kind] = peak_bytes
             self.peak.labels(kind).set(peak_bytes)
 
-    def train_progress(self, task: str, steps: int, examples: int) -> None:
+    def train_progress(self, task: str, steps: int = 0, examples: int = 0) -> None:
         self.steps.labels(task).inc(steps)
         self.examples.labels(task).inc(examples)
 

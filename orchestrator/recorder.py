@@ -20,7 +20,7 @@ anyone's who can write the sweep folder, so they name it and never follow it.
 Embedded default tracking store: `sqlite:///SWEEP/mlflow.db` with artifacts in `SWEEP/mlartifacts`,
 created once by the driver before anything is logged. SQLite stores are opened in WAL mode with
 synchronous=NORMAL (`_sqlite_without_fsync_per_commit`): MLflow commits ~9 times per run, and with
-SQLite's default each commit waited for the disk (~10 ms on the CI machine: ~4 runs/s). A power
+SQLite's default each commit waits for the disk, a few runs a second at most. A power
 loss may then lose the last runs, never corrupt the store; the job folders are the record and
 `circuitry sync` logs what is missing.
 

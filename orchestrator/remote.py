@@ -3,9 +3,13 @@ to. Imports no MLflow and writes no file: a task returns its result through the 
 the driver records it (orchestrator.store)."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import ray
 
 from circuitry.orchestrator import execute
+from circuitry.orchestrator.jobs import Job
 
 
 def _threads(n: float) -> None:
@@ -34,23 +38,26 @@ def _get_keeping_cpus(ref):
     core worker completes from another thread. A task blocked in `ray.get` on its main thread lends
     its CPU back to Ray, which then starts a worker process for the next queued task; the task that
     blocked (for a millisecond) finishes, sits idle and is stopped, and the queued one waits for
-    a cold process: a 1-worker `exact` job of 4 chunks on a 2-1536-1536-2 net took 8.0-8.8 s that
-    way, 5.1-5.8 s without. Ray lends the CPU only for waits in its own get."""
+    a cold process, which costs a chunked job most of a second a chunk. Ray lends the CPU only for
+    waits in its own get."""
     return ref.future().result()
 
 
-def _faults(actor, selectors):
-    """execute.Faults asking the progress actor whether an injected fault fires (test only)."""
-    if not selectors:
+def _faults(actor, faults):
+    """execute.Faults asking the progress actor whether an injected fault fires (test only):
+    `faults` is (the spec's [testing] selectors, the sweep's release file) or None."""
+    if not faults:
         return None
-    return execute.Faults(selectors, lambda job_id, fault: _get_keeping_cpus(actor.first_time.remote(job_id, fault)))
+    selectors, release = faults
+    return execute.Faults(selectors, lambda job_id, fault: _get_keeping_cpus(actor.first_time.remote(job_id, fault)),
+                          release)
 
 
 @ray.remote(num_returns=2)
 def job_task(op: str, cpus: float, actor, *args):
     """Every kind of work is this one task (`op` picks it), so Ray sees one scheduling class and
     hands the next job to the same warm worker process (a lease is reused only within a class;
-    with one function per kind, workers were started and killed between kinds, ~1 s a job).
+    with one function per kind, workers are started and killed between kinds, about a second a job).
     Returns (result, checkpoint or None): a JobResult (record and files) for train, discover and
     merge, the scores of its edges for a chunk."""
     _threads(cpus)
@@ -72,9 +79,44 @@ def job_task(op: str, cpus: float, actor, *args):
     raise ValueError(f"unknown op {op!r}")
 
 
-def submit(op: str, options: dict, cpus: float, actor, *args):
-    """(result ref, checkpoint ref) of one job_task."""
-    return job_task.options(**options).remote(op, cpus, actor, *args)
+@dataclass
+class Submitter:
+    """Named submissions of the one Ray task (`job_task`), with what every submission of a sweep
+    shares: the progress actor, the test-only faults, whether to draw pictures, and per kind of
+    work the task options (resources, retries), the CPUs (torch threads) and the training device."""
+
+    actor: Any
+    faults: tuple[dict, str] | None  # test only: ([testing] selectors, the release file), see execute
+    pictures: bool
+    train_options: dict
+    train_cpus: float
+    train_device: str
+    discover_options: dict
+    discover_cpus: float
+
+    def train(self, job: Job, inputs=()) -> tuple:
+        """(result ref, checkpoint ref) of a train job; a prune job gets the refs of the
+        checkpoints it reads (`inputs`)."""
+        return self._submit("train", self.train_options, self.train_cpus, asdict(job), self.faults, self.train_device,
+                            self.pictures, *inputs)
+
+    def discover(self, job: Job, ckpt_ref):
+        """The result ref of a discover job done in one task."""
+        return self._submit("discover", self.discover_options, self.discover_cpus, asdict(job), ckpt_ref, self.faults,
+                            self.pictures)[0]
+
+    def chunk(self, job: Job, ckpt_ref, start: int, stop: int):
+        """The ref of one chunk of an `exact` job: the scores of edges [start, stop)."""
+        return self._submit("chunk", self.discover_options, self.discover_cpus, asdict(job), ckpt_ref, start, stop)[0]
+
+    def merge(self, job: Job, ckpt_ref, chunk_refs: list):
+        """The result ref of the task that assembles an `exact` job's chunks (Ray starts it when the
+        last chunk is done)."""
+        return self._submit("merge", self.discover_options, self.discover_cpus, asdict(job), ckpt_ref, self.faults,
+                            self.pictures, *chunk_refs)[0]
+
+    def _submit(self, op: str, options: dict, cpus: float, *args):
+        return job_task.options(**options).remote(op, cpus, self.actor, *args)
 
 
 _ACTORS: dict = {}
@@ -122,5 +164,5 @@ class ProgressActor:
         if (job_id, fault) in self.fired:
             return False
         self.fired.add((job_id, fault))
-        self.events.append(("fault", job_id, None, None, fault, 0, 0))
+        self.events.append(execute.Event("fault", job_id, None, None, fault))
         return True

@@ -11,18 +11,7 @@ import pandas as pd
 
 from circuitry.orchestrator.report_tables import estimate, sorted_regimes
 from circuitry.orchestrator.store import save_png
-
-
-def _masks_from_circuit(path: Path, shape: list[int]):
-    import pyarrow.parquet as pq
-    import torch
-
-    t = pq.read_table(path, columns=["src_layer", "src_pos", "dst_pos", "in_circuit"]).to_pandas()
-    masks = [torch.zeros(shape[l + 1], shape[l], dtype=torch.bool) for l in range(len(shape) - 1)]
-    kept = t[t["in_circuit"]]
-    for l, g in kept.groupby("src_layer"):
-        masks[int(l)][torch.as_tensor(g["dst_pos"].to_numpy().copy()), torch.as_tensor(g["src_pos"].to_numpy().copy())] = True
-    return masks
+from circuitry.workers.circuit_file import load_circuit
 
 
 def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: pd.DataFrame, out: Path) -> Path | None:
@@ -56,7 +45,7 @@ def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: p
             pick = acdc.sort_values("threshold").iloc[len(acdc) // 2]
             circuit = store.trusted_file(pick["job_id"], "circuit.parquet")  # by id, checked bytes
             if circuit is not None:
-                masks = _masks_from_circuit(io.BytesIO(circuit), ckpt["shape"])
+                masks = load_circuit(io.BytesIO(circuit), list(ckpt["shape"]))
                 note = f"ACDC tau={pick['threshold']:g}: {int(pick['n_edges_kept'])} edges"
         draw_network_on(ax, ckpt, masks, f"{regime} (seed {seed})\n{note}")
     fig.tight_layout()

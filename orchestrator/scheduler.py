@@ -40,10 +40,10 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from circuitry.orchestrator.execute import TransientError
+from circuitry.orchestrator.execute import RELEASE_FILE, TransientError
 from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
 from circuitry.orchestrator.jobs import Job, model_shape
 from circuitry.orchestrator.recorder import Recorder, resolve_uri, sync_command
@@ -69,10 +69,6 @@ class SweepOutcome:
     write_error: str | None = None  # a write of jobs.parquet that failed (a full disk): one line
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def ran(self) -> int:
-        return self.finished + self.failed
 
 
 def _short_error(e: BaseException) -> str:
@@ -175,13 +171,17 @@ class Scheduler:
 
         gpus = self.ray.cluster_resources().get("GPU", 0) > 0
         retry = {"max_retries": res["max_retries"], "retry_exceptions": [TransientError]}
-        self.t_opts = {"num_cpus": res["train_cpus"], "num_gpus": res["train_gpus"] if gpus else 0, **retry}
-        self.d_opts = {"num_cpus": res["discover_cpus"], "num_gpus": res["discover_gpus"] if gpus else 0, **retry}
-        self.device = "cuda" if gpus and res["train_gpus"] > 0 else "cpu"
         self.actor = self.remote.progress_actor()
-        self.faults = spec.testing if (spec.testing["transient_once"] or spec.testing["crash_once"]) else None
-        if self.faults:
+        faults = (spec.testing, str(self.sweep_dir / RELEASE_FILE)) if any(spec.testing.values()) else None
+        if faults:
             self.ray.get(self.actor.arm.remote(self._fired_faults()))
+        self.submit = self.remote.Submitter(
+            self.actor, faults, spec.pictures,
+            train_options={"num_cpus": res["train_cpus"], "num_gpus": res["train_gpus"] if gpus else 0, **retry},
+            train_cpus=res["train_cpus"], train_device="cuda" if gpus and res["train_gpus"] > 0 else "cpu",
+            discover_options={"num_cpus": res["discover_cpus"], "num_gpus": res["discover_gpus"] if gpus else 0,
+                              **retry},
+            discover_cpus=res["discover_cpus"])
 
         self.state: dict[str, str] = {}
         self.running = 0  # jobs in state "running" (kept by _set_state)
@@ -251,10 +251,7 @@ class Scheduler:
         self._enqueue(job, lambda: self._send_discover(job, ckpt_ref))
 
     def _send_train(self, tj: Job) -> None:
-        res = self.spec.resources
-        rec_ref, self.ckpt_refs[tj.id] = self.remote.submit("train", self.t_opts, res["train_cpus"], self.actor,
-                                                            asdict(tj), self.faults, self.device, self.spec.pictures,
-                                                            *(self.ckpt_refs[n] for n in tj.needs))
+        rec_ref, self.ckpt_refs[tj.id] = self.submit.train(tj, [self.ckpt_refs[n] for n in tj.needs])
         self._pending(tj, rec_ref, [rec_ref])
 
     def _send_discover(self, job: Job, ckpt_ref) -> None:
@@ -262,17 +259,15 @@ class Scheduler:
         merge task that gets their scores."""
         from circuitry.workers.chunks import chunk_bounds
 
-        remote, d_opts, cpus, jd = self.remote, self.d_opts, self.spec.resources["discover_cpus"], asdict(job)
-        pictures = self.spec.pictures
         n = self.n_edges_of.get(job.model_id, job.n_edges)
         chunk = self.spec.resources["edge_chunk"]
         if job.settings["method"] == "exact" and chunk and n > chunk:
             bounds = chunk_bounds(model_shape(self.jobs[job.model_id].settings), -(-n // chunk))
-            parts = [remote.submit("chunk", d_opts, cpus, self.actor, jd, ckpt_ref, a, b)[0] for a, b in bounds]
-            ref = remote.submit("merge", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults, pictures, *parts)[0]
+            parts = [self.submit.chunk(job, ckpt_ref, a, b) for a, b in bounds]
+            ref = self.submit.merge(job, ckpt_ref, parts)
             self._pending(job, ref, [*parts, ref])
         else:
-            ref = remote.submit("discover", d_opts, cpus, self.actor, jd, ckpt_ref, self.faults, pictures)[0]
+            ref = self.submit.discover(job, ckpt_ref)
             self._pending(job, ref, [ref])
 
     def _pending(self, job: Job, result_ref, refs: list) -> None:
@@ -321,9 +316,6 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 - the job failed after its retries
                 self.on_failure(job, _short_error(e))
         self.on_results(results)
-
-    def on_result(self, job: Job, result: JobResult) -> None:
-        self.on_results([(job, result)])
 
     def on_results(self, results: list[tuple[Job, JobResult]]) -> None:
         """Write the jobs' folders (the only writer; together, so their fsyncs overlap:
@@ -459,32 +451,33 @@ class Scheduler:
 
     def _handle_events(self, events) -> None:
         m = self.metrics
-        for event, jid, kind, label, value, pid, rss in events:
+        for e in events:  # execute.Event
+            jid = e.job_id
             job = self.jobs.get(jid)
-            if event == "fault":
-                self._keep_fault_marker(jid, value)
+            if e.name == "fault":
+                self._keep_fault_marker(jid, e.value)
                 continue
-            m.worker_rss(pid, rss)
+            m.worker_rss(e.pid, e.rss)
             if job is None:
                 continue
-            if event == "start":
+            if e.name == "start":
                 self.attempts[jid] = self.attempts.get(jid, 0) + 1
                 self.started_at.setdefault(jid, time.time())
                 if self.attempts[jid] > 1:
-                    m.retried(kind)
+                    m.retried(e.kind)
                     self.out.retries += 1
-                    self.bar.note(f"retrying {label} (attempt {self.attempts[jid]})", *self._counts())
+                    self.bar.note(f"retrying {e.label} (attempt {self.attempts[jid]})", *self._counts())
                 if self.state.get(jid) == "queued":
                     self._set_state(job, "running")
-            elif event == "chunk":
+            elif e.name == "chunk":
                 if self.state.get(jid) == "queued":
                     self._set_state(job, "running")
-            elif event == "steps":
-                m.steps.labels(job.settings["task"]).inc(value)
-            elif event == "examples":
-                m.examples.labels(job.settings["task"]).inc(value)
-            elif event == "edges":
-                m.edges_evaluated(job.settings["method"], value)
+            elif e.name == "steps":
+                m.train_progress(job.settings["task"], steps=e.value)
+            elif e.name == "examples":
+                m.train_progress(job.settings["task"], examples=e.value)
+            elif e.name == "edges":
+                m.edges_evaluated(job.settings["method"], e.value)
 
     # ------------------------------------------------------------ test-only faults
     def _fired_faults(self) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ A spec (see examples/quickstart.toml):
     [discover]   grid: method, threshold or target_f (one of them), order, ablation, output, seed,
                  train_seed (optional table: no discovery; [[discover]] for several grids)
     [resources]  train_cpus, train_gpus, discover_cpus, discover_gpus, max_retries, edge_chunk
-    [testing]    TEST-ONLY fault injection: transient_once, crash_once (job selectors, see below)
+    [testing]    TEST-ONLY fault injection: transient_once, crash_once, hold (job selectors, see below)
 
 The tables are pydantic models (Sweep, Train, Discover, Resources, Prune, Testing, SpecFile below):
 each field's type, allowed values, default and meaning, written once; `circuitry schema` prints
@@ -203,6 +203,8 @@ class Testing(Table):
 
     transient_once: list[Selector] = []
     crash_once: list[Selector] = []
+    hold: list[Selector] = []
+    """Jobs that wait at their start until the file SWEEP/.release exists (a local run only)."""
 
 
 def _one_or_more(table):

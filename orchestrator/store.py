@@ -7,9 +7,9 @@ through Ray's object store, and the driver commits it:
 2. fsync that folder, rename it to `jobs/<id>/`, fsync `jobs/`.
 
 Results that arrive together are committed together (`commit_many`, one thread each, up to
-COMMIT_THREADS): the filesystem folds their fsyncs into shared journal commits, so 100 results
-cost about what 5 did one after another (~20 ms each alone on the 2-core CI machine, ~1-2 ms
-each in a group), and a driver receiving 200 results a second keeps up.
+COMMIT_THREADS): the filesystem folds their fsyncs into shared journal commits, so a group costs
+about what a few results one after another do, and a driver receiving hundreds of results a
+second keeps up (benchmarks/scale.py).
 
 So a job folder that exists is finished (a half-written result is only ever a dot-folder, which
 readers skip and `prepare` removes), and after a power loss the rename is either there with all
@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import secrets
@@ -64,6 +63,7 @@ from circuitry.orchestrator.safe_fs import (RESULT_LIMIT_BYTES, DamagedResult, S
                                             UnsignedResult, WriteFailed, fsync_fd, write_new, open_dir,
                                             opened_dir, read_regular, save_png, sweep_lock, write_atomic)
 from circuitry.orchestrator.signing import sign, signed
+from circuitry.workers.files import json_safe
 
 COMMIT_THREADS = 16  # results written at once by commit_many
 RECORD = "job.json"
@@ -93,24 +93,6 @@ def check_size(result: JobResult) -> JobResult:
         raise ValueError(f"job {result.record.get('label')}: its files are {result.nbytes} bytes, over the "
                          f"{RESULT_LIMIT_BYTES}-byte limit of one result (orchestrator.store.RESULT_LIMIT_BYTES)")
     return result
-
-
-def clean(x):
-    """JSON-safe: non-finite floats -> None, numpy/torch scalars -> numbers, anything else -> str."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean(v) for v in x]
-    if hasattr(x, "item") and callable(x.item):  # numpy / torch scalars
-        try:
-            return clean(x.item())
-        except (ValueError, RuntimeError):
-            return str(x)
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
 
 
 def _plain_name(name) -> bool:
@@ -324,8 +306,8 @@ class JobStore:
         for name in result.files:
             if not _plain_name(name):
                 raise ValueError(f"job {job_id}: file name {name!r} is not a plain file name")
-        record = clean({**result.record, "job_id": job_id, "files": list(result.files),
-                        "sha256": {name: _sha256(data) for name, data in result.files.items()}})
+        record = json_safe({**result.record, "job_id": job_id, "files": list(result.files),
+                            "sha256": {name: _sha256(data) for name, data in result.files.items()}})
         record.pop("signature", None)
         record = sign(record)
         tmp = f".tmp-{job_id}-{os.getpid()}-{secrets.token_hex(4)}"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from circuitry.tasks.base import Data, Task
 from circuitry.tasks.digits import digits
+from circuitry.tasks.incontext import incontext
+from circuitry.tasks.induction import induction
 from circuitry.tasks.mnist import mnist
 from circuitry.tasks.modular_addition import modular_addition
 from circuitry.tasks.planted_teacher import planted_teacher, teacher_edges
 from circuitry.tasks.symbolic import compositionality, feature_sharing, independence
+from circuitry.tasks.tracr import tracr_frac_prevs, tracr_reverse
 from circuitry.tasks.two_moons import two_moons
 
 TASKS: dict[str, Task] = {
@@ -21,6 +24,10 @@ TASKS: dict[str, Task] = {
         digits,
         mnist,
         planted_teacher,
+        induction,
+        incontext,
+        tracr_reverse,
+        tracr_frac_prevs,
     ]
 }
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from circuitry.tasks.recipe import Recipe
+from circuitry.tasks.sequence import CircuitTruth, TransformerConfig
 
 
 def live_edges(weights: list[torch.Tensor]) -> set[tuple[int, int, int]]:
@@ -51,6 +52,22 @@ class Task:
     recipe: Recipe = field(default_factory=Recipe)
     # Input laid out as a 2-D sheet (rows, cols) for image tasks, else None.
     input_grid: tuple[int, int] | None = None
+    # Transformer tasks (tasks.sequence): the model trained, instead of an MLP of `shape` (then
+    # `()`); inputs [N, pos] token ids or [N, pos, d_input] floats; targets at the scored
+    # `positions`, [N, len(positions)] class ids or [N, len(positions), k] values (compared with
+    # the first k outputs); what is known of the circuit; and the name under which the test
+    # accuracy is also reported (e.g. induction_accuracy).
+    transformer: TransformerConfig | None = None
+    positions: tuple[int, ...] = ()
+    truth: CircuitTruth | None = None
+    accuracy_metric: str | None = None
+    # Fixed weights (tracr's compiled programs): the checkpoint training returns unchanged.
+    compiled: Callable[[], dict] | None = None
+
+    @property
+    def model_kind(self) -> str:
+        """What workers.train builds: "mlp" (workers.model) or "transformer" (workers.transformer)."""
+        return "mlp" if self.transformer is None else "transformer"
 
     @property
     def metric(self) -> str:
@@ -60,15 +77,24 @@ class Task:
 
     @property
     def n_outputs(self) -> int:
-        return self.shape[-1]
+        return self.shape[-1] if self.transformer is None else self.transformer.d_output
+
+    def scored(self, pred: torch.Tensor) -> torch.Tensor:
+        """A transformer's outputs at the scored positions, [N, len(positions), d_output] (an
+        MLP's outputs as they are)."""
+        return pred if self.transformer is None else pred[:, list(self.positions)]
 
     def make_data(self, seed: int) -> Data:
         return self.generate(seed)
 
     def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean squared error or cross-entropy; a transformer's at the scored positions."""
+        pred = self.scored(pred)
         if self.kind == "regression":
+            if self.transformer is not None:
+                pred = pred[..., : y.shape[-1]]
             return torch.mean((pred - y) ** 2)
-        return F.cross_entropy(pred, y)
+        return F.cross_entropy(pred.flatten(0, -2), y.flatten())
 
     def training_loss(self, pred: torch.Tensor, y: torch.Tensor, loss: str = "task") -> torch.Tensor:
         """The loss training minimises: the task's own, or (`"mse_onehot"`, BIMT's MNIST notebook)

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from circuitry import tasks
-from circuitry.workers.discover import (DiscoveryInputError, discover, discovery_from_scores, exact_scores,
-                              export_eap_ig, n_edges, write_discovery)
+from circuitry.workers.acdc import exact_scores
+from circuitry.workers.discover import (DiscoverConfig, DiscoveryInputError, discover, discovery_from_scores,
+                                        export_eap_ig, prepare, write_discovery)
+from circuitry.workers.graph import Graph
 from circuitry.workers.model import CoordMLP
 
 torch.set_num_threads(1)
@@ -62,7 +64,7 @@ def test_table_schema_and_files(teacher, tmp_path):
     meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
     assert META <= set(meta) and meta["method"] == "acdc" and meta["metric"] == "mse"
     assert float(meta["threshold"]) == 1e-4 and meta["task"] == "planted_teacher"
-    assert t.num_rows == n_edges(teacher)
+    assert t.num_rows == Graph.from_checkpoint(teacher).n_edges
     # canonical order: layer, dst, src; weights round-trip
     rows = t.to_pydict()
     assert rows["src"][:2] == ["L0.0", "L0.1"] and rows["dst"][:2] == ["L1.0", "L1.0"]
@@ -81,17 +83,17 @@ def test_table_schema_and_files(teacher, tmp_path):
 
 
 def test_exact_chunks_assemble_to_the_same_discovery(teacher):
-    E = n_edges(teacher)
-    parts = [exact_scores(teacher, ablation="mean", start=a, stop=min(E, a + 37)) for a in range(0, E, 37)]
-    scores = np.concatenate(parts)
+    problem = prepare(teacher, ablation="mean").problem
+    E = problem.graph.n_edges
+    scores = np.concatenate([exact_scores(problem, a, min(E, a + 37))[0].numpy() for a in range(0, E, 37)])
     one = discover(teacher, "exact", edge_fraction=0.2, ablation="mean")
     np.testing.assert_array_equal(scores, one.table.column("score").to_numpy())
-    d = discovery_from_scores(teacher, scores, method="exact", edge_fraction=0.2, ablation="mean")
+    d = discovery_from_scores(teacher, scores, DiscoverConfig("exact", edge_fraction=0.2, ablation="mean"))
     assert d.table.equals(one.table, check_metadata=True)
     assert d.summary["cpr"] == one.summary["cpr"]
     # at a target faithfulness the chunks pick the same top-k as one pass
     one = discover(teacher, "exact", target_f=0.9, ablation="mean")
-    d = discovery_from_scores(teacher, scores, method="exact", target_f=0.9, ablation="mean")
+    d = discovery_from_scores(teacher, scores, DiscoverConfig("exact", target_f=0.9, ablation="mean"))
     assert d.table.equals(one.table, check_metadata=True) and d.summary["search"] == one.summary["search"]
     assert one.summary["faithfulness"] >= 0.9 and one.summary["top_k"] == one.summary["n_edges_kept"]
 
@@ -168,7 +170,8 @@ def test_discover_device_option(teacher):
     assert d.summary["device"] == "cpu"
     auto = discover(teacher, "acdc", 1e-4)  # "auto": the GPU if torch sees one
     assert all(torch.equal(a, b) for a, b in zip(d.masks, auto.masks))
-    assert np.array_equal(exact_scores(teacher, stop=40, device="cpu"), exact_scores(teacher, stop=40)[:40]) \
+    problem = prepare(teacher).problem
+    assert torch.equal(exact_scores(problem.to("cpu"), stop=40)[0], exact_scores(problem.to(pick_device("auto")), stop=40)[0]) \
         or not torch.cuda.is_available()
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no GPU"):

@@ -20,3 +20,19 @@ def test_a_big_layer_draws_its_circuit_edges_first_and_at_most_the_cap(monkeypat
     grey = (lines[0].get_colors()[:, 3] == 0.25).sum()  # faint: not in the circuit
     assert int(grey) == 40 - 25
     plt.close(fig)
+
+
+def test_input_reach_draws_one_image_per_class_of_the_pixels_the_circuit_reads(tmp_path):
+    """An image task's circuit as the input pixels each class reads: a PNG, and the reach it draws
+    is exactly the inputs with a path to that output through the circuit."""
+    torch.manual_seed(0)
+    ckpt = CoordMLP([4, 3, 2]).to_checkpoint("t", "r", 0, {})
+    masks = [torch.zeros(w.shape, dtype=torch.bool) for w in ckpt["weights"]]
+    input0 = int(ckpt["in_perm"].argsort()[0])  # the position of input feature 0
+    masks[0][1, input0] = True  # input feature 0 -> hidden position 1 -> output position of class 1
+    masks[1][int(ckpt["out_perm"].argsort()[1]), 1] = True
+    reach = draw.input_reach(ckpt, masks)
+    assert reach.shape == (2, 4) and reach.sum() == 1 and reach[1, 0] == 1
+    path = tmp_path / "reach.png"
+    draw.draw_input_reach(ckpt, masks, path, (2, 2))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ import torch
 
 from circuitry.orchestrator import cli_discover, jobs, report_tables, spec
 from circuitry.orchestrator.cli import cli
-from circuitry.workers import acdc, attribution, discover, graph, names, prune, train
+from circuitry.workers import acdc, attribution, discover_config, graph, names, prune, train
 from circuitry.workers.device import DeviceError, pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def test_cli_spec_and_workers_share_one_tuple():
     assert tuple(_choices(cli_discover.discover_cmd, "ablation")) == names.ABLATIONS
     assert spec.REGIMES is names.REGIMES and spec.METHODS is names.METHODS
     assert spec.ORDERS is names.ORDERS and spec.ABLATIONS is names.ABLATIONS
-    assert discover.METHODS is names.METHODS and discover.ORDERS is names.ORDERS
+    assert discover_config.METHODS is names.METHODS and discover_config.ORDERS is names.ORDERS
     assert graph.ABLATIONS is names.ABLATIONS and acdc.ORDERS is names.ORDERS
     assert attribution.ATTRIBUTION_METHODS is names.ATTRIBUTION_METHODS
     assert report_tables.REGIME_ORDER is names.REGIMES and report_tables.BASELINE == names.BASELINE_REGIME
@@ -60,7 +60,7 @@ def test_spec_edge_count_is_the_trained_networks():
     result = train.train(train.TrainConfig("independence", "vanilla", 1, width=3, log_every=1, device="cpu"))
     weights = result.checkpoint["weights"]
     assert jobs.model_shape(settings) == list(result.checkpoint["shape"]) == [4, 3, 3, 2]
-    assert jobs.n_edges(settings) == sum(w.numel() for w in weights) == 4 * 3 + 3 * 3 + 3 * 2
+    assert jobs.model_edges(settings) == sum(w.numel() for w in weights) == 4 * 3 + 3 * 3 + 3 * 2
     assert jobs.model_shape({"task": "independence"}) == list(train.get_task("independence").shape)
 
 

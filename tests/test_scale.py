@@ -52,7 +52,8 @@ def test_the_2_256_256_2_net_is_not_split_by_edge_count():
 
 def test_chunks_concatenate_to_the_one_pass_scores_and_prepare_once_per_process(tmp_path):
     from circuitry.workers.acdc import exact_scores
-    from circuitry.workers.discover import n_edges, prepare
+    from circuitry.workers.discover import prepare
+    from circuitry.workers.graph import Graph
 
     spec = parse_spec(SPEC.format(root=tmp_path, extra=""))
     tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
@@ -68,7 +69,7 @@ def test_chunks_concatenate_to_the_one_pass_scores_and_prepare_once_per_process(
     assert [c.unreported_edges for c in [first, *rest]] == [0, 0, 0]  # no progress actor: nothing to report
     chunks = [first.scores] + [c.scores for c in rest]
     one, _ = exact_scores(prepare(ckpt).problem)
-    assert len(np.concatenate(chunks)) == n_edges(ckpt)
+    assert len(np.concatenate(chunks)) == Graph.from_checkpoint(ckpt).n_edges
     assert np.concatenate(chunks).tolist() == one.numpy().tolist()
     # another job's chunk prepares its own problem, and the process keeps that one only
     other = replace(dj, id=dj.id + "x", settings={**dj.settings, "ablation": "zero"})
@@ -81,7 +82,7 @@ def test_every_edge_of_a_chunked_job_is_reported_once_before_its_done(tmp_path):
     """A chunk does not wait for the progress actor at its end: the edges it has not reported go
     back with its scores and the merge reports them before "done", so a dashboard's edge count is
     whole when the job is."""
-    from circuitry.workers.discover import n_edges
+    from circuitry.workers.graph import Graph
 
     spec = parse_spec(SPEC.format(root=tmp_path, extra="").replace("width = 4", "width = 16"))
     tj, dj = spec.train_jobs()[0], spec.discover_jobs()[0]
@@ -91,14 +92,20 @@ def test_every_edge_of_a_chunked_job_is_reported_once_before_its_done(tmp_path):
     def send(events, wait=False):  # what orchestrator.remote's sender hands the progress actor
         sent.extend(events)
 
+    n = Graph.from_checkpoint(ckpt).n_edges
+    assert n == 4 * 16 + 16 * 16 + 16 * 2
     chunks = [execute.execute_exact_chunk(dj, ckpt, a, b, send) for a, b in chunk_bounds(list(ckpt["shape"]), 3)]
-    assert [e[0] for e in sent] == ["chunk"] * 3 and sum(e[4] for e in sent) == n_edges(ckpt) == 4 * 16 + 16 * 16 + 16 * 2
-    assert sum(c.unreported_edges for c in chunks) == n_edges(ckpt)  # tiny chunks: all of it unsent (0.5 s batches)
+    # each chunk announces its edges; what it scored it reports in 0.5 s batches (none or some,
+    # as fast as the machine is) and hands the rest back unsent
+    assert [e.name for e in sent if e.name != "edges"] == ["chunk"] * 3
+    assert sum(e.value for e in sent if e.name == "chunk") == n
+    by_chunks = sum(e.value for e in sent if e.name == "edges")
+    assert by_chunks + sum(c.unreported_edges for c in chunks) == n
     sent.clear()
     execute.execute_exact_merge(dj, ckpt, chunks, send, pictures=False)
-    kinds = [e[0] for e in sent]
-    assert kinds[0] == "start" and kinds[-1] == "done" and "edges" in kinds
-    assert sum(e[4] for e in sent if e[0] == "edges") == n_edges(ckpt)
+    kinds = [e.name for e in sent]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert by_chunks + sum(e.value for e in sent if e.name == "edges") == n  # every edge once, before "done"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: torch.cuda.is_available() is False")
@@ -120,7 +127,7 @@ def test_chunks_on_the_gpu_give_the_cpu_scores(tmp_path):
 @pytest.mark.parametrize("ablation,output", [("resample", None), ("mean", None), ("zero", 1)])
 def test_discovery_problem_is_prepares_problem(tmp_path, ablation, output):
     """The chunks' problem (without the evaluation examples) is the one-pass discovery's, tensor for tensor."""
-    from circuitry.workers.discover import discovery_problem, prepare
+    from circuitry.workers.discovery_data import discovery_problem, prepare
 
     spec = parse_spec(SPEC.format(root=tmp_path, extra=""))
     _, ckpt = execute.execute_train(spec.train_jobs()[0], pictures=False)
@@ -162,6 +169,6 @@ def test_progress_batches_read_the_workers_memory_once_each(tmp_path):
         rep.edges(2)
     rep.flush()
     assert [len(b) for b in batches] == [1, 500]
-    assert sum(e[4] for e in batches[1]) == 1000 and {e[0] for e in batches[1]} == {"edges"}
-    assert [e[6] > 0 for e in batches[1]] == [False] * 499 + [True]
+    assert sum(e.value for e in batches[1]) == 1000 and {e.name for e in batches[1]} == {"edges"}
+    assert [e.rss > 0 for e in batches[1]] == [False] * 499 + [True]
     assert batches[0][0][6] > 0  # a batch of one carries it too

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from circuitry.orchestrator.store import JobResult, JobStore, SweepBusy, check_size, sweep_lock, write_atomic
+from circuitry.orchestrator.store import JobResult, JobStore, SweepBusy, check_size, sweep_lock
+from circuitry.workers.files import write_atomic
 
 
 @functools.cache

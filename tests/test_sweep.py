@@ -1,6 +1,7 @@
 """Sweeps on a real local Ray: results, MLflow runs, resume, retries, worker death, Ctrl-C."""
 import _thread
 import json
+import shutil
 import signal
 import threading
 import time
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from circuitry.orchestrator.backfill import sync
+from circuitry.orchestrator.execute import RELEASE_FILE
 from circuitry.orchestrator.recorder import read_records
 from circuitry.orchestrator.scheduler import Scheduler
 from circuitry.orchestrator.spec import parse_spec
@@ -80,16 +82,26 @@ def assert_runs_are_the_jobs(runs, recs):
     assert len({r.info.run_name for r in runs}) == len(runs)
 
 
-def test_sweep_records_and_resumes(ray_local, tmp_path):
-    spec = make_spec(tmp_path, chunk=40)
+@pytest.fixture(scope="module")
+def recorded(ray_local, tmp_path_factory):
+    """One sweep of 12 jobs (an `exact` job fanned out in chunks), run once for the tests below."""
+    spec = make_spec(tmp_path_factory.mktemp("recorded"), chunk=40)
     out = run(spec)
+    return spec, out, read_records(spec.sweep_dir)
+
+
+def test_a_sweep_runs_every_job_once_and_writes_its_folder(recorded):
+    spec, out, recs = recorded
     assert (out.finished, out.failed, out.cached) == (12, 0, 0)
-    recs = read_records(spec.sweep_dir)
     assert set(recs) == {j.id for j in spec.jobs}
     for j in spec.train_jobs():
         assert {"model.pt", "metrics.json", "network.png", "job.json"} <= {p.name for p in (spec.sweep_dir / "jobs" / j.id).iterdir()}
     for j in spec.discover_jobs():
         assert {"circuit.parquet", "summary.json", "circuit.png"} <= {p.name for p in (spec.sweep_dir / "jobs" / j.id).iterdir()}
+
+
+def test_jobs_parquet_holds_one_finished_row_per_job_with_its_figures(recorded):
+    spec, _, _ = recorded
     df = pd.read_parquet(spec.sweep_dir / "jobs.parquet")
     assert len(df) == 12 and df.job_id.is_unique and set(df.status) == {"finished"}
     assert df[df.kind == "train"].test_loss.notna().all()
@@ -100,6 +112,9 @@ def test_sweep_records_and_resumes(ray_local, tmp_path):
     assert disc.eval_faithfulness.notna().all() and disc.eval_metric_circuit.notna().all()
     assert (disc[disc.method == "acdc"].edges_tested > 0).all()
 
+
+def test_mlflow_has_one_run_per_job_with_its_params_metrics_and_files(recorded):
+    spec, out, recs = recorded
     c, runs = mlflow_runs(out)
     assert len(runs) == 12
     by_id = {r.data.tags["circuitry.job_id"]: r for r in runs}
@@ -119,27 +134,32 @@ def test_sweep_records_and_resumes(ray_local, tmp_path):
     assert "edge_sparsity" in r.data.metrics and "faithfulness" in r.data.metrics
     assert {"eval_faithfulness", "data_seed", "n_discovery", "n_evaluation", "edges_tested"} <= set(r.data.metrics)
     assert {"circuit.parquet", "summary.json", "circuit.png"} <= {a.path for a in c.list_artifacts(r.info.run_id)}
-    assert recs[dj.id]["chunks"] > 1  # fanned out
     assert_runs_are_the_jobs(runs, recs)
 
-    # chunked exact == one-pass exact
+
+def test_chunked_exact_equals_one_pass_exact(recorded):
     from circuitry.workers.discover import discover
     from circuitry.workers.model import load_checkpoint
 
+    spec, _, recs = recorded
+    dj = [j for j in spec.discover_jobs() if j.settings["method"] == "exact"][0]
+    assert recs[dj.id]["chunks"] > 1  # fanned out
     ckpt = load_checkpoint(spec.sweep_dir / "jobs" / dj.model_id / "model.pt")
     one = discover(ckpt, "exact", 0.01)
     chunked = pq.read_table(spec.sweep_dir / "jobs" / dj.id / "circuit.parquet")
     assert chunked.column("score").to_pylist() == one.table.column("score").to_pylist()
     assert chunked.column("in_circuit").to_pylist() == one.table.column("in_circuit").to_pylist()
 
-    # the same spec again: zero jobs run, no duplicate runs
-    again = run(spec)
+
+def test_a_rerun_runs_nothing_and_more_grid_points_run_only_the_new_jobs(recorded, tmp_path):
+    spec, _, _ = recorded
+    shutil.copytree(spec.sweep_dir.parent, tmp_path, dirs_exist_ok=True)  # the shared sweep stays as it was
+    again = run(make_spec(tmp_path, chunk=40))
     assert (again.finished, again.failed, again.cached) == (0, 0, 12)
-    assert len(mlflow_runs(again)[1]) == 12
-    # more grid points: only the new jobs run
+    assert len(mlflow_runs(again)[1]) == 12  # no duplicate runs
     more = run(make_spec(tmp_path, seeds=(0, 1), chunk=40))
     assert (more.finished, more.cached) == (12, 12)
-    df = pd.read_parquet(spec.sweep_dir / "jobs.parquet")
+    df = pd.read_parquet(more.sweep_dir / "jobs.parquet")
     assert len(df) == 24
     disc = df[df.kind == "discover"]
     assert set(disc.train_seed) == {0, 1} and (disc.data_seed == disc.train_seed).all()
@@ -186,7 +206,8 @@ def test_permanent_failure_skips_dependents(ray_local, tmp_path):
 
 
 def test_ctrl_c_leaves_resumable_sweep(ray_local, tmp_path):
-    spec = make_spec(tmp_path, steps=3000, methods=("acdc",))  # long enough that Ctrl-C lands mid-sweep
+    # the discover jobs wait (test-only `hold`) until released: Ctrl-C lands mid-sweep however fast the machine
+    spec = make_spec(tmp_path, methods=("acdc",), testing='[testing]\nhold = ["discover"]')
     sched = Scheduler(spec, echo=lambda m: None, progress=False)
     fired = threading.Event()
 
@@ -225,7 +246,8 @@ def test_ctrl_c_leaves_resumable_sweep(ray_local, tmp_path):
     # count finished results on disk, which is what a resume reads
     assert out.interrupted and out.finished < 8
     first = len(list((spec.sweep_dir / "jobs").glob("[0-9a-f]*/job.json")))
-    assert 1 <= first < 8
+    assert 1 <= first <= 4  # train jobs only: the discover jobs were held
+    (spec.sweep_dir / RELEASE_FILE).touch()
     again = run(spec)
     assert not again.interrupted and again.failed == 0
     assert again.cached >= first and again.cached + again.finished == 8

@@ -10,14 +10,8 @@ recurrence per candidate.
 The constants are in nanoseconds per example, fitted (non-negative least squares on the relative
 error of the layers that hold 5% of their net's time or more) to per-layer timings of
 `exact_scores` on 2-W-W-2 (W = 256, 768, 1,024, 1,536), 2-W-W-W-2 (128, 512) and 64-W-W-10 (200,
-600) nets on a 2-core AMD EPYC, one thread; they predict those layers' times to within ~13% (one,
-2-128-128-128-2's first, 30% under; the output layers, under 1% of the work, 2-7x under). Only
-their ratios matter. Refitted when `exact_scores` changed (its state kept neuron-major made a
-receiver's fixed cost smaller): the old constants put 36% of a 2-1024-1024-2 net's work in its
-first hidden layer, which held 33%, and its 4 chunks ran 0.56-0.61 s (the first) and 0.62-0.73 s
-(the others) in a 2-worker job.
-Before that, a count with every downstream layer a full matmul put 40% of a 2-1536-1536-2 net's
-work in its first hidden layer, which held 32%.
+600) nets, one thread (benchmarks/orchestration.py times the chunks). Only their ratios matter;
+refit them when `exact_scores` changes how it spends its work, or the chunks stop being equal.
 Boundaries fall on whole receivers, as the scorer batches a receiver's candidates together.
 Pure Python: the driver calls it without torch.
 """

@@ -1,18 +1,14 @@
 """Circuit discovery on a `circuitry.mlp/1` checkpoint: the entry point the orchestrator calls.
 
     d = discover(ckpt, "acdc", 0.01)            # or any of workers.names.METHODS
+    d = find_circuit(ckpt, DiscoverConfig("acdc", 0.01))   # the same, from a typed config
     write_discovery(d, out_dir, ckpt)           # circuit.parquet, summary.json, circuit.png
 
-The examples (design.md, "The examples a discovery runs on"): the test split of the model's own
-data seed (its training seed, from the checkpoint's config), in the order the task generates it;
-the first half are the discovery examples (the method sees only these; mean ablation and EAP-IG's
-mean input average over them), the second half the evaluation examples, on which every circuit
-is graded again (summary.json's `evaluation`). Each half holds at most MAX_EXAMPLES_PER_HALF
-examples (MNIST's 10,000 test images; summary.json's `examples_cap_per_half` says when it bit).
-Each half's corrupted inputs pair examples within that half (task.corrupt with the discover
-seed, which chooses nothing else). `--data` examples are split into the same two halves.
+What to do is a `DiscoverConfig` (workers.discover_config; `discover`'s keywords build one, and
+`find_circuit` takes one). The examples: the model's own test split, halved into discovery and
+evaluation examples (workers.discovery_data). circuit.parquet: workers.circuit_file.
 
-Methods and score semantics (design.md; the `score` column of circuit.parquet):
+Methods and score semantics (docs/design.md; the `score` column of circuit.parquet):
 - `acdc`: the metric increase measured when the edge was tried; the edge is removed when that
   increase is < tau (workers.acdc, exactly the sequential definition).
 - `exact`: metric(full model with only this edge ablated) - metric(full model); metric(full) = 0.
@@ -40,7 +36,7 @@ the method's definition evaluates: for acdc those into receivers that still reac
 outputs when they are visited, for exact every edge, none (null) for the attribution methods
 (their cost is `forward_examples`).
 
-Edge order everywhere (table rows, `exact_scores` slices, flat score arrays): weight matrix l, then
+Edge order everywhere (table rows, `acdc.exact_scores` slices, flat score arrays): weight matrix l, then
 dst position, then src position (workers.graph).
 """
 from __future__ import annotations
@@ -55,34 +51,26 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from circuitry.tasks import get_task
 from circuitry.tasks.base import live_edges
 from circuitry.workers import acdc as acdc_mod
 from circuitry.workers import evaluate as ev
 from circuitry.workers.attribution import attribution_scores
-from circuitry.workers.target import Probe, Search, search_top_k, search_tau
+from circuitry.workers.circuit_file import circuit_table
 from circuitry.workers.device import pick_device
+from circuitry.workers.discover_config import DiscoverConfig, DiscoveryInputError
+from circuitry.workers.discovery_data import Prepared, prepare
 from circuitry.workers.graph import Graph, Problem
-from circuitry.workers.names import ABLATIONS, METHODS, ORDERS, SCORE_METHODS
-from circuitry.workers.outputs import json_bytes, png_bytes, write_files
+from circuitry.workers.names import SCORE_METHODS
+from circuitry.workers.files import json_bytes, write_files
+from circuitry.workers.outputs import png_bytes
 from circuitry.workers.profile import PeakMemory
+from circuitry.workers.target import Probe, Search, search_top_k, search_tau
 
-# The most examples in each half (discovery, evaluation) of a task's test split: MNIST's 10,000
-# test images give 1,000 + 1,000, every other task's split is smaller than 2,000 and used whole.
-MAX_EXAMPLES_PER_HALF = 1000
-
-
-class DiscoveryInputError(ValueError):
-    """Bad discovery input; `option` names the CLI option that carries it."""
-
-    def __init__(self, option: str, message: str):
-        super().__init__(message)
-        self.option = option
-
+__all__ = ["Discovery", "DiscoverConfig", "DiscoveryInputError", "attribute", "discover", "discovery_from_scores",
+           "evaluate", "export_eap_ig", "find_circuit", "model_id", "prepare", "summary_figures", "write_discovery"]
 
 @dataclass
 class Discovery:
@@ -93,175 +81,6 @@ class Discovery:
     config: dict = field(default_factory=dict)  # method, threshold, ablation, metric, ...
 
 
-@dataclass
-class Prepared:
-    task: object
-    graph: Graph
-    problem: Problem  # on the discovery examples
-    clean_x: torch.Tensor  # the discovery examples' clean inputs
-    labels_pos: torch.Tensor | None  # labels in position order / as class positions
-    evaluation: Problem  # the evaluation examples, ablated as the discovery examples define it
-    eval_labels_pos: torch.Tensor | None
-    examples: dict  # data_seed, n_discovery, n_evaluation, where they came from (summary.json)
-
-
-# ---------------------------------------------------------------- input checks and preparation
-
-def check_task(ckpt: dict):
-    try:
-        task = get_task(ckpt["task"])
-    except ValueError as e:
-        raise DiscoveryInputError("--model", f"{e}; the checkpoint's task must be a registered task") from None
-    shape = list(ckpt["shape"])
-    if shape[0] != task.shape[0] or shape[-1] != task.shape[-1]:
-        raise DiscoveryInputError(
-            "--model", f"checkpoint shape {shape} does not fit task {task.name!r} "
-            f"({task.shape[0]} inputs, {task.shape[-1]} outputs); use a model trained on that task")
-    if (task.vocab is not None) != ("embedding" in ckpt and ckpt["embedding"] is not None):
-        raise DiscoveryInputError("--model", f"task {task.name!r} and the checkpoint disagree on token embeddings")
-    return task
-
-
-def _check_data(task, data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    if not isinstance(data, dict) or "clean" not in data or "corrupt" not in data:
-        raise DiscoveryInputError("--data", "expected a dict with tensors 'clean', 'corrupt' and optionally 'labels'")
-    clean, corrupt, labels = data["clean"], data["corrupt"], data.get("labels")
-    if not isinstance(clean, torch.Tensor) or not isinstance(corrupt, torch.Tensor):
-        raise DiscoveryInputError("--data", "'clean' and 'corrupt' must be tensors")
-    n_cols = task.shape[0] // task.embed_dim if task.vocab is not None else task.shape[0]
-    if clean.dim() != 2 or clean.shape[1] != n_cols or clean.shape[0] < 1:
-        raise DiscoveryInputError("--data", f"'clean' must be [N, {n_cols}] for task {task.name!r}, got {list(clean.shape)}")
-    if corrupt.shape != clean.shape:
-        raise DiscoveryInputError("--data", f"'corrupt' must have the shape of 'clean' {list(clean.shape)}, got {list(corrupt.shape)}")
-    for name, t in (("clean", clean), ("corrupt", corrupt)):
-        if task.vocab is not None:
-            if t.is_floating_point() or t.min() < 0 or t.max() >= task.vocab:
-                raise DiscoveryInputError("--data", f"'{name}' must hold token ids in [0, {task.vocab})")
-        elif not torch.isfinite(t.double()).all():
-            raise DiscoveryInputError("--data", f"'{name}' has non-finite values")
-    if labels is not None:
-        if not isinstance(labels, torch.Tensor) or labels.shape[0] != clean.shape[0]:
-            raise DiscoveryInputError("--data", "'labels' must be a tensor with one row per example")
-        if task.kind == "classification":
-            if labels.is_floating_point() or labels.dim() != 1 or labels.min() < 0 or labels.max() >= task.shape[-1]:
-                raise DiscoveryInputError("--data", f"'labels' must be class ids [N] in [0, {task.shape[-1]})")
-        else:
-            labels = labels.reshape(labels.shape[0], -1)
-            if labels.shape[1] != task.shape[-1]:
-                raise DiscoveryInputError("--data", f"'labels' must be [N, {task.shape[-1]}] for task {task.name!r}")
-    return clean, corrupt, labels
-
-
-def data_seed(ckpt: dict) -> int:
-    """The seed the model's data was drawn with: its training seed (the checkpoint's config)."""
-    config = ckpt.get("config") or {}
-    return int(config.get("seed", ckpt.get("seed", 0)))
-
-
-def split_examples(task, ckpt: dict, data: dict | None, seed: int) -> tuple[tuple, tuple, dict]:
-    """(clean, corrupt, labels) of the discovery and of the evaluation examples, and what
-    summary.json says about them (module doc)."""
-    if data is None:
-        split = task.make_data(data_seed(ckpt))
-        x, y = split.x_test, split.y_test
-        half = len(x) // 2
-        halves = [(x[:half], y[:half]), (x[half:], y[half:])]
-        capped = any(len(c) > MAX_EXAMPLES_PER_HALF for c, _ in halves)
-        halves = [(c[:MAX_EXAMPLES_PER_HALF], l[:MAX_EXAMPLES_PER_HALF]) for c, l in halves]
-        parts = [(c, task.corrupt(c, seed), l) for c, l in halves]
-        info = {"data_seed": data_seed(ckpt), "examples_from": "test split", "n_test_split": len(x),
-                "examples_cap_per_half": MAX_EXAMPLES_PER_HALF if capped else None}
-    else:
-        clean, corrupt, labels = _check_data(task, data)
-        if clean.shape[0] < 2:
-            raise DiscoveryInputError("--data", "'clean' needs at least 2 examples: the first half finds the "
-                                      "circuit, the second half grades it")
-        half = clean.shape[0] // 2
-        cut = lambda t: (None, None) if t is None else (t[:half], t[half:])  # noqa: E731
-        (c0, c1), (k0, k1), (l0, l1) = cut(clean), cut(corrupt), cut(labels)
-        parts = [(c0, k0, l0), (c1, k1, l1)]
-        info = {"data_seed": None, "examples_from": "--data", "n_test_split": None, "examples_cap_per_half": None}
-    info.update(n_discovery=int(parts[0][0].shape[0]), n_evaluation=int(parts[1][0].shape[0]))
-    return parts[0], parts[1], info
-
-
-def _labels_pos(task, graph: Graph, labels):
-    if labels is None:
-        return None
-    if task.kind == "classification":
-        return torch.argsort(graph.out_perm)[labels.long()]
-    return labels.reshape(labels.shape[0], -1).to(torch.float64)[:, graph.out_perm]
-
-
-def evaluation_problem(discovery: Problem, clean, corrupt, output: int | None) -> Problem:
-    """The problem on held-out examples: their own clean and corrupted activations, but mean
-    ablation feeds the discovery examples' means (the circuit's ablation is fixed by them)."""
-    p = Problem.build(discovery.graph, clean, corrupt, discovery.kind, discovery.ablation, output)
-    if discovery.ablation == "mean":
-        n = p.n_examples
-        p = replace(p, ablated=[a[:1].expand(n, -1).clone() for a in discovery.ablated])
-    return p
-
-
-def _discovery(ckpt: dict, ablation: str, output: int | None, data: dict | None, seed: int):
-    """The checked task, the graph, the discovery examples' problem, both halves of the examples
-    and what summary.json says of them (`split_examples`)."""
-    if ablation not in ABLATIONS:
-        raise DiscoveryInputError("--ablation", f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
-    task = check_task(ckpt)
-    if output is not None and not 0 <= output < task.shape[-1]:
-        raise DiscoveryInputError("--output", f"output {output} out of range: the model has outputs 0..{task.shape[-1] - 1}")
-    discovery, evaluation, info = split_examples(task, ckpt, data, seed)
-    graph = Graph.from_checkpoint(ckpt)
-    problem = Problem.build(graph, discovery[0], discovery[1], task.metric, ablation, output)
-    return task, graph, problem, discovery, evaluation, info
-
-
-def prepare(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
-            data: dict | None = None, seed: int = 0) -> Prepared:
-    """The graph, the discovery and evaluation examples (module doc) and the metric."""
-    task, graph, problem, (clean, _, labels), (e_clean, e_corrupt, e_labels), info = _discovery(
-        ckpt, ablation, output, data, seed)
-    evaluation = evaluation_problem(problem, e_clean, e_corrupt, output)
-    return Prepared(task, graph, problem, clean, _labels_pos(task, graph, labels), evaluation,
-                    _labels_pos(task, graph, e_labels), info)
-
-
-def discovery_problem(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
-                      seed: int = 0) -> Problem:
-    """`prepare(...).problem` alone, the evaluation examples' activations not computed: what each
-    chunk of a fanned-out `exact` job scores against (they are half of `prepare`'s time)."""
-    return _discovery(ckpt, ablation, output, None, seed)[2]
-
-
-def _check_selection(method, threshold, top_k, edge_fraction, target_f=None, order="ascending"):
-    if method not in METHODS:
-        raise DiscoveryInputError("--method", f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    if target_f is not None and not (math.isfinite(target_f) and 0 < target_f <= 1):
-        raise DiscoveryInputError("--target-f", f"target faithfulness must be in (0, 1], got {target_f}")
-    if order not in ORDERS:
-        raise DiscoveryInputError("--order", f"unknown order {order!r}: choose one of {', '.join(ORDERS)}")
-    if order != "ascending" and method != "acdc":
-        raise DiscoveryInputError("--order", f"the sender order is acdc's; {method} has none: drop --order")
-    if threshold is not None and (not math.isfinite(threshold) or threshold < 0):
-        raise DiscoveryInputError("--threshold", f"threshold must be a finite number >= 0, got {threshold}")
-    if top_k is not None and top_k < 0:
-        raise DiscoveryInputError("--top-k", f"top-k must be >= 0, got {top_k}")
-    if edge_fraction is not None and not 0 <= edge_fraction <= 1:
-        raise DiscoveryInputError("--edge-fraction", f"edge fraction must be in [0, 1], got {edge_fraction}")
-    if method == "acdc":
-        if top_k is not None or edge_fraction is not None:
-            raise DiscoveryInputError("--top-k", "acdc selects edges by --threshold or --target-f only; drop --top-k/--edge-fraction")
-        if (threshold is None) == (target_f is None):
-            raise DiscoveryInputError("--threshold", "acdc needs exactly one of --threshold tau (e.g. 0.01) and "
-                                      "--target-f F (e.g. 0.95)")
-    else:
-        given = [x is not None for x in (threshold, top_k, edge_fraction, target_f)]
-        if sum(given) != 1:
-            raise DiscoveryInputError("--threshold", f"{method} needs exactly one of --threshold, --top-k, "
-                                      "--edge-fraction, --target-f")
-
-
 # ---------------------------------------------------------------- the entry points
 
 def discover(ckpt: dict, method: str, threshold: float | None = None, *, ablation: str = "resample",
@@ -269,41 +88,55 @@ def discover(ckpt: dict, method: str, threshold: float | None = None, *, ablatio
              top_k: int | None = None, edge_fraction: float | None = None, target_f: float | None = None,
              order: str = "ascending", progress: Callable[[int], None] | None = None,
              device: str = "auto") -> Discovery:
-    """Find the circuit of `ckpt` with `method` (module doc); `progress(n)` is called with the
-    number of edges just evaluated. Deterministic for the same inputs. The method runs on
-    `device` ("auto": the GPU when torch sees one); its results and the grading are on the CPU.
-    `target_f`: the circuit at that faithfulness instead of at a threshold (module doc)."""
-    _check_selection(method, threshold, top_k, edge_fraction, target_f, order)
-    dev = pick_device(device)
+    """Find the circuit of `ckpt` with `method` (module doc): `find_circuit` with the
+    `DiscoverConfig` these keywords name."""
+    config = DiscoverConfig(method, threshold, top_k, edge_fraction, target_f, order, ablation, output, seed, device)
+    return find_circuit(ckpt, config, data=data, progress=progress)
+
+
+@dataclass
+class Cost:
+    """What a discovery spent (summary.json's cost figures)."""
+
+    seconds: float
+    forward_examples: int
+    edges_tested: int | None  # the candidate edges the method's definition evaluates (module doc)
+
+
+def find_circuit(ckpt: dict, config: DiscoverConfig, *, data: dict | None = None,
+                 progress: Callable[[int], None] | None = None) -> Discovery:
+    """Find the circuit `config` asks for; `progress(n)` is called with the number of edges just
+    evaluated. Deterministic for the same inputs. The method runs on `config.device`; its results
+    and the grading are on the CPU. `config.target_f`: the circuit at that faithfulness instead of
+    at a threshold (module doc)."""
+    c = config.check()
+    dev = pick_device(c.device)
     t0 = time.perf_counter()
     search, ranking = None, None
     with PeakMemory(dev) as mem:
-        prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
+        prep = prepare(ckpt, ablation=c.ablation, output=c.output, data=data, seed=c.seed)
         problem = prep.problem.to(dev)
         masks, tested = None, None
-        if method == "acdc" and target_f is not None:
-            search, spent, tested = acdc_at_target(prep, problem, target_f, order, seed, progress)
-            res, threshold = search.result, search.found
+        if c.method == "acdc" and c.target_f is not None:
+            search, spent, tested = acdc_at_target(prep, problem, c.target_f, c.order, c.seed, progress)
+            res, c = search.result, replace(c, threshold=search.found)
             scores, masks = ev.flatten(res.scores), res.masks
-        elif method == "acdc":
-            res = acdc_mod.acdc(problem, threshold, progress=progress, order=order, seed=seed)
+        elif c.method == "acdc":
+            res = acdc_mod.acdc(problem, c.threshold, progress=progress, order=c.order, seed=c.seed)
             scores, masks, spent, tested = ev.flatten(res.scores), res.masks, res.forward_examples, res.edges_tested
-        elif method == "exact":
+        elif c.method == "exact":
             scores, spent = acdc_mod.exact_scores(problem, progress=progress)
             tested = prep.graph.n_edges
         else:
-            per_layer, spent = attribution_scores(problem, method)
+            per_layer, spent = attribution_scores(problem, c.method)
             scores = ev.flatten([s.cpu() for s in per_layer])
             if progress:
                 progress(prep.graph.n_edges)
-        if method != "acdc" and target_f is not None:
+        if c.method != "acdc" and c.target_f is not None:
             ranking = ev.edge_ranking(scores)
-            search, top_k = top_k_at_target(prep, scores, target_f, ranking)
-    seconds = time.perf_counter() - t0
-    d = _assemble(ckpt, prep, method, scores, masks, threshold=threshold, top_k=top_k,
-                  edge_fraction=edge_fraction, seconds=seconds, forward_examples=spent,
-                  edges_tested=tested, ablation=ablation, output=output, seed=seed,
-                  target_f=target_f, order=order, search=search, ranking=ranking)
+            search, top_k = top_k_at_target(prep, scores, c.target_f, ranking)
+            c = replace(c, top_k=top_k)
+    d = _assemble(ckpt, prep, c, scores, masks, Cost(time.perf_counter() - t0, spent, tested), search, ranking)
     d.summary["device"] = str(dev)
     # the discovery's own high-water mark (workers.profile: reset at the start on CPU)
     d.summary["peak_memory_bytes"] = mem.peak_bytes
@@ -348,46 +181,25 @@ def top_k_at_target(prep: Prepared, flat_scores: torch.Tensor, target_f: float,
     return search, int(search.found)
 
 
-def exact_scores(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
-                 data: dict | None = None, seed: int = 0, start: int = 0, stop: int | None = None,
-                 progress: Callable[[int], None] | None = None, device: str = "auto") -> np.ndarray:
-    """`exact` scores of edges [start, stop) of the canonical order (float64), computed on
-    `device` (as `discover`). Chunks of any size concatenate to exactly the one-pass result (bit
-    for bit) on one device; across devices they agree to float64 rounding."""
-    prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
-    scores, _ = acdc_mod.exact_scores(prep.problem.to(pick_device(device)), start, stop, progress=progress)
-    return scores.numpy()
-
-
-def n_edges(ckpt: dict) -> int:
-    """Length of the canonical edge list (what the orchestrator splits into chunks)."""
-    return sum(int(w.numel()) for w in ckpt["weights"])
-
-
-def discovery_from_scores(ckpt: dict, scores, *, method: str = "exact", threshold: float | None = None,
-                          ablation: str = "resample", output: int | None = None, data: dict | None = None,
-                          seed: int = 0, top_k: int | None = None, edge_fraction: float | None = None,
-                          target_f: float | None = None, seconds: float = float("nan"),
-                          forward_examples: int | None = None) -> Discovery:
-    """A Discovery from precomputed score-method scores (e.g. concatenated `exact_scores` chunks):
-    the same files a one-pass `discover` would write, up to the timing fields."""
-    if method not in SCORE_METHODS:
+def discovery_from_scores(ckpt: dict, scores, config: DiscoverConfig, *, data: dict | None = None,
+                          seconds: float = float("nan"), forward_examples: int | None = None) -> Discovery:
+    """A Discovery from precomputed score-method scores (e.g. concatenated `acdc.exact_scores`
+    chunks): the same files a one-pass `find_circuit` would write, up to the timing fields."""
+    if config.method not in SCORE_METHODS:
         raise DiscoveryInputError("--method", f"scores can be assembled for {', '.join(SCORE_METHODS)} only")
-    _check_selection(method, threshold, top_k, edge_fraction, target_f)
-    prep = prepare(ckpt, ablation=ablation, output=output, data=data, seed=seed)
+    c = config.check()
+    prep = prepare(ckpt, ablation=c.ablation, output=c.output, data=data, seed=c.seed)
     flat = torch.as_tensor(np.asarray(scores, dtype=np.float64))
     if flat.numel() != prep.graph.n_edges:
         raise ValueError(f"got {flat.numel()} scores for {prep.graph.n_edges} edges")
     if forward_examples is None:
         forward_examples = prep.problem.n_examples * (2 + prep.graph.n_edges)
     search, ranking = None, ev.edge_ranking(flat)
-    if target_f is not None:
-        search, top_k = top_k_at_target(prep, flat, target_f, ranking)
-    return _assemble(ckpt, prep, method, flat, None, threshold=threshold, top_k=top_k,
-                     edge_fraction=edge_fraction, seconds=seconds, forward_examples=forward_examples,
-                     edges_tested=prep.graph.n_edges if method == "exact" else None,
-                     ablation=ablation, output=output, seed=seed, target_f=target_f, search=search,
-                     ranking=ranking)
+    if c.target_f is not None:
+        search, top_k = top_k_at_target(prep, flat, c.target_f, ranking)
+        c = replace(c, top_k=top_k)
+    cost = Cost(seconds, forward_examples, prep.graph.n_edges if c.method == "exact" else None)
+    return _assemble(ckpt, prep, c, flat, None, cost, search, ranking)
 
 
 # ---------------------------------------------------------------- EAP-IG-style API on a Graph
@@ -415,7 +227,7 @@ def evaluate(graph: Graph, masks, clean: torch.Tensor, corrupt: torch.Tensor, *,
     return {**ev.faithfulness(problem, masks), **ev.sparsity(masks)}
 
 
-# ---------------------------------------------------------------- selection, grading, table
+# ---------------------------------------------------------------- selection and grading
 
 def select_edges(graph: Graph, flat_scores: torch.Tensor, threshold=None, top_k=None, edge_fraction=None,
                  ranking: torch.Tensor | None = None):
@@ -460,31 +272,30 @@ def _target_figures(method: str, target_f, search: Search | None) -> dict:
             "search": None if search is None else search.record()}
 
 
-def _assemble(ckpt, prep: Prepared, method, flat_scores, masks, *, threshold, top_k, edge_fraction,
-              seconds, forward_examples, edges_tested, ablation, output, seed, target_f=None,
-              order="ascending", search: Search | None = None, ranking: torch.Tensor | None = None) -> Discovery:
+def _assemble(ckpt, prep: Prepared, c: DiscoverConfig, flat_scores, masks, cost: Cost,
+              search: Search | None = None, ranking: torch.Tensor | None = None) -> Discovery:
+    """The Discovery of a circuit found as `c` asks: its table, masks, scores and summary.json."""
     graph, problem, task = prep.graph, prep.problem, prep.task
-    if method in SCORE_METHODS and ranking is None:
-        # sorted once: the selection and both grades' faithfulness curves take top-k of it (a
-        # stable sort of a 1M-edge net's scores took 0.13 s on the 2-core VM, 8 of its forwards)
+    if c.method in SCORE_METHODS and ranking is None:
+        # sorted once: the selection and both grades' faithfulness curves take top-k of it
         ranking = ev.edge_ranking(flat_scores)
     if masks is None:
-        masks = select_edges(graph, flat_scores, threshold, top_k, edge_fraction, ranking)
+        masks = select_edges(graph, flat_scores, c.threshold, c.top_k, c.edge_fraction, ranking)
     keep = ev.flatten(masks)
-    config = {"method": method, "threshold": threshold, "top_k": top_k, "edge_fraction": edge_fraction,
-              "target_f": target_f, "order": order,
-              "ablation": ablation, "metric": task.metric, "task": task.name,
+    config = {"method": c.method, "threshold": c.threshold, "top_k": c.top_k, "edge_fraction": c.edge_fraction,
+              "target_f": c.target_f, "order": c.order,
+              "ablation": c.ablation, "metric": task.metric, "task": task.name,
               "regime": str(ckpt.get("regime", "")), "seed": int(ckpt.get("seed", 0)),
-              "discovery_seed": seed, "output": output, "model_id": model_id(ckpt)}
+              "discovery_seed": c.seed, "output": c.output, "model_id": model_id(ckpt)}
     summary = {**config, **prep.examples, "n_examples": problem.n_examples, **ev.sparsity(masks),
-               **grade(problem, masks, prep.labels_pos, task, method, flat_scores, ranking),
-               **_target_figures(method, target_f, search)}
-    summary.update(_ground_truth(ckpt, prep, masks, flat_scores, keep, output))
-    summary["evaluation"] = grade(prep.evaluation, masks, prep.eval_labels_pos, task, method, flat_scores, ranking)
-    summary["discovery_seconds"] = seconds
-    summary["forward_examples"] = int(forward_examples)
-    summary["edges_tested"] = None if edges_tested is None else int(edges_tested)
-    summary["edges_per_second"] = graph.n_edges / seconds if seconds and seconds > 0 else float("nan")
+               **grade(problem, masks, prep.labels_pos, task, c.method, flat_scores, ranking),
+               **_target_figures(c.method, c.target_f, search)}
+    summary.update(_ground_truth(ckpt, prep, masks, flat_scores, keep, c.output))
+    summary["evaluation"] = grade(prep.evaluation, masks, prep.eval_labels_pos, task, c.method, flat_scores, ranking)
+    summary["discovery_seconds"] = cost.seconds
+    summary["forward_examples"] = int(cost.forward_examples)
+    summary["edges_tested"] = None if cost.edges_tested is None else int(cost.edges_tested)
+    summary["edges_per_second"] = graph.n_edges / cost.seconds if cost.seconds and cost.seconds > 0 else float("nan")
     table = circuit_table(graph, masks, flat_scores, config)
     return Discovery(table, summary, masks, ev.unflatten(graph, flat_scores), config)
 
@@ -516,32 +327,6 @@ def _ground_truth(ckpt, prep: Prepared, masks, flat_scores, keep, output) -> dic
             dep["dependencies_match"] = dep["dependencies_found"][output] == dep["dependencies_true"][output]
         out.update(dep)
     return out
-
-
-def circuit_table(graph: Graph, masks, flat_scores: torch.Tensor, config: dict) -> pa.Table:
-    """circuit.parquet's table: one row per edge in canonical order, schema metadata attached."""
-    src_layer, src_pos, dst_pos, weight = [], [], [], []
-    for l, w in enumerate(graph.weights):
-        n_dst, n_src = w.shape
-        src_layer.append(np.full(n_dst * n_src, l, dtype=np.int32))
-        dst_pos.append(np.repeat(np.arange(n_dst, dtype=np.int32), n_src))
-        src_pos.append(np.tile(np.arange(n_src, dtype=np.int32), n_dst))
-        weight.append(w.reshape(-1).numpy().astype(np.float32))
-    sl, sp, dp = np.concatenate(src_layer), np.concatenate(src_pos), np.concatenate(dst_pos)
-    dl = sl + 1
-
-    def names(layer, pos):  # "L{layer}.{pos}", built in Arrow (a Python f-string per edge is slow on big nets)
-        return pc.binary_join_element_wise("L", pc.cast(pa.array(layer), pa.string()), ".",
-                                           pc.cast(pa.array(pos), pa.string()), "")
-    src, dst = names(sl, sp), names(dl, dp)
-    schema = pa.schema([
-        ("src", pa.string()), ("dst", pa.string()),
-        ("src_layer", pa.int32()), ("src_pos", pa.int32()), ("dst_layer", pa.int32()), ("dst_pos", pa.int32()),
-        ("weight", pa.float32()), ("score", pa.float64()), ("in_circuit", pa.bool_()),
-    ], metadata={k: ("" if v is None else str(v)) for k, v in config.items()})
-    cols = [src, dst, sl, sp, dl.astype(np.int32), dp, np.concatenate(weight),
-            flat_scores.numpy().astype(np.float64), ev.flatten(masks).numpy()]
-    return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, schema)], schema=schema)
 
 
 # ---------------------------------------------------------------- files

@@ -16,7 +16,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 
 MIN_DRAWN = 1e-3  # edges below this fraction of max|W| are invisible anyway: skip them
 # at most this many lines a layer (circuit edges first, then by |w|): a few hundred pixels cannot
-# show more, and a dense 768-wide layer's 590k lines took matplotlib ~10 s
+# show more, and a dense 768-wide layer's 590k lines take matplotlib seconds
 MAX_DRAWN_PER_LAYER = 20_000
 
 
@@ -33,7 +33,37 @@ def is_wide(ckpt: dict) -> bool:
     return any(c.dim() == 2 for c in ckpt["coordinates"]) or max(ckpt["shape"]) > 40
 
 
+def transformer_sheet(ckpt: dict) -> dict:
+    """A `circuitry.transformer/1` checkpoint as the layered dict draw_network_on reads, BIMT's
+    in-context picture: input, then per block residual -> attention neurons -> residual (-> MLP
+    hidden -> residual), then outputs, each layer at its coordinates (workers.transformer). An
+    attention neuron's line from a residual neuron is the strongest of its q, k and v weights."""
+    m, w, c = ckpt["model"], ckpt["weights"], ckpt["coordinates"]
+    emb = w["embed.W_E"] if m["d_vocab"] else w["embed.W_in"]
+    coords, weights, names = [c["input"], c["resid"]], [emb.T], ["input", "resid"]
+    for l in range(m["n_layers"]):
+        a = f"blocks.{l}.attn."
+        qkv = torch.stack([w[a + k] for k in ("W_Q", "W_K", "W_V")])  # [3, h, d_model, e]
+        strongest = qkv.gather(0, qkv.abs().argmax(0, keepdim=True))[0]
+        weights += [strongest.permute(0, 2, 1).reshape(-1, m["d_model"]), w[a + "W_O"].reshape(-1, m["d_model"]).T]
+        coords += [c["attn"], c["resid"]]
+        names += [f"attn {l}", "resid"]
+        if m["d_mlp"]:
+            p = f"blocks.{l}.mlp."
+            weights += [w[p + "W_in"].T, w[p + "W_out"].T]
+            coords += [c["mlp"], c["resid"]]
+            names += [f"mlp {l}", "resid"]
+    weights.append(w["unembed.W_U"].T)
+    coords.append(c["output"])
+    names.append("output")
+    return {**{k: ckpt.get(k, "") for k in ("task", "regime", "seed")}, "coordinates": coords, "weights": weights,
+            "shape": [len(x) for x in coords], "in_perm": torch.arange(len(coords[0])),
+            "out_perm": torch.arange(len(coords[-1])), "layer_names": names}
+
+
 def draw_network(ckpt: dict, path, edge_mask: list[torch.Tensor] | None = None, title: str = "") -> None:
+    if ckpt.get("format") == "circuitry.transformer/1":
+        ckpt = transformer_sheet(ckpt)
     fig, ax = plt.subplots(figsize=(7 if is_wide(ckpt) else 4, 1.6 * len(ckpt["coordinates"])))
     draw_network_on(ax, ckpt, edge_mask, title)
     fig.tight_layout()
@@ -79,6 +109,8 @@ def draw_network_on(ax, ckpt: dict, edge_mask: list[torch.Tensor] | None = None,
     if coords[-1].dim() == 1 and len(coords[-1]) <= 32:
         for p, o in zip(xy[-1], ckpt["out_perm"].tolist()):
             ax.text(p[0], p[1] + 0.2, f"y{o + 1}", ha="center", va="bottom", fontsize=8)
+    for l, name in enumerate(ckpt.get("layer_names", [])):
+        ax.text(1.04, l, name, ha="left", va="center", fontsize=7)
     ax.set_title(title or f"{ckpt.get('task', '')} / {ckpt.get('regime', '')} / seed {ckpt.get('seed', '')}", fontsize=9)
     ax.autoscale()
     ax.margins(0.05, 0.12)

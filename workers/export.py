@@ -20,7 +20,7 @@ from pathlib import Path
 import networkx as nx
 import pyarrow as pa
 
-from circuitry.workers.outputs import write_files
+from circuitry.workers.files import write_files
 
 GRAPH_KEYS = ("method", "threshold", "ablation", "metric", "task", "regime", "seed", "model_id")
 

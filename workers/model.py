@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from circuitry.workers.cost import CostTerm, add_cost_grad, total_cost
+
 FORMAT = "circuitry.mlp/1"
 L0 = 0.1  # distance between adjacent layers in the connection cost (BIMT's l0)
 
@@ -126,50 +128,34 @@ class CoordMLP(nn.Module):
         y[:, self.out_perm] = h
         return y
 
-    def _cost_terms(self, weight_factor: float, norm: str, last_layer_distance: bool):
-        """(tensor, factor, its bias or None) for every penalised tensor: the cost is the sum over
-        tensors of agg(|p| * factor) (+ agg(|bias|) * l0), agg = sum, or mean over the tensor's
-        entries (BIMT's modular addition and MNIST notebooks)."""
+    def cost_terms(self, weight_factor: float = 1.0, penalize_bias: bool = True, norm: str = "sum",
+                   last_layer_distance: bool = True) -> list[CostTerm]:
+        """BIMT's connection cost (workers.cost): |w| * (weight_factor * wire length + l0) summed (or
+        averaged, per tensor, as BIMT's modular addition and MNIST notebooks) over each layer, plus
+        |b| * l0 where asked and |embedding| * l0. weight_factor 0 is plain L1 (times l0);
+        last_layer_distance False drops the last layer's wire length."""
         if norm not in ("sum", "mean"):
             raise ValueError(f"cost norm {norm!r} is not sum or mean")
+        scale = (lambda p: 1.0 / p.numel()) if norm == "mean" else (lambda p: 1.0)  # noqa: E731
         last = len(self.linears) - 1
+        terms = []
         for l, (linear, dist) in enumerate(zip(self.linears, self.distances)):
             wf = weight_factor if (l < last or last_layer_distance) else 0.0
-            factor = self.l0 + wf * dist if wf else self.l0
-            yield linear.weight, factor, linear.bias
+            terms.append(CostTerm(linear.weight, self.l0 + wf * dist if wf else self.l0, scale(linear.weight)))
+            if penalize_bias:
+                terms.append(CostTerm(linear.bias, self.l0, scale(linear.bias)))
         if self.embedding is not None:
-            yield self.embedding, self.l0, None
+            terms.append(CostTerm(self.embedding, self.l0, scale(self.embedding)))
+        return terms
 
     def connection_cost(self, weight_factor: float = 1.0, penalize_bias: bool = True, norm: str = "sum",
                         last_layer_distance: bool = True) -> torch.Tensor:
-        """BIMT's connection cost: |w| * (weight_factor * wire length + l0) summed (or averaged, per
-        tensor) over each layer, plus |b| * l0 where asked and |embedding| * l0. weight_factor 0 is
-        plain L1 (times l0); last_layer_distance False drops the last layer's wire length."""
-        cost = 0.0
-        for p, factor, bias in self._cost_terms(weight_factor, norm, last_layer_distance):
-            agg = torch.sum if norm == "sum" else torch.mean
-            cost = cost + agg(p.abs() * factor)
-            if penalize_bias and bias is not None:
-                cost = cost + agg(bias.abs()) * self.l0
-        return cost
+        return total_cost(self.cost_terms(weight_factor, penalize_bias, norm, last_layer_distance))
 
-    @torch.no_grad()
     def add_connection_cost_grad(self, lam: float, weight_factor: float = 1.0, penalize_bias: bool = True,
                                  norm: str = "sum", last_layer_distance: bool = True) -> None:
-        """Add the gradient of lam * connection_cost(...) to .grad, without building its graph.
-
-        d|w|/dw = sign(w) (0 at 0, as autograd's abs), so the penalty's gradient is
-        lam * sign(W) * (weight_factor * wire length + l0) (/ numel for the mean): two fused ops a
-        layer instead of a dozen autograd nodes, which is most of BIMT's per-step overhead on small nets."""
-        for p, factor, bias in self._cost_terms(weight_factor, norm, last_layer_distance):
-            scale = lam / p.numel() if norm == "mean" else lam
-            if isinstance(factor, torch.Tensor):
-                p.grad.add_(torch.sign(p) * factor, alpha=scale)
-            else:
-                p.grad.add_(torch.sign(p), alpha=scale * factor)
-            if penalize_bias and bias is not None:
-                b_scale = lam / bias.numel() if norm == "mean" else lam
-                bias.grad.add_(torch.sign(bias), alpha=b_scale * self.l0)
+        """Add the gradient of lam * connection_cost(...) to .grad, without building its graph."""
+        add_cost_grad(self.cost_terms(weight_factor, penalize_bias, norm, last_layer_distance), lam)
 
     def to_checkpoint(self, task: str, regime: str, seed: int, config: dict) -> dict:
         ckpt = {

@@ -1,37 +1,16 @@
 """What a training run leaves in its folder: model.pt, metrics.json (with the loss curve) and
 network.png. A result's files are made as bytes (`training_files`), so a Ray task can hand them
 to the driver through the object store and only the driver writes the sweep folder; the CLI
-writes them itself with `write_files`, each atomically, so a crash never leaves a
+writes them itself with `write_files` (workers.files), each atomically, so a crash never leaves a
 finished-looking half result."""
 from __future__ import annotations
 
 import io
-import json
-import math
-import os
 from pathlib import Path
 
-import numpy as np
-
 from circuitry.workers.draw import draw_network
+from circuitry.workers.files import json_bytes, write_files
 from circuitry.workers.model import checkpoint_bytes
-
-
-def json_bytes(obj) -> bytes:
-    """Strict JSON (NaN/inf -> null, numpy scalars as numbers)."""
-    return json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default).encode()
-
-
-def write_files(files: dict[str, bytes], out_dir: str | Path) -> Path:
-    """Write {name: bytes} into OUT, in order (the last one marks the result finished), each to a
-    temporary name and renamed."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        tmp = out / f"{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, out / name)
-    return out
 
 
 def png_bytes(draw, *args, **kwargs) -> bytes:
@@ -39,22 +18,6 @@ def png_bytes(draw, *args, **kwargs) -> bytes:
     buf = io.BytesIO()
     draw(*args, buf, **kwargs)
     return buf.getvalue()
-
-
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
-def _json_default(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return _finite(x.item())
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def training_files(result, pictures: bool = True) -> dict[str, bytes]:

@@ -71,7 +71,7 @@ def inference_speed(model: torch.nn.Module, example: torch.Tensor, batch: int, s
     the median time of one forward, timed one by one for about `seconds` (at least 3 forwards).
     The median of single forwards is as stable as a long mean on an idle machine and steadier on
     a shared one, so a few milliseconds suffice: the profile is part of every train job's fixed
-    cost (it was the mean over 0.2 s per batch size, 0.4 s a job)."""
+    cost."""
     x = example[torch.arange(batch) % example.shape[0]]
     model(x)  # warm-up
     sync = (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else (lambda: None)  # noqa: E731

@@ -144,6 +144,9 @@ def config_of(ckpt: dict, **changes) -> TrainConfig:
 def checkpoint_fit(ckpt: dict) -> dict[str, float]:
     """A checkpoint's train and test loss (and accuracies) on its own data seed, on the CPU, in
     its recipe's float type and loss."""
+    if ckpt.get("format") == "circuitry.transformer/1":
+        from circuitry.workers.train_transformer import transformer_fit
+        return transformer_fit(ckpt)
     cfg = config_of(ckpt, regime="vanilla", device="cpu").resolved()
     task, recipe = get_task(cfg.task), cfg.recipe()
     dtype = getattr(torch, recipe.dtype)
@@ -172,6 +175,9 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
     workers.prune fine-tunes a pruned network with both."""
     cfg = config.resolved()
     task = get_task(cfg.task)
+    if task.model_kind == "transformer":  # masks: parameter name -> 0/1 tensor there
+        from circuitry.workers.train_transformer import train_transformer
+        return train_transformer(cfg, progress, start, masks)
     recipe = cfg.recipe()
     regime = TRAINED_REGIMES[cfg.regime]
     device = pick_device(cfg.device)
@@ -201,7 +207,7 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
     weight_factor = recipe.distance_weight if regime.local else 0.0
     batches = minibatches(len(x), cfg.batch_size, cfg.seed, device)
 
-    curve, swap_seconds, n_swapped, last_logged, examples = [], 0.0, 0, 0, 0
+    curve, swap_seconds, n_swapped, swap_rounds, last_logged, examples = [], 0.0, 0, 0, 0, 0
     with PeakMemory(device) as mem:
         start = time.perf_counter()
         for step in range(cfg.steps):
@@ -224,6 +230,7 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
             if regime.swaps and (step + 1) % cfg.swap_every == 0:
                 t0 = time.perf_counter()
                 n_swapped += relocate(model, cfg.top_k, recipe.cost_norm, recipe.swap_inputs)
+                swap_rounds += 1
                 swap_seconds += time.perf_counter() - t0
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 with torch.no_grad():
@@ -248,6 +255,7 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
         "steps_per_second": cfg.steps / train_seconds,
         "swap_seconds": swap_seconds,
         "swap_share": swap_seconds / train_seconds,
+        "swap_rounds": swap_rounds,
         "neurons_swapped": n_swapped,
         "peak_memory_bytes": mem.peak_bytes,
         "peak_memory_delta_bytes": mem.delta_bytes,

@@ -61,8 +61,8 @@ PAIRS_MAX_FRACTION = 0.4
 def full_state(problem: Problem) -> tuple[list, list]:
     """The full model's pre-activations z (None for the inputs) and activations h per layer, as new
     tensors, neuron-major ([n_l, N]): a receiver's plan and commit read and write the positions
-    it reaches, rows here (a row gather is a copy; a column gather of an example-major state
-    cost a dense digits net's first layer ~10% of its time)."""
+    it reaches, rows here (a row gather is a copy; a column gather of an example-major state is
+    slow)."""
     g = problem.graph
     h = [a.T.contiguous() for a in problem.clean]
     return [None] + [g.weights[l] @ h[l] + g.biases[l][:, None] for l in range(g.n_layers)], h
@@ -375,8 +375,8 @@ class Downstream:
         state's (`terms` for the chain's start, else the row of the last removal that moved example
         n; equal up to the rounding of the chain's running sum, a level at which no decision is
         defined anyway: module doc); only the other (row, example) pairs are pushed downstream.
-        Also returns the number of (row, example) pairs evaluated. On digits
-        ~40% of a first hidden layer's pairs are such zeros (equal pixels in a clean/corrupted pair)."""
+        Also returns the number of (row, example) pairs evaluated. On digits many of a first hidden
+        layer's pairs are such zeros (equal pixels in a clean/corrupted pair)."""
         if not pairs:  # (`pairs_pay`)
             return *self.evaluate(j, after, plan), after.numel()
         moving = d != 0

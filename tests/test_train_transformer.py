@@ -1,0 +1,89 @@
+"""Training transformer tasks end to end: the CLI, metrics.json, the checkpoint, the regimes."""
+import json
+
+import pytest
+import torch
+
+from circuitry.orchestrator.cli import main
+from circuitry.tasks import get_task
+from circuitry.tasks.induction import HALF, generate, head_scores
+from circuitry.workers.train import TrainConfig, checkpoint_fit, train
+from circuitry.workers.transformer import Transformer
+
+
+def run_cli(args, capsys):
+    """(exit code, captured output): main returns on success and exits on bad input."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+def test_cli_trains_induction_under_bimt_with_swaps(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, io = run_cli(["train", "--task", "induction", "--regime", "bimt", "--steps", "40", "--swap-every", "10",
+                        "--out", str(out)], capsys)
+    assert code == 0, io.err
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["format"] == "circuitry.transformer/1" and ckpt["regime"] == "bimt"
+    assert ckpt["weights"]["blocks.1.attn.W_K"].shape == (2, 32, 16)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["swap_rounds"] == 4 and metrics["neurons_swapped"] > 0
+    assert 0 <= metrics["induction_accuracy"] <= 1 and metrics["config"]["swap_every"] == 10
+    assert (out / "network.png").read_bytes()[:4] == b"\x89PNG"
+    assert "induction_accuracy" in io.out
+    fit = checkpoint_fit(ckpt)  # the checkpoint reproduces the run's losses
+    assert fit["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--task", "tracr_reverse", "--regime", "bimt"], "--regime: tracr_reverse's weights are compiled"),
+    (["--task", "induction", "--regime", "vanilla", "--width", "8"], "--width: induction trains a transformer"),
+])
+def test_bad_transformer_train_input_is_one_line(args, needle, tmp_path, capsys):
+    code, io = run_cli(["train", *args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and io.err.count("\n") == 1 and needle in io.err
+
+
+@pytest.mark.parametrize("regime", ["vanilla", "l1", "local", "swap", "bimt"])
+def test_every_regime_learns_incontext(regime):
+    result = train(TrainConfig(task="incontext", regime=regime, steps=150, swap_every=50, log_every=149))
+    curve, m = result.curve, result.metrics
+    assert m["test_loss"] < 0.5 * curve[0]["test_loss"]
+    assert m["swap_rounds"] == (3 if regime in ("swap", "bimt") else 0)
+    assert result.checkpoint["config"]["lam_phases"] == [[0.0, 1.0], [0.25, 10.0], [0.75, 100.0]]
+
+
+def test_penalty_regimes_shrink_the_connection_cost():
+    costs = {r: train(TrainConfig(task="incontext", regime=r, steps=150, lam=0.05, log_every=149)).metrics["connection_cost"]
+             for r in ("vanilla", "local")}
+    assert costs["local"] < costs["vanilla"]
+
+
+def test_head_scores_find_a_hand_built_previous_token_head():
+    n = 2 * HALF
+    prev = torch.zeros(1, 1, n, n)
+    prev[0, 0, 0, 0] = 1
+    prev[0, 0, torch.arange(1, n), torch.arange(n - 1)] = 1
+    induction = torch.zeros(1, 1, n, n)
+    induction[0, 0, :, 0] = 1
+    t = torch.arange(HALF, n)
+    induction[0, 0, t] = 0
+    induction[0, 0, t, t - HALF + 1] = 1
+    p_prev, i_prev = head_scores(prev)
+    p_ind, i_ind = head_scores(induction)
+    assert p_prev.item() == 1 and i_ind.item() == 1 and i_prev.item() < 0.2 and p_ind.item() < 0.5
+
+
+def test_induction_data_repeats_distinct_tokens():
+    d = generate(3)
+    x = d.x_train
+    assert x.shape[1] == 2 * HALF and torch.equal(x[:, :HALF], x[:, HALF:])
+    assert all(len(set(row)) == HALF for row in x[:50, :HALF].tolist())
+    assert torch.equal(d.y_train, x[:, HALF + 1:])  # next tokens at the scored positions
+    task = get_task("induction")
+    assert task.positions == tuple(range(HALF, 2 * HALF - 1))
+    model = Transformer(task.transformer)
+    assert task.loss(model(x[:4]), d.y_train[:4]).shape == ()

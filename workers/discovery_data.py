@@ -1,0 +1,165 @@
+"""The examples a discovery runs on, checked and prepared (docs/design.md, "The examples a discovery
+runs on").
+
+The test split of the model's own data seed (its training seed, from the checkpoint's config), in
+the order the task generates it; the first half are the discovery examples (the method sees only
+these; mean ablation and EAP-IG's mean input average over them), the second half the evaluation
+examples, on which every circuit is graded again (summary.json's `evaluation`). Each half holds at
+most MAX_EXAMPLES_PER_HALF examples (MNIST's 10,000 test images; summary.json's
+`examples_cap_per_half` says when it bit). Each half's corrupted inputs pair examples within that
+half (task.corrupt with the discover seed, which chooses nothing else). `--data` examples are split
+into the same two halves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from circuitry.tasks import get_task
+from circuitry.workers.discover_config import DiscoveryInputError
+from circuitry.workers.graph import Graph, Problem
+from circuitry.workers.names import ABLATIONS
+
+# The most examples in each half (discovery, evaluation) of a task's test split: MNIST's 10,000
+# test images give 1,000 + 1,000, every other task's split is smaller than 2,000 and used whole.
+MAX_EXAMPLES_PER_HALF = 1000
+
+
+@dataclass
+class Prepared:
+    task: object
+    graph: Graph
+    problem: Problem  # on the discovery examples
+    clean_x: torch.Tensor  # the discovery examples' clean inputs
+    labels_pos: torch.Tensor | None  # labels in position order / as class positions
+    evaluation: Problem  # the evaluation examples, ablated as the discovery examples define it
+    eval_labels_pos: torch.Tensor | None
+    examples: dict  # data_seed, n_discovery, n_evaluation, where they came from (summary.json)
+
+
+def check_task(ckpt: dict):
+    try:
+        task = get_task(ckpt["task"])
+    except ValueError as e:
+        raise DiscoveryInputError("--model", f"{e}; the checkpoint's task must be a registered task") from None
+    shape = list(ckpt["shape"])
+    if shape[0] != task.shape[0] or shape[-1] != task.shape[-1]:
+        raise DiscoveryInputError(
+            "--model", f"checkpoint shape {shape} does not fit task {task.name!r} "
+            f"({task.shape[0]} inputs, {task.shape[-1]} outputs); use a model trained on that task")
+    if (task.vocab is not None) != ("embedding" in ckpt and ckpt["embedding"] is not None):
+        raise DiscoveryInputError("--model", f"task {task.name!r} and the checkpoint disagree on token embeddings")
+    return task
+
+
+def _check_data(task, data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    if not isinstance(data, dict) or "clean" not in data or "corrupt" not in data:
+        raise DiscoveryInputError("--data", "expected a dict with tensors 'clean', 'corrupt' and optionally 'labels'")
+    clean, corrupt, labels = data["clean"], data["corrupt"], data.get("labels")
+    if not isinstance(clean, torch.Tensor) or not isinstance(corrupt, torch.Tensor):
+        raise DiscoveryInputError("--data", "'clean' and 'corrupt' must be tensors")
+    n_cols = task.shape[0] // task.embed_dim if task.vocab is not None else task.shape[0]
+    if clean.dim() != 2 or clean.shape[1] != n_cols or clean.shape[0] < 1:
+        raise DiscoveryInputError("--data", f"'clean' must be [N, {n_cols}] for task {task.name!r}, got {list(clean.shape)}")
+    if corrupt.shape != clean.shape:
+        raise DiscoveryInputError("--data", f"'corrupt' must have the shape of 'clean' {list(clean.shape)}, got {list(corrupt.shape)}")
+    for name, t in (("clean", clean), ("corrupt", corrupt)):
+        if task.vocab is not None:
+            if t.is_floating_point() or t.min() < 0 or t.max() >= task.vocab:
+                raise DiscoveryInputError("--data", f"'{name}' must hold token ids in [0, {task.vocab})")
+        elif not torch.isfinite(t.double()).all():
+            raise DiscoveryInputError("--data", f"'{name}' has non-finite values")
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor) or labels.shape[0] != clean.shape[0]:
+            raise DiscoveryInputError("--data", "'labels' must be a tensor with one row per example")
+        if task.kind == "classification":
+            if labels.is_floating_point() or labels.dim() != 1 or labels.min() < 0 or labels.max() >= task.shape[-1]:
+                raise DiscoveryInputError("--data", f"'labels' must be class ids [N] in [0, {task.shape[-1]})")
+        else:
+            labels = labels.reshape(labels.shape[0], -1)
+            if labels.shape[1] != task.shape[-1]:
+                raise DiscoveryInputError("--data", f"'labels' must be [N, {task.shape[-1]}] for task {task.name!r}")
+    return clean, corrupt, labels
+
+
+def data_seed(ckpt: dict) -> int:
+    """The seed the model's data was drawn with: its training seed (the checkpoint's config)."""
+    config = ckpt.get("config") or {}
+    return int(config.get("seed", ckpt.get("seed", 0)))
+
+
+def split_examples(task, ckpt: dict, data: dict | None, seed: int) -> tuple[tuple, tuple, dict]:
+    """(clean, corrupt, labels) of the discovery and of the evaluation examples, and what
+    summary.json says about them (module doc)."""
+    if data is None:
+        split = task.make_data(data_seed(ckpt))
+        x, y = split.x_test, split.y_test
+        half = len(x) // 2
+        halves = [(x[:half], y[:half]), (x[half:], y[half:])]
+        capped = any(len(c) > MAX_EXAMPLES_PER_HALF for c, _ in halves)
+        halves = [(c[:MAX_EXAMPLES_PER_HALF], l[:MAX_EXAMPLES_PER_HALF]) for c, l in halves]
+        parts = [(c, task.corrupt(c, seed), l) for c, l in halves]
+        info = {"data_seed": data_seed(ckpt), "examples_from": "test split", "n_test_split": len(x),
+                "examples_cap_per_half": MAX_EXAMPLES_PER_HALF if capped else None}
+    else:
+        clean, corrupt, labels = _check_data(task, data)
+        if clean.shape[0] < 2:
+            raise DiscoveryInputError("--data", "'clean' needs at least 2 examples: the first half finds the "
+                                      "circuit, the second half grades it")
+        half = clean.shape[0] // 2
+        cut = lambda t: (None, None) if t is None else (t[:half], t[half:])  # noqa: E731
+        (c0, c1), (k0, k1), (l0, l1) = cut(clean), cut(corrupt), cut(labels)
+        parts = [(c0, k0, l0), (c1, k1, l1)]
+        info = {"data_seed": None, "examples_from": "--data", "n_test_split": None, "examples_cap_per_half": None}
+    info.update(n_discovery=int(parts[0][0].shape[0]), n_evaluation=int(parts[1][0].shape[0]))
+    return parts[0], parts[1], info
+
+
+def _labels_pos(task, graph: Graph, labels):
+    if labels is None:
+        return None
+    if task.kind == "classification":
+        return torch.argsort(graph.out_perm)[labels.long()]
+    return labels.reshape(labels.shape[0], -1).to(torch.float64)[:, graph.out_perm]
+
+
+def evaluation_problem(discovery: Problem, clean, corrupt, output: int | None) -> Problem:
+    """The problem on held-out examples: their own clean and corrupted activations, but mean
+    ablation feeds the discovery examples' means (the circuit's ablation is fixed by them)."""
+    p = Problem.build(discovery.graph, clean, corrupt, discovery.kind, discovery.ablation, output)
+    if discovery.ablation == "mean":
+        n = p.n_examples
+        p = replace(p, ablated=[a[:1].expand(n, -1).clone() for a in discovery.ablated])
+    return p
+
+
+def _discovery(ckpt: dict, ablation: str, output: int | None, data: dict | None, seed: int):
+    """The checked task, the graph, the discovery examples' problem, both halves of the examples
+    and what summary.json says of them (`split_examples`)."""
+    if ablation not in ABLATIONS:
+        raise DiscoveryInputError("--ablation", f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
+    task = check_task(ckpt)
+    if output is not None and not 0 <= output < task.shape[-1]:
+        raise DiscoveryInputError("--output", f"output {output} out of range: the model has outputs 0..{task.shape[-1] - 1}")
+    discovery, evaluation, info = split_examples(task, ckpt, data, seed)
+    graph = Graph.from_checkpoint(ckpt)
+    problem = Problem.build(graph, discovery[0], discovery[1], task.metric, ablation, output)
+    return task, graph, problem, discovery, evaluation, info
+
+
+def prepare(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
+            data: dict | None = None, seed: int = 0) -> Prepared:
+    """The graph, the discovery and evaluation examples (module doc) and the metric."""
+    task, graph, problem, (clean, _, labels), (e_clean, e_corrupt, e_labels), info = _discovery(
+        ckpt, ablation, output, data, seed)
+    evaluation = evaluation_problem(problem, e_clean, e_corrupt, output)
+    return Prepared(task, graph, problem, clean, _labels_pos(task, graph, labels), evaluation,
+                    _labels_pos(task, graph, e_labels), info)
+
+
+def discovery_problem(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
+                      seed: int = 0) -> Problem:
+    """`prepare(...).problem` alone, the evaluation examples' activations not computed: what each
+    chunk of a fanned-out `exact` job scores against (they are half of `prepare`'s time)."""
+    return _discovery(ckpt, ablation, output, None, seed)[2]
