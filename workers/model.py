@@ -226,15 +226,19 @@ def _tensor(x, shape: tuple | None, what: str, floating: bool = True) -> torch.T
     return x
 
 
+def _check_format(ckpt, path, fmt: str, keys: tuple[str, ...]) -> None:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: format is {got!r}, expected {fmt!r}")
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: {fmt} checkpoint lacks {', '.join(missing)}")
+
+
 def check_checkpoint(ckpt, path) -> dict:
     """Every field of a `circuitry.mlp/1` checkpoint against its shape: types, dtypes, sizes,
     finite values; CheckpointError (one line naming the file) on the first that is wrong."""
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: format is {got!r}, expected {FORMAT!r}")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: {FORMAT} checkpoint lacks {', '.join(missing)}")
+    _check_format(ckpt, path, FORMAT, REQUIRED_KEYS)
     shape = ckpt["shape"]
     if (not isinstance(shape, (list, tuple)) or len(shape) < 2 or len(shape) > 64
             or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_LAYER for n in shape)
