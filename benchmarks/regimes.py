@@ -1,8 +1,11 @@
 """What each training regime costs: step time, share of time in swaps, peak memory, inference
-speed, on independence (4-20-20-2) and digits (64-200-200-10). All regimes run in this one process,
-one after another; compare the ratios (BIMT / vanilla step time, goal <= 1.3), not the absolutes.
+speed, on independence (4-20-20-2), digits (64-200-200-10) and two transformers: induction (2 layers,
+2 heads, d_model 32, attention-only) and incontext (BIMT's: 2 layers, 1 head, d_model 32, MLP 128).
+All regimes run in this one process, one after another; compare the ratios (BIMT / vanilla step
+time, goal <= 1.3), not the absolutes.
 
     .venv/bin/python benchmarks/regimes.py [--steps-independence 3000] [--steps-digits 600]
+        [--steps-induction 400] [--steps-incontext 1000]
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps-independence", type=int, default=3000)
     p.add_argument("--steps-digits", type=int, default=600)
+    p.add_argument("--steps-induction", type=int, default=400)
+    p.add_argument("--steps-incontext", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -28,7 +33,8 @@ def main() -> None:
     header = f"{'task':<13} {'regime':<8} {'ms/step':>8} {'x vanilla':>9} {'swap %':>7} {'peak MiB':>9} {'+MiB':>6} {'inf/s b1':>9} {'inf/s b1024':>12} {'test loss':>9}"
     print(header)
     print("-" * len(header))
-    for task, steps in [("independence", args.steps_independence), ("digits", args.steps_digits)]:
+    for task, steps in [("independence", args.steps_independence), ("digits", args.steps_digits),
+                        ("induction", args.steps_induction), ("incontext", args.steps_incontext)]:
         base = None
         for regime in TRAINED_REGIMES:
             train(TrainConfig(task, regime, min(steps, 50), seed=0))  # warm-up (allocator, kernels)

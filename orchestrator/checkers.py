@@ -43,10 +43,18 @@ def _float(path, v, lo=None, what="a number"):
     return float(v)
 
 
+def did_you_mean(word, options) -> str:
+    """"; did you mean X?" when `word` is a near miss of one of `options` (difflib), else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def choice(options):
     def check(path, v):
         if not isinstance(v, str) or v not in options:
-            raise SpecError(f"{path}: {show(v)} is not one of {', '.join(options)}")
+            raise SpecError(f"{path}: {show(v)} is not one of {', '.join(options)}{did_you_mean(v, options)}")
         return v
     return check
 

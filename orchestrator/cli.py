@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
-from circuitry.orchestrator.cli_common import InputError, apply_env_defaults, writable_dir
+from circuitry.orchestrator.cli_common import InputError, apply_env_defaults
+from circuitry.orchestrator.console import quiet_option, threads_option
 from circuitry.tasks import TASKS
 from circuitry.workers.names import REGIMES
 
@@ -39,12 +41,17 @@ def cli():
 @click.option("--match-fraction", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
               help="prune: count the matched model's weights with |w| > this x max|w| (default 1e-2).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for model.pt etc.")
+@click.option("--force", is_flag=True, help="Replace the run already in --out (else a folder holding one is refused).")
+@threads_option
+@quiet_option
 def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, from_vanilla, match, finetune_steps,
-          match_fraction, out):
+          match_fraction, out, force, threads, quiet):
     """Train one model; write OUT/model.pt, OUT/metrics.json and OUT/network.png.
 
     --regime prune trains nothing from scratch: it prunes the --from-vanilla model to the weight
     count of the --match model and fine-tunes it (the models' own task, seed and settings)."""
+    from circuitry.orchestrator.console import TrainingBar, callback, show_progress, use_threads
+    from circuitry.orchestrator.outdir import check_out, staged
     from circuitry.tasks.base import TaskDataError
     from circuitry.workers.device import DeviceError
     from circuitry.workers.outputs import write_training
@@ -53,6 +60,7 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
 
     if data_dir:
         os.environ["CIRCUITRY_MNIST_DIR"] = data_dir
+    use_threads(threads)
     prune_options = {"--from-vanilla": from_vanilla, "--match": match, "--finetune-steps": finetune_steps,
                      "--match-fraction": match_fraction}
     if regime != "prune" and any(v is not None for v in prune_options.values()):
@@ -63,33 +71,42 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
         raise InputError(f"--regime: {task}'s weights are compiled by tracr, not trained; use --regime vanilla")
     if t.transformer is not None and width is not None:
         raise InputError(f"--width: {task} trains a transformer (its shape is the task's); drop --width")
-    out_dir = writable_dir(out, "--out")
+    out_dir = check_out(out, force)
     try:
         if regime == "prune":
-            result = _prune(task, from_vanilla, match, finetune_steps, match_fraction, device)
+            result = _prune(task, from_vanilla, match, finetune_steps, match_fraction, device, quiet)
         else:
             steps = steps or TASKS[task].recipe.steps
             config = TrainConfig(task=task, regime=regime, steps=steps, seed=seed, lam=lam, width=width,
                                  swap_every=swap_every, device=device)
-            result = run_training(config)
+            with TrainingBar(steps, f"{task}/{regime}", show_progress(quiet)) as bar:
+                result = run_training(config, progress=callback(bar))
     except TaskDataError as e:
         raise InputError(f"--data-dir: {e}") from None
     except DeviceError as e:
         raise InputError(f"--device: {e}") from None
-    write_training(result, out_dir)
+    if task == "mnist":  # where `discover` finds the examples again (its --data-dir overrides it)
+        result.checkpoint["data_dir"] = str(Path(os.environ["CIRCUITRY_MNIST_DIR"]).resolve())
+    with staged(out_dir) as tmp:
+        write_training(result, tmp)
     m = result.metrics
     pruned = f", {m['weights_nonzero']} weights (test loss {m['pruned_test_loss']:.3g} before fine-tuning)" \
         if regime == "prune" else ""
-    accuracy = next((f", {k} {m[k]:.3f}" for k in m if k.endswith("_accuracy") and k not in ("train_accuracy", "test_accuracy")), "")
-    click.echo(f"{task}/{regime} seed {result.checkpoint['seed']}: test loss {m['test_loss']:.3g}{accuracy}{pruned}, connection cost "
-               f"{m['connection_cost']:.3g}, {m['steps_per_second']:.0f} steps/s -> {out_dir / 'model.pt'}")
+    # a classifier's test accuracy, and a task's own accuracy figure (induction_accuracy, ...)
+    accuracy = f", test accuracy {m['test_accuracy']:.3g}" if "test_accuracy" in m else ""
+    accuracy += next((f", {k} {m[k]:.3f}" for k in m if k.endswith("_accuracy")
+                      and k not in ("train_accuracy", "test_accuracy")), "")
+    click.echo(f"{task}/{regime} seed {result.checkpoint['seed']}: test loss {m['test_loss']:.3g}{accuracy}{pruned}, "
+               f"connection cost {m['connection_cost']:.3g}, {m['steps_per_second']:.0f} steps/s "
+               f"-> {out_dir / 'model.pt'}")
 
 
-def _prune(task, from_vanilla, match, finetune_steps, match_fraction, device):
+def _prune(task, from_vanilla, match, finetune_steps, match_fraction, device, quiet):
     """`train --regime prune`: the two checkpoints checked, then workers.prune."""
+    from circuitry.orchestrator.console import TrainingBar, callback, show_progress
     from circuitry.workers.model import CheckpointError, load_checkpoint
     from circuitry.workers.names import DEFAULT_MATCH_FRACTION
-    from circuitry.workers.prune import PruneConfig, default_finetune_steps, prune
+    from circuitry.workers.prune import PruneConfig, default_finetune_steps, model_shape, prune
 
     ckpts = {}
     for option, path in (("--from-vanilla", from_vanilla), ("--match", match)):
@@ -106,22 +123,26 @@ def _prune(task, from_vanilla, match, finetune_steps, match_fraction, device):
     vanilla = ckpts["--from-vanilla"]
     if vanilla.get("regime") != "vanilla":
         raise InputError(f"--from-vanilla: {from_vanilla} is a {vanilla.get('regime')} model; give a vanilla one")
-    if list(vanilla["shape"]) != list(ckpts["--match"]["shape"]):
-        raise InputError(f"--match: its shape {list(ckpts['--match']['shape'])} is not the vanilla model's "
-                         f"{list(vanilla['shape'])}; give a model of the same shape")
+    if model_shape(vanilla) != model_shape(ckpts["--match"]):
+        raise InputError(f"--match: its shape {model_shape(ckpts['--match'])} is not the vanilla model's "
+                         f"{model_shape(vanilla)}; give a model of the same shape")
     steps = finetune_steps or default_finetune_steps(vanilla["config"]["steps"])
-    return prune(vanilla, ckpts["--match"], PruneConfig(steps, match_fraction or DEFAULT_MATCH_FRACTION, device=device))
+    config = PruneConfig(steps, match_fraction or DEFAULT_MATCH_FRACTION, device=device)
+    with TrainingBar(steps, f"{task}/prune", show_progress(quiet)) as bar:
+        return prune(vanilla, ckpts["--match"], config, progress=callback(bar))
 
 
 def _register_commands() -> None:
     """Commands that live in their own modules (one idea per module)."""
     from circuitry.orchestrator.cli_discover import discover_cmd
+    from circuitry.orchestrator.cli_draw import draw_cmd
     from circuitry.orchestrator.cli_report import report_cmd
     from circuitry.orchestrator.cli_sweep import register
 
     register(cli)
     cli.add_command(discover_cmd, "discover")
     cli.add_command(report_cmd, "report")
+    cli.add_command(draw_cmd, "draw")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -240,11 +240,28 @@ def status_cmd(job_id, address, logs):
             for j in client.list_jobs():
                 click.echo(f"{j.submission_id}  {j.status}  {j.entrypoint}")
             return
-        click.echo(f"{job_id}: {client.get_job_status(job_id)}")
+        text = client.get_job_logs(job_id)
+        click.echo(f"{job_id}: {client.get_job_status(job_id)}{sweep_counts(text)}")
         if logs:
-            click.echo(client.get_job_logs(job_id))
+            click.echo(text)
     except RuntimeError as e:
         raise click.ClickException(f"JOB_ID: {job_id}: {e}") from None
+
+
+def sweep_counts(log: str) -> str:
+    """The driver's last progress figures in its log (orchestrator.metrics.ProgressBar's lines
+    `[done/total] finished ...` / `FAILED ...`, and the sweep's first line): ", 40/72 jobs done
+    (12 cached, 1 failed)", or "" before the driver has printed any."""
+    import re
+
+    done = re.findall(r"^\[(\d+)/(\d+)\] ", log, re.M)
+    start = re.search(r"^sweep \S+: (\d+) jobs, (\d+) already finished", log, re.M)
+    if not done and not start:
+        return ""
+    n, total = done[-1] if done else (start.group(2), start.group(1))
+    failed = len(re.findall(r"^\[\d+/\d+\] FAILED ", log, re.M))
+    cached = f"{start.group(2)} cached, " if start else ""
+    return f", {n}/{total} jobs done ({cached}{failed} failed)"
 
 
 @click.command("cancel")
@@ -276,8 +293,24 @@ def ui_cmd(sweep, port):
         return
     args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
             "--default-artifact-root", (d / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port)]
-    click.echo(f"MLflow UI for {d}: http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    from circuitry.orchestrator.recorder import ui_url
+
+    click.echo(f"MLflow UI for {d}: {ui_url(f'http://127.0.0.1:{port}', _experiment_id(uri, meta['name']))}  "
+               "(Ctrl-C stops it)")
     os.execv(sys.executable, args)
+
+
+def _experiment_id(sqlite_uri: str, name: str) -> str | None:
+    """The sweep's experiment id in its SQLite store, read without loading MLflow (None if absent)."""
+    import sqlite3
+
+    path = sqlite_uri.removeprefix("sqlite:///")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            row = db.execute("SELECT experiment_id FROM experiments WHERE name = ?", (name,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 @click.command("sync")

@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 
 from circuitry.orchestrator.jobs import Job, matches, package_version
 from circuitry.orchestrator.store import JobResult, check_size
+from circuitry.workers.names import TRANSFORMER_SHAPE
 
 
 RELEASE_FILE = ".release"  # in the sweep folder: held jobs go on once it exists
@@ -84,7 +85,7 @@ class Reporter:
         self.buf = [e for e in self.buf if e.name != event]
         return total
 
-    def train_progress(self, steps: int, examples: int) -> None:
+    def train_progress(self, steps: int, examples: int, loss: float | None = None) -> None:
         self.emit("steps", steps)
         self.emit("examples", examples)
 
@@ -130,6 +131,14 @@ def _record(job: Job, figures: dict, started: float, peak: int, node_id: str | N
     }
 
 
+def noop_result(job: Job, faults: Faults | None, started: float, node_id: str | None) -> JobResult | None:
+    """TEST ONLY: the finished result of a job the spec's [testing] noop selects (no work, one
+    small file), else None."""
+    if faults is None or not matches(faults.selectors.get("noop", []), job):
+        return None
+    return JobResult(_record(job, {"noop": 1}, started, 0, node_id), {"noop.json": b"{}"})
+
+
 def _begin(job: Job | dict, actor, faults: Faults | None) -> tuple[Job, "Reporter", float]:
     """How every job starts: its Job, a progress reporter that has sent "start", the start time,
     and (test only) the injected faults."""
@@ -153,6 +162,8 @@ def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, dev
     from circuitry.workers.train import TrainConfig, train
 
     job, rep, started = _begin(job, actor, faults)
+    if (noop := noop_result(job, faults, started, node_id)) is not None:
+        return noop, None
     s = job.settings
     with PeakMemory(device) as mem:
         if s["regime"] == "prune":
@@ -161,9 +172,11 @@ def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, dev
         else:
             config = TrainConfig(task=s["task"], regime=s["regime"], steps=s["steps"], seed=s["seed"], lam=s["lam"],
                                  lr=s["lr"], swap_every=s["swap_every"], top_k=s["top_k"], width=s["width"],
-                                 final_factor=s["final_factor"], log_every=s["log_every"], device=device)
+                                 final_factor=s["final_factor"], log_every=s["log_every"], device=device,
+                                 **{k: s.get(k) for k in TRANSFORMER_SHAPE})
             result = train(config, progress=rep.train_progress)
-    n_edges = sum(int(w.numel()) for w in result.checkpoint["weights"])
+    weights = result.checkpoint["weights"]  # a list (MLP) or a name -> tensor dict (transformer)
+    n_edges = sum(int(w.numel()) for w in (weights.values() if isinstance(weights, dict) else weights))
     figures = {**result.metrics, "n_edges": n_edges}
     files = training_files(result, pictures)  # before the record: its duration includes them
     out = check_size(JobResult(_record(job, figures, started, mem.peak_bytes, node_id, curve=result.curve), files))
@@ -190,6 +203,8 @@ def execute_discover(job: Job | dict, ckpt: dict, actor=None, faults: Faults | N
     from circuitry.workers.profile import PeakMemory
 
     job, rep, started = _begin(job, actor, faults)
+    if (noop := noop_result(job, faults, started, node_id)) is not None:
+        return noop
     config = job.discover_config()
     device = pick_device(config.device)
     with PeakMemory(device) as mem:

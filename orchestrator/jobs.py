@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from circuitry.tasks import TASKS
 from circuitry.workers.discover_config import DiscoverConfig
 from circuitry.workers.names import (DEFAULT_MATCH_FRACTION, DEFAULT_ORDER, PENALTY_ONLY, PRUNE_FROM, PRUNE_MATCH,
-                                     RECIPE_DEFAULTS, edge_count, network_shape)
+                                     RECIPE_DEFAULTS, TRANSFORMER_SHAPE, edge_count, network_shape)
 
 
 class MissingModels(ValueError):
@@ -84,6 +84,18 @@ def _recipe_fields(task: str) -> dict:
     return {k: list(map(list, v)) if k == "lam_phases" else v for k, v in asdict(TASKS[task].recipe).items()}
 
 
+def _train_payload(s: dict, ver: str) -> dict:
+    """What a train job id hashes: kind, version, recipe and settings; for a transformer task also
+    the task's model (so a changed default model is a new job), and the transformer shape fields
+    only where set (so MLP jobs keep the ids they had before those fields existed)."""
+    settings = {k: v for k, v in s.items() if not (k in TRANSFORMER_SHAPE and v is None)}
+    payload = {"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **settings}
+    model = TASKS[s["task"]].transformer
+    if model is not None:
+        payload["model"] = asdict(model)
+    return payload
+
+
 def model_shape(settings: dict) -> list[int]:
     """The network a train job's settings describe (workers.train builds the same)."""
     return network_shape(TASKS[settings["task"]].shape, settings.get("width"))
@@ -111,7 +123,7 @@ def _prune_job(s: dict, models: dict, prune: dict, ver: str) -> Job:
                         f"prunes the first to the weight count of the second); add them to the spec")
     s = {**s, "finetune_steps": prune["finetune_steps"] or max(1, s["steps"] // 10),
          "match_fraction": prune["match_fraction"], "vanilla_id": vanilla.id, "match_id": match.id}
-    pid = job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s})
+    pid = job_hash(_train_payload(s, ver))
     return Job("train", pid, s, "", None, model_edges(s), (vanilla.id, match.id))
 
 
@@ -132,7 +144,7 @@ def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None,
             if s["regime"] == "prune":
                 pruned.setdefault(_point(s), s)
             else:
-                trained.setdefault(job_hash({"kind": "train", "version": ver, "recipe": _recipe_fields(s["task"]), **s}), s)
+                trained.setdefault(job_hash(_train_payload(s, ver)), s)
     jobs = [Job("train", tid, s, "", None, model_edges(s)) for tid, s in trained.items()]
     models: dict[tuple[str, str], Job] = {}  # (regime, settings but the regime [and PENALTY_ONLY]) -> job
     for j in jobs:

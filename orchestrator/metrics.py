@@ -147,15 +147,27 @@ class SweepMetrics:
 
 
 class ProgressBar:
-    """`[#####.....] 12/40 jobs  2 running  1 failed  3.2k edges/s` on a terminal (redrawn in
-    place), one line per finished job elsewhere (logs, Ray Jobs)."""
+    """The sweep's live line. On a terminal a tqdm bar over the jobs done (cached ones count from
+    the start) with jobs/s and ETA, then running, failed and cached counts, edges/s and the MLflow
+    runs not yet logged; per-job lines scroll above it (tqdm.write). Elsewhere (logs, Ray Jobs)
+    one line per finished job, `[done/total] ...`, which `circuitry status` reads back."""
 
-    def __init__(self, total: int, enabled: bool = True, stream=None, width: int = 24):
-        self.total, self.enabled, self.width = total, enabled, width
+    def __init__(self, total: int, enabled: bool = True, stream=None, width: int = 24, cached: int = 0,
+                 backlog=None):
+        self.total, self.enabled, self.width, self.cached = total, enabled, width, cached
+        self.backlog = backlog or (lambda: 0)
         self.stream = stream or sys.stderr
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.samples: list[tuple[float, int]] = []
+        self.t0 = time.monotonic()
         self.last_draw = 0.0
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=cached, file=self.stream, unit="job", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar:%d}| {n_fmt}/{total_fmt} jobs [{elapsed}<{remaining}, "
+                                       "{rate_fmt}] {postfix}" % width)
 
     def rate(self, edges_done: int) -> float:
         now = time.monotonic()
@@ -164,37 +176,46 @@ class ProgressBar:
         t0, e0 = self.samples[0]
         return (edges_done - e0) / (now - t0) if now > t0 else 0.0
 
-    def line(self, done: int, failed: int, running: int, edges_done: int) -> str:
-        frac = done / self.total if self.total else 1.0
-        fill = int(frac * self.width)
+    def counts(self, done: int, failed: int, running: int, edges_done: int) -> str:
         rate = self.rate(edges_done)
         r = f"{rate / 1000:.1f}k" if rate >= 1000 else f"{rate:.0f}"
-        return (f"[{'#' * fill}{'.' * (self.width - fill)}] {done}/{self.total} jobs  {running} running  "
-                f"{failed} failed  {r} edges/s")
+        behind = self.backlog()
+        mlflow = f"  MLflow {behind} to log" if behind else ""
+        return f"{running} running  {failed} failed  {self.cached} cached  {r} edges/s{mlflow}"
+
+    def line(self, done: int, failed: int, running: int, edges_done: int) -> str:
+        """The whole line as text (what a terminal shows, drawn by tqdm there)."""
+        ran, elapsed = done - self.cached, max(time.monotonic() - self.t0, 1e-9)
+        jobs_rate = ran / elapsed
+        left = self.total - done - failed
+        eta = time.strftime("%H:%M:%S", time.gmtime(left / jobs_rate)) if jobs_rate > 0 else "?"
+        fill = int((done / self.total if self.total else 1.0) * self.width)
+        return (f"[{'#' * fill}{'.' * (self.width - fill)}] {done}/{self.total} jobs  {jobs_rate:.2f} jobs/s  "
+                f"ETA {eta}  {self.counts(done, failed, running, edges_done)}")
 
     def draw(self, done: int, failed: int, running: int, edges_done: int, force: bool = False) -> None:
-        if not self.tty:
+        if self.bar is None:
             return
         now = time.monotonic()
         if not force and now - self.last_draw < 0.2:
             return
         self.last_draw = now
-        self.stream.write("\r" + self.line(done, failed, running, edges_done) + "\x1b[K")
-        self.stream.flush()
+        self.bar.n = done
+        self.bar.set_postfix_str(self.counts(done, failed, running, edges_done), refresh=False)
+        self.bar.refresh()
 
     def note(self, text: str, done: int, failed: int, running: int, edges_done: int) -> None:
         """A finished or failed job: a line of its own (above the bar on a terminal)."""
         if not self.enabled:
             return
-        if self.tty:
-            self.stream.write("\r\x1b[K" + text + "\n")
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
             self.draw(done, failed, running, edges_done, force=True)
         else:
             self.stream.write(f"[{done}/{self.total}] {text}\n")
             self.stream.flush()
 
     def end(self, done: int, failed: int, running: int, edges_done: int) -> None:
-        if self.tty:
+        if self.bar is not None:
             self.draw(done, failed, running, edges_done, force=True)
-            self.stream.write("\n")
-            self.stream.flush()
+            self.bar.close()

@@ -2,7 +2,9 @@
 figures) and MLflow (one experiment per sweep, a parent run for the sweep, a child run per job).
 
 Only the driver records; workers return their records (and files, which orchestrator.store writes
-before they are recorded here). MLflow calls run on one background thread,
+before they are recorded here). MLflow calls run on background threads (a dispatcher and a pool
+of `mlflow_threads` loggers, each run's calls in order, different runs at once: a run is a few
+round trips to the tracking server, so one thread leaves the server idle while it waits),
 so a slow or unreachable tracking server never stalls the sweep: the first failure is reported
 once (naming the tracking URI), MLflow is switched off for the rest of the sweep, and
 `circuitry sync SWEEP` backfills it later. Runs are keyed by the tag `circuitry.job_id`: a job
@@ -24,16 +26,17 @@ SQLite's default each commit waits for the disk, a few runs a second at most. A 
 loss may then lose the last runs, never corrupt the store; the job folders are the record and
 `circuitry sync` logs what is missing.
 
-Throughput: a run is one create_run, one log_batch (params and metrics together), its artifacts
-and set_terminated. Runs that wait are counted (`Recorder.backlog`); the sweep says how many are
-left when its jobs are done and waits for them (Ctrl-C leaves the rest to `circuitry sync`).
+Throughput: a run is one create_run (with its tags), one log_batch (params, metrics and the error
+tag together), its artifacts and set_terminated. Runs that wait are counted (`Recorder.backlog`,
+shown on the sweep's progress line); the sweep says how many are left when its jobs are done and
+waits for them (Ctrl-C leaves the rest to `circuitry sync`). benchmarks/mlflow_rate.py measures
+runs/s against a real `mlflow server` on SQLite and PostgreSQL.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import queue
 import re
 import sys
 import threading
@@ -44,12 +47,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from circuitry.orchestrator.mlflow_pool import LogPool, default_threads
 from circuitry.orchestrator.safe_fs import move_links_aside
 from circuitry.orchestrator.store import DamagedResult, JobStore, WriteFailed, is_job_id, write_atomic
 from circuitry.workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
 
 JOB_TAG = "circuitry.job_id"
 ROLE_TAG = "circuitry.role"
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def ui_url(base: str, experiment_id: str | None = None) -> str:
+    """The MLflow UI's page of a sweep in its model-training view (runs table, charts). MLflow 3's
+    UI opens in its GenAI view unless told otherwise, and (3.17, checked in headless Chromium) the
+    experiment's kind tag alone does not switch it; the hash route's `workflowType` query does."""
+    page = f"experiments/{experiment_id}" if experiment_id else ""
+    return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
 
 
 STORE_FILES = ("mlflow.db", "mlflow.db-wal", "mlflow.db-shm", "mlflow.db-journal", "mlartifacts")
@@ -222,6 +235,8 @@ class MlflowLogger:
         embedded = uri == embedded_uri(self.sweep_dir)
         if embedded:  # SQLite and MLflow open these by path: a planted link is moved aside, not followed
             move_links_aside(self.sweep_dir, STORE_FILES, lambda m: print(m, file=sys.stderr))
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
         self.client = MlflowClient(tracking_uri=uri)  # an SQLite store is created here, once
         exp = self.client.get_experiment_by_name(sweep_name)
         if exp is None:
@@ -233,6 +248,10 @@ class MlflowLogger:
             self.exp_id = exp.experiment_id
         if embedded and (self.sweep_dir / "mlartifacts").is_dir():
             move_links_aside(self.sweep_dir / "mlartifacts", (str(self.exp_id),), lambda m: print(m, file=sys.stderr))
+        if exp is None or exp.tags.get(KIND_TAG) != MODEL_TRAINING:
+            # MLflow 3 records what an experiment is for in this tag (its UI reads it where the
+            # global GenAI / model-training switch does not decide; ui_url sets that switch)
+            self.client.set_experiment_tag(self.exp_id, KIND_TAG, MODEL_TRAINING)
         self.known = self._known_runs()
         parents = self.client.search_runs([self.exp_id], f"tags.`{ROLE_TAG}` = 'sweep'", max_results=1)
         if parents:
@@ -268,19 +287,27 @@ class MlflowLogger:
                 return known
 
     def _log(self, run_id: str, params: dict | None = None, metrics: list | None = None,
-             when_ms: int | None = None) -> None:
-        """Params, and metrics (name, value, timestamp or None for `when_ms`, step) in as few
+             when_ms: int | None = None, tags: dict | None = None) -> None:
+        """Params, tags, and metrics (name, value, timestamp or None for `when_ms`, step) in as few
         log_batch calls as MLflow's limits allow (100 params, 1000 entries a call): one for a
         typical job."""
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param, RunTag
 
         ps = [Param(str(k)[:250], str(v)[:6000]) for k, v in (params or {}).items()]
+        ts_ = [RunTag(k, v) for k, v in (tags or {}).items()]
         when_ms = when_ms or int(time.time() * 1000)
         ms = [Metric(k, float(v), when_ms if ts is None else ts, step) for k, v, ts, step in metrics or []]
-        while ps or ms:
+        while ps or ms or ts_:
             p, ps = ps[:100], ps[100:]
-            m, ms = ms[:1000 - len(p)], ms[1000 - len(p):]
-            self.client.log_batch(run_id, params=p, metrics=m)
+            t, ts_ = ts_[:1000 - len(p)], ts_[1000 - len(p):]
+            m, ms = ms[:1000 - len(p) - len(t)], ms[1000 - len(p) - len(t):]
+            self.client.log_batch(run_id, params=p, metrics=m, tags=t)
+
+    def _job_lock(self, jid: str) -> threading.Lock:
+        """One lock per job id: a job's runs are logged one at a time (a backfill and a fresh
+        result of the same job must not both create a run), different jobs' at once."""
+        with self._locks_guard:
+            return self._locks.setdefault(jid, threading.Lock())
 
     def log_job(self, rec: dict, replace: bool = False) -> bool:
         """One child run for a job record; False when the job already has a FINISHED run, unless
@@ -289,6 +316,10 @@ class MlflowLogger:
         jid = rec["job_id"]
         if not is_job_id(jid):  # callers pass the spec's jobs only; the id becomes a path below
             raise ValueError(f"{jid!r} is not a job id")
+        with self._job_lock(jid):
+            return self._log_job(jid, rec, replace)
+
+    def _log_job(self, jid: str, rec: dict, replace: bool) -> bool:
         status = "FINISHED" if rec.get("status") == "finished" else "FAILED"
         if replace and jid in self.finished_runs:
             self.stale.setdefault(jid, []).extend(self.finished_runs.pop(jid))
@@ -330,9 +361,7 @@ class MlflowLogger:
             for k in ("train_loss", "test_loss"):
                 if point.get(k) is not None and math.isfinite(point[k]):
                     metrics.append((f"curve_{k}", point[k], None, int(point["step"])))
-        self._log(run_id, params, metrics, end_ms)
-        if rec.get("error"):
-            self.client.set_tag(run_id, "error", str(rec["error"])[:5000])
+        self._log(run_id, params, metrics, end_ms, {"error": str(rec["error"])[:5000]} if rec.get("error") else None)
         if files:
             self._upload(run_id, files)
         self.client.set_terminated(run_id, status, end_time=end_ms)
@@ -358,12 +387,14 @@ class MlflowLogger:
 
 
 class Recorder:
-    """jobs.parquet (driver thread, throttled rewrites) + MLflow (a background thread)."""
+    """jobs.parquet (driver thread, throttled rewrites) + MLflow (background threads,
+    orchestrator.mlflow_pool)."""
 
     def __init__(self, sweep_dir: Path, sweep_name: str, tracking_uri: str, spec_params: dict | None = None,
-                 mlflow_enabled: bool = True, warn=None):
+                 mlflow_enabled: bool = True, warn=None, mlflow_threads: int | None = None):
         self.sweep_dir = Path(sweep_dir)
         self.name, self.uri, self.spec_params = sweep_name, tracking_uri, spec_params or {}
+        self.threads = mlflow_threads or default_threads(tracking_uri)
         self.rows: dict[str, tuple] = {}  # job id -> (column names, values): compact, see _keep
         self._names: dict[tuple, tuple] = {}
         self.parquet = self.sweep_dir / "jobs.parquet"
@@ -371,10 +402,7 @@ class Recorder:
         self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
         self.mlflow_enabled = mlflow_enabled
         self.mlflow_error: str | None = None
-        self.logged = 0
-        self.q: queue.Queue = queue.Queue()
-        self.thread: threading.Thread | None = None
-        self.logger: MlflowLogger | None = None
+        self.pool: LogPool | None = None
 
     def start(self, existing: dict[str, dict]) -> None:
         old = {}
@@ -395,10 +423,10 @@ class Recorder:
         self.dirty = True
         self.flush_parquet(force=True)
         if self.mlflow_enabled:
-            self.thread = threading.Thread(target=self._run, name="circuitry-mlflow", daemon=True)
-            self.thread.start()
+            self.pool = LogPool(lambda: MlflowLogger(self.uri, self.name, self.sweep_dir, self.spec_params),
+                                self.threads, self._fail)
             for rec in existing.values():  # backfill finished jobs without a run (no duplicates)
-                self.q.put((rec, False))
+                self.pool.put((rec, False))
 
     def _keep(self, row: dict) -> None:
         """A job's row as a tuple of values beside its column names, shared by the rows that have
@@ -412,12 +440,17 @@ class Recorder:
         self._keep(flat_row(rec))
         self.dirty = True
         self.flush_parquet()
-        if self.mlflow_enabled:
-            self.q.put((rec, True))
+        if self.pool is not None:
+            self.pool.put((rec, True))
+
+    @property
+    def logged(self) -> int:
+        """Runs logged to MLflow so far."""
+        return self.pool.logged if self.pool is not None else 0
 
     def backlog(self) -> int:
         """Runs waiting to be logged to MLflow (0 when MLflow is off or failed)."""
-        return self.q.qsize() if self.thread is not None and self.mlflow_error is None else 0
+        return self.pool.backlog() if self.pool is not None else 0
 
     write_error: str | None = None
 
@@ -432,37 +465,11 @@ class Recorder:
         self.warn(f"warning: MLflow at {self.uri} failed ({self.mlflow_error}); recording goes on in "
                   f"{self.parquet}; run `{sync_command(self.sweep_dir, self.uri)}` to backfill MLflow")
 
-    def _run(self) -> None:
-        try:
-            self.logger = MlflowLogger(self.uri, self.name, self.sweep_dir, self.spec_params)
-        except Exception as e:  # noqa: BLE001 - any MLflow failure is non-fatal
-            self._fail(e)
-        while True:
-            item = self.q.get()
-            if item is None:
-                if self.logger is not None and self.mlflow_error is None and self._end_status:
-                    try:
-                        self.logger.end(self._end_status)
-                    except Exception as e:  # noqa: BLE001
-                        self._fail(e)
-                return
-            if self.logger is None or self.mlflow_error is not None:
-                continue
-            try:
-                if self.logger.log_job(*item):
-                    self.logged += 1
-            except Exception as e:  # noqa: BLE001
-                self._fail(e)
-
-    _end_status: str | None = None
-
     def close(self, status: str = "FINISHED", timeout: float | None = None) -> None:
         """The last jobs.parquet (a failure is kept in write_error, not raised: MLflow still ends)."""
         try:
             self.flush_parquet(force=True)
         except WriteFailed as e:
             self.write_error = str(e)
-        if self.thread is not None:
-            self._end_status = status
-            self.q.put(None)
-            self.thread.join(timeout)
+        if self.pool is not None:
+            self.pool.close(status, timeout)

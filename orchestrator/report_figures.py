@@ -14,6 +14,19 @@ from circuitry.orchestrator.store import save_png
 from circuitry.workers.circuit_file import load_circuit
 
 
+def _acdc_circuit(acdc: pd.DataFrame):
+    """The ACDC circuit a model's drawing shows: the one at the highest target faithfulness (the
+    mode the README recommends), else the middle threshold; None when ACDC found none."""
+    if "target_f" in acdc and acdc["target_f"].notna().any():
+        at_target = acdc[acdc["target_f"].notna()]
+        return at_target.sort_values(["target_f", "job_id"]).iloc[-1]
+    if "threshold" in acdc:
+        acdc = acdc[acdc["threshold"].notna()]
+        if len(acdc):
+            return acdc.sort_values(["threshold", "job_id"]).iloc[len(acdc) // 2]
+    return None
+
+
 def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: pd.DataFrame, out: Path) -> Path | None:
     """One seed per regime, side by side, with an ACDC circuit highlighted where there is one."""
     import matplotlib.pyplot as plt
@@ -39,14 +52,13 @@ def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: p
         ckpt = torch.load(io.BytesIO(blob), weights_only=True)
         acdc = discover[(discover["model_id"] == job["job_id"]) & (discover.get("method") == "acdc")]
         masks, note = None, "no ACDC circuit"
-        if "threshold" in acdc:  # circuits at a threshold; those at a target faithfulness have none
-            acdc = acdc[acdc["threshold"].notna()]
-        if len(acdc):
-            pick = acdc.sort_values("threshold").iloc[len(acdc) // 2]
+        pick = _acdc_circuit(acdc)
+        if pick is not None:
             circuit = store.trusted_file(pick["job_id"], "circuit.parquet")  # by id, checked bytes
             if circuit is not None:
                 masks = load_circuit(io.BytesIO(circuit), list(ckpt["shape"]))
-                note = f"ACDC tau={pick['threshold']:g}: {int(pick['n_edges_kept'])} edges"
+                setting = f"f>={pick['target_f']:g}" if pd.notna(pick.get("target_f")) else f"tau={pick['threshold']:g}"
+                note = f"ACDC {setting}: {int(pick['n_edges_kept'])} edges"
         draw_network_on(ax, ckpt, masks, f"{regime} (seed {seed})\n{note}")
     fig.tight_layout()
     path = out / f"networks_{task}.png"
@@ -106,20 +118,42 @@ def figure_faithfulness_curve(task: str, discover: pd.DataFrame, out: Path) -> P
 
 
 def figure_discovery_time(discover: pd.DataFrame, out: Path) -> Path | None:
+    """Mean discovery wall time per task and method, one bar per regime, with 95% intervals over
+    seeds; a linear axis unless the bars span more than 100x (then a log axis with plain numbers)."""
     import matplotlib.pyplot as plt
 
     if discover.empty or "discovery_seconds" not in discover:
         return None
-    g = discover.groupby(["task", "method", "regime"])["discovery_seconds"].mean().unstack("regime")
-    g = g[[r for r in sorted_regimes(g.columns)]]
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(g)), 3.5))
-    g.plot.bar(ax=ax, logy=True)
-    ax.set_ylabel("discovery wall time (s)")
-    ax.set_xlabel("")
-    ax.tick_params(axis="x", labelsize=7)
-    ax.legend(fontsize=7)
+    cells = sorted(discover.groupby(["task", "method"]).groups)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(cells) + 1.5), 3.8))
+    draw_discovery_time(ax, discover, cells)
     fig.tight_layout()
     path = out / "discovery_time.png"
     save_png(fig, path, dpi=100)
     plt.close(fig)
     return path
+
+
+def draw_discovery_time(ax, discover: pd.DataFrame, cells: list[tuple]) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    regimes = sorted_regimes(discover["regime"].dropna().unique())
+    width = 0.8 / max(1, len(regimes))
+    means = []
+    for k, regime in enumerate(regimes):
+        ests = [estimate(discover[(discover["task"] == t) & (discover["method"] == m)
+                                  & (discover["regime"] == regime)]["discovery_seconds"]) for t, m in cells]
+        xs = np.arange(len(cells)) + (k - (len(regimes) - 1) / 2) * width
+        ys = np.array([e.mean for e in ests])
+        errs = np.array([e.half_width or 0.0 for e in ests])
+        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=regime)
+        means += [y for y in ys if np.isfinite(y) and y > 0]
+    if means and max(means) / min(means) > 100:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_ylabel("discovery wall time (s, log scale)")
+    else:
+        ax.set_ylabel("discovery wall time (s)")
+    ax.set_xticks(np.arange(len(cells)), [f"{t}\n{m}" for t, m in cells], fontsize=7)
+    ax.set_title("discovery time: mean over seeds, 95% interval", fontsize=9)
+    ax.legend(fontsize=7)

@@ -52,8 +52,8 @@ SPARSITY = [
 PROFILE = [
     ("train_seconds", "train s", "lower"),
     ("steps_per_second", "steps/s", "higher"),
-    ("peak_memory_bytes", "peak memory B", "lower"),
-    ("peak_memory_delta_bytes", "peak above start B", "lower"),
+    ("peak_memory_mib", "peak memory MiB", "lower"),
+    ("peak_memory_delta_mib", "peak above start MiB", "lower"),
     ("inference_per_second_batch1", "inference/s b1", "higher"),
     ("inference_per_second_batch1024", "inference/s b1024", "higher"),
     ("n_parameters", "parameters", "lower"),
@@ -130,6 +130,11 @@ def load_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no jobs.parquet; run the sweep first (`circuitry run SPEC`)")
     df = pd.read_parquet(path)
+    if "kind" not in df:  # a sweep stopped before any job finished: a table without rows or columns
+        df = pd.DataFrame({"job_id": pd.Series(dtype=str), "kind": pd.Series(dtype=str)})
+    for col in ("peak_memory_bytes", "peak_memory_delta_bytes"):  # shown in MiB, not 6.35e+08 bytes
+        if col in df:
+            df[col.replace("_bytes", "_mib")] = pd.to_numeric(df[col], errors="coerce") / 2 ** 20
     if "status" in df:
         df = df[df["status"].fillna("finished") == "finished"]
     train = df[df["kind"] == "train"].copy()
@@ -198,6 +203,14 @@ def figure_cell(frame: pd.DataFrame, group: pd.DataFrame, col: str) -> str:
     return str(estimate(values)) + (f" ({undefined} undefined)" if undefined else "")
 
 
+def key_text(value) -> str:
+    """A setting in a table's key column: "-" where the row has none (the target_f of a run at a
+    threshold, the threshold of one at a target), never "nan"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return str(value)
+
+
 def _ordered_groups(frame: pd.DataFrame, keys: list[str]):
     groups = frame.groupby(keys, dropna=False, sort=False)
     order = sorted(groups.groups, key=lambda g: tuple(
@@ -214,7 +227,7 @@ def table(frame: pd.DataFrame, keys: list[str], figures) -> str:
     head = "| " + " | ".join(keys + ["seeds"] + [label for _, label, _ in figures]) + " |"
     lines = [head, "|" + "---|" * (len(keys) + 1 + len(figures))]
     for key, g in _ordered_groups(frame, keys):
-        cells = [str(k) for k in key] + [str(g["seed"].nunique() if "seed" in g else len(g))]
+        cells = [key_text(k) for k in key] + [str(g["seed"].nunique() if "seed" in g else len(g))]
         cells += [figure_cell(frame, g, col) for col, _, _ in figures]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -203,7 +203,8 @@ class Scheduler:
                 self.dependents.setdefault(need, []).append(j)
         self.ready: set[str] = set()  # train jobs whose checkpoint is in ckpt_refs and finished
         self.last_drain = 0.0
-        self.bar = ProgressBar(len(spec.jobs), enabled=self.progress)
+        self.bar = ProgressBar(len(spec.jobs), enabled=self.progress, cached=self.out.cached,
+                               backlog=self.recorder.backlog)
         self.echo(f"sweep {spec.name}: {len(spec.jobs)} jobs, {self.out.cached} already finished, "
                   f"{len(spec.jobs) - self.out.cached} to run -> {self.sweep_dir}")
 

@@ -11,8 +11,10 @@ A spec (see examples/quickstart.toml):
                  binds: 127.0.0.1, or 0.0.0.0 so a cluster's Prometheus can reach it),
                  metrics_linger, pushgateway, pictures (network.png / circuit.png per job)
     [train]      grid: task, regime, seed, steps, lam, lr, width, swap_every, top_k, final_factor,
-                 log_every (each a value or a list of values; lists multiply; lam, lr, swap_every,
-                 top_k, final_factor default to the task's BIMT recipe, tasks.recipe)
+                 log_every, and for transformer tasks n_layers, n_heads, d_model, d_head, d_mlp
+                 (each a value or a list of values; lists multiply; lam, lr, swap_every, top_k,
+                 final_factor default to the task's BIMT recipe, tasks.recipe; the shape fields
+                 to the task's model, tasks.sequence)
     [prune]      finetune_steps (default: a tenth of the train steps), match_fraction (1e-2): the
                  `prune` regime's settings (workers.prune); regime "prune" in [train] adds, for
                  every grid point, a job that prunes the vanilla model of the same task, seed and
@@ -20,7 +22,7 @@ A spec (see examples/quickstart.toml):
     [discover]   grid: method, threshold or target_f (one of them), order, ablation, output, seed,
                  train_seed (optional table: no discovery; [[discover]] for several grids)
     [resources]  train_cpus, train_gpus, discover_cpus, discover_gpus, max_retries, edge_chunk
-    [testing]    TEST-ONLY fault injection: transient_once, crash_once, hold (job selectors, see below)
+    [testing]    TEST-ONLY fault injection: transient_once, crash_once, hold, noop (job selectors, see below)
 
 The tables are pydantic models (Sweep, Train, Discover, Resources, Prune, Testing, SpecFile below):
 each field's type, allowed values, default and meaning, written once; `circuitry schema` prints
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Union
@@ -44,7 +47,7 @@ from circuitry.orchestrator.count import JobCount, count_jobs
 from circuitry.orchestrator.jobs import Job, MissingModels, expand
 from circuitry.tasks import TASKS
 from circuitry.workers.names import (ABLATIONS, DEFAULT_ABLATION, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
-                                     METHODS, ORDERS, REGIMES)
+                                     METHODS, ORDERS, REGIMES, TRANSFORMER_SHAPE)
 
 
 # ---------------------------------------------------------------- the tables, as pydantic models
@@ -157,6 +160,12 @@ class Train(Table):
     final_factor: Grid(NonNegFloat) = _unset("the task's BIMT recipe")
     """The lam multiplier of the schedule's last phase."""
     log_every: Grid(PositiveInt) = DEFAULT_LOG_EVERY
+    # transformer tasks only (names.TRANSFORMER_SHAPE)
+    n_layers: Grid(PositiveInt) = _unset("the task's model (transformer tasks)")
+    n_heads: Grid(PositiveInt) = _unset("the task's model (transformer tasks)")
+    d_model: Grid(PositiveInt) = _unset("the task's model (transformer tasks)")
+    d_head: Grid(PositiveInt) = _unset("the task's model (transformer tasks)")
+    d_mlp: Grid(NonNegInt) = _unset("the task's model (transformer tasks); 0 = attention-only")
 
 
 class Discover(Table):
@@ -205,6 +214,9 @@ class Testing(Table):
     crash_once: list[Selector] = []
     hold: list[Selector] = []
     """Jobs that wait at their start until the file SWEEP/.release exists (a local run only)."""
+    noop: list[Selector] = []
+    """These jobs do no work: each returns a tiny finished record at once (benchmarks of the driver,
+    benchmarks/cluster_sim.py)."""
 
 
 def _one_or_more(table):
@@ -248,50 +260,86 @@ SWEEP_FIELDS, TRAIN_GRID, DISCOVER_GRID = _field_checks(Sweep), _field_checks(Tr
 RESOURCE_FIELDS, PRUNE_FIELDS, TESTING_FIELDS = _field_checks(Resources), _field_checks(Prune), _field_checks(Testing)
 
 
+class _Problems:
+    """Every problem of a spec at once (a spec with `bimtt`, `stpes` and `treshold` names all
+    three): `with problems.check():` records a SpecError and goes on; `raise_any()` raises one
+    SpecError naming them all, in the order found, separated by "; "."""
+
+    def __init__(self):
+        self.messages: list[str] = []
+
+    @contextmanager
+    def check(self):
+        try:
+            yield
+        except SpecError as e:
+            self.messages.extend(getattr(e, "problems", [str(e)]))
+
+    def raise_any(self) -> None:
+        if self.messages:
+            messages = list(dict.fromkeys(self.messages))
+            head = f"{len(messages)} problems: " if len(messages) > 1 else ""
+            err = SpecError(head + "; ".join(messages))
+            err.problems = messages
+            raise err
+
+
 def _unknown_keys(table: str, given: dict, allowed: dict) -> None:
-    for key in given:
-        if key not in allowed:
-            raise SpecError(f"{table}.{key}: unknown field; allowed: {', '.join(allowed)}")
+    problems = _Problems()
+    problems.messages = [f"{table}.{key}: unknown field; allowed: {', '.join(allowed)}"
+                         f"{checkers.did_you_mean(key, allowed)}" for key in given if key not in allowed]
+    problems.raise_any()
 
 
 def _scalars(table: str, given: dict, fields: dict) -> dict:
-    _unknown_keys(table, given, fields)
+    problems = _Problems()
+    with problems.check():
+        _unknown_keys(table, given, fields)
     out = {}
     for key, (check, default) in fields.items():
-        if key not in given:
-            if default is REQUIRED:
-                raise SpecError(f"{table}.{key}: missing; this field is required")
-            out[key] = default
-            continue
-        out[key] = check(f"{table}.{key}", given[key])
+        with problems.check():
+            if key not in given:
+                if default is REQUIRED:
+                    raise SpecError(f"{table}.{key}: missing; this field is required")
+                out[key] = default
+                continue
+            out[key] = check(f"{table}.{key}", given[key])
+    problems.raise_any()
     return out
 
 
 def _grid(table: str, given: dict, fields: dict) -> dict[str, list]:
-    _unknown_keys(table, given, fields)
+    problems = _Problems()
+    with problems.check():
+        _unknown_keys(table, given, fields)
     out = {}
     for key, (check, default) in fields.items():
-        if key not in given:
-            if default is REQUIRED:
-                raise SpecError(f"{table}.{key}: missing; give a value or a list of values")
-            out[key] = [default]
-            continue
-        raw = given[key]
-        if isinstance(raw, dict):
-            raise SpecError(f"{table}.{key}: a table is not allowed here; give a value or a list of values")
-        if isinstance(raw, list):
-            if not raw:
-                raise SpecError(f"{table}.{key}: [] is empty; give at least one value")
-            vals = [check(f"{table}.{key}[{i}]", v) for i, v in enumerate(raw)]
-        else:
-            vals = [check(f"{table}.{key}", raw)]
-        seen = set()
-        for i, v in enumerate(vals):
-            if v in seen:
-                raise SpecError(f"{table}.{key}[{i}]: {checkers.show(v)} is listed twice; list each value once")
-            seen.add(v)
-        out[key] = vals
+        with problems.check():
+            out[key] = _grid_values(table, key, given, check, default)
+    problems.raise_any()
     return out
+
+
+def _grid_values(table: str, key: str, given: dict, check, default) -> list:
+    if key not in given:
+        if default is REQUIRED:
+            raise SpecError(f"{table}.{key}: missing; give a value or a list of values")
+        return [default]
+    raw = given[key]
+    if isinstance(raw, dict):
+        raise SpecError(f"{table}.{key}: a table is not allowed here; give a value or a list of values")
+    if isinstance(raw, list):
+        if not raw:
+            raise SpecError(f"{table}.{key}: [] is empty; give at least one value")
+        vals = [check(f"{table}.{key}[{i}]", v) for i, v in enumerate(raw)]
+    else:
+        vals = [check(f"{table}.{key}", raw)]
+    seen = set()
+    for i, v in enumerate(vals):
+        if v in seen:
+            raise SpecError(f"{table}.{key}[{i}]: {checkers.show(v)} is listed twice; list each value once")
+        seen.add(v)
+    return vals
 
 
 def _table_names(table: str, value) -> list[str]:
@@ -301,7 +349,12 @@ def _table_names(table: str, value) -> list[str]:
 
 def _grids(table: str, value, fields: dict) -> list[dict[str, list]]:
     tables = value if isinstance(value, list) else [value]
-    return [_grid(name, t, fields) for name, t in zip(_table_names(table, value), tables)]
+    problems, grids = _Problems(), []
+    for name, t in zip(_table_names(table, value), tables):
+        with problems.check():
+            grids.append(_grid(name, t, fields))
+    problems.raise_any()
+    return grids
 
 
 def _check_selection(name: str, grid: dict[str, list]) -> None:
@@ -360,34 +413,49 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{origin}: not valid TOML ({e})") from None
-    for table, value in raw.items():
-        if table not in TABLES:
-            raise SpecError(f"{table}: unknown table; allowed: {', '.join(TABLES)}")
-        if table in ("train", "discover") and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            continue  # [[train]] / [[discover]]: several grids, e.g. one lam grid per task
-        if not isinstance(value, dict):
-            raise SpecError(f"{table}: {checkers.show(value)} is not a table; write [{table}]")
-    for table in ("sweep", "train"):
-        if table not in raw:
-            raise SpecError(f"{table}: missing table; a spec needs [sweep] and [train]")
-    sweep = _scalars("sweep", raw["sweep"], SWEEP_FIELDS)
-    train = _grids("train", raw["train"], TRAIN_GRID)
-    discover = None
+    problems = _Problems()  # every problem of the tables at once, then the checks across them
+    for table, value in list(raw.items()):
+        with problems.check():
+            if table not in TABLES:
+                del raw[table]
+                raise SpecError(f"{table}: unknown table; allowed: {', '.join(TABLES)}"
+                                f"{checkers.did_you_mean(table, TABLES)}")
+            if table in ("train", "discover") and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                continue  # [[train]] / [[discover]]: several grids, e.g. one lam grid per task
+            if not isinstance(value, dict):
+                del raw[table]
+                raise SpecError(f"{table}: {checkers.show(value)} is not a table; write [{table}]")
+    if "sweep" not in raw or "train" not in raw:  # nothing else can be checked without them
+        problems.messages += [f"{t}: missing table; a spec needs [sweep] and [train]" for t in ("sweep", "train")
+                              if t not in raw and not any(m.startswith(f"{t}:") for m in problems.messages)]
+        problems.raise_any()
+    sweep = train = discover = resources = prune = None
+    with problems.check():
+        sweep = _scalars("sweep", raw["sweep"], SWEEP_FIELDS)
+    with problems.check():
+        train = _grids("train", raw["train"], TRAIN_GRID)
     if "discover" in raw:
         names = _table_names("discover", raw["discover"])
-        discover = _grids("discover", raw["discover"], DISCOVER_GRID)
-        for name, grid in zip(names, discover):
-            _check_selection(name, grid)
-    resources = _scalars("resources", raw.get("resources", {}), RESOURCE_FIELDS)
-    prune = _scalars("prune", raw.get("prune", {}), PRUNE_FIELDS)
+        with problems.check():
+            discover = _grids("discover", raw["discover"], DISCOVER_GRID)
+            for name, grid in zip(names, discover):
+                with problems.check():
+                    _check_selection(name, grid)
+    with problems.check():
+        resources = _scalars("resources", raw.get("resources", {}), RESOURCE_FIELDS)
+    with problems.check():
+        prune = _scalars("prune", raw.get("prune", {}), PRUNE_FIELDS)
     testing_raw = raw.get("testing", {})
-    _unknown_keys("testing", testing_raw, TESTING_FIELDS)
+    with problems.check():
+        _unknown_keys("testing", testing_raw, TESTING_FIELDS)
     testing = {}
     for key, (_, default) in TESTING_FIELDS.items():
-        val = testing_raw.get(key, default)
-        if not isinstance(val, list):
-            raise SpecError(f"testing.{key}: {checkers.show(val)} is not a list of job selectors")
-        testing[key] = [checkers.selector(f"testing.{key}[{i}]", v) for i, v in enumerate(val)]
+        with problems.check():
+            val = testing_raw.get(key, default)
+            if not isinstance(val, list):
+                raise SpecError(f"testing.{key}: {checkers.show(val)} is not a list of job selectors")
+            testing[key] = [checkers.selector(f"testing.{key}[{i}]", v) for i, v in enumerate(val)]
+    problems.raise_any()
 
     for name, grid in zip(names if discover else [], discover or []):
         for i, out in enumerate(grid["output"]):
@@ -402,6 +470,7 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
         for i, w in enumerate(grid["width"]):
             if w is not None and w > 4096:
                 raise SpecError(f"{name}.width[{i}]: {w} is too wide; allowed: 1..4096")
+        _check_model_fields(name, grid)
     root_path = Path(root if root is not None else sweep["root"]).expanduser()
     spec = Spec(sweep["name"], root_path, sweep["tracking_uri"], sweep["metrics_port"], train, discover,
                 resources, testing, text, sweep["metrics_host"], sweep["metrics_linger"], sweep["pushgateway"],
@@ -421,6 +490,21 @@ def _within_max_jobs(count: JobCount, max_jobs: int) -> None:
         raise SpecError(f"sweep.max_jobs: the grids expand to {count.total:,} jobs ({count.train:,} train + "
                         f"{count.discover:,} discover), over max_jobs = {max_jobs:,}; shrink the grids, split the "
                         "sweep, or raise sweep.max_jobs")
+
+
+def _check_model_fields(name: str, grid: dict[str, list]) -> None:
+    """width reshapes MLP tasks, the transformer shape fields transformer tasks: a field set for a
+    task of the other kind is an error, not silently ignored."""
+    kinds = {t: TASKS[t].transformer is not None for t in grid["task"]}
+    for field_name in ("width", *TRANSFORMER_SHAPE):
+        if all(v is None for v in grid[field_name]):
+            continue
+        wrong = [t for t, is_transformer in kinds.items() if is_transformer != (field_name != "width")]
+        if wrong:
+            kind = "transformer" if field_name == "width" else "MLP"
+            fix = "use n_layers, n_heads, d_model, d_head, d_mlp" if field_name == "width" else "use width"
+            raise SpecError(f"{name}.{field_name}: task {wrong[0]} trains a{'n' if kind == 'MLP' else ''} {kind}; "
+                            f"{fix}, or put it in its own [[train]] table")
 
 
 def load_spec(path: str | Path, root: str | Path | None = None) -> Spec:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from circuitry import tasks
-from circuitry.workers import discover as discover_mod
+from circuitry.workers import discovery_data
 from circuitry.workers.acdc import acdc, acdc_naive
 from circuitry.workers.discover import discover, prepare, summary_figures
 from circuitry.workers.graph import Graph, Problem
@@ -61,7 +61,7 @@ def test_halves_in_task_order_corruptions_within_each_half_and_means_from_discov
 
 
 def test_large_test_split_is_capped_per_half(monkeypatch):
-    monkeypatch.setattr(discover_mod, "MAX_EXAMPLES_PER_HALF", 30)
+    monkeypatch.setattr(discovery_data, "MAX_EXAMPLES_PER_HALF", 30)
     torch.manual_seed(0)
     ckpt = CoordMLP([64, 6, 10]).to_checkpoint("digits", "vanilla", 1, {"seed": 1})
     s = discover(ckpt, "acdc", 0.01).summary

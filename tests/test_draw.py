@@ -22,6 +22,37 @@ def test_a_big_layer_draws_its_circuit_edges_first_and_at_most_the_cap(monkeypat
     plt.close(fig)
 
 
+def test_legend_class_labels_and_a_whole_title():
+    torch.manual_seed(0)
+    ckpt = CoordMLP([4, 6, 3]).to_checkpoint("two_moons", "bimt", 0, {})  # a classifier
+    masks = [torch.ones(w.shape, dtype=torch.bool) for w in ckpt["weights"]]
+    title = "independence/bimt acdc f>=0.9 (tau=0.0123) resample: 12/40 edges, a title longer than the figure"
+    fig, ax = plt.subplots(figsize=(4, 4))
+    draw.draw_network_on(ax, ckpt, masks, title)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["positive weight", "negative weight", "not in circuit"]
+    texts = {t.get_text() for t in ax.texts}
+    assert {"0", "1", "2"} <= texts  # the classes, not y1..y3
+    shown = ax.get_title()
+    assert "\n" in shown and shown.replace("\n", " ") == title
+    plt.close(fig)
+
+
+def test_a_dense_circuit_is_drawn_by_its_top_scoring_edges(monkeypatch):
+    monkeypatch.setattr(draw, "MAX_CIRCUIT_DRAWN", 10)
+    torch.manual_seed(0)
+    ckpt = CoordMLP([5, 8, 2]).to_checkpoint("independence", "bimt", 0, {})
+    masks = [torch.ones(w.shape, dtype=torch.bool) for w in ckpt["weights"]]
+    scores = [torch.arange(w.numel(), dtype=torch.float64).reshape(w.shape) for w in ckpt["weights"]]
+    top = draw.top_circuit_edges(masks, scores, 10)
+    assert sum(int(m.sum()) for m in top) == 10
+    assert bool(top[0].view(-1)[-10:].all()) and not bool(top[1].any())  # layer 0's scores 30..39 are the largest
+    fig, ax = plt.subplots()
+    draw.draw_network_on(ax, ckpt, masks, "t", edge_scores=scores)
+    assert any("top 10 of 56 circuit edges" in t.get_text() for t in ax.texts)
+    plt.close(fig)
+
+
 def test_input_reach_draws_one_image_per_class_of_the_pixels_the_circuit_reads(tmp_path):
     """An image task's circuit as the input pixels each class reads: a PNG, and the reach it draws
     is exactly the inputs with a path to that output through the circuit."""

@@ -110,7 +110,7 @@ def test_no_module_in_workers_or_orchestrator_passes_500_lines():
 
 
 def test_imports_name_the_installed_package():
-    """`from workers...` works only from the repository root; the installed names are circuitry.*."""
+    """Bare folder names (workers.x) import only from the repository root; the installed names are circuitry.*."""
     bare = [f"{p.relative_to(ROOT)} imports {d}" for folder in (*FOLDERS, "tests", "benchmarks", "examples")
             for p in sorted((ROOT / folder).rglob("*.py")) for d in sorted(imported(p))
             if d.split(".")[0] in FOLDERS]

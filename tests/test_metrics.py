@@ -138,6 +138,23 @@ def test_metrics_names_follow_conventions():
 
 
 def test_progress_line():
-    bar = ProgressBar(10, enabled=True)
+    bar = ProgressBar(10, enabled=True, cached=2, backlog=lambda: 4)
     line = bar.line(3, 1, 2, 0)
     assert "3/10 jobs" in line and "1 failed" in line and "edges/s" in line
+    assert "2 cached" in line and "2 running" in line and "jobs/s" in line and "ETA" in line
+    assert "MLflow 4 to log" in line
+
+
+def test_progress_bar_on_a_terminal_keeps_job_lines_above_it():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    bar = ProgressBar(5, enabled=True, stream=out, cached=1)
+    bar.note("finished a (0.1 s)", 2, 0, 1, 0)
+    bar.end(5, 0, 0, 0)
+    text = out.getvalue()
+    assert "finished a (0.1 s)\n" in text and "5/5 jobs" in text and "1 cached" in text

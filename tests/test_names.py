@@ -52,7 +52,7 @@ def test_no_module_keeps_its_own_copy_of_a_word_list():
         for quote in ('"', "'"):
             literal = ", ".join(f"{quote}{w}{quote}" for w in words)
             copies = [str(p.relative_to(ROOT)) for p in sources if literal in p.read_text()]
-            assert not copies, f"{words} is copied in {copies}; import it from workers.names"
+            assert not copies, f"{words} is copied in {copies}; import it from circuitry.workers.names"
 
 
 def test_spec_edge_count_is_the_trained_networks():

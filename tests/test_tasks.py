@@ -13,6 +13,15 @@ def test_data_is_seeded_and_shaped(name):
     a, b, c = task.make_data(0), task.make_data(0), task.make_data(1)
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
     assert not torch.equal(a.x_train, c.x_train)
+    if task.transformer is not None:  # sequences: [N, pos] ids or [N, pos, d_input]; targets at the scored positions
+        cfg = task.transformer
+        assert a.x_train.shape[1] <= cfg.n_ctx and max(task.positions) < a.x_train.shape[1]
+        assert a.y_train.shape[1] == len(task.positions)
+        if task.kind == "classification":
+            assert a.y_train.dtype == torch.long and int(a.y_train.max()) < cfg.d_output
+        else:
+            assert a.x_train.shape[2:] in ((), (cfg.d_input,)) and a.y_train.shape[2] <= cfg.d_output
+        return
     n_features = task.shape[0] // task.embed_dim if task.embed_dim else task.shape[0]
     assert a.x_train.shape[1] == n_features
     if task.kind == "regression":

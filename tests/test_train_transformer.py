@@ -87,3 +87,18 @@ def test_induction_data_repeats_distinct_tokens():
     assert task.positions == tuple(range(HALF, 2 * HALF - 1))
     model = Transformer(task.transformer)
     assert task.loss(model(x[:4]), d.y_train[:4]).shape == ()
+
+
+def test_prune_a_transformer_to_the_bimt_models_counts():
+    from circuitry.workers.prune import PruneConfig, matrices, prune
+
+    vanilla = train(TrainConfig(task="induction", regime="vanilla", steps=30)).checkpoint
+    bimt = train(TrainConfig(task="induction", regime="bimt", steps=30, lam=1.0, swap_every=10)).checkpoint
+    result = prune(vanilla, bimt, PruneConfig(finetune_steps=5, match_fraction=0.3))
+    m, ckpt = result.metrics, result.checkpoint
+    assert ckpt["regime"] == "prune" and ckpt["format"] == "circuitry.transformer/1"
+    assert m["weights_nonzero"] == m["prune_target"] < sum(w.numel() for w in matrices(vanilla).values())
+    counts = ckpt["config"]["layer_counts"]
+    for (name, w), k in zip(matrices(ckpt).items(), counts):
+        assert int((w != 0).sum()) == k, name
+    assert torch.equal(ckpt["weights"]["pos_embed.W_pos"] != 0, torch.ones_like(ckpt["weights"]["pos_embed.W_pos"]) > 0)

@@ -331,10 +331,10 @@ def _ground_truth(ckpt, prep: Prepared, masks, flat_scores, keep, output) -> dic
 
 # ---------------------------------------------------------------- files
 
-def _draw(ckpt, masks, title, path):
+def _draw(ckpt, masks, title, path, scores=None):
     from circuitry.workers.draw import draw_network
 
-    draw_network(ckpt, path, edge_mask=masks, title=title)
+    draw_network(ckpt, path, edge_mask=masks, title=title, edge_scores=scores or None)
 
 
 def discovery_files(d: Discovery, ckpt: dict, pictures: bool = True) -> dict[str, bytes]:
@@ -350,7 +350,7 @@ def discovery_files(d: Discovery, ckpt: dict, pictures: bool = True) -> dict[str
     title = f"{c['task']}/{c['regime']} {c['method']} {sel} {c['ablation']}: {d.summary['n_edges_kept']}/{d.summary['n_edges_total']} edges"
     files = {"circuit.parquet": sink.getvalue().to_pybytes()}
     if pictures:
-        files["circuit.png"] = png_bytes(_draw, ckpt, d.masks, title)
+        files["circuit.png"] = png_bytes(_draw, ckpt, d.masks, title, scores=d.scores)
     files["summary.json"] = json_bytes(d.summary)
     return files
 

@@ -206,6 +206,10 @@ class CheckpointError(ValueError):
 
 
 REQUIRED_KEYS = ("format", "task", "shape", "weights", "biases", "in_perm", "out_perm", "coordinates", "l0")
+# every checkpoint format circuitry writes, and the keys it must have (workers.transformer: the transformer's)
+TRANSFORMER_FORMAT = "circuitry.transformer/1"
+FORMATS = {FORMAT: REQUIRED_KEYS,
+           TRANSFORMER_FORMAT: ("format", "task", "model", "weights", "coordinates", "config")}
 MAX_LAYER = 1 << 16  # neurons in one layer: a checkpoint claiming more is refused before anything is built
 MAX_WEIGHTS = 1 << 28
 
@@ -226,19 +230,33 @@ def _tensor(x, shape: tuple | None, what: str, floating: bool = True) -> torch.T
     return x
 
 
-def _check_format(ckpt, path, fmt: str, keys: tuple[str, ...]) -> None:
-    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+def _check_format(ckpt, path, formats: tuple[str, ...]) -> None:
+    expected = " or ".join(repr(f) for f in formats)
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in formats:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: format is {got!r}, expected {fmt!r}")
-    missing = [k for k in keys if k not in ckpt]
+        raise CheckpointError(f"{path}: format is {got!r}, expected {expected}")
+    missing = [k for k in FORMATS[ckpt["format"]] if k not in ckpt]
     if missing:
-        raise CheckpointError(f"{path}: {fmt} checkpoint lacks {', '.join(missing)}")
+        raise CheckpointError(f"{path}: {ckpt['format']} checkpoint lacks {', '.join(missing)}")
+
+
+def _all_finite(x, path) -> None:
+    """Every floating-point tensor in a checkpoint's nested lists and dicts holds finite values."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype.is_floating_point and not torch.isfinite(x).all():
+            raise CheckpointError(f"{path}: a weight holds NaN or infinite values; expected a checkpoint "
+                                  "`circuitry train` wrote")
+    elif isinstance(x, dict):
+        for v in x.values():
+            _all_finite(v, path)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            _all_finite(v, path)
 
 
 def check_checkpoint(ckpt, path) -> dict:
     """Every field of a `circuitry.mlp/1` checkpoint against its shape: types, dtypes, sizes,
     finite values; CheckpointError (one line naming the file) on the first that is wrong."""
-    _check_format(ckpt, path, FORMAT, REQUIRED_KEYS)
     shape = ckpt["shape"]
     if (not isinstance(shape, (list, tuple)) or len(shape) < 2 or len(shape) > 64
             or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_LAYER for n in shape)
@@ -279,17 +297,24 @@ def check_checkpoint(ckpt, path) -> dict:
     return ckpt
 
 
-def checkpoint_from_bytes(data: bytes, path) -> dict:
-    """A checked checkpoint from model.pt's bytes (`weights_only=True`: no code runs)."""
+def checkpoint_from_bytes(data: bytes, path, formats: tuple[str, ...] = tuple(FORMATS)) -> dict:
+    """A checked checkpoint from model.pt's bytes (`weights_only=True`: no code runs): its format
+    and keys; an MLP's every field (check_checkpoint), a transformer's finite weights."""
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or pickled code
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}); expected {FORMAT}") from None
-    return check_checkpoint(ckpt, path)
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}); expected "
+                              f"{' or '.join(repr(f) for f in formats)}") from None
+    _check_format(ckpt, path, formats)
+    if ckpt["format"] == FORMAT:
+        return check_checkpoint(ckpt, path)
+    _all_finite(ckpt, path)
+    return ckpt
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load and check a `circuitry.mlp/1` checkpoint with `weights_only=True` (no code runs)."""
+def load_checkpoint(path: str | Path, formats: tuple[str, ...] = tuple(FORMATS)) -> dict:
+    """Load and check a circuitry checkpoint (`circuitry.mlp/1`, or `circuitry.transformer/1`) with
+    `weights_only=True` (no code runs); `formats` narrows what is accepted."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; train one with `circuitry train --out DIR`")
@@ -297,7 +322,7 @@ def load_checkpoint(path: str | Path) -> dict:
         data = path.read_bytes()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-    return checkpoint_from_bytes(data, path)
+    return checkpoint_from_bytes(data, path, formats)
 
 
 def checkpoint_bytes(ckpt: dict) -> bytes:

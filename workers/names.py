@@ -33,6 +33,10 @@ PRUNE_FROM, PRUNE_MATCH = "vanilla", "bimt"
 REGIMES: tuple[str, ...] = (*TRAINED_REGIMES, "prune")  # also the report's row order
 BASELINE_REGIME = "vanilla"
 
+# The train settings that reshape a transformer task's model (tasks.sequence.TransformerConfig's
+# fields of the same names; None: the task's). Part of a job id only when set, so MLP ids stay.
+TRANSFORMER_SHAPE = ("n_layers", "n_heads", "d_model", "d_head", "d_mlp")
+
 # The train settings a task's recipe (tasks.recipe) fills in when a spec or the CLI leaves them out
 RECIPE_DEFAULTS = ("lam", "lr", "swap_every", "top_k", "final_factor")
 # ... and those only a penalty reads: a vanilla model is the same whatever they say

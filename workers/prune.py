@@ -25,9 +25,13 @@ the wide-input layers hardest for a reason that is the parametrisation's, not le
 
 Fine-tuning: `finetune_steps` steps of the vanilla recipe (AdamW afresh at the recipe's lr, no
 penalty, no swaps, the recipe's minibatches from the start of the data seed's order), through
-workers.train.train with `start` and `masks`. The returned checkpoint is `circuitry.mlp/1` with
-regime "prune"; its `config` is the vanilla one's with steps = finetune_steps plus the prune fields
-below.
+workers.train.train with `start` and `masks`. The returned checkpoint is the vanilla one's format
+with regime "prune"; its `config` is the vanilla one's with steps = finetune_steps plus the prune
+fields below.
+
+Transformers (`circuitry.transformer/1`): the "layers" are the weight matrices W_E (or W_in), each
+block's W_Q, W_K, W_V, W_O, the MLPs' W_in and W_out, and W_U (workers.train_transformer
+.penalised_weights: no biases, W_pos or LayerNorms), pruned per tensor the same way.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ import torch
 
 from circuitry.workers.names import DEFAULT_MATCH_FRACTION
 from circuitry.workers.train import TrainResult, checkpoint_fit, config_of, train
+from circuitry.workers.transformer import is_weight_matrix
 
 @dataclass(frozen=True)
 class PruneConfig:
@@ -71,41 +76,60 @@ def magnitude_masks(weights: list[torch.Tensor], counts: list[int]) -> list[torc
     return masks
 
 
+def matrices(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The prunable weight matrices by name: an MLP's layers ("0", "1", ...), a transformer's W_
+    matrices but W_pos (the names of its `weights`)."""
+    w = ckpt["weights"]
+    if isinstance(w, dict):
+        return {k: v for k, v in w.items() if is_weight_matrix(k)}
+    return {str(l): t for l, t in enumerate(w)}
+
+
 def masked(ckpt: dict, masks: list[torch.Tensor]) -> dict:
-    return {**ckpt, "weights": [w * m for w, m in zip(ckpt["weights"], masks)]}
+    w = ckpt["weights"]
+    if isinstance(w, dict):
+        return {**ckpt, "weights": {**w, **{k: m * w[k] for k, m in zip(matrices(ckpt), masks)}}}
+    return {**ckpt, "weights": [t * m for t, m in zip(w, masks)]}
+
+
+def model_shape(ckpt: dict):
+    """What two checkpoints must share to be pruned one to the other: the MLP's shape, or the
+    transformer's config."""
+    return ckpt["model"] if "model" in ckpt else list(ckpt["shape"])
 
 
 def _check_pair(vanilla: dict, match: dict) -> None:
     if vanilla.get("regime") != "vanilla":
         raise ValueError(f"the model to prune must be a vanilla one, got regime {vanilla.get('regime')!r}")
-    if vanilla["task"] != match["task"] or list(vanilla["shape"]) != list(match["shape"]):
-        raise ValueError(f"the matched model ({match['task']} {list(match['shape'])}) is not of the vanilla "
-                         f"model's task and shape ({vanilla['task']} {list(vanilla['shape'])})")
+    if vanilla["task"] != match["task"] or model_shape(vanilla) != model_shape(match):
+        raise ValueError(f"the matched model ({match['task']} {model_shape(match)}) is not of the vanilla "
+                         f"model's task and shape ({vanilla['task']} {model_shape(vanilla)})")
 
 
 def prune(vanilla: dict, match: dict, cfg: PruneConfig,
-          progress: Callable[[int, int], None] | None = None) -> TrainResult:
+          progress: Callable[[int, int, float], None] | None = None) -> TrainResult:
     """Prune `vanilla` to `match`'s per-layer weight counts, fine-tune, return a "prune" checkpoint."""
     _check_pair(vanilla, match)
     if cfg.finetune_steps < 1:
         raise ValueError(f"finetune_steps must be a positive integer, got {cfg.finetune_steps}")
     if not 0 < cfg.match_fraction < 1:
         raise ValueError(f"match_fraction must be in (0, 1), got {cfg.match_fraction}")
-    counts = layer_counts(match["weights"], cfg.match_fraction)
-    masks = magnitude_masks(vanilla["weights"], counts)
+    counts = layer_counts(list(matrices(match).values()), cfg.match_fraction)
+    masks = magnitude_masks(list(matrices(vanilla).values()), counts)
     pruned = masked(vanilla, masks)
     before = checkpoint_fit(pruned)
-    match_kept = checkpoint_fit(masked(match, magnitude_masks(match["weights"], counts)))
+    match_kept = checkpoint_fit(masked(match, magnitude_masks(list(matrices(match).values()), counts)))
     # the vanilla run's own settings (optimiser, minibatches, loss), for finetune_steps steps
     config = config_of(vanilla, steps=cfg.finetune_steps, log_every=cfg.log_every, device=cfg.device)
-    result = train(config, progress, start=pruned, masks=masks)
+    by_name = dict(zip(matrices(vanilla), masks)) if isinstance(vanilla["weights"], dict) else masks
+    result = train(config, progress, start=pruned, masks=by_name)
     ckpt = result.checkpoint
     ckpt["regime"] = "prune"
     ckpt["config"] = {**ckpt["config"], "regime": "prune", "finetune_steps": cfg.finetune_steps,
                       "vanilla_steps": vanilla["config"]["steps"], "match_fraction": cfg.match_fraction,
                       "match_regime": match.get("regime"), "match_steps": match["config"]["steps"],
                       "match_lam": match["config"]["lam"], "layer_counts": counts}
-    nonzero = sum(int((w != 0).sum()) for w in ckpt["weights"])
+    nonzero = sum(int((w != 0).sum()) for w in matrices(ckpt).values())
     result.metrics.update({
         "weights_nonzero": nonzero, "prune_target": sum(counts),
         **{f"pruned_{k}": v for k, v in before.items()},

@@ -20,7 +20,6 @@ recorded in the checkpoint's `config`.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -30,63 +29,12 @@ from circuitry.tasks.recipe import Recipe
 from circuitry.workers.device import pick_device
 from circuitry.workers.model import (CoordMLP, folded_line_coordinates, line_coordinates, ring_coordinates,
                            sheet_coordinates, sheet_shape)
-from circuitry.workers.names import DEFAULT_LOG_EVERY, RECIPE_DEFAULTS, TRAINED_REGIMES, network_shape
+from circuitry.workers.names import TRAINED_REGIMES, network_shape
 from circuitry.workers.profile import PeakMemory, count_parameters, inference_speed, weights_above
 from circuitry.workers.swap import relocate
+from circuitry.workers.train_config import TrainConfig, TrainResult, config_of, minibatches
 
-
-@dataclass
-class TrainConfig:
-    task: str
-    regime: str
-    steps: int
-    seed: int = 0
-    # None: the task's recipe (tasks.recipe)
-    lam: float | None = None
-    lr: float | None = None
-    swap_every: int | None = None
-    top_k: int | None = None
-    width: int | None = None  # hidden width override
-    sheets: bool | None = None  # 2-D neuron sheets; None: the task's default (image tasks)
-    final_factor: float | None = None  # lam multiplier of the schedule's last phase
-    batch_size: int | None = None  # 0: full batch (None: the recipe's, like the fields above)
-    log_every: int = DEFAULT_LOG_EVERY
-    device: str = "auto"
-
-    def resolved(self) -> "TrainConfig":
-        """The config with the task's recipe filled in."""
-        task = get_task(self.task)
-        if self.regime not in TRAINED_REGIMES:
-            raise ValueError(f"unknown regime {self.regime!r}: choose one of {', '.join(TRAINED_REGIMES)}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {self.steps}")
-        r = task.recipe
-        d = asdict(self)
-        for key in RECIPE_DEFAULTS:
-            d[key] = getattr(r, key) if d[key] is None else d[key]
-        d["batch_size"] = (r.batch_size or 0) if self.batch_size is None else self.batch_size
-        d["sheets"] = task.input_grid is not None if self.sheets is None else self.sheets
-        return TrainConfig(**d)
-
-    def recipe(self) -> Recipe:
-        """The task's recipe with this config's overrides applied (call on a resolved config)."""
-        r = get_task(self.task).recipe
-        return replace(r.with_final_factor(self.final_factor), lam=self.lam, lr=self.lr, swap_every=self.swap_every,
-                       top_k=self.top_k, batch_size=self.batch_size or None)
-
-    def record(self) -> dict:
-        """Every resolved setting, flat: the checkpoint's `config` (job ids and resume rest on it)."""
-        recipe = asdict(self.recipe())
-        recipe["lam_phases"] = [list(p) for p in recipe["lam_phases"]]
-        del recipe["steps"]  # the recipe's default length; the run's own is `steps`
-        return {**recipe, **asdict(self)}
-
-
-@dataclass
-class TrainResult:
-    checkpoint: dict
-    metrics: dict[str, float]
-    curve: list[dict] = field(default_factory=list)  # {"step", "train_loss", "test_loss"}
+__all__ = ["TrainConfig", "TrainResult", "checkpoint_fit", "config_of", "layout", "minibatches", "train"]
 
 
 def layout(shape: list[int], sheets: bool, input_grid: tuple[int, int] | None, recipe: Recipe = Recipe()
@@ -101,19 +49,6 @@ def layout(shape: list[int], sheets: bool, input_grid: tuple[int, int] | None, r
     if recipe.output_layout == "ring":
         return coords + [ring_coordinates(shape[-1])]
     return coords + [sheet_coordinates(1, shape[-1])]
-
-
-def minibatches(n: int, batch_size: int | None, seed: int, device: torch.device):
-    """Example indices for each step: everything (full batch), or shuffled minibatches of
-    `batch_size`, reshuffled every epoch, the last one of an epoch possibly smaller (as a
-    DataLoader with shuffle=True, which the MNIST notebook cycles through)."""
-    if not batch_size or batch_size >= n:
-        while True:
-            yield None
-    g = torch.Generator().manual_seed(seed + 104729)
-    while True:
-        for chunk in torch.randperm(n, generator=g).split(batch_size):
-            yield chunk.to(device)
 
 
 def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -133,12 +68,6 @@ def _fit(model: CoordMLP, task, loss_fn, x, y, x_test, y_test) -> dict[str, floa
         out["train_accuracy"] = _accuracy(pred, y)
         out["test_accuracy"] = _accuracy(pred_test, y_test)
     return out
-
-
-def config_of(ckpt: dict, **changes) -> TrainConfig:
-    """The TrainConfig a checkpoint was trained with (its recorded `config`), with `changes`."""
-    names = TrainConfig.__dataclass_fields__
-    return replace(TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in names}), **changes)
 
 
 def checkpoint_fit(ckpt: dict) -> dict[str, float]:
@@ -164,10 +93,11 @@ def _apply_masks(model: CoordMLP, masks: list[torch.Tensor]) -> None:
         linear.weight.mul_(m)
 
 
-def train(config: TrainConfig, progress: Callable[[int, int], None] | None = None, start: dict | None = None,
+def train(config: TrainConfig, progress: Callable[[int, int, float], None] | None = None, start: dict | None = None,
           masks: list[torch.Tensor] | None = None) -> TrainResult:
-    """Train one model. `progress(steps, examples)` is called every `log_every` steps with the
-    increments since the last call (the orchestrator turns them into Prometheus counters).
+    """Train one model. `progress(steps, examples, train_loss)` is called every `log_every` steps
+    with the increments since the last call (the orchestrator turns them into Prometheus counters;
+    the CLI draws a bar) and the loss just logged.
     `start`: a checkpoint of the same shape to continue from instead of a fresh initialisation
     (its weights, biases, embedding and layout; the optimiser starts afresh). `masks`: one 0/1
     tensor per weight matrix; the weights where it is 0 are held at exactly zero (their gradient
@@ -237,7 +167,7 @@ def train(config: TrainConfig, progress: Callable[[int, int], None] | None = Non
                     test_loss = float(loss_fn(model(x_test), y_test))
                 curve.append({"step": step, "train_loss": float(loss.detach()), "test_loss": test_loss})
                 if progress:
-                    progress(step + 1 - last_logged, examples)
+                    progress(step + 1 - last_logged, examples, curve[-1]["train_loss"])
                     last_logged, examples = step + 1, 0
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -13,15 +13,15 @@ from circuitry.workers.cost import add_cost_grad, total_cost
 from circuitry.workers.device import pick_device
 from circuitry.workers.names import TRAINED_REGIMES
 from circuitry.workers.profile import PeakMemory, count_parameters, inference_speed, weights_above
-from circuitry.workers.transformer import Transformer
+from circuitry.workers.train_config import TrainResult, config_of, minibatches
+from circuitry.workers.transformer import Transformer, is_weight_matrix
 from circuitry.workers.transformer_bimt import Sheet, cost_terms, relocate
 
 
 def penalised_weights(model: Transformer) -> list[torch.Tensor]:
     """The weight matrices (no biases, embeddings' positions or LayerNorms): what `weights_above`
     and pruning count."""
-    return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1].startswith("W_") and
-            not name.endswith("W_pos")]
+    return [p for name, p in model.named_parameters() if is_weight_matrix(name)]
 
 
 @torch.no_grad()
@@ -71,7 +71,6 @@ def train_transformer(cfg, progress=None, start: dict | None = None, masks: dict
 
 
 def _train(cfg, progress, start, masks):
-    from circuitry.workers.train import TrainResult, minibatches  # the MLP loop's pieces
 
     task = get_task(cfg.task)
     if task.compiled is not None:
@@ -79,13 +78,11 @@ def _train(cfg, progress, start, masks):
     recipe = cfg.recipe()
     if recipe.loss != "task":
         raise ValueError(f"task {task.name}: a transformer trains on the task's own loss, not {recipe.loss!r}")
-    if cfg.width is not None:
-        raise ValueError(f"task {task.name} trains a transformer; width applies to MLP tasks (drop it)")
     regime = TRAINED_REGIMES[cfg.regime]
     device = pick_device(cfg.device)
     dtype = getattr(torch, recipe.dtype)
     torch.manual_seed(cfg.seed)
-    model = Transformer(task.transformer) if start is None else Transformer.from_checkpoint(start)
+    model = Transformer(cfg.transformer()) if start is None else Transformer.from_checkpoint(start)
     model = model.to(device=device, dtype=dtype)
     params = dict(model.named_parameters())
     masks = None if masks is None else {k: m.to(device=device, dtype=dtype) for k, m in masks.items()}
@@ -169,7 +166,6 @@ def _train(cfg, progress, start, masks):
 
 def _compiled(cfg, task):
     """A task with fixed weights (tracr): its checkpoint, unchanged, with its fit and profile."""
-    from circuitry.workers.train import TrainResult
 
     if cfg.regime != "vanilla":
         raise ValueError(f"task {task.name}'s weights are compiled, not trained: use regime vanilla")
@@ -191,7 +187,6 @@ def _compiled(cfg, task):
 def transformer_fit(ckpt: dict) -> dict[str, float]:
     """A transformer checkpoint's train and test loss (and accuracies) on its own data seed, on the
     CPU, in its recipe's float type (workers.train.checkpoint_fit for transformers)."""
-    from circuitry.workers.train import config_of
 
     cfg = config_of(ckpt, regime="vanilla", device="cpu").resolved()
     task, dtype = get_task(cfg.task), getattr(torch, cfg.recipe().dtype)

@@ -57,9 +57,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from circuitry.tasks.sequence import TransformerConfig  # noqa: F401 (re-exported: the model's config)
-from circuitry.workers.model import CheckpointError, line_coordinates, save_checkpoint
+from circuitry.workers.model import TRANSFORMER_FORMAT as FORMAT
+from circuitry.workers.model import line_coordinates, load_checkpoint, save_checkpoint
 
-FORMAT = "circuitry.transformer/1"
 LN_EPS = 1e-5
 
 
@@ -185,6 +185,13 @@ class Unembed(nn.Module):
         return x @ self.W_U + self.b_U
 
 
+def is_weight_matrix(name: str) -> bool:
+    """A parameter (state_dict) name of a weight matrix: W_E / W_in, W_Q, W_K, W_V, W_O, the MLPs'
+    W_in and W_out, W_U; not W_pos (no neuron sends it), biases or LayerNorms. What pruning and the
+    `weights_above` counts count."""
+    return name.rsplit(".", 1)[-1].startswith("W_") and not name.endswith("W_pos")
+
+
 def coordinates(c: TransformerConfig) -> dict[str, torch.Tensor]:
     """Each neuron layer's 1-D positions in [0, 1] (the module docstring's layers)."""
     return {"input": line_coordinates(c.d_in), "resid": line_coordinates(c.d_model),
@@ -243,9 +250,6 @@ class Transformer(nn.Module):
         return model
 
 
-REQUIRED_KEYS = ("format", "task", "model", "weights", "coordinates", "config")
-
-
 def save(ckpt: dict, path: str | Path) -> None:
     """Write a checkpoint dict (Transformer.to_checkpoint) atomically."""
     save_checkpoint(ckpt, path)
@@ -253,18 +257,6 @@ def save(ckpt: dict, path: str | Path) -> None:
 
 def load(path: str | Path) -> dict:
     """Load and check a `circuitry.transformer/1` checkpoint with weights_only=True (no code runs);
-    `Transformer.from_checkpoint(load(path))` is the model."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file; train one with `circuitry train --out DIR`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or pickled code
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}); expected {FORMAT}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: format is {got!r}, expected {FORMAT!r}")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: {FORMAT} checkpoint lacks {', '.join(missing)}")
-    return ckpt
+    `Transformer.from_checkpoint(load(path))` is the model. (workers.model.load_checkpoint reads
+    either format.)"""
+    return load_checkpoint(path, (FORMAT,))

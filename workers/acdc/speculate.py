@@ -87,7 +87,6 @@ def acdc(problem: Problem, tau: float, progress: Callable[[int], None] | None = 
     return EdgeResult([mk.cpu() for mk in masks], scores, spent, tested)
 
 
-
 def decide_receiver(down: Downstream, j, state, terms, deltas, silent, tau, plan, progress):
     """Sequential ACDC decisions for the edges into receiver j (ascending sender), evaluated in
     speculative batches (module doc). `terms` are the current circuit's per-example metric terms
@@ -107,13 +106,8 @@ def decide_receiver(down: Downstream, j, state, terms, deltas, silent, tau, plan
             progress(n_send - senders.numel())
         deltas = deltas[senders]
 
-    def per_sender(kept_candidates, candidate_scores):  # the silent ones: removed where 0 < tau, score 0
-        if senders is None:
-            return kept_candidates, candidate_scores
-        kept = torch.full((n_send,), not removes_edge(0.0, tau), dtype=torch.bool, device=dev)
-        scores = torch.zeros(n_send, dtype=torch.float64, device=dev)
-        kept[senders], scores[senders] = kept_candidates, candidate_scores
-        return kept, scores
+    def per_sender(kept_candidates, candidate_scores):
+        return _with_silent(senders, n_send, kept_candidates, candidate_scores, tau)
 
     K = deltas.shape[0]
     if K == 0:
@@ -195,18 +189,9 @@ def decide_receiver(down: Downstream, j, state, terms, deltas, silent, tau, plan
             met_t, per = interp.evaluate(after)
         inc, remove, accepted, contradicted = measure_round(met_t, g, met_now, tau)
         if interp is not None:
-            # a candidate the interpolant cannot place on one side of tau is decided from exact
-            # rows (its state before and after: the accepted decisions before it are right); the
-            # round stops there, as at a contradicted guess
-            unsure = torch.nonzero((inc[:accepted] - tau).abs() <= interp.margin)
-            if unsure.numel():
-                u = int(unsure[0, 0])
-                met_u, per_u = down.evaluate(j, torch.stack([before[u], after[u]]), plan)
-                spent += 2 * N
-                inc[u] = met_u[1] - met_u[0]
-                remove[u] = removes_edge(inc[u], tau)
-                met_t[u], per[u] = met_u[1], per_u[1]
-                accepted = u + 1
+            accepted, used = _settle_unsure(down, j, plan, interp.margin, tau, before, after, inc, remove, met_t, per,
+                                            accepted)
+            spent += used
         # exact up to the contradiction, the next guesses after it
         known[start:start + B] = remove
         measured_to = max(measured_to, start + B)
@@ -228,3 +213,34 @@ def decide_receiver(down: Downstream, j, state, terms, deltas, silent, tau, plan
         if progress:
             progress(accepted)
     return state, terms, *per_sender(~known, scores_all), spent
+
+
+def _with_silent(senders, n_send: int, kept_candidates, candidate_scores, tau: float):
+    """A receiver's kept flags and scores per sender [n_send], from those of its evaluated
+    candidates (`senders`: their positions; None when every sender was evaluated): a silent
+    sender's increase is exactly 0, so it is removed where `removes_edge(0.0, tau)`, scored 0."""
+    if senders is None:
+        return kept_candidates, candidate_scores
+    dev = kept_candidates.device
+    kept = torch.full((n_send,), not removes_edge(0.0, tau), dtype=torch.bool, device=dev)
+    scores = torch.zeros(n_send, dtype=torch.float64, device=dev)
+    kept[senders], scores[senders] = kept_candidates, candidate_scores
+    return kept, scores
+
+
+def _settle_unsure(down: Downstream, j: int, plan, margin: float, tau: float, before, after, inc, remove, met_t, per,
+                   accepted: int) -> tuple[int, int]:
+    """An interpolated round: the first accepted candidate the interpolant cannot place on one
+    side of tau (its increase within `margin` of tau) is decided from exact rows of its state
+    before and after (the accepted decisions before it are right), written into the round's
+    `inc`, `remove`, `met_t` and `per` in place; the round's accepted decisions end there, as at
+    a contradicted guess. Returns (decisions accepted, example-forwards spent)."""
+    unsure = torch.nonzero((inc[:accepted] - tau).abs() <= margin)
+    if unsure.numel() == 0:
+        return accepted, 0
+    u = int(unsure[0, 0])
+    met_u, per_u = down.evaluate(j, torch.stack([before[u], after[u]]), plan)
+    inc[u] = met_u[1] - met_u[0]
+    remove[u] = removes_edge(inc[u], tau)
+    met_t[u], per[u] = met_u[1], per_u[1]
+    return u + 1, 2 * per_u.shape[1]
