@@ -444,7 +444,7 @@ def test_the_write_probe_writes_through_no_link(tmp_path):
     O_NOFOLLOW): a link planted at the old probe's name is left as it is, its target untouched."""
     from click import UsageError
 
-    from circuitry.orchestrator.cli import writable_dir
+    from circuitry.orchestrator.cli_common import writable_dir
 
     out, target = tmp_path / "out", tmp_path / "target"
     out.mkdir()
