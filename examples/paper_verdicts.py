@@ -2,7 +2,13 @@
 --one-tau those of the earlier check sweeps (examples/paper_check/*.toml, ACDC at tau = 0.01).
 
     python examples/paper_verdicts.py sweeps/paper
+    python examples/paper_verdicts.py sweeps/full_length --primary     # the primary family
     python examples/paper_verdicts.py sweeps --one-tau      # SWEEPS_ROOT holding the check sweeps
+
+`--primary` prints the planned primary family (orchestrator.primary): failures per regime, then
+every comparison with vanilla on the primary endpoints, Holm-adjusted across the family, and the
+secondary endpoints beside it (not adjusted with it, never read into the claims table). It reads a
+sweep's jobs.parquet, or the train.csv and discover.csv of examples/primary_runs.py.
 
 Each of the seed paper's claims, per task and per lam, as bimt ÷ the regime it is compared with,
 paired by seed: circuit figures at matched faithfulness (ACDC's sparsest circuit with f >= 0.95
@@ -23,8 +29,13 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from circuitry.orchestrator.matched import FIGURES, compare_at_lam, matched_rows, paired_by_seed, reading  # noqa: E402
+from circuitry.orchestrator.primary import (PRIMARY, SECONDARY, compare, comparisons_table, failures_table,  # noqa: E402
+                                            primary_rows)
 from circuitry.orchestrator.report_tables import fmt, load_jobs, ratio_text  # noqa: E402
-from circuitry.orchestrator.stats import paired_ratio, tost  # noqa: E402
+from circuitry.orchestrator.stats import log_ratio_effect_size, paired_ratio, tost  # noqa: E402
+from circuitry.tasks import get_task  # noqa: E402
+
+MEMORY_MARGIN = 0.05
 
 # (claim, the regime bimt is compared with, figure label in orchestrator.matched.FIGURES)
 CIRCUIT_CLAIMS = [
@@ -35,12 +46,17 @@ CIRCUIT_CLAIMS = [
     ("sparser than locality alone (local, no swaps)", "local", "edges at target f"),
     ("sparser than swaps alone (swap: L1 + swaps)", "swap", "edges at target f"),
     ("sparser than pruning vanilla to bimt's weight count", "prune", "edges at target f"),
-    ("no cost in test loss against vanilla", "vanilla", "test loss"),
+    ("circuits match the ground truth better than vanilla's", "vanilla", "ground-truth ROC AUC"),
+    ("circuits keep the logit gap better than vanilla's", "vanilla", "held-out normalised logit gap"),
+    ("no cost in test accuracy against vanilla", "vanilla", "test accuracy"),
+    ("no cost in test loss against vanilla (logit scale: secondary)", "vanilla", "test loss"),
 ]
-# (claim, figure column of the train rows, better)
+# (claim, figure column of the train rows, better); None: described, never read as better/worse.
+# Wall time in a sweep is measured under whatever else the machine runs (benchmarks/regimes.py
+# times the regimes interleaved in one process); memory is the allocator's view of one step.
 TRAIN_CLAIMS = [
-    ("training time against vanilla", "train_seconds", "lower"),
-    ("training peak memory against vanilla", "peak_memory_bytes", "lower"),
+    ("training time against vanilla (sweep wall time: descriptive)", "train_seconds", None),
+    ("peak tensor bytes of a step against vanilla", "peak_tensor_bytes", "lower"),
 ]
 SHORT = {"bimt better": "better", "bimt worse": "worse", "the same within ±25% (TOST)": "same ±25%"}
 
@@ -56,14 +72,38 @@ def short(text: str) -> str:
 def cell(r, t, better) -> str:
     if r.n == 0:
         return "-"
+    if better is None:
+        return f"{ratio_text(r)} (n={r.n})"
     return f"{ratio_text(r)} {short(reading(r, t, better))} (n={r.n})"
 
 
-def train_cells(train: pd.DataFrame, task: str, col: str, better: str, lams) -> list[str]:
+def train_cells(train: pd.DataFrame, task: str, col: str, better: str | None, lams) -> list[str]:
     rows = train[train["task"] == task]
+    if col not in rows:
+        return ["-" for _ in lams]
     base = rows[rows["regime"] == "vanilla"]
-    return [cell(*paired_by_seed(rows[(rows["regime"] == "bimt") & (rows["lam"] == lam)], base, col), better)
-            for lam in lams]
+    return [memory_cell(rows[(rows["regime"] == "bimt") & (rows["lam"] == lam)], base, col, better) for lam in lams]
+
+
+def memory_cell(mine: pd.DataFrame, base: pd.DataFrame, col: str, better: str | None) -> str:
+    """bimt ÷ vanilla of a train figure; a cost is "the same" within ±5% (MEMORY_MARGIN), not the
+    edges' ±25%, which is 25 times any real difference in memory."""
+    x, y = mine.groupby("seed")[col].mean(), base.groupby("seed")[col].mean()
+    common = x.index.intersection(y.index)
+    x, y = x[common].to_numpy(), y[common].to_numpy()
+    r = paired_ratio(x, y)
+    if r.n == 0:
+        return "-"
+    if better is None:
+        return f"{ratio_text(r)} (n={r.n})"
+    if r.excludes_1:
+        text = "better" if (r.geometric_mean < 1) == (better == "lower") else "worse"
+        text += f", d_z {log_ratio_effect_size(x, y):+.2g}"
+    elif tost(x, y, MEMORY_MARGIN).equivalent:
+        text = f"same ±{MEMORY_MARGIN:.0%}"
+    else:
+        text = "n.d."
+    return f"{ratio_text(r)} {text} (n={r.n})"
 
 
 def verdict_table(sweep: Path, method: str) -> str:
@@ -93,6 +133,31 @@ def verdict_table(sweep: Path, method: str) -> str:
                 lines.append(f"| {task} | {claim}: {col} | " + " | ".join(train_cells(train, task, col, better, lams))
                              + " |")
     return "\n".join(lines)
+
+
+def load_runs(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, discover rows) of a sweep folder or of examples/primary_runs.py's CSVs."""
+    if (folder / "train.csv").is_file():
+        discover = folder / "discover.csv"
+        return pd.read_csv(folder / "train.csv"), pd.read_csv(discover) if discover.is_file() else pd.DataFrame()
+    return load_jobs(folder)
+
+
+def primary_report(folders: list[Path], ablation: str) -> str:
+    frames = [load_runs(f) for f in folders]
+    train = pd.concat([t for t, _ in frames], ignore_index=True)
+    discover = pd.concat([d for _, d in frames], ignore_index=True)
+    classes = {t: get_task(t).n_outputs if get_task(t).kind == "classification" else None for t in set(train["task"])}
+    if train.groupby("task")["steps"].nunique().max() > 1:  # one task at several lengths: compare within each
+        label = train["task"] + " (" + train["steps"].map("{:,}".format) + " steps)"
+        classes = {lab: classes[t] for lab, t in zip(label, train["task"])}
+        train["task"] = label
+    rows = primary_rows(train, discover, classes, ablation)
+    out = [f"Failures ({ablation} ablation):", "", failures_table(rows), "",
+           "Primary family (Holm across it):", "", comparisons_table(compare(rows, PRIMARY)), "",
+           "Secondary (Holm within the secondary endpoints; never read into the claims table):", "",
+           comparisons_table(compare(rows, SECONDARY))]
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------- the earlier check sweeps, at one tau
@@ -137,11 +202,19 @@ def one_tau_table(root: Path) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("sweep", type=Path, help="the matched sweep's folder; with --one-tau, the folder of the check sweeps")
+    ap.add_argument("sweep", type=Path, nargs="+",
+                    help="the matched sweep's folder (--primary: one or more); with --one-tau, the folder of the check sweeps")
     ap.add_argument("--method", default="acdc", choices=["acdc", "eap-ig", "eap", "exact"])
+    ap.add_argument("--primary", action="store_true", help="the primary family (module doc)")
+    ap.add_argument("--ablation", default="resample", help="--primary: the circuits' ablation")
     ap.add_argument("--one-tau", action="store_true", help="the earlier check sweeps' rows (ACDC at tau = 0.01)")
     args = ap.parse_args()
-    print(one_tau_table(args.sweep) if args.one_tau else verdict_table(args.sweep, args.method))
+    if args.primary:
+        print(primary_report(args.sweep, args.ablation))
+    elif args.one_tau:
+        print(one_tau_table(args.sweep[0]))
+    else:
+        print(verdict_table(args.sweep[0], args.method))
 
 
 if __name__ == "__main__":

@@ -41,10 +41,11 @@ def _load_data(path: str) -> dict:
 @click.option("--top-k", type=click.IntRange(min=0), default=None, help="Score methods: keep the k edges of largest |score|.")
 @click.option("--edge-fraction", type=click.FloatRange(0, 1), default=None, help="Score methods: keep this fraction of edges.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None, help="torch.save'd dict: clean, corrupt[, labels].")
-@click.option("--export", "export", type=click.Choice(["graphml", "eap-ig"]), default=None,
+@click.option("--export", "export", type=click.Choice(["graphml", "eap-ig", "transformer-lens"]), default=None,
               help="Also write graphml: circuit.graphml (networkx, Gephi, Cytoscape), or eap-ig: graph_eap_ig.json, "
                    "EAP-IG's node/edge/score layout (EAP-IG's own Graph.from_json cannot load it: it only "
-                   "builds transformer graphs).")
+                   "builds transformer graphs; for a transformer checkpoint it loads), or transformer-lens "
+                   "(transformer checkpoints): model_transformer_lens.pt, a HookedTransformer state dict.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Corruption pairing seed (the examples come from the model's own training seed).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="mnist: folder of the IDX files (default: the folder recorded at training, else $CIRCUITRY_MNIST_DIR).")
@@ -55,6 +56,7 @@ def _load_data(path: str) -> dict:
 def discover_cmd(model_path, method, threshold, target_f, order, ablation, output, top_k, edge_fraction, data_path,
                  export, seed, data_dir, out, force, threads, quiet):
     """Find the circuit of a trained model (ACDC, exact ablation scores, EAP, EAP-IG)."""
+    from circuitry.orchestrator.cli_transformer import discover_transformer_cmd, is_transformer_file
     from circuitry.orchestrator.console import DiscoveryBar, callback, show_progress, use_threads
     from circuitry.orchestrator.outdir import check_out, staged
     from circuitry.tasks.base import TaskDataError
@@ -67,6 +69,14 @@ def discover_cmd(model_path, method, threshold, target_f, order, ablation, outpu
         raise click.BadParameter(f"must be >= 0, got {threshold}; tau is a metric increase", param_hint="--threshold")
     if target_f is not None and not 0 < target_f <= 1:
         raise click.BadParameter(f"must be in (0, 1], got {target_f}; it is a faithfulness f", param_hint="--target-f")
+    data = _load_data(data_path) if data_path else None
+    if is_transformer_file(model_path):  # circuitry.transformer/1: the head-level graph
+        out_dir = check_out(out, force)
+        use_threads(threads)
+        return discover_transformer_cmd(model_path, method, threshold, target_f, order, ablation, output, top_k,
+                                        edge_fraction, data, export, seed, out_dir)
+    if export == "transformer-lens":
+        raise click.BadParameter("transformer-lens exports transformer checkpoints only", param_hint="--export")
     try:
         ckpt = load_checkpoint(model_path)
     except CheckpointError as e:
@@ -76,7 +86,6 @@ def discover_cmd(model_path, method, threshold, target_f, order, ablation, outpu
     data_dir = data_dir or ckpt.get("data_dir") or os.environ.get("CIRCUITRY_MNIST_DIR")
     if data_dir:  # the task reads its folder from the environment (tasks.mnist)
         os.environ["CIRCUITRY_MNIST_DIR"] = data_dir
-    data = _load_data(data_path) if data_path else None
     config = DiscoverConfig(method, threshold, top_k, edge_fraction, target_f, order, ablation, output, seed)
     try:
         n_edges = edge_count(ckpt["shape"]) if "shape" in ckpt else None

@@ -17,8 +17,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from circuitry.tasks import TASKS
 from circuitry.workers.discover_config import DiscoverConfig
-from circuitry.workers.names import (DEFAULT_MATCH_FRACTION, DEFAULT_ORDER, PENALTY_ONLY, PRUNE_FROM, PRUNE_MATCH,
-                                     RECIPE_DEFAULTS, TRANSFORMER_SHAPE, edge_count, network_shape)
+from circuitry.workers.names import (DEFAULT_MATCH_FRACTION, DEFAULT_ORDER, FRESH_EXAMPLES_ID, PENALTY_ONLY, PRUNE_FROM,
+                                     PRUNE_MATCH, RECIPE_DEFAULTS, TRANSFORMER_SHAPE, edge_count, network_shape,
+                                     resolved_swap_every)
 
 
 class MissingModels(ValueError):
@@ -39,6 +40,20 @@ def _discover_payload(d: dict) -> dict:
     before them stay what they were."""
     unused = {"threshold": None, "target_f": None, "order": DEFAULT_ORDER}
     return {k: v for k, v in d.items() if not (k in unused and v == unused[k])}
+
+
+# Test splits that were capped at 1,000 examples per half before discovery used them whole
+UNCAPPED_SPLITS = ("mnist",)
+
+
+def _examples_payload(task: str) -> dict:
+    """What a discover job's id records of its examples where they changed in issue 29 (the same
+    circuit on other examples is another result, so a sweep must not resume the old one as it):
+    2 x 1,000 fresh generator examples (workers.discover), or a test split no longer capped. The
+    tasks whose examples did not change (digits, modular addition) keep their ids."""
+    if TASKS[task].fresh is not None:
+        return {"examples": FRESH_EXAMPLES_ID}
+    return {"examples": "test-split-whole"} if task in UNCAPPED_SPLITS else {}
 
 
 def job_hash(payload: dict) -> str:
@@ -72,9 +87,11 @@ def _resolve_train(s: dict) -> dict:
     and an omitted lam with the task's default 1e-3 name the same job."""
     recipe = TASKS[s["task"]].recipe
     s = dict(s)
+    swap_every = s["swap_every"]
     for key in RECIPE_DEFAULTS:
         if s[key] is None:
             s[key] = getattr(recipe, key)
+    s["swap_every"] = resolved_swap_every(s["regime"], s["steps"], swap_every, recipe)
     return s
 
 
@@ -152,8 +169,11 @@ def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None,
         models.setdefault((j.settings["regime"], _point(j.settings, PENALTY_ONLY)), j)
     jobs += [_prune_job(s, models, prune, ver) for s in pruned.values()]
     # a label names what tells the sweep's models of one task apart: the settings that vary there
-    # (the grids hold every train field, in the spec's order)
+    # (the grids hold every train field, in the spec's order); a swap interval no grid gives varies
+    # only as the defaults resolve it (by regime and steps), which the label already names
+    given = {k for grid in train for k, values in grid.items() if any(v is not None for v in values)}
     varying = [k for k in (train[0] if train else ()) if k not in ("task", "regime", "seed")
+               and (k != "swap_every" or k in given)
                and len({(j.settings["task"], repr(j.settings[k])) for j in jobs})
                > len({j.settings["task"] for j in jobs})]
     jobs = [replace(j, label=f"train/{j.settings['task']}/{j.settings['regime']}/seed{j.settings['seed']}"
@@ -166,7 +186,8 @@ def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None,
         for tj in [j for j in jobs if j.kind == "train" and (not only or j.settings["seed"] in only)]:
             for combo in itertools.product(*(grid[k] for k in dkeys)):
                 d = dict(zip(dkeys, combo))
-                did = job_hash({"kind": "discover", "version": ver, "model_id": tj.id, **_discover_payload(d)})
+                did = job_hash({"kind": "discover", "version": ver, "model_id": tj.id, **_discover_payload(d),
+                                **_examples_payload(tj.settings["task"])})
                 if did in seen:
                     continue
                 seen.add(did)

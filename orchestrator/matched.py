@@ -28,13 +28,18 @@ TARGET = 0.95  # the headline target; other targets a sweep ran get their own ta
 MARGIN = 0.25  # TOST margin: "the same" means the ratio lies within [1/1.25, 1.25]
 NO_LAM = ("vanilla",)  # regimes that take no penalty strength: one point, paired with every lam
 # (column, label, better) compared at matched f; train figures come from the model's train row
+# (the verdicts themselves read the planned primary family, orchestrator.primary; these per-lam
+# ratios are its secondary tables; R^2, which can be negative, is compared there as a difference)
 FIGURES = [
     ("n_edges_kept", "edges at target f", "lower"),
     ("eval_faithfulness", "held-out f", "higher"),
+    ("eval_normalized_logit_gap", "held-out normalised logit gap", "lower"),
+    ("edge_roc_auc", "ground-truth ROC AUC", "higher"),
+    ("test_accuracy", "test accuracy", "higher"),
     ("test_loss", "test loss", "lower"),
     ("edges_tested", "edges tested", "lower"),
 ]
-TRAIN_FIGURES = ("test_loss", "test_accuracy")
+TRAIN_FIGURES = ("test_loss", "test_accuracy", "test_r2")
 
 
 def matched_rows(train: pd.DataFrame, discover: pd.DataFrame, method: str = "acdc") -> pd.DataFrame:

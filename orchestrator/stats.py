@@ -118,3 +118,116 @@ def tost(x, y, margin: float = 0.25, alpha: float = 0.05) -> Tost:
     p_above_low = float(stats.t.sf((mean + bound) / sem, n - 1))  # H0: mean <= -bound
     p_below_high = float(stats.t.cdf((mean - bound) / sem, n - 1))  # H0: mean >= +bound
     return Tost(n, max(p_above_low, p_below_high), margin, alpha)
+
+
+# ---------------------------------------------------------------- the primary family (issue 29)
+# Measures on a bounded scale (f, ROC AUC, generalisation gap, test accuracy) are compared by their
+# paired difference x - y, with an absolute equivalence margin; counts (edges) and costs by the
+# paired log ratio, with a relative one. Every test of the primary family gives a p-value; Holm's
+# step-down correction holds the family-wise error at alpha across all of them.
+
+
+def p_ratio(x, y) -> float:
+    """Two-sided one-sample t-test p-value of the mean paired log ratio against 0 (NaN when
+    untestable: fewer than MIN_N_FOR_CLAIM pairs or zero spread)."""
+    logs, _ = log_ratios(x, y)
+    return _p_mean_zero(logs)
+
+
+def _defined_differences(x, y) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need the same shape, got {x.shape} and {y.shape}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    return x[ok] - y[ok]
+
+
+def _p_mean_zero(values: np.ndarray) -> float:
+    n = len(values)
+    sd = float(np.std(values, ddof=1)) if n > 1 else float("nan")
+    if n < MIN_N_FOR_CLAIM or not sd > DEGENERATE_LOG_HALF_WIDTH:
+        return float("nan")
+    return float(2 * stats.t.sf(abs(float(values.mean())) / (sd / math.sqrt(n)), n - 1))
+
+
+@dataclass(frozen=True)
+class DifferenceSummary:
+    """Mean paired difference x - y with its t-interval, the test of 0 and the paired effect size."""
+
+    n: int
+    mean: float
+    half_width: float
+    p_value: float  # two-sided, H0: mean difference 0
+    effect_size: float  # Cohen's d_z: mean difference over the differences' standard deviation
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+
+def paired_difference(x, y, confidence: float = CONFIDENCE) -> DifferenceSummary:
+    """x_i - y_i over the pairs where both are finite."""
+    d = _defined_differences(x, y)
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    sd = float(np.std(d, ddof=1)) if n > 1 else float("nan")
+    effect = mean / sd if n > 1 and sd > 0 else float("nan")
+    return DifferenceSummary(n, mean, t_half_width(d, confidence), _p_mean_zero(d), effect)
+
+
+def tost_difference(x, y, margin: float, alpha: float = 0.05) -> Tost:
+    """Two one-sided t-tests that the mean paired difference x - y lies within [-margin, +margin]
+    (an absolute margin: 0.02 on f or ROC AUC)."""
+    d = _defined_differences(x, y)
+    n = len(d)
+    sd = float(np.std(d, ddof=1)) if n > 1 else float("nan")
+    if n < MIN_N_FOR_CLAIM or not sd > DEGENERATE_LOG_HALF_WIDTH:
+        return Tost(n, float("nan"), margin, alpha)
+    sem = sd / math.sqrt(n)
+    mean = float(d.mean())
+    p_low = float(stats.t.sf((mean + margin) / sem, n - 1))
+    p_high = float(stats.t.cdf((mean - margin) / sem, n - 1))
+    return Tost(n, max(p_low, p_high), margin, alpha)
+
+
+def log_ratio_effect_size(x, y) -> float:
+    """Cohen's d_z of the paired log ratios (mean over standard deviation; NaN with < 2 pairs)."""
+    logs, _ = log_ratios(x, y)
+    if len(logs) < 2:
+        return float("nan")
+    sd = float(np.std(logs, ddof=1))
+    return float(logs.mean()) / sd if sd > 0 else float("nan")
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input's order: the k-th smallest of
+    m p-values is multiplied by m - k + 1, then made non-decreasing in that order and capped at 1.
+    A hypothesis is rejected at family-wise level alpha when its adjusted p-value is < alpha.
+    NaN p-values (untestable comparisons) stay NaN and do not count towards m."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    running = 0.0
+    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def bootstrap_interval(values, statistic=np.mean, n_resamples: int = 10_000, confidence: float = CONFIDENCE,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic` over resamples of `values` (units: seeds)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    stat = np.array([statistic(v[rng.integers(0, len(v), len(v))]) for _ in range(n_resamples)])
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(stat, tail)), float(np.percentile(stat, 100 - tail))

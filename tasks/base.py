@@ -18,6 +18,11 @@ def live_edges(weights: list[torch.Tensor]) -> set[tuple[int, int, int]]:
     return {(l, i, j) for l, w in enumerate(weights) for j, i in torch.nonzero(w).tolist()}
 
 
+# Offset of the seeded stream that fresh discovery examples are drawn from: seed s's fresh
+# examples come from generator seed s + FRESH_SEED_OFFSET, never a training seed of a sweep.
+FRESH_SEED_OFFSET = 1_000_003
+
+
 class TaskDataError(ValueError):
     """A task's data cannot be had (a missing or malformed file); the message says what to fix."""
 
@@ -52,6 +57,12 @@ class Task:
     recipe: Recipe = field(default_factory=Recipe)
     # Input laid out as a 2-D sheet (rows, cols) for image tasks, else None.
     input_grid: tuple[int, int] | None = None
+    # Fresh examples for circuit discovery, where the generator can give them: `fresh(seed, n)`
+    # returns (x, y), n examples drawn from the task's generator on a stream of its own, so they
+    # are none of the training examples of any seed (continuous inputs: a repeat has probability
+    # 0). None: discovery uses the test split (a fixed split: digits, MNIST, modular addition,
+    # whose 59^2 pairs leave too few unseen ones).
+    fresh: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None
     # Transformer tasks (tasks.sequence): the model trained, instead of an MLP of `shape` (then
     # `()`); inputs [N, pos] token ids or [N, pos, d_input] floats; targets at the scored
     # `positions`, [N, len(positions)] class ids or [N, len(positions), k] values (compared with
@@ -86,6 +97,12 @@ class Task:
 
     def make_data(self, seed: int) -> Data:
         return self.generate(seed)
+
+    def fresh_examples(self, seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` fresh examples for data seed `seed` (see `fresh`); the same for the same (seed, n)."""
+        if self.fresh is None:
+            raise ValueError(f"task {self.name!r} has a fixed split: no fresh examples")
+        return self.fresh(seed, n)
 
     def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean squared error or cross-entropy; a transformer's at the scored positions."""

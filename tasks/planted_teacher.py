@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from circuitry.tasks.base import Data, Task, live_edges
+from circuitry.tasks.base import FRESH_SEED_OFFSET, Data, Task, live_edges
 from circuitry.tasks.recipe import SYMBOLIC
 
 SHAPE = (6, 12, 12, 3)
@@ -98,11 +98,17 @@ def generate(seed: int) -> Data:
     return Data(x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:])
 
 
+def fresh(seed: int, n: int):
+    x = torch.rand(n, SHAPE[0], generator=torch.Generator().manual_seed(seed + FRESH_SEED_OFFSET)) * 2 - 1
+    return x, _teacher_forward(x)
+
+
 planted_teacher = Task(
     name="planted_teacher",
     kind="regression",
     shape=SHAPE,
     generate=generate,
+    fresh=fresh,
     description="3 independent sparse blocks, 6-12-12-3; ground truth = the teacher's live edges",
     dependencies=tuple(frozenset({2 * b, 2 * b + 1}) for b in range(BLOCKS)),
     teacher=teacher,

@@ -49,7 +49,7 @@ class Recipe:
     output_layout: str = "row"  # 2-D sheets only: outputs in a row, or on a ring (MNIST)
     in_fold: int = 1  # input neurons per position: 2 puts token a's and token b's dim i together
     swap_inputs: bool = True
-    swap_every: int = 200
+    swap_every: int = 200  # at the reference's `steps`; a run of other length scales it (swap_every_for)
     top_k: int = 5  # neurons relocated per layer per swap round
 
     def __post_init__(self):
@@ -74,6 +74,13 @@ class Recipe:
 
     def penalize_bias_at(self, step: int, steps: int) -> bool:
         return step >= int(self.bias_from * steps)
+
+    def swap_every_for(self, steps: int) -> int:
+        """The swap interval of a run of `steps` steps: the reference's interval scaled by steps over
+        the reference's steps (at least 1), so a shortened run keeps the reference's number of swap
+        rounds (digits at 2,000 steps swaps every 50 steps, 40 rounds, as at 20,000 every 500). An
+        unscaled interval left a shortened run a tenth of the reference's swaps (issue 29)."""
+        return max(1, round(self.swap_every * steps / self.steps))
 
     def with_final_factor(self, final_factor: float) -> "Recipe":
         """The same schedule with the last phase's multiplier replaced (`--final-factor`)."""

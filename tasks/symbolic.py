@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from circuitry.tasks.base import Data, Task
+from circuitry.tasks.base import FRESH_SEED_OFFSET, Data, Task
 from circuitry.tasks.recipe import SYMBOLIC, Recipe
 
 N_TRAIN = N_TEST = 100
@@ -19,6 +19,10 @@ def _formula_task(name, n_in, formula, dependencies, description, hidden=(20, 20
         y = formula(x)
         return Data(x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:])
 
+    def fresh(seed: int, n: int):
+        x = torch.rand(n, n_in, generator=torch.Generator().manual_seed(seed + FRESH_SEED_OFFSET)) * 2 - 1
+        return x, formula(x)
+
     n_out = len(dependencies)
     return Task(
         name=name,
@@ -28,6 +32,7 @@ def _formula_task(name, n_in, formula, dependencies, description, hidden=(20, 20
         description=description,
         dependencies=tuple(frozenset(d) for d in dependencies),
         recipe=recipe,
+        fresh=fresh,
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from sklearn.datasets import make_moons
 
-from circuitry.tasks.base import Data, Task
+from circuitry.tasks.base import FRESH_SEED_OFFSET, Data, Task
 from circuitry.tasks.recipe import Recipe
 
 N_TRAIN = N_TEST = 200
@@ -20,11 +20,18 @@ def generate(seed: int) -> Data:
     return Data(x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:])
 
 
+def fresh(seed: int, n: int):
+    """n examples of the same distribution (the moons' noise makes every point new)."""
+    x, y = make_moons(n, noise=0.1, random_state=seed + FRESH_SEED_OFFSET)
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+
+
 two_moons = Task(
     name="two_moons",
     kind="classification",
     shape=(2, 20, 20, 2),
     generate=generate,
+    fresh=fresh,
     description="make_moons(noise=0.1), 200 train / 200 test",
     recipe=Recipe(steps=10000, lam=1e-3, lam_phases=((0.0, 1.0), (0.5, 10.0)), bias_from=0.0, l0=0.2, top_k=10),
 )

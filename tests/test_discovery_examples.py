@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from circuitry import tasks
-from circuitry.workers import discovery_data
 from circuitry.workers.acdc import acdc, acdc_naive
 from circuitry.workers.discover import discover, prepare, summary_figures
 from circuitry.workers.graph import Graph, Problem
@@ -37,40 +36,51 @@ def test_seed_2_digits_model_is_never_shown_its_training_examples():
     assert len(_rows(tasks.get_task("digits").make_data(0).x_test) & train_rows) > 0.5 * len(held_out)
 
 
-def test_halves_in_task_order_corruptions_within_each_half_and_means_from_discovery():
+def test_halves_of_fresh_examples_corruptions_within_each_half_and_means_from_discovery():
     task = tasks.get_task("independence")
     torch.manual_seed(0)
     ckpt = CoordMLP([4, 6, 5, 2]).to_checkpoint("independence", "vanilla", 0, {"seed": 7})
-    x_test = task.make_data(7).x_test
+    x_fresh, _ = task.fresh_examples(7, 2000)
     for ablation in ("resample", "mean"):
         prep = prepare(ckpt, ablation=ablation, seed=3)
-        half = len(x_test) // 2
-        assert torch.equal(prep.clean_x, x_test[:half])
-        assert prep.examples == {"data_seed": 7, "examples_from": "test split", "n_test_split": len(x_test),
-                                 "examples_cap_per_half": None, "n_discovery": half, "n_evaluation": len(x_test) - half}
+        half = 1000
+        assert torch.equal(prep.clean_x, x_fresh[:half])
+        assert prep.examples == {"data_seed": 7, "examples_from": "generator", "n_test_split": None,
+                                 "n_discovery": half, "n_evaluation": half}
         full = Graph.from_checkpoint(ckpt)
         if ablation == "resample":
             # example n of each half is patched by another example of the same half
-            want = full.forward(full.features(task.corrupt(x_test[half:], 3)))[0]
+            want = full.forward(full.features(task.corrupt(x_fresh[half:], 3)))[0]
             assert torch.equal(prep.evaluation.ablated[0], want)
-            assert not _rows(prep.problem.ablated[0].float()) & _rows(x_test[half:])
+            assert not _rows(prep.problem.ablated[0].float()) & _rows(x_fresh[half:])
         else:  # the evaluation grades the same circuit: ablated to the discovery examples' means
             for a_eval, a_disc in zip(prep.evaluation.ablated, prep.problem.ablated):
-                assert torch.equal(a_eval, a_disc[:1].expand(len(x_test) - half, -1))
-            assert torch.allclose(prep.problem.ablated[0][0], full.features(x_test[:half]).mean(0))
+                assert torch.equal(a_eval, a_disc[:1].expand(half, -1))
+            assert torch.allclose(prep.problem.ablated[0][0], full.features(x_fresh[:half]).mean(0))
 
 
-def test_large_test_split_is_capped_per_half(monkeypatch):
-    monkeypatch.setattr(discovery_data, "MAX_EXAMPLES_PER_HALF", 30)
+@pytest.mark.parametrize("name", ["independence", "feature_sharing", "compositionality", "two_moons",
+                                  "planted_teacher"])
+def test_fresh_examples_are_seeded_and_none_is_a_training_or_test_example(name):
+    task = tasks.get_task(name)
+    x, y = task.fresh_examples(4, 2000)
+    assert len(x) == len(y) == 2000 and torch.equal(x, task.fresh_examples(4, 2000)[0])
+    assert len(_rows(x)) == 2000  # no repeats inside either half
+    for seed in (0, 4, 9):  # any seed's split, not only the model's own
+        split = task.make_data(seed)
+        assert not _rows(x) & (_rows(split.x_train) | _rows(split.x_test))
+    if name == "independence":  # the labels are the task's formula of the fresh inputs
+        assert torch.allclose(y[:, 0], (x[:, 0] + x[:, 2]) ** 3)
+    if name == "two_moons":
+        assert set(y.tolist()) == {0, 1}
+
+
+def test_generalisation_gap_is_held_out_f_minus_discovery_f():
     torch.manual_seed(0)
-    ckpt = CoordMLP([64, 6, 10]).to_checkpoint("digits", "vanilla", 1, {"seed": 1})
+    ckpt = CoordMLP([4, 6, 5, 2]).to_checkpoint("independence", "vanilla", 0, {"seed": 1})
     s = discover(ckpt, "acdc", 0.01).summary
-    x_test = tasks.get_task("digits").make_data(1).x_test
-    assert (s["n_discovery"], s["n_evaluation"], s["examples_cap_per_half"]) == (30, 30, 30)
-    assert s["n_test_split"] == len(x_test)
-    prep = prepare(ckpt)
-    assert torch.equal(prep.clean_x, x_test[:30])
-    assert torch.equal(prep.evaluation.clean[0].float(), x_test[len(x_test) // 2:][:30])
+    assert (s["n_discovery"], s["n_evaluation"]) == (1000, 1000)
+    assert s["generalisation_gap"] == s["evaluation"]["faithfulness"] - s["faithfulness"]
 
 
 def _hand_accuracy(ckpt, x, y) -> float:
@@ -93,8 +103,10 @@ def test_acceptance_digits_bimt_seed_3(tmp_path):
     from circuitry.orchestrator.cli import main
 
     model = tmp_path / "M"
+    # the swap interval of the full-length run: at width 24, 37 swap rounds in 300 steps (the scaled
+    # default) leave the net near chance, and this test needs a trained one
     main(["train", "--task", "digits", "--regime", "bimt", "--steps", "300", "--seed", "3", "--width", "24",
-          "--out", str(model)])
+          "--swap-every", "500", "--out", str(model)])
     main(["discover", "--model", str(model / "model.pt"), "--method", "acdc", "--threshold", "0.01",
           "--out", str(tmp_path / "C")])
     s = json.loads((tmp_path / "C" / "summary.json").read_text())

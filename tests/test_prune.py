@@ -198,3 +198,22 @@ def test_prune_reads_the_vanilla_point_of_another_train_table():
         assert b.settings["regime"] == "bimt" and (b.settings["seed"], b.settings["lam"]) == (
             pj.settings["seed"], pj.settings["lam"])
     assert len({pj.label for pj in prunes}) == 4 and all("/lam" in pj.label for pj in prunes)
+
+
+def test_gradual_pruning_follows_the_cubic_schedule_to_its_final_sparsity():
+    from circuitry.workers.prune import GradualConfig, cubic_sparsity, gradual_prune
+
+    # Zhu & Gupta: s_t = s_f (1 - (1 - t / end)^3) from s_i = 0
+    assert cubic_sparsity(0, 100, 0.9) == 0.0 and cubic_sparsity(100, 100, 0.9) == 0.9
+    assert cubic_sparsity(50, 100, 0.8) == pytest.approx(0.8 * (1 - 0.5 ** 3))
+    assert cubic_sparsity(150, 100, 0.8) == 0.8
+    vanilla = train(TrainConfig(task="two_moons", regime="vanilla", steps=300, seed=0)).checkpoint
+    r = gradual_prune(vanilla, GradualConfig(sparsity=0.8, steps=200, n_prunes=10))
+    ckpt = r.checkpoint
+    assert ckpt["regime"] == "gmp" and ckpt["config"]["prune_end"] == 150
+    for w in ckpt["weights"]:  # every layer at the final sparsity, pruned weights exactly zero
+        assert int((w != 0).sum()) == max(1, round(0.2 * w.numel()))
+    assert r.metrics["sparsity"] == pytest.approx(0.8, abs=0.02)
+    assert r.metrics["test_accuracy"] > 0.8  # the net adapted as it lost weights
+    with pytest.raises(ValueError, match="vanilla"):
+        gradual_prune(ckpt, GradualConfig(sparsity=0.5, steps=10))

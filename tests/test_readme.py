@@ -194,7 +194,7 @@ def test_readme_python_api_names_exist():
     """Every `circuitry.NAME` the README shows is part of the public API (`import circuitry`)."""
     import circuitry
 
-    packages = {"tasks", "workers", "orchestrator", "mlp"}  # sub-packages, and the format name circuitry.mlp/1
+    packages = {"tasks", "workers", "orchestrator", "mlp", "transformer"}  # sub-packages, and the format names circuitry.mlp/1, circuitry.transformer/1
     names = set(re.findall(r"\bcircuitry\.(\w+)", README.read_text())) - packages
     assert {"train", "discover"} <= names
     missing = sorted(n for n in names if not hasattr(circuitry, n))

@@ -97,3 +97,43 @@ def test_tost_refuses_equivalence_on_spread_few_pairs_or_zero_width():
     assert not shifted.equivalent
     assert math.isnan(tost([1.0, 1.01], [1.0, 1.0]).p_value)  # n = 2
     assert not tost([1.0, 1.0, 1.0], [1.0, 1.0, 1.0]).equivalent  # zero width: untestable
+
+
+def test_holm_against_a_hand_computation():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> 0.06 (monotone)
+    from circuitry.orchestrator.stats import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # an untestable comparison stays NaN and does not count towards m; adjusted p never above 1
+    adj = holm([0.2, float("nan"), 0.6])
+    assert adj[0] == pytest.approx(0.4) and math.isnan(adj[1]) and adj[2] == pytest.approx(0.6)
+    assert holm([0.5, 0.9, 0.7]) == pytest.approx([1.0, 1.0, 1.0])
+    # rejections at 0.05: Holm keeps what Bonferroni keeps, and more
+    p = [0.001, 0.013, 0.02, 0.5]
+    assert [a < 0.05 for a in holm(p)] == [True, True, True, False]
+    assert [q * len(p) < 0.05 for q in p] == [True, False, False, False]
+
+
+def test_paired_difference_is_scipys_paired_t_test_with_its_effect_size():
+    from circuitry.orchestrator.stats import paired_difference, tost_difference
+
+    x = np.array([0.71, 0.75, 0.69, 0.80, 0.77, 0.72])
+    y = np.array([0.60, 0.66, 0.64, 0.70, 0.61, 0.69])
+    d = paired_difference(x, y)
+    ref = sps.ttest_rel(x, y)
+    assert d.n == 6 and d.mean == pytest.approx((x - y).mean()) and d.p_value == pytest.approx(ref.pvalue)
+    assert d.effect_size == pytest.approx((x - y).mean() / (x - y).std(ddof=1))
+    lo, hi = sps.t.interval(0.95, 5, loc=(x - y).mean(), scale=sps.sem(x - y))
+    assert (d.low, d.high) == pytest.approx((lo, hi))
+    # equivalence within +-0.02 fails for a difference of ~0.09; within +-0.2 it holds
+    assert not tost_difference(x, y, 0.02).equivalent and tost_difference(x, y, 0.2).equivalent
+    assert math.isnan(paired_difference([1.0, float("nan")], [0.5, 0.2]).p_value)  # one pair: untestable
+
+
+def test_bootstrap_interval_covers_the_mean_and_is_seeded():
+    from circuitry.orchestrator.stats import bootstrap_interval
+
+    v = np.arange(10.0)
+    lo, hi = bootstrap_interval(v, n_resamples=2000, seed=1)
+    assert lo < 4.5 < hi and (lo, hi) == bootstrap_interval(v, n_resamples=2000, seed=1)
+    assert 2 < lo and hi < 7  # about mean +- 2 standard errors (0.96 each)

@@ -108,8 +108,15 @@ def find_circuit(ckpt: dict, config: DiscoverConfig, *, data: dict | None = None
     """Find the circuit `config` asks for; `progress(n)` is called with the number of edges just
     evaluated. Deterministic for the same inputs. The method runs on `config.device`; its results
     and the grading are on the CPU. `config.target_f`: the circuit at that faithfulness instead of
-    at a threshold (module doc)."""
+    at a threshold (module doc). A `circuitry.transformer/1` checkpoint is handed to the
+    head-level graph (workers.transformer_discover; CPU)."""
     c = config.check()
+    if ckpt.get("format") == "circuitry.transformer/1":
+        from circuitry.workers.transformer_discover import discover_transformer
+
+        return discover_transformer(ckpt, c.method, c.threshold, ablation=c.ablation, data=data, seed=c.seed,
+                                    top_k=c.top_k, edge_fraction=c.edge_fraction, target_f=c.target_f,
+                                    order=c.order, progress=progress)
     dev = pick_device(c.device)
     t0 = time.perf_counter()
     search, ranking = None, None
@@ -292,6 +299,8 @@ def _assemble(ckpt, prep: Prepared, c: DiscoverConfig, flat_scores, masks, cost:
                **_target_figures(c.method, c.target_f, search)}
     summary.update(_ground_truth(ckpt, prep, masks, flat_scores, keep, c.output))
     summary["evaluation"] = grade(prep.evaluation, masks, prep.eval_labels_pos, task, c.method, flat_scores, ranking)
+    # the "generalise" endpoint: how much f the circuit loses on examples discovery never saw
+    summary["generalisation_gap"] = summary["evaluation"]["faithfulness"] - summary["faithfulness"]
     summary["discovery_seconds"] = cost.seconds
     summary["forward_examples"] = int(cost.forward_examples)
     summary["edges_tested"] = None if cost.edges_tested is None else int(cost.edges_tested)
@@ -339,7 +348,9 @@ def _draw(ckpt, masks, title, path, scores=None):
 
 def discovery_files(d: Discovery, ckpt: dict, pictures: bool = True) -> dict[str, bytes]:
     """circuit.parquet, circuit.png (unless not `pictures`), then summary.json (last: its presence
-    marks the result finished), as bytes."""
+    marks the result finished), as bytes. A transformer's discovery has no picture yet."""
+    if not isinstance(d, Discovery):  # workers.transformer_discover.TransformerDiscovery
+        return {"circuit.parquet": _parquet_bytes(d.table), "summary.json": json_bytes(d.summary)}
     sink = pa.BufferOutputStream()
     pq.write_table(d.table, sink)
     c = d.config
@@ -353,6 +364,12 @@ def discovery_files(d: Discovery, ckpt: dict, pictures: bool = True) -> dict[str
         files["circuit.png"] = png_bytes(_draw, ckpt, d.masks, title, scores=d.scores)
     files["summary.json"] = json_bytes(d.summary)
     return files
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 def write_discovery(d: Discovery, out_dir, ckpt: dict) -> Path:

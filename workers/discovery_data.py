@@ -1,14 +1,17 @@
 """The examples a discovery runs on, checked and prepared (docs/design.md, "The examples a discovery
-runs on").
-
-The test split of the model's own data seed (its training seed, from the checkpoint's config), in
-the order the task generates it; the first half are the discovery examples (the method sees only
-these; mean ablation and EAP-IG's mean input average over them), the second half the evaluation
-examples, on which every circuit is graded again (summary.json's `evaluation`). Each half holds at
-most MAX_EXAMPLES_PER_HALF examples (MNIST's 10,000 test images; summary.json's
-`examples_cap_per_half` says when it bit). Each half's corrupted inputs pair examples within that
-half (task.corrupt with the discover seed, which chooses nothing else). `--data` examples are split
-into the same two halves.
+runs on"), two halves: the discovery examples (the method sees only these; mean ablation and
+EAP-IG's mean input average over them) and the evaluation examples, on which every circuit is
+graded again (summary.json's `evaluation`).
+- A task whose generator can draw more (`Task.fresh`: the symbolic formulas, two_moons,
+  planted_teacher) gives 2 x FRESH_PER_HALF fresh examples for the model's data seed (its training
+  seed, from the checkpoint's config), none of them a training example; the first half discovers,
+  the second grades (`examples_from` "generator"). A few dozen examples made f noisy enough to
+  turn a generalisation verdict (issue 29): with 50, held-out f of one circuit moved by 0.1.
+- A fixed split (digits, MNIST, modular addition) gives its whole test split of that seed, in the
+  order the task generates it, cut in two halves (`examples_from` "test split").
+summary.json's `generalisation_gap` is held-out f minus discovery f. Each half's corrupted inputs
+pair examples within that half (task.corrupt with the discover seed, which chooses nothing else).
+`--data` examples are split into the same two halves.
 """
 from __future__ import annotations
 
@@ -19,11 +22,7 @@ import torch
 from circuitry.tasks import get_task
 from circuitry.workers.discover_config import DiscoveryInputError
 from circuitry.workers.graph import Graph, Problem
-from circuitry.workers.names import ABLATIONS
-
-# The most examples in each half (discovery, evaluation) of a task's test split: MNIST's 10,000
-# test images give 1,000 + 1,000, every other task's split is smaller than 2,000 and used whole.
-MAX_EXAMPLES_PER_HALF = 1000
+from circuitry.workers.names import ABLATIONS, FRESH_PER_HALF
 
 
 @dataclass
@@ -93,15 +92,15 @@ def split_examples(task, ckpt: dict, data: dict | None, seed: int) -> tuple[tupl
     """(clean, corrupt, labels) of the discovery and of the evaluation examples, and what
     summary.json says about them (module doc)."""
     if data is None:
-        split = task.make_data(data_seed(ckpt))
-        x, y = split.x_test, split.y_test
+        if task.fresh is not None:
+            x, y = task.fresh_examples(data_seed(ckpt), 2 * FRESH_PER_HALF)
+            info = {"data_seed": data_seed(ckpt), "examples_from": "generator", "n_test_split": None}
+        else:
+            split = task.make_data(data_seed(ckpt))
+            x, y = split.x_test, split.y_test
+            info = {"data_seed": data_seed(ckpt), "examples_from": "test split", "n_test_split": len(x)}
         half = len(x) // 2
-        halves = [(x[:half], y[:half]), (x[half:], y[half:])]
-        capped = any(len(c) > MAX_EXAMPLES_PER_HALF for c, _ in halves)
-        halves = [(c[:MAX_EXAMPLES_PER_HALF], l[:MAX_EXAMPLES_PER_HALF]) for c, l in halves]
-        parts = [(c, task.corrupt(c, seed), l) for c, l in halves]
-        info = {"data_seed": data_seed(ckpt), "examples_from": "test split", "n_test_split": len(x),
-                "examples_cap_per_half": MAX_EXAMPLES_PER_HALF if capped else None}
+        parts = [(c, task.corrupt(c, seed), l) for c, l in ((x[:half], y[:half]), (x[half:], y[half:]))]
     else:
         clean, corrupt, labels = _check_data(task, data)
         if clean.shape[0] < 2:
@@ -111,7 +110,7 @@ def split_examples(task, ckpt: dict, data: dict | None, seed: int) -> tuple[tupl
         cut = lambda t: (None, None) if t is None else (t[:half], t[half:])  # noqa: E731
         (c0, c1), (k0, k1), (l0, l1) = cut(clean), cut(corrupt), cut(labels)
         parts = [(c0, k0, l0), (c1, k1, l1)]
-        info = {"data_seed": None, "examples_from": "--data", "n_test_split": None, "examples_cap_per_half": None}
+        info = {"data_seed": None, "examples_from": "--data", "n_test_split": None}
     info.update(n_discovery=int(parts[0][0].shape[0]), n_evaluation=int(parts[1][0].shape[0]))
     return parts[0], parts[1], info
 

@@ -44,6 +44,12 @@ PENALTY_ONLY = ("lam", "swap_every", "top_k", "final_factor")
 DEFAULT_LOG_EVERY = 100  # training steps between logged losses
 DEFAULT_MATCH_FRACTION = 1e-2  # prune: count the matched model's weights with |w| > this x max|w|
 
+# Discovery examples per half where the task's generator draws them (workers.discover), and what a
+# discover job's id records of them (orchestrator.spec): a circuit found on fresh examples is
+# another result than one found on the test split, so its id differs from the older one's.
+FRESH_PER_HALF = 1000
+FRESH_EXAMPLES_ID = f"generator-{FRESH_PER_HALF}"
+
 METHODS: tuple[str, ...] = ("acdc", "exact", "eap", "eap-ig")
 SCORE_METHODS: tuple[str, ...] = ("exact", "eap", "eap-ig")  # score every edge, then select
 ATTRIBUTION_METHODS: tuple[str, ...] = ("eap", "eap-ig")  # gradient scores (workers.attribution)
@@ -51,6 +57,17 @@ ABLATIONS: tuple[str, ...] = ("resample", "zero", "mean")
 DEFAULT_ABLATION = "resample"
 ORDERS: tuple[str, ...] = ("ascending", "descending", "random")  # ACDC's sender order
 DEFAULT_ORDER = "ascending"  # the ACDC definition's (docs/design.md)
+
+
+def resolved_swap_every(regime: str, steps: int, swap_every: int | None, recipe) -> int:
+    """A run's swap interval: the one given, else the task's recipe's scaled to the run's steps
+    (tasks.recipe.Recipe.swap_every_for) where the regime swaps, or is matched to one that does
+    (prune, to bimt); the other regimes never swap and keep the recipe's figure, so their job ids
+    stay what they were before the interval scaled."""
+    if swap_every is not None:
+        return swap_every
+    swaps = TRAINED_REGIMES[regime].swaps if regime in TRAINED_REGIMES else TRAINED_REGIMES[PRUNE_MATCH].swaps
+    return recipe.swap_every_for(steps) if swaps else recipe.swap_every
 
 
 def network_shape(task_shape, width: int | None = None) -> list[int]:

@@ -3,11 +3,21 @@
 CPU peak memory is the process's resident high-water mark (VmHWM), reset at the start of the
 measured region where the kernel allows it (/proc/self/clear_refs), so a long-lived worker that
 ran a bigger job earlier does not report that job's peak. On CUDA it is torch's allocator peak.
+
+The resident peak is mostly the torch runtime (~600 MB for a ~1 MB model), so it cannot tell two
+regimes of one network apart. `peak_tensor_bytes` is the model's own: the allocator's view of
+one training step (parameters, optimiser state, and the peak of what the step allocates: gradients,
+activations, temporaries), the figure the seed's "memory" claim is about.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import os
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -94,3 +104,64 @@ def weights_above(weights: list[torch.Tensor], fraction: float) -> int:
     """How many weights exceed `fraction` of the largest |w| in the network."""
     top = max(float(w.abs().max()) for w in weights)
     return sum(int((w.abs() > fraction * top).sum()) for w in weights)
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null: kineto (torch.profiler's backend) writes a start and a stop
+    line there from C++ at every profile, one pair per train job, whatever Python's sys.stderr is."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _cpu_step_peak(step: Callable[[], object]) -> int:
+    """The most bytes the CPU allocator held above its level at the start of `step()`: the running
+    sum of torch.profiler's memory events (allocations positive, frees negative) in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    level = peak = 0
+    for _, nbytes in events:
+        level += nbytes
+        peak = max(peak, level)
+    return peak
+
+
+def peak_tensor_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer,
+                      step: Callable[[torch.nn.Module, torch.optim.Optimizer], object], device: torch.device) -> int:
+    """Bytes of tensors alive at the peak of one training step, `step(model, opt)`, as the
+    allocator sees them: the parameters and the optimiser's state (AdamW: two moments per
+    parameter), which live across steps, plus the most the step allocates on top (gradients,
+    saved activations, temporaries). Measured on copies of `model` and `opt` (whose state must
+    exist: call after a step), gradients unset, so the step allocates them as the first step of a
+    run does; torch.profiler's memory events on the CPU, torch.cuda.max_memory_allocated on CUDA."""
+    probe = copy.deepcopy(model)
+    probe_opt = type(opt)(probe.parameters())  # its settings and state come with load_state_dict
+    probe_opt.load_state_dict(opt.state_dict())
+    for p in probe.parameters():
+        p.grad = None
+    resident = tensor_bytes(probe.parameters()) + tensor_bytes(
+        t for state in probe_opt.state.values() for t in state.values())
+    run = lambda: step(probe, probe_opt)  # noqa: E731
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        torch.cuda.synchronize(device)
+        return resident + torch.cuda.max_memory_allocated(device) - before
+    return resident + _cpu_step_peak(run)

@@ -30,7 +30,8 @@ from circuitry.workers.device import pick_device
 from circuitry.workers.model import (CoordMLP, folded_line_coordinates, line_coordinates, ring_coordinates,
                            sheet_coordinates, sheet_shape)
 from circuitry.workers.names import TRAINED_REGIMES, network_shape
-from circuitry.workers.profile import PeakMemory, count_parameters, inference_speed, weights_above
+from circuitry.workers.profile import (PeakMemory, count_parameters, inference_speed, peak_tensor_bytes,
+                                      weights_above)
 from circuitry.workers.swap import relocate
 from circuitry.workers.train_config import TrainConfig, TrainResult, config_of, minibatches
 
@@ -55,6 +56,14 @@ def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred.argmax(1) == y).float().mean())
 
 
+def _r2(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """R^2 averaged over the outputs (scikit-learn's r2_score, 'uniform_average')."""
+    y, pred = y.reshape(len(y), -1).double(), pred.reshape(len(pred), -1).double()
+    residual = ((y - pred) ** 2).sum(0)
+    total = ((y - y.mean(0)) ** 2).sum(0)
+    return float((1 - residual / total).mean())
+
+
 def _loss_fn(task, recipe: Recipe):
     return lambda pred, target: task.training_loss(pred, target, recipe.loss)
 
@@ -67,6 +76,9 @@ def _fit(model: CoordMLP, task, loss_fn, x, y, x_test, y_test) -> dict[str, floa
     if task.kind == "classification":
         out["train_accuracy"] = _accuracy(pred, y)
         out["test_accuracy"] = _accuracy(pred_test, y_test)
+    else:  # task performance on a scale loss is not: 1 for a perfect fit, 0 for the mean's
+        out["train_r2"] = _r2(pred, y)
+        out["test_r2"] = _r2(pred_test, y_test)
     return out
 
 
@@ -94,7 +106,8 @@ def _apply_masks(model: CoordMLP, masks: list[torch.Tensor]) -> None:
 
 
 def train(config: TrainConfig, progress: Callable[[int, int, float], None] | None = None, start: dict | None = None,
-          masks: list[torch.Tensor] | None = None) -> TrainResult:
+          masks: list[torch.Tensor] | None = None,
+          prune_at: Callable[[int, CoordMLP], list[torch.Tensor] | None] | None = None) -> TrainResult:
     """Train one model. `progress(steps, examples, train_loss)` is called every `log_every` steps
     with the increments since the last call (the orchestrator turns them into Prometheus counters;
     the CLI draws a bar) and the loss just logged.
@@ -102,7 +115,8 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     (its weights, biases, embedding and layout; the optimiser starts afresh). `masks`: one 0/1
     tensor per weight matrix; the weights where it is 0 are held at exactly zero (their gradient
     is masked, so AdamW's moments for them stay zero, and they are re-zeroed after every step).
-    workers.prune fine-tunes a pruned network with both."""
+    workers.prune fine-tunes a pruned network with both. `prune_at(step, model)`, called after
+    every step, may return new masks, which replace `masks` from then on (gradual pruning)."""
     cfg = config.resolved()
     task = get_task(cfg.task)
     if task.model_kind == "transformer":  # masks: parameter name -> 0/1 tensor there
@@ -137,24 +151,32 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     weight_factor = recipe.distance_weight if regime.local else 0.0
     batches = minibatches(len(x), cfg.batch_size, cfg.seed, device)
 
+    def optimise(model: CoordMLP, opt: torch.optim.Optimizer, xb, yb, step: int) -> torch.Tensor:
+        """One optimiser step on a batch; returns the batch's loss."""
+        loss = loss_fn(model(xb), yb)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        if masks is not None:
+            for linear, m in zip(model.linears, masks):
+                linear.weight.grad.mul_(m)
+        if regime.penalty:  # the gradient of lam * connection cost, added in closed form
+            model.add_connection_cost_grad(
+                recipe.lam_at(step, cfg.steps), weight_factor, penalize_bias=recipe.penalize_bias_at(step, cfg.steps),
+                norm=recipe.cost_norm, last_layer_distance=recipe.last_layer_distance)
+        opt.step()
+        if masks is not None:
+            _apply_masks(model, masks)
+        return loss
+
     curve, swap_seconds, n_swapped, swap_rounds, last_logged, examples = [], 0.0, 0, 0, 0, 0
     with PeakMemory(device) as mem:
         start = time.perf_counter()
         for step in range(cfg.steps):
             idx = next(batches)
             xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-            loss = loss_fn(model(xb), yb)
-            opt.zero_grad(set_to_none=False)
-            loss.backward()
-            if masks is not None:
-                for linear, m in zip(model.linears, masks):
-                    linear.weight.grad.mul_(m)
-            if regime.penalty:  # the gradient of lam * connection cost, added in closed form
-                model.add_connection_cost_grad(
-                    recipe.lam_at(step, cfg.steps), weight_factor, penalize_bias=recipe.penalize_bias_at(step, cfg.steps),
-                    norm=recipe.cost_norm, last_layer_distance=recipe.last_layer_distance)
-            opt.step()
-            if masks is not None:
+            loss = optimise(model, opt, xb, yb, step)
+            if prune_at is not None and (new_masks := prune_at(step, model)) is not None:
+                masks = [m.to(device=device, dtype=dtype) for m in new_masks]
                 _apply_masks(model, masks)
             examples += len(xb)
             if regime.swaps and (step + 1) % cfg.swap_every == 0:
@@ -173,6 +195,10 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - start
 
+    # the allocator's view of one full-size step (workers.profile), on a copy: training is not touched
+    n_batch = min(cfg.batch_size, len(x)) if cfg.batch_size else len(x)
+    tensor_bytes = peak_tensor_bytes(model, opt, lambda m, o: optimise(m, o, x[:n_batch], y[:n_batch], cfg.steps - 1),
+                                     device)
     model.eval()
     with torch.no_grad():
         # one yardstick for every regime of a task: summed, distance weight 1, biases included
@@ -189,6 +215,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         "neurons_swapped": n_swapped,
         "peak_memory_bytes": mem.peak_bytes,
         "peak_memory_delta_bytes": mem.delta_bytes,
+        "peak_tensor_bytes": tensor_bytes,
         "n_parameters": count_parameters(model),
         "inference_per_second_batch1": inference_speed(model, x_test, 1),
         "inference_per_second_batch1024": inference_speed(model, x_test, 1024),

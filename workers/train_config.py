@@ -9,7 +9,7 @@ import torch
 
 from circuitry.tasks import get_task
 from circuitry.tasks.recipe import Recipe
-from circuitry.workers.names import DEFAULT_LOG_EVERY, RECIPE_DEFAULTS, TRAINED_REGIMES, TRANSFORMER_SHAPE
+from circuitry.workers.names import DEFAULT_LOG_EVERY, RECIPE_DEFAULTS, TRAINED_REGIMES, TRANSFORMER_SHAPE, resolved_swap_every
 
 
 @dataclass
@@ -52,6 +52,7 @@ class TrainConfig:
         d = asdict(self)
         for key in RECIPE_DEFAULTS:
             d[key] = getattr(r, key) if d[key] is None else d[key]
+        d["swap_every"] = resolved_swap_every(self.regime, self.steps, self.swap_every, r)
         d["batch_size"] = (r.batch_size or 0) if self.batch_size is None else self.batch_size
         d["sheets"] = task.input_grid is not None if self.sheets is None else self.sheets
         return TrainConfig(**d)
