@@ -60,7 +60,7 @@ def job_hash(payload: dict) -> str:
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per job of a spec, for the whole sweep
 class Job:
     kind: str  # "train" or "discover"
     id: str

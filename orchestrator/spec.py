@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from circuitry.orchestrator import checkers
 from circuitry.orchestrator.checkers import SpecError
+from circuitry.orchestrator.count import JobCount, count_jobs
 from circuitry.orchestrator.jobs import Job, MissingModels, expand
 from circuitry.tasks import TASKS
 from circuitry.workers.names import (ABLATIONS, CIRCUIT_METRICS, DEFAULT_ABLATION, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
@@ -136,6 +137,9 @@ class Sweep(Table):
     # its figures from model.pt)
     pictures: Bool = True
     """Draw network.png / circuit.png in every job folder."""
+    max_jobs: PositiveInt = 100_000
+    """The most jobs the grids may expand to: a bigger spec is refused before any job is built
+    (orchestrator.count), so a typo in a grid cannot eat the driver's memory."""
 
 
 class Train(Table):
@@ -481,11 +485,20 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
                 resources, testing, text, sweep["metrics_host"], sweep["metrics_linger"], sweep["pushgateway"],
                 sweep["pictures"])
     spec.prune = prune
+    _within_max_jobs(count_jobs(train, discover), sweep["max_jobs"])
     try:
         spec.jobs = expand(train, discover, prune=prune)
     except MissingModels as e:
         raise SpecError(str(e)) from None
+    _within_max_jobs(JobCount(len(spec.jobs), 0), sweep["max_jobs"])  # when the count was an upper bound
     return spec
+
+
+def _within_max_jobs(count: JobCount, max_jobs: int) -> None:
+    if count.exact and count.total > max_jobs:
+        raise SpecError(f"sweep.max_jobs: the grids expand to {count.total:,} jobs ({count.train:,} train + "
+                        f"{count.discover:,} discover), over max_jobs = {max_jobs:,}; shrink the grids, split the "
+                        "sweep, or raise sweep.max_jobs")
 
 
 def _check_model_fields(name: str, grid: dict[str, list]) -> None:
