@@ -218,7 +218,7 @@ def attribute(graph: Graph, clean: torch.Tensor, corrupt: torch.Tensor, *, metho
               ablation: str = "resample", output: int | None = None,
               threshold: float | None = None, progress: Callable[[int], None] | None = None) -> acdc_mod.EdgeResult:
     """Score (and for acdc, select) every edge of `graph` on these examples (all of them: no
-    split). `metric` is "mse" or "kl". Returns per-matrix masks (acdc's circuit; all True for
+    split). `metric` is "mse", "kl" or (classifiers) "logit_diff". Returns per-matrix masks (acdc's circuit; all True for
     score methods) and scores (module doc for semantics)."""
     problem = Problem.build(graph, clean, corrupt, metric, ablation, output)
     if method == "acdc":
