@@ -20,7 +20,8 @@ A spec (see examples/quickstart.toml):
                  every grid point, a job that prunes the vanilla model of the same task, seed and
                  steps to the weight count of that point's bimt model (the spec must have both)
     [discover]   grid: method, threshold or target_f (one of them), order, ablation, output, seed,
-                 train_seed (optional table: no discovery; [[discover]] for several grids)
+                 metric (default: the task's; logit_diff for classifiers), train_seed (optional
+                 table: no discovery; [[discover]] for several grids)
     [resources]  train_cpus, train_gpus, discover_cpus, discover_gpus, max_retries, edge_chunk
     [testing]    TEST-ONLY fault injection: transient_once, crash_once, hold, noop (job selectors, see below)
 
@@ -249,6 +250,13 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
     problems.raise_any()
 
     for name, grid in zip(names if discover else [], discover or []):
+        for i, metric in enumerate(grid["metric"]):
+            for task in sorted({t for g in train for t in g["task"]}):
+                if metric == "logit_diff" and TASKS[task].kind != "classification":
+                    raise SpecError(f"{name}.metric[{i}]: logit_diff needs a classifier; task {task} is a "
+                                    f"{TASKS[task].kind} (leave metric out: its own is {TASKS[task].metric})")
+                if metric == "logit_diff" and any(o is not None for o in grid["output"]):
+                    raise SpecError(f"{name}.metric[{i}]: logit_diff reads every output; drop output")
         for i, out in enumerate(grid["output"]):
             if out is None:
                 continue

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from circuitry.orchestrator import checkers
 from circuitry.tasks import TASKS
-from circuitry.workers.names import (ABLATIONS, DEFAULT_ABLATION, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
+from circuitry.workers.names import (ABLATIONS, CIRCUIT_METRICS, DEFAULT_ABLATION, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
                                      METHODS, ORDERS, REGIMES)
 
 
@@ -143,6 +143,8 @@ class Discover(Table):
     """acdc's sender order (score methods have none: put them in their own table)."""
     ablation: Grid(Choice(ABLATIONS)) = DEFAULT_ABLATION
     output: Grid(NonNegInt) = _unset("the circuit of all outputs")
+    metric: Grid(Choice(CIRCUIT_METRICS)) = _unset("the task's metric (mse or kl)")
+    """The circuit metric (workers.graph.Metric); logit_diff needs every task to be a classifier."""
     seed: Grid(NonNegInt) = 0
     """The corruption pairing's seed."""
     # a filter, not a setting: not in the job id
