@@ -14,13 +14,22 @@ class InputError(click.UsageError):
     the option and the fix, exit code 2."""
 
 
-def writable_dir(path: str, option: str) -> Path:
+def writable_dir(path: str, option: str, no_link: bool = False) -> Path:
+    """Create `path` and check it can be written: a probe file made new (O_EXCL, O_NOFOLLOW, a
+    unique name) and removed, so a link planted at a probe's name is never written through.
+    `no_link`: the folder itself must not be a link (a sweep folder)."""
+    import secrets
+
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".circuitry-write-test"
-        probe.write_text("")
-        probe.unlink()
+        if no_link and out.is_symlink():
+            raise InputError(f"{option}: {out} is a link; circuitry follows no link in a sweep folder; give a "
+                             "real folder")
+        probe = f".circuitry-write-test-{os.getpid()}-{secrets.token_hex(4)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        os.close(os.open(out / probe, flags, 0o600))
+        os.unlink(out / probe)
     except OSError as e:
         raise InputError(f"{option}: cannot write to {out} ({e.strerror}); give a writable folder") from None
     return out

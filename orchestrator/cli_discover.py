@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from circuitry.orchestrator.console import quiet_option, threads_option
-from circuitry.workers.names import ABLATIONS, DEFAULT_ABLATION, DEFAULT_ORDER, METHODS, ORDERS, edge_count
+from circuitry.workers.names import ABLATIONS, CIRCUIT_METRICS, DEFAULT_ABLATION, DEFAULT_ORDER, METHODS, ORDERS, edge_count
 
 
 def _load_data(path: str) -> dict:
@@ -38,6 +38,9 @@ def _load_data(path: str) -> dict:
               help="acdc: the order each receiver's senders are tried in (random: a permutation drawn from --seed).")
 @click.option("--ablation", type=click.Choice(ABLATIONS), default=DEFAULT_ABLATION, show_default=True)
 @click.option("--output", "output", type=click.IntRange(min=0), default=None, help="Circuit for output K alone (default: all outputs).")
+@click.option("--metric", type=click.Choice(CIRCUIT_METRICS), default=None,
+              help="The circuit metric (default: the task's, mse or kl); logit_diff (classifiers): the drop of the "
+                   "predicted class's logit minus the mean other logit, as a fraction of the full model's.")
 @click.option("--top-k", type=click.IntRange(min=0), default=None, help="Score methods: keep the k edges of largest |score|.")
 @click.option("--edge-fraction", type=click.FloatRange(0, 1), default=None, help="Score methods: keep this fraction of edges.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None, help="torch.save'd dict: clean, corrupt[, labels].")
@@ -53,8 +56,8 @@ def _load_data(path: str) -> dict:
 @click.option("--force", is_flag=True, help="Replace the run already in --out (else a folder holding one is refused).")
 @threads_option
 @quiet_option
-def discover_cmd(model_path, method, threshold, target_f, order, ablation, output, top_k, edge_fraction, data_path,
-                 export, seed, data_dir, out, force, threads, quiet):
+def discover_cmd(model_path, method, threshold, target_f, order, ablation, output, metric, top_k, edge_fraction,
+                 data_path, export, seed, data_dir, out, force, threads, quiet):
     """Find the circuit of a trained model (ACDC, exact ablation scores, EAP, EAP-IG)."""
     from circuitry.orchestrator.cli_transformer import discover_transformer_cmd, is_transformer_file
     from circuitry.orchestrator.console import DiscoveryBar, callback, show_progress, use_threads
@@ -71,6 +74,9 @@ def discover_cmd(model_path, method, threshold, target_f, order, ablation, outpu
         raise click.BadParameter(f"must be in (0, 1], got {target_f}; it is a faithfulness f", param_hint="--target-f")
     data = _load_data(data_path) if data_path else None
     if is_transformer_file(model_path):  # circuitry.transformer/1: the head-level graph
+        if metric is not None:
+            raise click.BadParameter("a transformer's discovery uses its task's metric: drop --metric",
+                                     param_hint="--metric")
         out_dir = check_out(out, force)
         use_threads(threads)
         return discover_transformer_cmd(model_path, method, threshold, target_f, order, ablation, output, top_k,
@@ -86,7 +92,8 @@ def discover_cmd(model_path, method, threshold, target_f, order, ablation, outpu
     data_dir = data_dir or ckpt.get("data_dir") or os.environ.get("CIRCUITRY_MNIST_DIR")
     if data_dir:  # the task reads its folder from the environment (tasks.mnist)
         os.environ["CIRCUITRY_MNIST_DIR"] = data_dir
-    config = DiscoverConfig(method, threshold, top_k, edge_fraction, target_f, order, ablation, output, seed)
+    config = DiscoverConfig(method, threshold, top_k, edge_fraction, target_f, order, ablation, output, seed,
+                            metric=metric)
     try:
         n_edges = edge_count(ckpt["shape"]) if "shape" in ckpt else None
         with DiscoveryBar(n_edges, f"{ckpt['task']} {method}", show_progress(quiet)) as bar:

@@ -6,6 +6,7 @@ import os
 import shlex
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -15,6 +16,18 @@ from circuitry.orchestrator.cli_common import ENV_DEFAULTS, InputError, user_set
 from circuitry.orchestrator.spec import SpecError, load_spec, parse_spec, spec_schema
 
 SPEC_ENV = "CIRCUITRY_SPEC_TOML"  # submit: the spec's text, in the Ray Job's runtime env
+
+
+@contextmanager
+def sweep_errors():
+    """The sweep folder's refusals as one line, exit 2: busy, a link, a full disk, no key."""
+    from circuitry.orchestrator.signing import SigningKeyError
+    from circuitry.orchestrator.store import SweepBusy, UnsafeFolder, WriteFailed
+
+    try:
+        yield
+    except (SweepBusy, UnsafeFolder, WriteFailed, SigningKeyError) as e:
+        raise InputError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
 def _spec(path: str, root: str | None = None):
@@ -37,7 +50,15 @@ def _sweep_dir(arg: str) -> tuple[Path, dict]:
     if not meta_path.is_file():
         raise InputError(f"SWEEP: {arg} is not a sweep folder (no sweep.json); give the folder "
                               "`circuitry run` printed, or the spec")
-    return p.resolve(), json.loads(meta_path.read_text())
+    if p.is_symlink():
+        raise InputError(f"SWEEP: {arg} is a link; circuitry follows no link to a sweep folder; give the folder")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"SWEEP: {meta_path} is unreadable ({type(e).__name__}); run its spec again") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        raise InputError(f"SWEEP: {meta_path} names no sweep; run its spec again")
+    return p.resolve(), meta
 
 
 def _job_client(address: str):
@@ -95,7 +116,7 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
     """Run SPEC's sweep on Ray; only jobs without a finished result run."""
     from circuitry.orchestrator.ray_session import ensure_ray
     from circuitry.orchestrator.scheduler import Scheduler
-    from circuitry.orchestrator.store import SweepBusy
+    from circuitry.orchestrator.store import sweep_lock
 
     spec = _spec(spec_path, root)
 
@@ -109,7 +130,11 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
     except SpecError as e:
         raise InputError(str(e)) from None
 
-    writable_dir(str(spec.sweep_dir), "sweep.root")
+    writable_dir(str(spec.sweep_dir), "sweep.root", no_link=True)
+    from circuitry.orchestrator.signing import signing_key
+
+    with sweep_errors():
+        signing_key()  # created now, or its problem in one line before anything runs
 
     def on_term(signum, frame):  # `ray job stop` / kill: stop like Ctrl-C
         raise KeyboardInterrupt
@@ -119,30 +144,35 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
             signal.signal(signal.SIGTERM, on_term)
         except ValueError:  # not the main thread
             pass
-    started = ensure_ray(address, num_cpus)
-    try:
+    # the lock, the folder's checks and its first writes come before Ray starts: a second driver,
+    # a linked folder or a full disk stop in one line without starting a local Ray
+    with sweep_errors(), sweep_lock(spec.sweep_dir):
         sched = Scheduler(spec, tracking_uri=tracking_uri, metrics_port=metrics_port, metrics_host=metrics_host,
                           metrics_linger=metrics_linger, pushgateway=pushgateway, progress=not quiet,
                           record_mlflow=not no_mlflow, echo=lambda m: click.echo(m, err=False))
+        sched.prepare_folder()
+        started = ensure_ray(address, num_cpus)
         try:
-            out = sched.run()
-        except SweepBusy as e:
-            raise click.ClickException(str(e)) from None
-    finally:
-        if started:
-            import ray
+            out = sched.run(locked=True)
+        finally:
+            if started:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
+    from circuitry.orchestrator.recorder import sync_command
+
     d = out.sweep_dir
     click.echo(f"{out.finished} jobs ran, {out.cached} were already finished, {out.failed} failed, "
                f"{out.skipped} skipped, {out.retries} retries, in {out.seconds:.1f} s")
     click.echo(f"results:      {d}/jobs/<job id>/ and {d / 'jobs.parquet'}")
     if out.mlflow_error:
-        click.echo(f"MLflow:       {out.tracking_uri} FAILED ({out.mlflow_error}); run `circuitry sync {d}`")
+        click.echo(f"MLflow:       {out.tracking_uri} FAILED ({out.mlflow_error}); run `{sync_command(d, out.tracking_uri)}`")
     elif not no_mlflow:
         click.echo(f"MLflow store: {out.tracking_uri}")
         if out.tracking_uri.startswith("sqlite:"):
             click.echo(f"open its UI:  circuitry ui {shlex.quote(str(d))}")
+    if out.write_error:
+        raise InputError(out.write_error)
     if out.interrupted:
         click.echo("interrupted: finished results are kept; run the same command again to resume", err=True)
         sys.exit(130)
@@ -211,7 +241,9 @@ def status_cmd(job_id, address, logs):
                 click.echo(f"{j.submission_id}  {j.status}  {j.entrypoint}")
             return
         text = client.get_job_logs(job_id)
-        click.echo(f"{job_id}: {client.get_job_status(job_id)}{sweep_counts(text)}")
+        click.echo(f"{job_id}: {client.get_job_status(job_id)}")  # scripts read the state off this line's end
+        if counts := sweep_counts(text):
+            click.echo(f"sweep: {counts}")
         if logs:
             click.echo(text)
     except RuntimeError as e:
@@ -220,7 +252,7 @@ def status_cmd(job_id, address, logs):
 
 def sweep_counts(log: str) -> str:
     """The driver's last progress figures in its log (orchestrator.metrics.ProgressBar's lines
-    `[done/total] finished ...` / `FAILED ...`, and the sweep's first line): ", 40/72 jobs done
+    `[done/total] finished ...` / `FAILED ...`, and the sweep's first line): "40/72 jobs done
     (12 cached, 1 failed)", or "" before the driver has printed any."""
     import re
 
@@ -231,7 +263,7 @@ def sweep_counts(log: str) -> str:
     n, total = done[-1] if done else (start.group(2), start.group(1))
     failed = len(re.findall(r"^\[\d+/\d+\] FAILED ", log, re.M))
     cached = f"{start.group(2)} cached, " if start else ""
-    return f", {n}/{total} jobs done ({cached}{failed} failed)"
+    return f"{n}/{total} jobs done ({cached}{failed} failed)"
 
 
 @click.command("cancel")
@@ -252,10 +284,14 @@ def cancel_cmd(job_id, address):
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 def ui_cmd(sweep, port):
     """Open the MLflow UI on SWEEP's tracking store, on 127.0.0.1."""
+    from circuitry.orchestrator.backfill import other_uri_note
+    from circuitry.orchestrator.recorder import embedded_uri
+
     d, meta = _sweep_dir(sweep)
-    uri = meta["tracking_uri"]
-    if not uri.startswith("sqlite:"):
-        click.echo(f"this sweep records to {uri}; open that server's UI")
+    uri = embedded_uri(d)
+    note = other_uri_note(meta, uri)
+    if note:  # a server named in sweep.json: its own UI shows it; sweep.json opens nothing here
+        click.echo(note.replace("give --tracking-uri to log there", "open that server's UI"))
         return
     args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
             "--default-artifact-root", (d / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port)]
@@ -287,23 +323,30 @@ def sync_cmd(sweep, tracking_uri):
 
     Only the jobs of SWEEP/spec.toml are logged (nothing else in the folder is read), while
     holding the sweep's lock (it waits for no `run`: a running sweep records MLflow itself)."""
-    from circuitry.orchestrator.recorder import sync
-    from circuitry.orchestrator.store import SweepBusy
+    from circuitry.orchestrator.backfill import other_uri_note, sync
+    from circuitry.orchestrator.recorder import embedded_uri
 
     d, meta = _sweep_dir(sweep)
     if not (d / "spec.toml").is_file():
         raise InputError(f"SWEEP: {d} has no spec.toml, so which results are its jobs is unknown; "
                               "run its spec once with `circuitry run` (finished jobs do not run again)")
-    uri = tracking_uri or meta["tracking_uri"]
+    uri = tracking_uri or embedded_uri(d)
+    note = other_uri_note(meta, uri)
+    if note:
+        click.echo(note, err=True)
     try:
-        logged, present = sync(d, meta["name"], uri)
-    except SweepBusy as e:
-        raise click.ClickException(str(e)) from None
+        with sweep_errors():
+            logged, present, aside = sync(d, meta["name"], uri)
+    except click.UsageError:
+        raise
     except SpecError as e:
         raise InputError(f"SWEEP: {e}") from None
     except Exception as e:  # noqa: BLE001
         raise click.ClickException(f"MLflow at {uri} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     click.echo(f"{logged} runs logged, {present} were already there -> {uri}")
+    if aside:
+        click.echo(f"{aside} job folders left aside: no valid signature of this user's key, or damaged "
+                   "(`circuitry run` runs those jobs again)")
 
 
 COMMANDS = {"schema": schema_cmd, "validate": validate_cmd, "run": run_cmd, "submit": submit_cmd, "status": status_cmd,

@@ -233,7 +233,8 @@ def prepared_problem(job: Job, ckpt: dict, device):
     if key not in _PREPARED:
         _PREPARED.clear()
         c = job.discover_config()
-        _PREPARED[key] = discovery_problem(ckpt, ablation=c.ablation, output=c.output, seed=c.seed).to(device)
+        _PREPARED[key] = discovery_problem(ckpt, ablation=c.ablation, output=c.output, seed=c.seed,
+                                           metric=c.metric).to(device)
     return _PREPARED[key]
 
 

@@ -36,9 +36,9 @@ def package_version() -> str:
 
 def _discover_payload(d: dict) -> dict:
     """The discover settings a job id hashes: the newer settings only where they are used (no
-    target_f = None, no threshold = None, no default order), so that the ids of specs written
-    before them stay what they were."""
-    unused = {"threshold": None, "target_f": None, "order": DEFAULT_ORDER}
+    target_f = None, no threshold = None, no default order, no metric = None), so that the ids of
+    specs written before them stay what they were."""
+    unused = {"threshold": None, "target_f": None, "order": DEFAULT_ORDER, "metric": None}
     return {k: v for k, v in d.items() if not (k in unused and v == unused[k])}
 
 
@@ -60,7 +60,7 @@ def job_hash(payload: dict) -> str:
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per job of a spec, for the whole sweep
 class Job:
     kind: str  # "train" or "discover"
     id: str
@@ -196,6 +196,8 @@ def expand(train: list[dict[str, list]], discover: list[dict[str, list]] | None,
                 tail = f"{method}/{selection}/{d['ablation']}"
                 if d["output"] is not None:
                     tail += f"/out{d['output']}"
+                if d.get("metric") is not None:
+                    tail += f"/{d['metric']}"
                 if len(grid["seed"]) > 1:
                     tail += f"/dseed{d['seed']}"
                 label = "discover/" + tj.label.removeprefix("train/") + "/" + tail

@@ -22,6 +22,7 @@ import pandas as pd
 
 from circuitry.orchestrator.report_tables import fmt, ratio_text, sorted_regimes
 from circuitry.orchestrator.stats import MIN_N_FOR_CLAIM, RatioSummary, Tost, paired_ratio, tost
+from circuitry.orchestrator.store import save_png
 
 TARGET = 0.95  # the headline target; other targets a sweep ran get their own tables
 MARGIN = 0.25  # TOST margin: "the same" means the ratio lies within [1/1.25, 1.25]
@@ -181,7 +182,7 @@ def figure_pareto(task: str, target: float, points: pd.DataFrame, out: Path) -> 
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / f"pareto_{task}_f{target:g}.png"
-    fig.savefig(path, dpi=100)
+    save_png(fig, path, dpi=100)
     plt.close(fig)
     return path
 

@@ -2,7 +2,8 @@
 
 An existing cluster (`--address`, RAY_ADDRESS, a Ray Job's driver) keeps its own authentication:
 RAY_AUTH_MODE and the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) come from
-the environment, as for every Ray client.
+the environment, as for every Ray client. `local` (Ray's word for "start a cluster here") is no
+existing cluster: it gets the embedded Ray below, with its per-run token.
 
 The embedded local Ray listens on more than loopback (Ray's dashboard agent, GCS and raylet bind
 every interface), so without authentication anyone who reaches this machine could submit a job to
@@ -28,12 +29,23 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = cluster_address(address)
     if address:
         ray.init(address=address, logging_level="WARNING")
     else:
         start_local_ray(num_cpus)
     return True
+
+
+def cluster_address(address: str | None = None) -> str | None:
+    """The existing cluster to join (`address`, else RAY_ADDRESS), or None for the embedded Ray.
+    RAY_ADDRESS=local is Ray's "start one here": the embedded Ray with its per-run token, and the
+    variable is dropped so that Ray's own ray.init does not start an unauthenticated one."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":
+        os.environ.pop("RAY_ADDRESS", None)
+        return None
+    return address
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:

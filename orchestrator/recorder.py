@@ -10,8 +10,14 @@ once (naming the tracking URI), MLflow is switched off for the rest of the sweep
 `circuitry sync SWEEP` backfills it later. Runs are keyed by the tag `circuitry.job_id`: a job
 that already has a FINISHED run is never logged twice by a backfill; a job that ran again (its
 folder was damaged and moved aside) replaces its older run, so MLflow shows the result on disk.
-Only jobs of the sweep's spec are recorded, and a run's artifacts come from `jobs/<job id>/`
-where the id is the spec's (orchestrator.store.is_job_id), never from a record's fields.
+Only jobs of the sweep's spec are recorded, and a run's artifacts are the files its signed
+record lists, read through orchestrator.store (no link followed, each sha256 checked) and uploaded
+file by file from a private temporary copy of those bytes: never a folder, never a path a record
+or a link names. A job whose folder fails those checks at upload time gets no run.
+
+Where runs go: `run` logs to --tracking-uri, the spec's tracking_uri or the embedded store;
+`sync` and `report` to --tracking-uri or the embedded store only. sweep.json's tracking_uri is
+anyone's who can write the sweep folder, so they name it and never follow it.
 
 Embedded default tracking store: `sqlite:///SWEEP/mlflow.db` with artifacts in `SWEEP/mlartifacts`,
 created once by the driver before anything is logged. SQLite stores are opened in WAL mode with
@@ -42,8 +48,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from circuitry.orchestrator.mlflow_pool import LogPool, default_threads
-from circuitry.orchestrator.store import JobStore, is_job_id, sweep_lock
-from circuitry.workers.files import write_atomic
+from circuitry.orchestrator.safe_fs import move_links_aside
+from circuitry.orchestrator.store import DamagedResult, JobStore, WriteFailed, is_job_id, write_atomic
 from circuitry.workers.names import DEFAULT_ABLATION, DEFAULT_ORDER
 
 JOB_TAG = "circuitry.job_id"
@@ -59,12 +65,21 @@ def ui_url(base: str, experiment_id: str | None = None) -> str:
     return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
 
 
+STORE_FILES = ("mlflow.db", "mlflow.db-wal", "mlflow.db-shm", "mlflow.db-journal", "mlartifacts")
+
+
 def embedded_uri(sweep_dir: Path) -> str:
     return f"sqlite:///{Path(sweep_dir).resolve() / 'mlflow.db'}"
 
 
 def resolve_uri(sweep_dir: Path, uri: str | None) -> str:
     return uri or embedded_uri(sweep_dir)
+
+
+def sync_command(sweep_dir: Path, uri: str) -> str:
+    """The `circuitry sync` line that backfills `uri` (which sync takes from its command line only)."""
+    flag = "" if uri == embedded_uri(sweep_dir) else f" --tracking-uri {uri}"
+    return f"circuitry sync {sweep_dir}{flag}"
 
 
 def read_records(sweep_dir: Path) -> dict[str, dict]:
@@ -217,6 +232,9 @@ class MlflowLogger:
         if uri.startswith("sqlite:"):
             _sqlite_without_fsync_per_commit()
         self.uri, self.sweep_name, self.sweep_dir = uri, sweep_name, Path(sweep_dir)
+        embedded = uri == embedded_uri(self.sweep_dir)
+        if embedded:  # SQLite and MLflow open these by path: a planted link is moved aside, not followed
+            move_links_aside(self.sweep_dir, STORE_FILES, lambda m: print(m, file=sys.stderr))
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.client = MlflowClient(tracking_uri=uri)  # an SQLite store is created here, once
@@ -228,6 +246,8 @@ class MlflowLogger:
             self.exp_id = self.client.create_experiment(sweep_name, artifact_location=artifacts)
         else:
             self.exp_id = exp.experiment_id
+        if embedded and (self.sweep_dir / "mlartifacts").is_dir():
+            move_links_aside(self.sweep_dir / "mlartifacts", (str(self.exp_id),), lambda m: print(m, file=sys.stderr))
         if exp is None or exp.tags.get(KIND_TAG) != MODEL_TRAINING:
             # MLflow 3 records what an experiment is for in this tag (its UI reads it where the
             # global GenAI / model-training switch does not decide; ui_url sets that switch)
@@ -306,6 +326,14 @@ class MlflowLogger:
             self.known.pop(jid, None)
         if self.known.get(jid) == "FINISHED":
             return False
+        files = {}
+        if status == "FINISHED":
+            try:  # the checked bytes of the files the signed record lists (module doc)
+                rec, files = JobStore(self.sweep_dir).read(jid)
+            except FileNotFoundError:  # no jobs/ at all (a record logged on its own): no artifacts
+                files = {}
+            except DamagedResult:
+                return False
         for old in self.stale.pop(jid, []):
             self.client.delete_run(old)
         tags = {ROLE_TAG: "job", JOB_TAG: jid, "mlflow.parentRunId": self.parent, "kind": rec["kind"],
@@ -334,9 +362,8 @@ class MlflowLogger:
                 if point.get(k) is not None and math.isfinite(point[k]):
                     metrics.append((f"curve_{k}", point[k], None, int(point["step"])))
         self._log(run_id, params, metrics, end_ms, {"error": str(rec["error"])[:5000]} if rec.get("error") else None)
-        folder = self.sweep_dir / "jobs" / jid
-        if status == "FINISHED" and folder.is_dir():
-            self.client.log_artifacts(run_id, str(folder))
+        if files:
+            self._upload(run_id, files)
         self.client.set_terminated(run_id, status, end_time=end_ms)
         self.known[jid] = status
         if status != "FINISHED":
@@ -344,6 +371,16 @@ class MlflowLogger:
         else:
             self.finished_runs[jid] = [run_id]
         return True
+
+    def _upload(self, run_id: str, files: dict[str, bytes], under: str | None = None) -> None:
+        """Each file as its own artifact, from a copy in a private temporary folder (mode 0700)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="circuitry-upload-") as tmp:
+            for name, data in files.items():
+                path = Path(tmp) / name
+                path.write_bytes(data)
+                self.client.log_artifact(run_id, str(path), under)
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.parent, status)
@@ -358,7 +395,8 @@ class Recorder:
         self.sweep_dir = Path(sweep_dir)
         self.name, self.uri, self.spec_params = sweep_name, tracking_uri, spec_params or {}
         self.threads = mlflow_threads or default_threads(tracking_uri)
-        self.rows: dict[str, dict] = {}
+        self.rows: dict[str, tuple] = {}  # job id -> (column names, values): compact, see _keep
+        self._names: dict[tuple, tuple] = {}
         self.parquet = self.sweep_dir / "jobs.parquet"
         self.dirty, self.last_write = False, 0.0
         self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
@@ -369,6 +407,8 @@ class Recorder:
     def start(self, existing: dict[str, dict]) -> None:
         old = {}
         try:  # keep what only the table knows (attempts) for jobs finished in earlier runs
+            if self.parquet.is_symlink() or not self.parquet.is_file():  # a planted link or FIFO: not read
+                raise FileNotFoundError(self.parquet)
             for row in pq.read_table(self.parquet).to_pylist():
                 if row.get("status") == "finished":
                     old[row["job_id"]] = row
@@ -379,7 +419,7 @@ class Recorder:
             prev = old.get(rec["job_id"])
             if prev and prev.get("attempts") is not None:
                 row["attempts"] = rec["attempts"] = prev["attempts"]
-            self.rows[rec["job_id"]] = row
+            self._keep(row)
         self.dirty = True
         self.flush_parquet(force=True)
         if self.mlflow_enabled:
@@ -388,9 +428,16 @@ class Recorder:
             for rec in existing.values():  # backfill finished jobs without a run (no duplicates)
                 self.pool.put((rec, False))
 
+    def _keep(self, row: dict) -> None:
+        """A job's row as a tuple of values beside its column names, shared by the rows that have
+        the same (one tuple per kind of job): a third of a dict's memory, for every job of a sweep."""
+        names = tuple(row)
+        names = self._names.setdefault(names, names)
+        self.rows[row["job_id"]] = (names, tuple(row.values()))
+
     def add(self, rec: dict) -> None:
         """A job that ran now: its row, and its run (replacing the run of an earlier result)."""
-        self.rows[rec["job_id"]] = flat_row(rec)
+        self._keep(flat_row(rec))
         self.dirty = True
         self.flush_parquet()
         if self.pool is not None:
@@ -405,57 +452,24 @@ class Recorder:
         """Runs waiting to be logged to MLflow (0 when MLflow is off or failed)."""
         return self.pool.backlog() if self.pool is not None else 0
 
+    write_error: str | None = None
+
     def flush_parquet(self, force: bool = False) -> None:
+        """Rewrite jobs.parquet (at most every 2 s unless `force`); WriteFailed when it cannot."""
         if self.dirty and (force or time.monotonic() - self.last_write > 2.0):
-            write_parquet(list(self.rows.values()), self.parquet)
+            write_parquet([dict(zip(names, values)) for names, values in self.rows.values()], self.parquet)
             self.dirty, self.last_write = False, time.monotonic()
 
     def _fail(self, e: Exception) -> None:
         self.mlflow_error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         self.warn(f"warning: MLflow at {self.uri} failed ({self.mlflow_error}); recording goes on in "
-                  f"{self.parquet}; run `circuitry sync {self.sweep_dir}` to backfill MLflow")
+                  f"{self.parquet}; run `{sync_command(self.sweep_dir, self.uri)}` to backfill MLflow")
 
     def close(self, status: str = "FINISHED", timeout: float | None = None) -> None:
-        self.flush_parquet(force=True)
+        """The last jobs.parquet (a failure is kept in write_error, not raised: MLflow still ends)."""
+        try:
+            self.flush_parquet(force=True)
+        except WriteFailed as e:
+            self.write_error = str(e)
         if self.pool is not None:
             self.pool.close(status, timeout)
-
-
-def spec_job_ids(sweep_dir: Path) -> set[str]:
-    """The ids of the jobs of SWEEP/spec.toml (as this version of circuitry expands it)."""
-    from circuitry.orchestrator.spec import parse_spec
-
-    path = Path(sweep_dir) / "spec.toml"
-    return {j.id for j in parse_spec(path.read_text(), str(path)).jobs}
-
-
-def sync(sweep_dir: Path, sweep_name: str, tracking_uri: str) -> tuple[int, int]:
-    """Backfill MLflow from the finished results of the jobs of SWEEP/spec.toml (nothing else in
-    the folder is read), under the sweep lock; returns (runs logged, jobs already there)."""
-    with sweep_lock(sweep_dir):
-        records = JobStore(sweep_dir).records(spec_job_ids(sweep_dir))
-        logger = MlflowLogger(tracking_uri, sweep_name, sweep_dir)
-        logged = sum(logger.log_job(rec) for rec in records.values())
-        logger.end("FINISHED")
-        write_parquet([flat_row(r) for r in records.values()], Path(sweep_dir) / "jobs.parquet")
-    return logged, len(records) - logged
-
-
-def log_report(sweep_dir: Path, paths: list[Path], tracking_uri: str | None = None) -> str | None:
-    """Log the report's files as artifacts (under report/) of the sweep's parent MLflow run.
-    Returns where they went, or None (with a warning naming the URI) when MLflow fails: the
-    report in the sweep folder stands on its own."""
-    sweep_dir = Path(sweep_dir)
-    info_path = sweep_dir / "sweep.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    uri = tracking_uri or info.get("tracking_uri") or embedded_uri(sweep_dir)
-    try:
-        logger = MlflowLogger(uri, info.get("name", sweep_dir.name), sweep_dir)
-        for p in paths:
-            logger.client.log_artifact(logger.parent, str(p), "report")
-        logger.end("FINISHED")
-    except Exception as e:  # noqa: BLE001 - any MLflow failure leaves the local report intact
-        print(f"warning: could not log the report to MLflow at {uri} ({type(e).__name__}: {e}); "
-              f"it is in {sweep_dir}", file=sys.stderr)
-        return None
-    return f"{uri} (run {logger.parent}, artifacts report/)"

@@ -14,6 +14,7 @@ from circuitry.orchestrator.report_figures import (figure_discovery_time, figure
 from circuitry.orchestrator.report_tables import (DISCOVERY, PROFILE, QUALITY, SPARSITY, load_jobs, order_sensitivity,
                                                   ratio_sections, row_keys, table)
 from circuitry.orchestrator.spec import SpecError, load_spec
+from circuitry.orchestrator.store import write_atomic
 
 
 def missing_jobs(sweep_dir: Path, done: set[str]) -> list[str] | str:
@@ -69,5 +70,5 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
         pictures.append(time_fig)
     lines += [f"![{p.stem}]({p.name})" for p in pictures]
     report = sweep_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    write_atomic(report, ("\n".join(lines) + "\n").encode(), fsync=False)  # never through a planted link
     return report, pictures

@@ -3,12 +3,14 @@ tau, the faithfulness curve, discovery time. Each returns the PNG's path, or Non
 has nothing to draw."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from circuitry.orchestrator.report_tables import estimate, sorted_regimes
+from circuitry.orchestrator.store import save_png
 from circuitry.workers.circuit_file import load_circuit
 
 
@@ -30,8 +32,10 @@ def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: p
     import matplotlib.pyplot as plt
     import torch
 
+    from circuitry.orchestrator.store import JobStore
     from circuitry.workers.draw import draw_network_on
 
+    store = JobStore(sweep_dir)
     rows = train[train["task"] == task]
     if rows.empty:
         return None
@@ -41,20 +45,24 @@ def figure_networks(sweep_dir: Path, task: str, train: pd.DataFrame, discover: p
     fig, axes = plt.subplots(1, len(regimes), figsize=(3.6 * len(regimes), 5.5), squeeze=False)
     for ax, regime in zip(axes[0], regimes):
         job = rows[rows["regime"] == regime].iloc[0]
-        ckpt = torch.load(sweep_dir / "jobs" / job["job_id"] / "model.pt", weights_only=True)
+        blob = store.trusted_file(job["job_id"], "model.pt")  # by id, checked bytes; never a path from a file
+        if blob is None:
+            ax.set_axis_off()
+            continue
+        ckpt = torch.load(io.BytesIO(blob), weights_only=True)
         acdc = discover[(discover["model_id"] == job["job_id"]) & (discover.get("method") == "acdc")]
         masks, note = None, "no ACDC circuit"
         pick = _acdc_circuit(acdc)
         if pick is not None:
-            path = sweep_dir / "jobs" / pick["job_id"] / "circuit.parquet"
-            if path.is_file():
-                masks = load_circuit(path, list(ckpt["shape"]))
+            circuit = store.trusted_file(pick["job_id"], "circuit.parquet")  # by id, checked bytes
+            if circuit is not None:
+                masks = load_circuit(io.BytesIO(circuit), list(ckpt["shape"]))
                 setting = f"f>={pick['target_f']:g}" if pd.notna(pick.get("target_f")) else f"tau={pick['threshold']:g}"
                 note = f"ACDC {setting}: {int(pick['n_edges_kept'])} edges"
         draw_network_on(ax, ckpt, masks, f"{regime} (seed {seed})\n{note}")
     fig.tight_layout()
     path = out / f"networks_{task}.png"
-    fig.savefig(path, dpi=90)
+    save_png(fig, path, dpi=90)
     plt.close(fig)
     return path
 
@@ -72,7 +80,7 @@ def _line_figure(path: Path, title: str, xlabel: str, ylabel: str, series: dict,
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_png(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -121,7 +129,7 @@ def figure_discovery_time(discover: pd.DataFrame, out: Path) -> Path | None:
     draw_discovery_time(ax, discover, cells)
     fig.tight_layout()
     path = out / "discovery_time.png"
-    fig.savefig(path, dpi=100)
+    save_png(fig, path, dpi=100)
     plt.close(fig)
     return path
 

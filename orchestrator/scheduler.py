@@ -14,10 +14,18 @@ the sweep folder: tasks return their record and files through the object store, 
 no shared filesystem; orchestrator.store), then records it (jobs.parquet + MLflow) and draws
 progress.
 
+Submission: jobs whose inputs are ready wait in a queue and are submitted while fewer than
+`window` jobs are pending in Ray (SUBMIT_WINDOW, or 4 per cluster CPU), so the driver's memory
+grows with the spec's jobs (their settings and states, ~1-2 KB each: benchmarks/driver_memory.py),
+not with Ray's per-task state for every job at once.
+
 Resume: a job whose folder SWEEP/jobs/<id>/ exists is finished and never runs again; re-running a
 spec after a crash, a Ctrl-C or with more grid points runs only the rest. Ctrl-C cancels the
 running tasks (a result the driver has not written yet is run again next time) and leaves the
-sweep resumable. One driver per sweep folder at a time (SWEEP/.lock, orchestrator.store.sweep_lock).
+sweep resumable. One driver per sweep folder at a time (a flock on the sweep folder itself, taken
+by `circuitry run` before Ray starts: orchestrator.store.sweep_lock). A write the disk refuses
+(jobs.parquet, sweep.json) stops the sweep like Ctrl-C, with one line naming the path
+(SweepOutcome.write_error); every result already written is kept.
 
 Healing: at the start of a run, a job folder that is not a finished result (unreadable or
 inconsistent job.json, a file missing or changed, a model.pt that does not load) is moved aside
@@ -31,16 +39,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from circuitry.orchestrator.execute import RELEASE_FILE, TransientError
 from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
-from circuitry.orchestrator.recorder import Recorder, resolve_uri
 from circuitry.orchestrator.jobs import Job, model_shape
+from circuitry.orchestrator.recorder import Recorder, resolve_uri, sync_command
 from circuitry.orchestrator.spec import Spec
-from circuitry.orchestrator.store import JobResult, JobStore, sweep_lock
-from circuitry.workers.files import write_atomic
+from circuitry.orchestrator.store import JobResult, JobStore, WriteFailed, sweep_lock, write_atomic
+
+SUBMIT_WINDOW = 1000  # jobs pending in Ray at once, at least (4 per cluster CPU when that is more)
 
 
 @dataclass
@@ -56,6 +66,7 @@ class SweepOutcome:
     interrupted: bool = False
     metrics_port: int | None = None
     mlflow_error: str | None = None
+    write_error: str | None = None  # a write of jobs.parquet that failed (a full disk): one line
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -90,24 +101,28 @@ class Scheduler:
         self.jobs = {j.id: j for j in spec.jobs}
 
     # ------------------------------------------------------------ setup
-    def _prepare_folder(self) -> None:
+    def prepare_folder(self) -> None:
         """Under the sweep lock: clear a crash's half-written results, then write sweep.json and
-        spec.toml (the spec names the jobs that `sync` may record)."""
-        self.store.prepare()  # removes the half-written results of a crash
+        spec.toml (the spec names the jobs that `sync` may record). Needs no Ray: `circuitry run`
+        calls it before starting Ray, so a bad folder or a full disk costs no Ray start."""
+        self.store.prepare(self.echo)  # removes the half-written results of a crash
         meta = {"name": self.spec.name, "tracking_uri": self.uri, "n_jobs": len(self.spec.jobs)}
         write_atomic(self.sweep_dir / "sweep.json", json.dumps(meta, indent=2).encode())
         write_atomic(self.sweep_dir / "spec.toml", self.spec.source.encode())
 
-    def run(self) -> SweepOutcome:
+    def run(self, locked: bool = False) -> SweepOutcome:
+        """The sweep; `locked`: the caller holds the sweep lock and has called prepare_folder."""
         import ray
 
         from circuitry.orchestrator import remote
 
         self.ray, self.remote = ray, remote
         t_start = time.monotonic()
+        if locked:
+            return self._run(t_start)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         with sweep_lock(self.sweep_dir):
-            self._prepare_folder()
+            self.prepare_folder()
             return self._run(t_start)
 
     # ------------------------------------------------------------ the run
@@ -116,12 +131,15 @@ class Scheduler:
         interrupted = False
         try:
             self._submit_unfinished()
-            while self.pending:
+            while self._fill():
                 self._collect(self._wait())
                 self.bar.draw(*self._counts())
                 self.recorder.flush_parquet()
         except KeyboardInterrupt:
             interrupted = True
+            self.cancel()
+        except WriteFailed as e:  # a full disk: stop as Ctrl-C does, keeping every result written
+            interrupted, self.out.write_error = True, str(e)
             self.cancel()
         finally:
             self._close(interrupted, t_start)
@@ -170,6 +188,9 @@ class Scheduler:
         self.attempts: dict[str, int] = {}
         self.started_at: dict[str, float] = {}  # job id -> when the driver heard of its first attempt
         self.pending: dict = {}  # ObjectRef of a job's result -> job
+        self.waiting: deque = deque()  # (job, submit it): ready jobs beyond the window (module doc)
+        self.waiting_ids: set[str] = set()
+        self.window = max(SUBMIT_WINDOW, 4 * int(self.ray.cluster_resources().get("CPU", 1)))
         self.live: dict[str, list] = {}  # job id -> every ref to cancel on Ctrl-C
         self.ckpt_refs: dict[str, object] = {}
         self.n_edges_of: dict[str, int] = {}
@@ -207,15 +228,34 @@ class Scheduler:
                 self._set_state(dj, "queued")
 
     def _cached_model(self, tj: Job) -> dict:
-        from circuitry.workers.model import load_checkpoint
+        from circuitry.workers.model import checkpoint_from_bytes
 
-        return load_checkpoint(self.store.folder(tj.id) / "model.pt")
+        return checkpoint_from_bytes(self.store.read_file(tj.id, "model.pt"), self.store.folder(tj.id) / "model.pt")
+
+    def _enqueue(self, job: Job, submit) -> None:
+        self.waiting.append((job, submit))
+        self.waiting_ids.add(job.id)
+        self._set_state(job, "queued")
+
+    def _fill(self) -> bool:
+        """Submit waiting jobs while fewer than `window` are pending; whether any job is left."""
+        while self.waiting and len(self.pending) < self.window:
+            job, submit = self.waiting.popleft()
+            self.waiting_ids.discard(job.id)
+            submit()
+        return bool(self.pending or self.waiting)
 
     def submit_train(self, tj: Job) -> None:
+        self._enqueue(tj, lambda: self._send_train(tj))
+
+    def submit_discover(self, job: Job, ckpt_ref) -> None:
+        self._enqueue(job, lambda: self._send_discover(job, ckpt_ref))
+
+    def _send_train(self, tj: Job) -> None:
         rec_ref, self.ckpt_refs[tj.id] = self.submit.train(tj, [self.ckpt_refs[n] for n in tj.needs])
         self._pending(tj, rec_ref, [rec_ref])
 
-    def submit_discover(self, job: Job, ckpt_ref) -> None:
+    def _send_discover(self, job: Job, ckpt_ref) -> None:
         """One task, or (exact with resources.edge_chunk) chunk tasks of equal estimated work and a
         merge task that gets their scores."""
         from circuitry.workers.chunks import chunk_bounds
@@ -246,7 +286,8 @@ class Scheduler:
 
     def _submit_if_ready(self, pj: Job) -> None:
         """A prune job, once every model it reads is ready (and it is neither done, running nor skipped)."""
-        if (pj.id not in self.done_ids and pj.id not in self.live and self.state.get(pj.id) == "queued"
+        if (pj.id not in self.done_ids and pj.id not in self.live and pj.id not in self.waiting_ids
+                and self.state.get(pj.id) == "queued"
                 and all(n in self.ready for n in pj.needs)):
             self.submit_train(pj)
 
@@ -350,6 +391,8 @@ class Scheduler:
         """Ctrl-C: cancel every running task. Results the driver has not written are not results:
         the next run runs those jobs again."""
         self.out.interrupted = True
+        self.waiting.clear()
+        self.waiting_ids.clear()
         cancelled = [ref for refs in self.live.values() for ref in refs]
         for ref in cancelled:
             try:
@@ -380,14 +423,15 @@ class Scheduler:
         behind = self.recorder.backlog()
         if behind and not interrupted:  # results came faster than MLflow logs them: say so, then catch up
             self.echo(f"MLflow: {behind} runs still to log to {self.uri}; waiting (Ctrl-C stops; "
-                      f"`circuitry sync {self.sweep_dir}` logs the rest later)")
+                      f"`{sync_command(self.sweep_dir, self.uri)}` logs the rest later)")
         try:
             self.recorder.close(status, timeout=None if not interrupted else 30)
             self.out.mlflow_error = self.recorder.mlflow_error
+            self.out.write_error = self.out.write_error or self.recorder.write_error
         except KeyboardInterrupt:  # the results are on disk; only MLflow is behind
             self.out.mlflow_error = f"stopped with {self.recorder.backlog()} runs not logged"
             self.echo(f"MLflow logging stopped with {self.recorder.backlog()} runs not logged; "
-                      f"`circuitry sync {self.sweep_dir}` logs them")
+                      f"`{sync_command(self.sweep_dir, self.uri)}` logs them")
         self.out.seconds = time.monotonic() - t_start
         if not interrupted:  # a batch job's last figures must be scrapeable: serve them a while longer
             self.metrics.linger(self.metrics_linger - (time.monotonic() - t_last), self.echo)

@@ -17,18 +17,25 @@ its files or not there at all. Only jobs of the spec that have no finished folde
 so a folder found in the way of a commit is damaged or foreign: it is moved aside to
 `jobs/.damaged-<id>-<time>/`, never overwritten, never read as a result.
 
-Reading: every folder goes through `load(folder)`, the one place that decides whether a folder
-is a finished result: its name is a job id (16 hex digits), job.json is valid JSON whose job_id is
-that name, every file it lists is a plain name that is present with the sha256 it was written
-with, and a model.pt loads as a checkpoint (workers.model.load_checkpoint). A folder that fails
-raises DamagedResult.
+Reading: every entry goes through `_read`, the one place that decides whether it is a finished
+result: its name is a job id (16 hex digits) and it is a real folder (opened with O_NOFOLLOW |
+O_DIRECTORY through the descriptor of a real jobs/ in a real sweep folder: a link anywhere is never
+followed); job.json is a regular file of valid JSON whose job_id is that name; the folder holds
+exactly the files the record lists, each a regular file (read through an O_NOFOLLOW descriptor)
+whose sha256, required, is the one in the record; the record's HMAC signature is this user's
+(orchestrator.signing), so a record nobody with the key wrote is never trusted; and a model.pt
+passes every check of workers.model.check_checkpoint. What is uploaded or read later is the bytes
+`read` returns, never a path. A folder that fails raises DamagedResult.
 
-Healing (`heal(job_ids)`, at the start of every run, under the sweep lock): the folders of the
-spec's jobs that fail `load`, and every folder in jobs/ whose name is no job id at all, are moved
-aside to `jobs/.damaged-<name>-<time>-<rand>/` with a one-line warning each, and their jobs run
-again. A finished result of a job the spec does not name (a grid point dropped from the spec) is
-left where it is and never read, recorded or uploaded: only jobs of the spec are (`records(ids)`).
+Healing (`heal(job_ids)`, at the start of every run, under the sweep lock): the entries of the
+spec's jobs that fail, and every entry in jobs/ whose name is no job id, are moved aside to
+`jobs/.damaged-<name>-<time>-<rand>` (a link is renamed itself, never followed) with a one-line
+warning each (one line for all the unsigned records), and their jobs run again. A jobs/ that is a
+link is moved aside the same way (`prepare`). A finished result of a job the spec does not name is
+left where it is and never read, recorded or uploaded: only jobs of the spec are (`scan(ids)`).
 A record's fields never become a path: the folder's name, checked above, is the only id used.
+Writes go through the same descriptors: new files with O_CREAT | O_EXCL | O_NOFOLLOW, replaced
+files by rename within their real folder (write_atomic), so nothing planted is written through.
 
 Size: a result travels as one Ray object, held whole in the worker node's object store and in
 the driver's memory while it is written; Ray spills objects to disk, so the practical limit is
@@ -39,22 +46,25 @@ appends to the temporary folder before the same rename.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from circuitry.workers.files import fsync_dir, json_safe, write_synced
+from circuitry.orchestrator.safe_fs import (RESULT_LIMIT_BYTES, DamagedResult, SweepBusy, UnsafeFolder,  # noqa: F401
+                                            UnsignedResult, WriteFailed, fsync_fd, write_new, open_dir,
+                                            opened_dir, read_regular, save_png, sweep_lock, write_atomic)
+from circuitry.orchestrator.signing import sign, signed
+from circuitry.workers.files import json_safe
 
-RESULT_LIMIT_BYTES = 1 << 30
 COMMIT_THREADS = 16  # results written at once by commit_many
 RECORD = "job.json"
 JOB_ID = re.compile(r"[0-9a-f]{16}")  # orchestrator.jobs.job_hash
@@ -62,35 +72,6 @@ JOB_ID = re.compile(r"[0-9a-f]{16}")  # orchestrator.jobs.job_hash
 
 def is_job_id(name) -> bool:
     return isinstance(name, str) and JOB_ID.fullmatch(name) is not None
-
-
-class SweepBusy(RuntimeError):
-    """Another circuitry process holds the sweep folder's lock."""
-
-
-@contextmanager
-def sweep_lock(sweep_dir: str | Path):
-    """Hold SWEEP/.lock (flock, exclusive, not waiting) while writing the sweep folder: `run`,
-    `sync` and `report` each take it, so one process at a time writes jobs/ and jobs.parquet.
-    flock is enough because the sweep folder lives on the driver's node only (deploy/README.md:
-    the head's local volume); on NFS its behaviour depends on the mount, which the deploy avoids."""
-    sweep_dir = Path(sweep_dir)
-    f = open(sweep_dir / ".lock", "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise SweepBusy(f"{sweep_dir} is in use by another circuitry run, sync or report; wait for it "
-                        "or stop it first") from None
-    try:
-        yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
-
-
-class DamagedResult(ValueError):
-    """A job folder that is not a finished result (unreadable, inconsistent or incomplete)."""
 
 
 @dataclass
@@ -125,88 +106,180 @@ def _sha256(data: bytes) -> str:
 
 class JobStore:
     """`SWEEP/jobs/`: finished results, one folder each, written only by the driver. `fsync=False`
-    only for benchmarks/orchestration.py, to show what the durability costs."""
+    only for benchmarks/orchestration.py, to show what the durability costs. Every operation goes
+    through descriptors of real folders (open_dir): nothing it does follows a link."""
 
     def __init__(self, sweep_dir: str | Path, fsync: bool = True):
-        self.root = Path(sweep_dir) / "jobs"
+        self.sweep_dir = Path(sweep_dir)
+        self.root = self.sweep_dir / "jobs"
         self.fsync = fsync
 
     def folder(self, job_id: str) -> Path:
         return self.root / job_id
 
-    def prepare(self) -> None:
-        """Create jobs/ and remove the half-written results of a crash (the caller holds the
-        sweep lock, so no commit of another driver is under way)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+    @contextmanager
+    def _jobs(self):
+        """A descriptor of jobs/ (UnsafeFolder when it or the sweep folder is a link)."""
+        with opened_dir(self.sweep_dir) as sfd, opened_dir("jobs", sfd) as jfd:
+            yield jfd
+
+    def prepare(self, warn=None) -> None:
+        """Create jobs/ (moving aside a link or file in its place, not followed) and remove the
+        half-written results of a crash (the caller holds the sweep lock)."""
+        with opened_dir(self.sweep_dir) as sfd:
+            try:
+                st = os.stat("jobs", dir_fd=sfd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                aside = f".damaged-jobs-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+                os.rename("jobs", aside, src_dir_fd=sfd, dst_dir_fd=sfd)
+                (warn or print)(f"warning: {self.root} is a link or a file, not a folder; moved aside to "
+                                f"{aside} (not followed), every job runs again")
+                st = None
+            if st is None:
+                os.mkdir("jobs", dir_fd=sfd)
         self.clear_temp()
 
     def clear_temp(self) -> None:
-        for tmp in self.root.glob(".tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
-        for tmp in self.root.parent.glob(".*.tmp-*"):  # write_atomic's (jobs.parquet, spec.toml)
-            tmp.unlink(missing_ok=True)
+        """Remove half-written results (`jobs/.tmp-*`) and write_atomic's temporary files, each
+        through the real folder's descriptor: a link named like one is removed, not followed."""
+        try:
+            with opened_dir(self.sweep_dir) as sfd:
+                for entry in os.scandir(sfd):
+                    if entry.name.startswith(".") and ".tmp-" in entry.name and not entry.is_dir(follow_symlinks=False):
+                        os.unlink(entry.name, dir_fd=sfd)
+                with opened_dir("jobs", sfd) as jfd:
+                    for entry in os.scandir(jfd):
+                        if not entry.name.startswith(".tmp-"):
+                            continue
+                        if entry.is_dir(follow_symlinks=False):
+                            shutil.rmtree(entry.name, dir_fd=jfd, ignore_errors=True)
+                        else:
+                            os.unlink(entry.name, dir_fd=jfd)
+        except (FileNotFoundError, UnsafeFolder):  # no jobs/ yet, or a link that prepare moves aside
+            pass
 
     # ------------------------------------------------------------ reading
-    def load(self, folder: Path) -> dict:
-        """The record of a finished result, or DamagedResult saying why the folder is not one."""
-        if not is_job_id(folder.name):
-            raise DamagedResult(f"{folder}: not a job folder (a job id is 16 hex digits)")
+    def _read(self, jfd: int, name: str, contents: bool) -> tuple[dict, dict[str, bytes]]:
+        """(record, files) of a finished result, or DamagedResult saying why the entry is not one
+        (module doc); files are read only when `contents` (else checked and dropped)."""
+        where = self.root / name
+        if not is_job_id(name):
+            raise DamagedResult(f"{where}: not a job folder (a job id is 16 hex digits)")
         try:
-            rec = json.loads((folder / RECORD).read_text())
-        except (OSError, ValueError) as e:
-            raise DamagedResult(f"{folder / RECORD}: unreadable ({type(e).__name__})") from None
-        if not isinstance(rec, dict) or rec.get("job_id") != folder.name:
-            got = rec.get("job_id") if isinstance(rec, dict) else type(rec).__name__
-            raise DamagedResult(f"{folder / RECORD}: job_id {got!r} is not the folder's name")
-        files, sums = rec.get("files") or [], rec.get("sha256") or {}
-        if not isinstance(files, list) or not all(_plain_name(n) for n in files) or not isinstance(sums, dict):
-            raise DamagedResult(f"{folder / RECORD}: its file list is not a list of plain file names")
-        missing = [n for n in files if not (folder / n).is_file()]
-        if missing:
-            raise DamagedResult(f"{folder}: lacks {', '.join(missing)}")
-        for name in files:
-            if name in sums and _sha256((folder / name).read_bytes()) != sums[name]:
-                raise DamagedResult(f"{folder / name}: its sha256 differs from the one written")
-        if "model.pt" in files:
-            from circuitry.workers.model import CheckpointError, load_checkpoint
-
+            ffd = open_dir(name, jfd)
+        except UnsafeFolder:
+            raise DamagedResult(f"{where}: a link or a file, not a folder (never followed)") from None
+        except OSError as e:
+            raise DamagedResult(f"{where}: unreadable ({e.strerror})") from None
+        try:
             try:
-                load_checkpoint(folder / "model.pt")
-            except CheckpointError as e:
-                raise DamagedResult(str(e).split(";")[0]) from None
-        return rec
+                rec = json.loads(read_regular(ffd, RECORD, where))
+            except ValueError as e:
+                raise DamagedResult(f"{where / RECORD}: unreadable ({type(e).__name__})") from None
+            if not isinstance(rec, dict) or rec.get("job_id") != name:
+                got = rec.get("job_id") if isinstance(rec, dict) else type(rec).__name__
+                raise DamagedResult(f"{where / RECORD}: job_id {got!r} is not the folder's name")
+            files, sums = rec.get("files"), rec.get("sha256")
+            if not isinstance(files, list) or not all(_plain_name(n) for n in files) or len(set(files)) != len(files):
+                raise DamagedResult(f"{where / RECORD}: its file list is not a list of plain file names")
+            if not isinstance(sums, dict) or any(not isinstance(sums.get(n), str) for n in files):
+                raise DamagedResult(f"{where / RECORD}: a file it lists has no sha256")
+            present = set(os.listdir(ffd)) - {RECORD}
+            if present - set(files):
+                raise DamagedResult(f"{where}: holds {', '.join(sorted(present - set(files)))}, which its record "
+                                    "does not list")
+            if set(files) - present:
+                raise DamagedResult(f"{where}: lacks {', '.join(n for n in files if n not in present)}")
+            if not signed(rec):
+                raise UnsignedResult(f"{where / RECORD}: no valid signature of this user's key")
+            data = {}
+            for n in files:
+                blob = read_regular(ffd, n, where)
+                if _sha256(blob) != sums[n]:
+                    raise DamagedResult(f"{where / n}: its sha256 differs from the one written")
+                if n == "model.pt":
+                    from circuitry.workers.model import CheckpointError, checkpoint_from_bytes
+
+                    try:
+                        checkpoint_from_bytes(blob, where / n)
+                    except CheckpointError as e:
+                        raise DamagedResult(str(e).split(";")[0]) from None
+                if contents:
+                    data[n] = blob
+            return rec, data
+        finally:
+            os.close(ffd)
+
+    def read(self, job_id: str) -> tuple[dict, dict[str, bytes]]:
+        """A finished result's signed record and its files' checked bytes (DamagedResult if none):
+        what is uploaded or read is these bytes, never a path."""
+        with self._jobs() as jfd:
+            return self._read(jfd, job_id, contents=True)
+
+    def read_file(self, job_id: str, name: str) -> bytes:
+        return self.read(job_id)[1][name]
+
+    def trusted_file(self, job_id, name: str) -> bytes | None:
+        """A file of a signed, finished result; None when `job_id` is no id, no such result or file."""
+        if not is_job_id(job_id):
+            return None
+        try:
+            return self.read(job_id)[1].get(name)
+        except (DamagedResult, OSError):  # UnsafeFolder included
+            return None
+
+    def _entries(self, jfd: int) -> list[str]:
+        return sorted(e for e in os.listdir(jfd) if not e.startswith("."))
+
+    def scan(self, job_ids=None) -> tuple[dict[str, dict], dict[str, str]]:
+        """(job id -> record of every finished, signed result, job id -> why not, for the rest);
+        of the jobs in `job_ids` only, when given (other folders are not read)."""
+        out, rejected = {}, {}
+        try:
+            with self._jobs() as jfd:
+                for name in self._entries(jfd):
+                    if job_ids is not None and name not in job_ids:
+                        continue
+                    try:
+                        out[name] = self._read(jfd, name, contents=False)[0]
+                    except DamagedResult as e:
+                        rejected[name] = str(e)
+        except (FileNotFoundError, UnsafeFolder):
+            pass
+        return out, rejected
 
     def records(self, job_ids=None) -> dict[str, dict]:
-        """job id -> record of every finished result (of the jobs in `job_ids` only, when given:
-        other folders are not read); damaged folders are skipped."""
-        out = {}
-        if not self.root.is_dir():
-            return out
-        for folder in sorted(self.root.iterdir()):
-            if folder.name.startswith(".") or (job_ids is not None and folder.name not in job_ids):
-                continue
-            try:
-                out[folder.name] = self.load(folder)
-            except DamagedResult:
-                continue
-        return out
+        """job id -> record of every finished, signed result (see scan); the rest are skipped."""
+        return self.scan(job_ids)[0]
 
     def heal(self, job_ids, warn) -> dict[str, dict]:
         """The records of the spec's finished jobs (`job_ids`); moves aside, with one warning line
-        each, the spec's folders that are not finished results and every folder whose name is no
-        job id (see the module doc). Results of jobs outside the spec are left alone, unread."""
-        out = {}
-        if not self.root.is_dir():
+        each, the spec's folders that are not finished results and every entry whose name is no
+        job id, and with one line for all, the records without a valid signature (module doc).
+        Results of jobs outside the spec are left alone, unread."""
+        out, unsigned = {}, 0
+        try:
+            with self._jobs() as jfd:
+                for name in self._entries(jfd):
+                    if is_job_id(name) and name not in job_ids:
+                        continue
+                    try:
+                        out[name] = self._read(jfd, name, contents=False)[0]
+                    except DamagedResult as e:
+                        aside = self._set_aside(jfd, name)
+                        if isinstance(e, UnsignedResult):
+                            unsigned += 1
+                            continue
+                        again = "the job runs again" if name in job_ids else "it is no job of this sweep"
+                        warn(f"warning: {e}; moved aside to jobs/{aside}, {again}")
+        except FileNotFoundError:
             return out
-        for entry in sorted(self.root.iterdir()):
-            if entry.name.startswith(".") or (is_job_id(entry.name) and entry.name not in job_ids):
-                continue
-            try:
-                out[entry.name] = self.load(entry)
-            except DamagedResult as e:
-                aside = self.set_aside(entry)
-                again = "the job runs again" if entry.name in job_ids else "it is no job of this sweep"
-                warn(f"warning: {e}; moved aside to {aside.relative_to(self.root.parent)}, {again}")
+        if unsigned:
+            warn(f"warning: {unsigned} job records carry no valid signature of this user's key (written before "
+                 "records were signed, with another key, or planted); moved aside to jobs/.damaged-*, their jobs "
+                 "run again")
         return out
 
     # ------------------------------------------------------------ writing
@@ -227,34 +300,45 @@ class JobStore:
             return list(pool.map(one, items))
 
     def commit(self, job_id: str, result: JobResult) -> dict:
-        """Write one result atomically (see the module doc); returns the record as written."""
+        """Write one result atomically (see the module doc); returns the signed record as written."""
         if not is_job_id(job_id):
             raise ValueError(f"{job_id!r} is not a job id (16 hex digits)")
-        record = json_safe({**result.record, "job_id": job_id, "files": list(result.files),
-                        "sha256": {name: _sha256(data) for name, data in result.files.items()}})
         for name in result.files:
             if not _plain_name(name):
                 raise ValueError(f"job {job_id}: file name {name!r} is not a plain file name")
-        tmp = self.root / f".tmp-{job_id}-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp.mkdir()
-        try:
-            for name, data in result.files.items():
-                write_synced(tmp / name, data, self.fsync)
-            write_synced(tmp / RECORD, json.dumps(record, indent=2, sort_keys=True).encode(), self.fsync)
-            fsync_dir(tmp, self.fsync)
-            final = self.folder(job_id)
-            if final.exists():
-                self.set_aside(final)
-            os.rename(tmp, final)
-            fsync_dir(self.root, self.fsync)
-        except BaseException:  # Ctrl-C included: leave no half-written folder behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        record = json_safe({**result.record, "job_id": job_id, "files": list(result.files),
+                            "sha256": {name: _sha256(data) for name, data in result.files.items()}})
+        record.pop("signature", None)
+        record = sign(record)
+        tmp = f".tmp-{job_id}-{os.getpid()}-{secrets.token_hex(4)}"
+        with self._jobs() as jfd:
+            os.mkdir(tmp, dir_fd=jfd)
+            try:
+                with opened_dir(tmp, jfd) as tfd:
+                    for name, data in result.files.items():
+                        write_new(tfd, name, data, self.fsync)
+                    write_new(tfd, RECORD, json.dumps(record, indent=2, sort_keys=True).encode(), self.fsync)
+                    fsync_fd(tfd, self.fsync)
+                try:
+                    os.stat(job_id, dir_fd=jfd, follow_symlinks=False)
+                    self._set_aside(jfd, job_id)
+                except FileNotFoundError:
+                    pass
+                os.rename(tmp, job_id, src_dir_fd=jfd, dst_dir_fd=jfd)
+                fsync_fd(jfd, self.fsync)
+            except BaseException:  # Ctrl-C included: leave no half-written folder behind
+                shutil.rmtree(tmp, dir_fd=jfd, ignore_errors=True)
+                raise
         return record
 
-    def set_aside(self, folder: Path) -> Path:
-        """Move a folder that is not a finished result out of the way, kept for inspection (a
-        dot-folder: never read as a result, never uploaded)."""
-        aside = self.root / f".damaged-{folder.name[:64]}-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
-        os.rename(folder, aside)
+    def _set_aside(self, jfd: int, name: str) -> str:
+        aside = f".damaged-{name[:64]}-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+        os.rename(name, aside, src_dir_fd=jfd, dst_dir_fd=jfd)  # a link is renamed, never followed
         return aside
+
+    def set_aside(self, folder: str | Path) -> Path:
+        """Move an entry of jobs/ that is not a finished result out of the way, kept for
+        inspection (a dot-entry: never read as a result, never uploaded); a link is moved, not
+        followed."""
+        with self._jobs() as jfd:
+            return self.root / self._set_aside(jfd, Path(folder).name)

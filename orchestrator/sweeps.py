@@ -28,13 +28,19 @@ def run_sweep(spec_path: str | Path, root: str | Path | None = None, *, address:
     from circuitry.orchestrator.ray_session import ensure_ray
     from circuitry.orchestrator.scheduler import Scheduler
 
-    spec = validate(spec_path, root)
-    started = ensure_ray(address, num_cpus)
-    try:
-        return Scheduler(spec, tracking_uri=tracking_uri, metrics_port=metrics_port, progress=progress,
-                         record_mlflow=record_mlflow, echo=echo or (lambda m: None)).run()
-    finally:
-        if started:
-            import ray
+    from circuitry.orchestrator.store import sweep_lock
 
-            ray.shutdown()
+    spec = validate(spec_path, root)
+    sched = Scheduler(spec, tracking_uri=tracking_uri, metrics_port=metrics_port, progress=progress,
+                      record_mlflow=record_mlflow, echo=echo or (lambda m: None))
+    spec.sweep_dir.mkdir(parents=True, exist_ok=True)
+    with sweep_lock(spec.sweep_dir):  # as `circuitry run`: the lock and the folder before Ray starts
+        sched.prepare_folder()
+        started = ensure_ray(address, num_cpus)
+        try:
+            return sched.run(locked=True)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()

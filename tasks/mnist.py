@@ -12,6 +12,7 @@ input swaps, the 30 most connected neurons relocated every 500 steps, 40,000 ste
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from pathlib import Path
 
@@ -35,27 +36,37 @@ class MnistDataError(TaskDataError):
     """A missing or malformed MNIST file; the message names the file and the expected layout."""
 
 
+MAX_IDX_BYTES = 1 << 28  # the largest MNIST file is 47 MB; a header claiming more is refused unread
+
+
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file: 2 zero bytes, a dtype byte, a rank byte, big-endian uint32 dims, data."""
+    """Read one IDX file: 2 zero bytes, a dtype byte, a rank byte, big-endian uint32 dims, data.
+    Reads (and decompresses) at most the size its header declares, so a small `.gz` that inflates
+    to gigabytes is refused without being inflated."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES or not 1 <= magic[3] <= 4:
+                raise MnistDataError(f"{path}: not an IDX file (bad magic number); {LAYOUT}")
+            rank = magic[3]
+            head = f.read(4 * rank)
+            if len(head) < 4 * rank:
+                raise MnistDataError(f"{path}: truncated IDX header; {LAYOUT}")
+            dims = [int.from_bytes(head[4 * i: 4 + 4 * i], "big") for i in range(rank)]
+            dtype = np.dtype(_DTYPES[magic[2]])
+            expected = math.prod(dims) * dtype.itemsize
+            if expected > MAX_IDX_BYTES:
+                raise MnistDataError(f"{path}: its header declares {expected} data bytes ({dims}), over the "
+                                     f"{MAX_IDX_BYTES}-byte limit; {LAYOUT}")
+            raw = f.read(expected + 1)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise MnistDataError(f"{path}: cannot read ({e}); {LAYOUT}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise MnistDataError(f"{path}: not an IDX file (bad magic number); {LAYOUT}")
-    rank = raw[3]
-    header = 4 + 4 * rank
-    if len(raw) < header:
-        raise MnistDataError(f"{path}: truncated IDX header; {LAYOUT}")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank)]
-    dtype = np.dtype(_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise MnistDataError(f"{path}: holds {len(raw) - header} data bytes, its header {dims} says {expected}; {LAYOUT}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    if len(raw) != expected:
+        got = f"at least {expected + 1}" if len(raw) > expected else str(len(raw))
+        raise MnistDataError(f"{path}: holds {got} data bytes, its header {dims} says {expected}; {LAYOUT}")
+    return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
 def _find(folder: Path, name: str) -> Path:
@@ -65,15 +76,32 @@ def _find(folder: Path, name: str) -> Path:
     raise MnistDataError(f"{folder / name}: missing; {LAYOUT} in {folder}")
 
 
+def _check_split(folder, split: str, x: np.ndarray, y: np.ndarray) -> None:
+    """MNIST's layout: unsigned-byte 28x28 images, integer labels 0..9, as many of each, not none."""
+    where = f"{folder}: {split} split:"
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise MnistDataError(f"{where} images have shape {list(x.shape)}, expected [N, 28, 28]; {LAYOUT}")
+    if x.dtype != np.uint8:
+        raise MnistDataError(f"{where} images are {x.dtype.name}, expected unsigned bytes (IDX type 0x08); {LAYOUT}")
+    if y.ndim != 1 or len(x) != len(y):
+        raise MnistDataError(f"{where} images {list(x.shape)} and labels {list(y.shape)} do not pair up; {LAYOUT}")
+    if len(y) == 0:
+        raise MnistDataError(f"{where} holds no examples; {LAYOUT}")
+    if y.dtype.kind not in "iu":
+        raise MnistDataError(f"{where} labels are {y.dtype.name}, expected integers (IDX type 0x08); {LAYOUT}")
+    bad = (y < 0) | (y > 9)
+    if bad.any():
+        raise MnistDataError(f"{where} label {int(y[bad][0])} at index {int(np.argmax(bad))} is not a digit 0..9; "
+                             f"{LAYOUT}")
+
+
 def load_idx_folder(folder: str | Path | None = None) -> Data:
     folder = folder or os.environ.get("CIRCUITRY_MNIST_DIR")
     if not folder:
         raise MnistDataError("mnist: no data folder; set CIRCUITRY_MNIST_DIR or pass --data-dir, " + LAYOUT)
     arrays = {key: read_idx(_find(Path(folder), name)) for key, name in FILES.items()}
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise MnistDataError(f"{folder}: {split} images {x.shape} and labels {y.shape} do not pair up; {LAYOUT}")
+        _check_split(folder, split, arrays[f"x_{split}"], arrays[f"y_{split}"])
     as_x = lambda a: torch.tensor(a.reshape(len(a), -1), dtype=torch.float32) / 255.0  # noqa: E731
     as_y = lambda a: torch.tensor(a.astype(np.int64))  # noqa: E731
     return Data(as_x(arrays["x_train"]), as_y(arrays["y_train"]), as_x(arrays["x_test"]), as_y(arrays["y_test"]))

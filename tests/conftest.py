@@ -3,6 +3,11 @@ import os
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# job records are signed with this key (orchestrator.signing), never the user's ~/.config/circuitry/key;
+# processes the tests start inherit it
+import tempfile  # noqa: E402
+
+os.environ["CIRCUITRY_KEY_FILE"] = os.path.join(tempfile.mkdtemp(prefix="circuitry-test-key-"), "key")
 
 import pytest  # noqa: E402
 

@@ -43,7 +43,7 @@ def same_masks(a, b):
 
 
 CASES = [(kind, ablation, output) for kind in ("mse", "kl") for ablation in ("resample", "zero", "mean")
-         for output in (None, 1)]
+         for output in (None, 1)] + [("logit_diff", ablation, None) for ablation in ("resample", "zero")]
 
 
 @pytest.mark.parametrize("kind,ablation,output", CASES)
@@ -449,7 +449,7 @@ def test_shifted_metric_terms_equal_the_plain_ones(kind):
     assert metric.rest_t(ut[:, 0], torch.arange(5)) is None
 
 
-@pytest.mark.parametrize("kind,output", [("mse", None), ("kl", None), ("mse", 2), ("kl", 2)])
+@pytest.mark.parametrize("kind,output", [("mse", None), ("kl", None), ("mse", 2), ("kl", 2), ("logit_diff", None)])
 def test_metric_on_examples_gives_those_examples_terms(kind, output):
     """Metric.on_examples (per-example constants gathered lazily, when a formula first reads them):
     the terms of (example, value) pairs equal the full metric's terms of those examples, in every form."""
@@ -520,7 +520,8 @@ def test_exact_output_predictions_equal_the_evaluated_increases():
 
 @pytest.mark.parametrize("kind,ablation,output,unsure", [("kl", "resample", None, False), ("mse", "resample", None, False),
                                                           ("kl", "mean", 1, False), ("mse", "zero", 2, False),
-                                                          ("kl", "resample", None, True)])
+                                                          ("kl", "resample", None, True),
+                                                          ("logit_diff", "resample", None, False)])
 def test_interpolated_receivers_give_the_naive_circuit(monkeypatch, kind, ablation, output, unsure):
     """Receivers decided on an interpolant of their terms (`Interpolant`, forced on every receiver
     whose rows pass a hidden layer): the naive circuit and scores, at taus across the scores; also
@@ -606,3 +607,28 @@ def test_scorers_hand_back_ordinary_tensors_and_leave_the_problem_usable_with_au
     torch.testing.assert_close(w.grad, ex)
     for a, b in zip(attribution_scores(p, "eap")[0], eap_before[0]):
         assert torch.equal(a, b)
+
+
+def test_logit_diff_metric_is_the_normalised_drop_of_the_predicted_class_margin():
+    """logit_diff's term, by hand: (d_full - d) / mean|d_full|, d = logit of the full model's
+    predicted class minus the mean of the other logits; 0 at the full model, 1 where every
+    margin is gone."""
+    from circuitry.workers.graph import Metric
+    y_full = torch.tensor([[3.0, 1.0, -1.0], [0.0, 2.0, 4.0]], dtype=torch.float64)
+    m = Metric("logit_diff", y_full)
+    d_full = torch.tensor([3.0 - 0.0, 4.0 - 1.0], dtype=torch.float64)  # classes 0 and 2
+    assert float(m(y_full)) == 0.0
+    y = torch.tensor([[1.0, 1.0, 1.0], [0.0, 2.0, 1.0]], dtype=torch.float64)
+    expected = (d_full - torch.tensor([0.0, 1.0 - 1.0], dtype=torch.float64)) / 3.0
+    torch.testing.assert_close(m.per_example(y), expected)
+    torch.testing.assert_close(m.per_example_t(y.T.contiguous()), expected)
+    with pytest.raises(ValueError, match="drop the output"):
+        Metric("logit_diff", y_full, 1)
+
+
+def test_logit_diff_exact_scores_equal_the_naive_ones():
+    p = problem_for(random_checkpoint([4, 6, 5, 3], 3), "logit_diff", "resample", None)
+    fast, _ = exact_scores(p)
+    naive = exact_naive(p)
+    torch.testing.assert_close(fast, naive, rtol=0, atol=1e-12)
+    assert bool((fast != 0).any())

@@ -161,3 +161,18 @@ def test_graphml_export_of_a_2d_sheet(tmp_path):
     ckpt = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
     g = graphml_matches_parquet(out, ckpt)
     assert g.number_of_edges() == 40 and "coordinate_y" in g.nodes["L1.5"]
+
+
+def test_metric_logit_diff_on_a_classifier_and_refused_on_a_regression(model, tmp_path, capsys):
+    from circuitry.workers.train import TrainConfig, train
+    clf = tmp_path / "clf.pt"
+    torch.save(train(TrainConfig("two_moons", "vanilla", 30, 0, device="cpu")).checkpoint, clf)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(discover_cmd, ["--model", str(clf), "--method", "acdc", "--target-f", "0.9",
+                                          "--metric", "logit_diff", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["metric"] == "logit_diff" and s["faithfulness"] >= 0.9 and s["n_edges_kept"] < s["n_edges_total"]
+    code, cap = run_main(["--model", str(model), "--method", "acdc", "--threshold", "0.01", "--metric", "logit_diff",
+                          "--out", str(tmp_path / "o2")], capsys)
+    assert code == 2 and "--metric" in cap.err and "needs a classifier" in cap.err

@@ -143,7 +143,7 @@ def test_status_reads_the_sweeps_counts_from_the_driver_log():
 
     log = ("sweep demo: 72 jobs, 12 already finished, 60 to run -> /x\n[13/72] finished a (1.0 s)\n"
            "[13/72] FAILED b: boom\n[14/72] finished c (1.0 s)\n")
-    assert sweep_counts(log) == ", 14/72 jobs done (12 cached, 1 failed)"
+    assert sweep_counts(log) == "14/72 jobs done (12 cached, 1 failed)"
     assert sweep_counts("Starting the driver\n") == ""
 
 

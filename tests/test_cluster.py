@@ -208,7 +208,7 @@ class Cluster:
     def status(self, job: str) -> str:
         p = self.circuitry("status", job, "--address", self.address)
         assert p.returncode == 0, p.stderr
-        return p.stdout.strip().rsplit(" ", 1)[-1]
+        return p.stdout.strip().splitlines()[0].rsplit(" ", 1)[-1]  # "JOB: STATE", then the sweep's counts
 
     def logs(self, job: str) -> str:
         return self.circuitry("status", job, "--address", self.address, "--logs").stdout
@@ -435,11 +435,11 @@ def test_sweep_survives_a_lost_node_and_an_mlflow_outage(cluster, tmp_path):
 
     # MLflow back: sync logs the missing runs, once; a second sync logs none
     cluster.start_mlflow()
-    p = cluster.circuitry("sync", str(sweep))
+    p = cluster.circuitry("sync", str(sweep), "--tracking-uri", cluster.tracking)  # sweep.json's is not followed
     assert p.returncode == 0, p.stderr
     logged, present = map(int, re.search(r"(\d+) runs logged, (\d+) were already there", p.stdout).groups())
     assert logged >= 1 and logged + present == len(ids), p.stdout
-    p = cluster.circuitry("sync", str(sweep))
+    p = cluster.circuitry("sync", str(sweep), "--tracking-uri", cluster.tracking)
     assert p.returncode == 0 and f"0 runs logged, {len(ids)} were already there" in p.stdout, p.stdout
     _, parents, children = mlflow_children(cluster.tracking, "cluster-b")
     per_job = pd.Series([r.data.tags["circuitry.job_id"] for r in children]).value_counts()

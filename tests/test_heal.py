@@ -10,6 +10,7 @@ import pytest
 from test_sweep import make_spec, mlflow_runs, run
 
 from circuitry.orchestrator.cli import main
+from circuitry.orchestrator.signing import sign
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,7 @@ def test_truncated_model_heals_and_circuits_of_another_model_run_again(ray_local
     # the same, e.g. on a GPU): it must run again on the new model; EAP's matches and stays
     rec = json.loads((jobs / acdc.id / "job.json").read_text())
     rec["figures"]["model_id"] = "0" * 16
-    (jobs / acdc.id / "job.json").write_text(json.dumps(rec))
+    (jobs / acdc.id / "job.json").write_text(json.dumps(sign(rec)))  # as the driver would write it
     eap_inode = (jobs / eap.id).stat().st_ino
     out = rerun(tmp_path, capsys)
     assert f"warning: {jobs / train.id}: its sha256" in out or f"warning: {model}" in out

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitry.orchestrator import cli_discover, jobs, report_tables, spec
+from circuitry.orchestrator import cli_discover, jobs, report_tables, spec, spec_tables
 from circuitry.orchestrator.cli import cli
 from circuitry.workers import acdc, attribution, discover_config, graph, names, prune, train
 from circuitry.workers.device import DeviceError, pick_device
@@ -22,8 +22,8 @@ def test_cli_spec_and_workers_share_one_tuple():
     assert tuple(_choices(cli_discover.discover_cmd, "method")) == names.METHODS
     assert tuple(_choices(cli_discover.discover_cmd, "order")) == names.ORDERS
     assert tuple(_choices(cli_discover.discover_cmd, "ablation")) == names.ABLATIONS
-    assert spec.REGIMES is names.REGIMES and spec.METHODS is names.METHODS
-    assert spec.ORDERS is names.ORDERS and spec.ABLATIONS is names.ABLATIONS
+    assert spec_tables.REGIMES is names.REGIMES and spec_tables.METHODS is names.METHODS
+    assert spec_tables.ORDERS is names.ORDERS and spec_tables.ABLATIONS is names.ABLATIONS
     assert discover_config.METHODS is names.METHODS and discover_config.ORDERS is names.ORDERS
     assert graph.ABLATIONS is names.ABLATIONS and acdc.ORDERS is names.ORDERS
     assert attribution.ATTRIBUTION_METHODS is names.ATTRIBUTION_METHODS

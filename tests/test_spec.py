@@ -335,3 +335,19 @@ def test_example_specs_keep_their_job_ids_and_labels(name):
     count, digest = EXAMPLE_IDS[name]
     assert len(pairs) == count
     assert hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16] == digest
+
+
+def test_metric_names_its_jobs_leaves_old_ids_alone_and_needs_a_classifier():
+    """metric in [discover]: left out (or never written), the ids are the ones before it existed;
+    logit_diff is another job with its own label; on a regression task it is refused, naming the field."""
+    head = '[sweep]\nname="g"\n[train]\ntask="two_moons"\nregime="bimt"\nsteps=10\n'
+    old = parse_spec(head + '[discover]\nmethod="acdc"\ntarget_f=0.95\n').discover_jobs()[0]
+    jobs = parse_spec(head + '[discover]\nmethod="acdc"\ntarget_f=0.95\nmetric=["kl", "logit_diff"]\n').discover_jobs()
+    by = {j.settings["metric"]: j for j in jobs}
+    assert old.settings["metric"] is None and old.id not in {j.id for j in jobs} and by["kl"].id != by["logit_diff"].id
+    assert by["logit_diff"].label.endswith("/acdc/f0.95/resample/logit_diff")
+    with pytest.raises(SpecError, match=r"discover.metric\[0\]: logit_diff needs a classifier"):
+        parse_spec(head.replace("two_moons", "planted_teacher") + '[discover]\nmethod="acdc"\ntarget_f=0.95\n'
+                   'metric="logit_diff"\n')
+    with pytest.raises(SpecError, match="not one of"):
+        parse_spec(head + '[discover]\nmethod="acdc"\ntarget_f=0.95\nmetric="l2"\n')

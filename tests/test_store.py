@@ -14,7 +14,7 @@ from circuitry.workers.files import write_atomic
 def model_bytes() -> bytes:
     from circuitry.workers.model import CoordMLP, checkpoint_bytes
 
-    return checkpoint_bytes(CoordMLP([2, 3, 1]).to_checkpoint("independence", "vanilla", 0, {}))
+    return checkpoint_bytes(CoordMLP([4, 3, 2]).to_checkpoint("independence", "vanilla", 0, {}))
 
 
 def result(job_id="a1b2c3d4e5f60718", **files):
@@ -79,7 +79,7 @@ def test_an_interrupted_commit_leaves_nothing(tmp_path, monkeypatch):
     store = JobStore(tmp_path)
     store.prepare()
 
-    def interrupted(*a):
+    def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "rename", interrupted)
@@ -146,12 +146,12 @@ def test_sweep_lock_and_atomic_writes(tmp_path):
         write_atomic(tmp_path / "jobs.parquet", b"one")
         write_atomic(tmp_path / "jobs.parquet", b"two")
     assert (tmp_path / "jobs.parquet").read_bytes() == b"two"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "jobs.parquet"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.parquet"]  # no temp left, no lock file
 
 
 def test_sync_and_report_wait_for_no_one(tmp_path, capsys):
     """`circuitry sync` and `circuitry report` take the sweep lock: while another process holds
-    it they stop with one line (exit 1) and write nothing."""
+    it they stop with one line (exit 2) and write nothing."""
     from circuitry.orchestrator.cli import main
 
     (tmp_path / "sweep.json").write_text(json.dumps({"name": "t", "tracking_uri": "sqlite:///x.db"}))
@@ -162,9 +162,9 @@ def test_sync_and_report_wait_for_no_one(tmp_path, capsys):
         for args in (["sync", str(tmp_path)], ["report", str(tmp_path), "--no-mlflow"]):
             with pytest.raises(SystemExit) as e:
                 main(args)
-            assert e.value.code == 1
+            assert e.value.code == 2
             assert "is in use by another circuitry run, sync or report" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "jobs.parquet", "spec.toml", "sweep.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.parquet", "spec.toml", "sweep.json"]
     (tmp_path / "spec.toml").unlink()
     with pytest.raises(SystemExit) as e:
         main(["sync", str(tmp_path)])

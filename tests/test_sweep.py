@@ -10,8 +10,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from circuitry.orchestrator.backfill import sync
 from circuitry.orchestrator.execute import RELEASE_FILE
-from circuitry.orchestrator.recorder import read_records, sync
+from circuitry.orchestrator.recorder import read_records
 from circuitry.orchestrator.scheduler import Scheduler
 from circuitry.orchestrator.spec import parse_spec
 
@@ -263,8 +264,8 @@ def test_mlflow_unreachable_is_not_fatal_and_sync_backfills(ray_local, tmp_path)
     assert (out.finished, out.failed) == (2, 0)
     assert out.mlflow_error and len(pd.read_parquet(spec.sweep_dir / "jobs.parquet")) == 2
     uri = f"sqlite:///{tmp_path / 'backfill.db'}"
-    assert sync(spec.sweep_dir, "t", uri) == (2, 0)
-    assert sync(spec.sweep_dir, "t", uri) == (0, 2)  # no duplicates
+    assert sync(spec.sweep_dir, "t", uri) == (2, 0, 0)  # logged, already there, left aside
+    assert sync(spec.sweep_dir, "t", uri) == (0, 2, 0)  # no duplicates
 
 
 def test_cli_run_and_sync(ray_local, tmp_path, capsys):

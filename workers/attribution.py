@@ -47,8 +47,11 @@ def restoration_metric(problem: Problem) -> Callable[[torch.Tensor], torch.Tenso
     """r as a function of the outputs y [N, n_out] (position order), r(full) = 1, r(empty) = 0.
     If the empty circuit's scored outputs equal the full model's on every example, r is undefined
     and this returns r = 0 everywhere (every score is then 0)."""
-    full = scored_outputs(problem.kind, problem.clean[-1], problem.out_pos)
-    empty = scored_outputs(problem.kind, problem.empty_output, problem.out_pos)
+    if problem.kind == "logit_diff":  # r compares the per-example logit differences
+        scored = lambda y: problem.metric.logit_diff(y)[:, None]  # noqa: E731
+    else:
+        scored = lambda y: scored_outputs(problem.kind, y, problem.out_pos)  # noqa: E731
+    full, empty = scored(problem.clean[-1]), scored(problem.empty_output)
     direction = full - empty
     norm = (direction * direction).sum()
     if norm == 0:
@@ -56,7 +59,7 @@ def restoration_metric(problem: Problem) -> Callable[[torch.Tensor], torch.Tenso
         direction = torch.zeros_like(direction)
 
     def r(y: torch.Tensor) -> torch.Tensor:
-        return ((scored_outputs(problem.kind, y, problem.out_pos) - empty) * direction).sum() / norm
+        return ((scored(y) - empty) * direction).sum() / norm
 
     return r
 

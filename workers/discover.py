@@ -114,6 +114,9 @@ def find_circuit(ckpt: dict, config: DiscoverConfig, *, data: dict | None = None
     if ckpt.get("format") == "circuitry.transformer/1":
         from circuitry.workers.transformer_discover import discover_transformer
 
+        if c.metric is not None:
+            raise DiscoveryInputError("--metric", "a transformer's discovery uses its task's metric: drop --metric")
+
         return discover_transformer(ckpt, c.method, c.threshold, ablation=c.ablation, data=data, seed=c.seed,
                                     top_k=c.top_k, edge_fraction=c.edge_fraction, target_f=c.target_f,
                                     order=c.order, progress=progress)
@@ -121,7 +124,7 @@ def find_circuit(ckpt: dict, config: DiscoverConfig, *, data: dict | None = None
     t0 = time.perf_counter()
     search, ranking = None, None
     with PeakMemory(dev) as mem:
-        prep = prepare(ckpt, ablation=c.ablation, output=c.output, data=data, seed=c.seed)
+        prep = prepare(ckpt, ablation=c.ablation, output=c.output, data=data, seed=c.seed, metric=c.metric)
         problem = prep.problem.to(dev)
         masks, tested = None, None
         if c.method == "acdc" and c.target_f is not None:
@@ -195,7 +198,7 @@ def discovery_from_scores(ckpt: dict, scores, config: DiscoverConfig, *, data: d
     if config.method not in SCORE_METHODS:
         raise DiscoveryInputError("--method", f"scores can be assembled for {', '.join(SCORE_METHODS)} only")
     c = config.check()
-    prep = prepare(ckpt, ablation=c.ablation, output=c.output, data=data, seed=c.seed)
+    prep = prepare(ckpt, ablation=c.ablation, output=c.output, data=data, seed=c.seed, metric=c.metric)
     flat = torch.as_tensor(np.asarray(scores, dtype=np.float64))
     if flat.numel() != prep.graph.n_edges:
         raise ValueError(f"got {flat.numel()} scores for {prep.graph.n_edges} edges")
@@ -215,7 +218,7 @@ def attribute(graph: Graph, clean: torch.Tensor, corrupt: torch.Tensor, *, metho
               ablation: str = "resample", output: int | None = None,
               threshold: float | None = None, progress: Callable[[int], None] | None = None) -> acdc_mod.EdgeResult:
     """Score (and for acdc, select) every edge of `graph` on these examples (all of them: no
-    split). `metric` is "mse" or "kl". Returns per-matrix masks (acdc's circuit; all True for
+    split). `metric` is "mse", "kl" or (classifiers) "logit_diff". Returns per-matrix masks (acdc's circuit; all True for
     score methods) and scores (module doc for semantics)."""
     problem = Problem.build(graph, clean, corrupt, metric, ablation, output)
     if method == "acdc":
@@ -291,7 +294,7 @@ def _assemble(ckpt, prep: Prepared, c: DiscoverConfig, flat_scores, masks, cost:
     keep = ev.flatten(masks)
     config = {"method": c.method, "threshold": c.threshold, "top_k": c.top_k, "edge_fraction": c.edge_fraction,
               "target_f": c.target_f, "order": c.order,
-              "ablation": c.ablation, "metric": task.metric, "task": task.name,
+              "ablation": c.ablation, "metric": problem.kind, "task": task.name,
               "regime": str(ckpt.get("regime", "")), "seed": int(ckpt.get("seed", 0)),
               "discovery_seed": c.seed, "output": c.output, "model_id": model_id(ckpt)}
     summary = {**config, **prep.examples, "n_examples": problem.n_examples, **ev.sparsity(masks),

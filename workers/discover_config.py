@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from circuitry.workers.names import ABLATIONS, DEFAULT_ABLATION, DEFAULT_ORDER, METHODS, ORDERS
+from circuitry.workers.names import ABLATIONS, CIRCUIT_METRICS, DEFAULT_ABLATION, DEFAULT_ORDER, METHODS, ORDERS
 
 
 class DiscoveryInputError(ValueError):
@@ -30,6 +30,7 @@ class DiscoverConfig:
     output: int | None = None  # the circuit of this output alone (None: of all of them)
     seed: int = 0  # the corruption pairing's seed
     device: str = "auto"  # where the method runs ("auto": the GPU when torch sees one)
+    metric: str | None = None  # the circuit metric (workers.graph.Metric); None: the task's (mse or kl)
 
     @classmethod
     def from_settings(cls, settings: dict, **overrides) -> DiscoverConfig:
@@ -51,6 +52,9 @@ class DiscoverConfig:
         if self.ablation not in ABLATIONS:
             raise DiscoveryInputError("--ablation", f"unknown ablation {self.ablation!r}: choose one of "
                                       f"{', '.join(ABLATIONS)}")
+        if self.metric is not None and self.metric not in CIRCUIT_METRICS:
+            raise DiscoveryInputError("--metric", f"unknown metric {self.metric!r}: choose one of "
+                                      f"{', '.join(CIRCUIT_METRICS)}")
         if target_f is not None and not (math.isfinite(target_f) and 0 < target_f <= 1):
             raise DiscoveryInputError("--target-f", f"target faithfulness must be in (0, 1], got {target_f}")
         if self.order not in ORDERS:

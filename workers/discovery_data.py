@@ -133,32 +133,48 @@ def evaluation_problem(discovery: Problem, clean, corrupt, output: int | None) -
     return p
 
 
-def _discovery(ckpt: dict, ablation: str, output: int | None, data: dict | None, seed: int):
+def circuit_metric(task, metric: str | None) -> str:
+    """The metric a discovery of `task` uses: `metric`, or the task's own when None. logit_diff
+    reads class logits: a regression task has none."""
+    if metric is None:
+        return task.metric
+    if metric == "logit_diff" and task.kind != "classification":
+        raise DiscoveryInputError("--metric", f"logit_diff needs a classifier; task {task.name!r} is a "
+                                  f"{task.kind}: use --metric {task.metric}")
+    return metric
+
+
+def _discovery(ckpt: dict, ablation: str, output: int | None, data: dict | None, seed: int,
+               metric: str | None = None):
     """The checked task, the graph, the discovery examples' problem, both halves of the examples
     and what summary.json says of them (`split_examples`)."""
     if ablation not in ABLATIONS:
         raise DiscoveryInputError("--ablation", f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
     task = check_task(ckpt)
+    kind = circuit_metric(task, metric)
+    if kind == "logit_diff" and output is not None:
+        raise DiscoveryInputError("--output", "the logit_diff metric reads every output: drop --output")
     if output is not None and not 0 <= output < task.shape[-1]:
         raise DiscoveryInputError("--output", f"output {output} out of range: the model has outputs 0..{task.shape[-1] - 1}")
     discovery, evaluation, info = split_examples(task, ckpt, data, seed)
     graph = Graph.from_checkpoint(ckpt)
-    problem = Problem.build(graph, discovery[0], discovery[1], task.metric, ablation, output)
+    problem = Problem.build(graph, discovery[0], discovery[1], kind, ablation, output)
     return task, graph, problem, discovery, evaluation, info
 
 
 def prepare(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
-            data: dict | None = None, seed: int = 0) -> Prepared:
-    """The graph, the discovery and evaluation examples (module doc) and the metric."""
+            data: dict | None = None, seed: int = 0, metric: str | None = None) -> Prepared:
+    """The graph, the discovery and evaluation examples (module doc) and the metric (`metric`,
+    else the task's)."""
     task, graph, problem, (clean, _, labels), (e_clean, e_corrupt, e_labels), info = _discovery(
-        ckpt, ablation, output, data, seed)
+        ckpt, ablation, output, data, seed, metric)
     evaluation = evaluation_problem(problem, e_clean, e_corrupt, output)
     return Prepared(task, graph, problem, clean, _labels_pos(task, graph, labels), evaluation,
                     _labels_pos(task, graph, e_labels), info)
 
 
 def discovery_problem(ckpt: dict, *, ablation: str = "resample", output: int | None = None,
-                      seed: int = 0) -> Problem:
+                      seed: int = 0, metric: str | None = None) -> Problem:
     """`prepare(...).problem` alone, the evaluation examples' activations not computed: what each
     chunk of a fanned-out `exact` job scores against (they are half of `prepare`'s time)."""
-    return _discovery(ckpt, ablation, output, None, seed)[2]
+    return _discovery(ckpt, ablation, output, None, seed, metric)[2]

@@ -41,8 +41,11 @@ def metric_scale(problem: Problem) -> float:
     """The size of the terms the circuit metric subtracts, at the full model's output, so that
     round-off in the metric is ~ machine epsilon x this: MSE, the mean square of the outputs it
     reads; KL, the mean of |sum p log p| + |sum p y| + |logsumexp y| (the three terms of
-    graph.Metric's formula); the Bernoulli KL of one output, |log q| + |log(1 - q)|."""
+    graph.Metric's formula); the Bernoulli KL of one output, |log q| + |log(1 - q)|; the logit
+    difference, mean |w| . |y| over its normaliser (the terms of its dot product)."""
     m, y = problem.metric, problem.clean[-1].double()
+    if m.kind == "logit_diff":
+        return float((y.abs() * m.ld_w_t.T.abs()).sum(-1).mean() / m.ld_scale)
     if m.kind == "mse":
         cols = y if m.out_pos is None else y[:, m.out_pos]
         return float((cols ** 2).mean())

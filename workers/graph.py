@@ -28,7 +28,7 @@ from circuitry.workers.names import ABLATIONS
 LOG2_E = 1.0 / math.log(2.0)
 LN_2 = math.log(2.0)
 
-METRICS = ("mse", "kl")
+METRICS = ("mse", "kl", "logit_diff")  # logit_diff: classifiers only (Metric)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,14 @@ def ablation_values(graph: Graph, clean_h0: torch.Tensor, corrupt_h0: torch.Tens
 
 class Metric:
     """The circuit metric against the full model's clean output `y_full` ([N, n_out], position
-    order): MSE for regression, KL(full || circuit) averaged over examples for classification.
+    order): MSE for regression, KL(full || circuit) averaged over examples for classification, or
+    (`logit_diff`, classifiers, opt-in) the drop of the logit difference, normalised: each example's
+    term is (d_full - d_circuit) / mean_x |d_full|, where d(y) = y[c] - mean_{k != c} y[k] and c is
+    the class the FULL model predicts on that example (its argmax: the metric asks the circuit to
+    keep the model's own decision margin, as KL asks it to keep the model's distribution, and needs
+    no labels). d is linear in y, so a term is <w, y> with a per-example weight row w; dividing by
+    the full model's mean |d| makes the metric a fraction of the margin (0 at the full model, ~1
+    when the margin is gone), so a tau reads as "this much of the margin", not in logit units.
 
     `out_pos` restricts it to one output position: for MSE the squared error of that column only;
     for KL the Bernoulli KL of the event "class = that output" (p_full(K) vs p_circuit(K)), which
@@ -141,6 +148,19 @@ class Metric:
         if kind not in METRICS:
             raise ValueError(f"unknown metric {kind!r}")
         self.kind, self.y_full, self.out_pos = kind, y_full, out_pos
+        if kind == "logit_diff":
+            if out_pos is not None:
+                raise ValueError("the logit_diff metric reads every output: drop the output")
+            n_out = y_full.shape[-1]
+            if n_out < 2:
+                raise ValueError("the logit_diff metric needs a classifier with at least 2 outputs")
+            # w = e_c n/(n-1) - 1/(n-1): <w, y> = y[c] - mean of the other logits
+            w = torch.full_like(y_full, -1.0 / (n_out - 1))
+            w.scatter_(-1, y_full.argmax(-1, keepdim=True), 1.0)
+            self.ld_w_t = w.T.contiguous()  # [n_out, N]
+            self.ld_full = (w * y_full).sum(-1)
+            # a float, not a tensor: on_examples keeps it (the scale is the whole set's)
+            self.ld_scale = max(float(self.ld_full.abs().mean()), 1e-300)
         if kind == "kl":
             self.logp_full = F.log_softmax(y_full, -1)
             self.p_full = self.logp_full.exp()
@@ -151,14 +171,18 @@ class Metric:
                 self.lq1_full, self.lq0_full = self._bernoulli_logs(y_full)
         # the per-example shift of `per_example_shifted_t` (KL: the full model's top logit, the same
         # for every output; MSE: the full model's outputs), output-major; None: no shifted form
-        self.shift_t = None
-        if out_pos is None:
+        self.shift_t = None  # logit_diff: none (it is linear in y: the plain form is as cheap)
+        if out_pos is None and kind != "logit_diff":
             self.shift_t = self.top_full.T.contiguous() if kind == "kl" else y_full.T.contiguous()
 
     def _bernoulli_logs(self, y):
         lp = F.log_softmax(y, -1)
         others = torch.cat([lp[..., : self.out_pos], lp[..., self.out_pos + 1 :]], -1)
         return lp[..., self.out_pos], torch.logsumexp(others, -1)
+
+    def logit_diff(self, y: torch.Tensor) -> torch.Tensor:
+        """Each example's logit difference d(y) [..., N] (logit_diff only; class docstring)."""
+        return (y * self.ld_w_t.T).sum(-1)
 
     def relevant_outputs(self, n_out: int) -> torch.Tensor:
         """Output positions whose value the metric reads (bool [n_out])."""
@@ -176,6 +200,8 @@ class Metric:
         """Each example's term of the metric: y [..., N, n_out] -> [..., N] (the metric is their
         mean). `scratch` (optional, y's shape) holds the temporaries, so that a hot loop allocates
         nothing (fresh multi-MiB tensors cost page faults)."""
+        if self.kind == "logit_diff":
+            return self.ld_full.sub(torch.mul(y, self.ld_w_t.T, out=scratch).sum(-1)).div_(self.ld_scale)
         if self.kind == "mse":
             if self.out_pos is None:
                 return torch.sub(y, self.y_full, out=scratch).square_().mean(-1)
@@ -259,6 +285,9 @@ class Metric:
         several times faster than one over a short, strided last dimension). The same formulas."""
         if self.out_pos is not None:
             return self.per_example(yt.movedim(0, -1), scratch=None if scratch is None else scratch.movedim(0, -1))
+        if self.kind == "logit_diff":
+            w_t = self.ld_w_t.view(yt.shape[:1] + (1,) * (yt.dim() - 2) + yt.shape[-1:])
+            return self.ld_full.sub(torch.mul(yt, w_t, out=scratch).sum(0)).div_(self.ld_scale)
         if self.kind == "mse":
             return torch.sub(yt, self.y_full.T.reshape(yt.shape[:1] + (1,) * (yt.dim() - 2) + yt.shape[-1:]),
                              out=scratch).square_().mean(0)

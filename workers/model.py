@@ -210,26 +210,119 @@ REQUIRED_KEYS = ("format", "task", "shape", "weights", "biases", "in_perm", "out
 TRANSFORMER_FORMAT = "circuitry.transformer/1"
 FORMATS = {FORMAT: REQUIRED_KEYS,
            TRANSFORMER_FORMAT: ("format", "task", "model", "weights", "coordinates", "config")}
+MAX_LAYER = 1 << 16  # neurons in one layer: a checkpoint claiming more is refused before anything is built
+MAX_WEIGHTS = 1 << 28
 
 
-def load_checkpoint(path: str | Path, formats: tuple[str, ...] = tuple(FORMATS)) -> dict:
-    """Load and check a circuitry checkpoint (`circuitry.mlp/1`, or `circuitry.transformer/1`) with
-    `weights_only=True` (no code runs); `formats` narrows what is accepted."""
-    path = Path(path)
+def _tensor(x, shape: tuple | None, what: str, floating: bool = True) -> torch.Tensor:
+    """`x` as a tensor of `shape` (None: any 2-D with rows `shape`...), finite where floating; or a
+    CheckpointError naming `what` and what was expected."""
+    if not isinstance(x, torch.Tensor):
+        raise CheckpointError(f"{what} is a {type(x).__name__}, not a tensor")
+    if floating and not x.dtype.is_floating_point:
+        raise CheckpointError(f"{what} has dtype {x.dtype}, expected a floating-point tensor")
+    if not floating and (x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool):
+        raise CheckpointError(f"{what} has dtype {x.dtype}, expected an integer tensor")
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        raise CheckpointError(f"{what} has shape {list(x.shape)}, expected {list(shape)}")
+    if floating and not torch.isfinite(x).all():
+        raise CheckpointError(f"{what} holds NaN or infinite values")
+    return x
+
+
+def _check_format(ckpt, path, formats: tuple[str, ...]) -> None:
     expected = " or ".join(repr(f) for f in formats)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file; train one with `circuitry train --out DIR`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or pickled code
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}); expected {expected}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in formats:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: format is {got!r}, expected {expected}")
     missing = [k for k in FORMATS[ckpt["format"]] if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: {ckpt['format']} checkpoint lacks {', '.join(missing)}")
+
+
+def _all_finite(x, path) -> None:
+    """Every floating-point tensor in a checkpoint's nested lists and dicts holds finite values."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype.is_floating_point and not torch.isfinite(x).all():
+            raise CheckpointError(f"{path}: a weight holds NaN or infinite values; expected a checkpoint "
+                                  "`circuitry train` wrote")
+    elif isinstance(x, dict):
+        for v in x.values():
+            _all_finite(v, path)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            _all_finite(v, path)
+
+
+def check_checkpoint(ckpt, path) -> dict:
+    """Every field of a `circuitry.mlp/1` checkpoint against its shape: types, dtypes, sizes,
+    finite values; CheckpointError (one line naming the file) on the first that is wrong."""
+    shape = ckpt["shape"]
+    if (not isinstance(shape, (list, tuple)) or len(shape) < 2 or len(shape) > 64
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_LAYER for n in shape)
+            or sum(a * b for a, b in zip(shape[:-1], shape[1:])) > MAX_WEIGHTS):
+        raise CheckpointError(f"{path}: shape {str(shape)[:100]} is not a list of 2-64 layer widths in 1..{MAX_LAYER}")
+    layers = len(shape) - 1
+    from circuitry.tasks import TASKS
+
+    if not isinstance(ckpt["task"], str) or ckpt["task"] not in TASKS:
+        raise CheckpointError(f"{path}: task {str(ckpt['task'])[:100]!r} is not one of {', '.join(TASKS)}")
+    try:
+        for key, n in (("weights", layers), ("biases", layers), ("coordinates", layers + 1)):
+            if not isinstance(ckpt[key], (list, tuple)) or len(ckpt[key]) != n:
+                raise CheckpointError(f"{key} is not a list of {n} tensors")
+        for l in range(layers):
+            _tensor(ckpt["weights"][l], (shape[l + 1], shape[l]), f"weights[{l}]")
+            _tensor(ckpt["biases"][l], (shape[l + 1],), f"biases[{l}]")
+        for l, c in enumerate(ckpt["coordinates"]):
+            _tensor(c, None, f"coordinates[{l}]")
+            if c.dim() not in (1, 2) or c.shape[0] != shape[l] or (c.dim() == 2 and not 1 <= c.shape[1] <= 3):
+                raise CheckpointError(f"coordinates[{l}] has shape {list(c.shape)}, expected [{shape[l]}] or "
+                                      f"[{shape[l]}, 2]")
+        for key, n in (("in_perm", shape[0]), ("out_perm", shape[-1])):
+            perm = _tensor(ckpt[key], (n,), key, floating=False)
+            if not torch.equal(perm.sort().values, torch.arange(n, dtype=perm.dtype)):
+                raise CheckpointError(f"{key} is not a permutation of 0..{n - 1}")
+        if isinstance(ckpt["l0"], bool) or not isinstance(ckpt["l0"], (int, float)) or not math.isfinite(ckpt["l0"]):
+            raise CheckpointError(f"l0 {ckpt['l0']!r} is not a finite number")
+        emb = ckpt.get("embedding")
+        if emb is not None:
+            _tensor(emb, None, "embedding")
+            if emb.dim() != 2 or emb.numel() == 0 or shape[0] % emb.shape[1]:
+                raise CheckpointError(f"embedding has shape {list(emb.shape)}, which does not feed {shape[0]} inputs")
+        if not isinstance(ckpt.get("config") or {}, dict):
+            raise CheckpointError("config is not a table")
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}; expected a checkpoint `circuitry train` wrote") from None
     return ckpt
+
+
+def checkpoint_from_bytes(data: bytes, path, formats: tuple[str, ...] = tuple(FORMATS)) -> dict:
+    """A checked checkpoint from model.pt's bytes (`weights_only=True`: no code runs): its format
+    and keys; an MLP's every field (check_checkpoint), a transformer's finite weights."""
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or pickled code
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}); expected "
+                              f"{' or '.join(repr(f) for f in formats)}") from None
+    _check_format(ckpt, path, formats)
+    if ckpt["format"] == FORMAT:
+        return check_checkpoint(ckpt, path)
+    _all_finite(ckpt, path)
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, formats: tuple[str, ...] = tuple(FORMATS)) -> dict:
+    """Load and check a circuitry checkpoint (`circuitry.mlp/1`, or `circuitry.transformer/1`) with
+    `weights_only=True` (no code runs); `formats` narrows what is accepted."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; train one with `circuitry train --out DIR`")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    return checkpoint_from_bytes(data, path, formats)
 
 
 def checkpoint_bytes(ckpt: dict) -> bytes:

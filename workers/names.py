@@ -55,6 +55,9 @@ SCORE_METHODS: tuple[str, ...] = ("exact", "eap", "eap-ig")  # score every edge,
 ATTRIBUTION_METHODS: tuple[str, ...] = ("eap", "eap-ig")  # gradient scores (workers.attribution)
 ABLATIONS: tuple[str, ...] = ("resample", "zero", "mean")
 DEFAULT_ABLATION = "resample"
+# The MLP circuit metrics (workers.graph.Metric): a task's own is mse or kl; logit_diff (classifiers)
+# is asked for by name, and a discovery that leaves the metric out uses the task's
+CIRCUIT_METRICS: tuple[str, ...] = ("mse", "kl", "logit_diff")
 ORDERS: tuple[str, ...] = ("ascending", "descending", "random")  # ACDC's sender order
 DEFAULT_ORDER = "ascending"  # the ACDC definition's (docs/design.md)
 

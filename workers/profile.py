@@ -16,6 +16,7 @@ import copy
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -165,3 +166,36 @@ def peak_tensor_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer,
         torch.cuda.synchronize(device)
         return resident + torch.cuda.max_memory_allocated(device) - before
     return resident + _cpu_step_peak(run)
+
+
+@dataclass
+class SwapTally:
+    """What a training loop's swap rounds did: rounds run, neurons moved, seconds spent."""
+
+    rounds: int = 0
+    neurons: int = 0
+    seconds: float = 0.0
+
+
+def training_figures(model: torch.nn.Module, x_test: torch.Tensor, weights: list[torch.Tensor], *, steps: int,
+                     batch: int, train_seconds: float, swaps: SwapTally, mem: PeakMemory) -> dict[str, float]:
+    """The figures of metrics.json that every training loop reports alike (MLP and transformer):
+    time, swaps, memory, size, inference speed and how many weights stay above a fraction of the
+    largest."""
+    return {
+        "train_seconds": train_seconds,
+        "steps_per_second": steps / train_seconds,
+        "swap_seconds": swaps.seconds,
+        "swap_share": swaps.seconds / train_seconds,
+        "swap_rounds": swaps.rounds,
+        "neurons_swapped": swaps.neurons,
+        "peak_memory_bytes": mem.peak_bytes,
+        "peak_memory_delta_bytes": mem.delta_bytes,
+        "n_parameters": count_parameters(model),
+        "inference_per_second_batch1": inference_speed(model, x_test, 1),
+        "inference_per_second_batch1024": inference_speed(model, x_test, 1024),
+        "train_examples": steps * batch,
+        "weights_above_1e-2": weights_above(weights, 1e-2),
+        "weights_above_5e-2": weights_above(weights, 5e-2),
+        "weights_above_1e-1": weights_above(weights, 1e-1),
+    }

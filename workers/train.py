@@ -30,8 +30,7 @@ from circuitry.workers.device import pick_device
 from circuitry.workers.model import (CoordMLP, folded_line_coordinates, line_coordinates, ring_coordinates,
                            sheet_coordinates, sheet_shape)
 from circuitry.workers.names import TRAINED_REGIMES, network_shape
-from circuitry.workers.profile import (PeakMemory, count_parameters, inference_speed, peak_tensor_bytes,
-                                      weights_above)
+from circuitry.workers.profile import PeakMemory, SwapTally, peak_tensor_bytes, training_figures
 from circuitry.workers.swap import relocate
 from circuitry.workers.train_config import TrainConfig, TrainResult, config_of, minibatches
 
@@ -207,22 +206,11 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     metrics = {
         **_fit(model, task, loss_fn, x, y, x_test, y_test),
         "connection_cost": cost,
-        "train_seconds": train_seconds,
-        "steps_per_second": cfg.steps / train_seconds,
-        "swap_seconds": swap_seconds,
-        "swap_share": swap_seconds / train_seconds,
-        "swap_rounds": swap_rounds,
-        "neurons_swapped": n_swapped,
-        "peak_memory_bytes": mem.peak_bytes,
-        "peak_memory_delta_bytes": mem.delta_bytes,
+        **training_figures(model, x_test, weights, steps=cfg.steps,
+                           batch=min(cfg.batch_size, len(x)) if cfg.batch_size else len(x),
+                           train_seconds=train_seconds, mem=mem,
+                           swaps=SwapTally(swap_rounds, n_swapped, swap_seconds)),
         "peak_tensor_bytes": tensor_bytes,
-        "n_parameters": count_parameters(model),
-        "inference_per_second_batch1": inference_speed(model, x_test, 1),
-        "inference_per_second_batch1024": inference_speed(model, x_test, 1024),
-        "train_examples": cfg.steps * (min(cfg.batch_size, len(x)) if cfg.batch_size else len(x)),
-        "weights_above_1e-2": weights_above(weights, 1e-2),
-        "weights_above_5e-2": weights_above(weights, 5e-2),
-        "weights_above_1e-1": weights_above(weights, 1e-1),
     }
     record = cfg.record()
     record["device"] = device.type

@@ -12,7 +12,8 @@ from circuitry.tasks import get_task
 from circuitry.workers.cost import add_cost_grad, total_cost
 from circuitry.workers.device import pick_device
 from circuitry.workers.names import TRAINED_REGIMES
-from circuitry.workers.profile import PeakMemory, count_parameters, inference_speed, weights_above
+from circuitry.workers.profile import (PeakMemory, SwapTally, count_parameters, inference_speed, training_figures,
+                                      weights_above)
 from circuitry.workers.train_config import TrainResult, config_of, minibatches
 from circuitry.workers.transformer import Transformer, is_weight_matrix
 from circuitry.workers.transformer_bimt import Sheet, cost_terms, relocate
@@ -131,7 +132,7 @@ def _train(cfg, progress, start, masks):
                     test_loss = float(task.loss(model(x_test), y_test))
                 curve.append({"step": step, "train_loss": float(loss.detach()), "test_loss": test_loss})
                 if progress:
-                    progress(step + 1 - last_logged, examples)
+                    progress(step + 1 - last_logged, examples, curve[-1]["train_loss"])
                     last_logged, examples = step + 1, 0
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -142,21 +143,10 @@ def _train(cfg, progress, start, masks):
     metrics = {
         **fit(model, task, x, y, x_test, y_test),
         "connection_cost": yardstick_cost(model, recipe.l0),
-        "train_seconds": train_seconds,
-        "steps_per_second": cfg.steps / train_seconds,
-        "swap_seconds": swap_seconds,
-        "swap_share": swap_seconds / train_seconds,
-        "swap_rounds": swap_rounds,
-        "neurons_swapped": n_swapped,
-        "peak_memory_bytes": mem.peak_bytes,
-        "peak_memory_delta_bytes": mem.delta_bytes,
-        "n_parameters": count_parameters(model),
-        "inference_per_second_batch1": inference_speed(model, x_test, 1),
-        "inference_per_second_batch1024": inference_speed(model, x_test, 1024),
-        "train_examples": cfg.steps * (min(cfg.batch_size, len(x)) if cfg.batch_size else len(x)),
-        "weights_above_1e-2": weights_above(weights, 1e-2),
-        "weights_above_5e-2": weights_above(weights, 5e-2),
-        "weights_above_1e-1": weights_above(weights, 1e-1),
+        **training_figures(model, x_test, weights, steps=cfg.steps,
+                           batch=min(cfg.batch_size, len(x)) if cfg.batch_size else len(x),
+                           train_seconds=train_seconds, mem=mem,
+                           swaps=SwapTally(swap_rounds, n_swapped, swap_seconds)),
     }
     record = cfg.record()
     record["device"] = device.type
