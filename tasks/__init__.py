@@ -23,6 +23,7 @@ _MODULES = {
     "mnist": "mnist",
     "planted_teacher": "planted_teacher",
     "induction": "induction",
+    "induction_shifted": "induction",
     "incontext": "incontext",
     "tracr_reverse": "tracr",
     "tracr_frac_prevs": "tracr",

@@ -111,3 +111,34 @@ def test_prune_a_transformer_to_the_bimt_models_counts():
     for (name, w), k in zip(matrices(ckpt).items(), counts):
         assert int((w != 0).sum()) == k, name
     assert torch.equal(ckpt["weights"]["pos_embed.W_pos"] != 0, torch.ones_like(ckpt["weights"]["pos_embed.W_pos"]) > 0)
+
+
+def test_induction_shifted_repeats_at_a_varying_offset():
+    from circuitry.tasks.induction import SHIFT, generate_shifted
+    d = generate_shifted(3)
+    x, n = d.x_train, 2 * HALF + SHIFT
+    assert x.shape[1] == n and all(len(set(row)) == HALF + SHIFT for row in x[:50, :HALF + SHIFT].tolist())
+    # each scored token's earlier occurrence: the offset varies over 0 .. SHIFT extra positions
+    second = x[:, HALF + SHIFT:]
+    offsets = {int(HALF + SHIFT - row[:HALF + SHIFT].tolist().index(int(s[0]))) for row, s in zip(x[:200], second[:200])}
+    assert offsets == set(range(HALF, HALF + SHIFT + 1))
+    assert all(set(row[HALF + SHIFT:].tolist()) <= set(row[:HALF + SHIFT].tolist()) for row in x[:50])
+    task = get_task("induction_shifted")
+    assert torch.equal(d.y_train, x[:, HALF + SHIFT + 1:])  # next tokens at the scored positions
+    assert task.positions == tuple(range(HALF + SHIFT, n - 1)) and task.transformer.n_ctx == n
+    assert get_task("induction").transformer.n_ctx == 2 * HALF  # the default task is unchanged
+
+
+def test_head_scores_from_tokens_follow_the_copy_wherever_it_is():
+    from circuitry.tasks.induction import generate_shifted
+    x = generate_shifted(0).x_test[:64]
+    n = x.shape[1]
+    t = torch.arange(n - HALF, n)
+    key = torch.stack([torch.tensor([row[:q].tolist().index(int(row[q])) + 1 for q in t]) for row in x])
+    pattern = torch.zeros(64, 1, n, n)
+    pattern[torch.arange(64)[:, None], 0, t, key] = 1
+    assert head_scores(pattern, tokens=x)[1].item() == 1
+    assert head_scores(pattern)[1].item() < 0.4  # the fixed offset finds the copy only where r = SHIFT
+    plain = generate(0).x_test[:8]  # on `induction` both readings agree
+    fixed = torch.rand(8, 2, 2 * HALF, 2 * HALF, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(head_scores(fixed)[1], head_scores(fixed, tokens=plain)[1])

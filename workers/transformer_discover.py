@@ -146,7 +146,7 @@ def ground_truth(task, p: TransformerProblem, mask) -> dict:
 
         pats = g.patterns(p.clean)
         prev, _ = head_scores(pats[0])
-        _, ind = head_scores(pats[1])
+        _, ind = head_scores(pats[1], tokens=p.inputs)  # from the tokens: any repeat offset
         ph, ih = int(prev.argmax()), int(ind.argmax())
         H = g.w.n_heads
         # the mechanism, whichever heads play it: a layer-0 head feeding a layer-1 head's keys,

@@ -410,6 +410,7 @@ class TransformerProblem:
     y_full: torch.Tensor  # [N, P, O]
     metric: TransformerMetric
     ablation: str
+    inputs: torch.Tensor | None = None  # the clean inputs (token ids): ground truth reads them
 
     @classmethod
     def build(cls, graph: TransformerGraph, clean_x, corrupt_x, kind: str, positions, ablation: str = "resample",
@@ -418,7 +419,8 @@ class TransformerProblem:
         clean, y = graph.forward(x0)
         abl = ablation_values(graph, clean, graph.embed(corrupt_x) if ablation == "resample" else None, ablation)
         positions = torch.as_tensor(positions, dtype=torch.long)
-        return cls(graph, x0, clean, abl, y, TransformerMetric(kind, y, positions, correct, incorrect), ablation)
+        return cls(graph, x0, clean, abl, y, TransformerMetric(kind, y, positions, correct, incorrect), ablation,
+                   torch.as_tensor(clean_x))
 
     @property
     def n_examples(self) -> int:
