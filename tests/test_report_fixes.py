@@ -72,16 +72,21 @@ def test_discovery_time_has_intervals_and_plain_labels(tmp_path):
 def test_networks_figure_shows_the_acdc_circuit_found_at_a_target_f(tmp_path, monkeypatch):
     import circuitry
     from circuitry.orchestrator import report_figures
+    from circuitry.orchestrator.store import JobResult, JobStore
     from circuitry.workers import draw
-    from circuitry.workers.discover import write_discovery
-    from circuitry.workers.outputs import write_training
+    from circuitry.workers.discover import discovery_files
+    from circuitry.workers.outputs import training_files
 
     result = circuitry.train(circuitry.TrainConfig(task="independence", regime="bimt", steps=60, width=6))
-    write_training(result, tmp_path / "jobs" / "t0")
     d = circuitry.discover(result.checkpoint, "acdc", target_f=0.9)
-    write_discovery(d, tmp_path / "jobs" / "d0", result.checkpoint)
-    train = pd.DataFrame([{"job_id": "t0", "task": "independence", "regime": "bimt", "seed": 0}])
-    discover = pd.DataFrame([{"job_id": "d0", "model_id": "t0", "method": "acdc", "threshold": float("nan"),
+    store = JobStore(tmp_path)  # the report reads job folders the driver signed, by id
+    store.prepare()
+    t_id, d_id = "0" * 16, "1" * 16
+    store.commit(t_id, JobResult({"kind": "train", "status": "finished"}, training_files(result, pictures=False)))
+    store.commit(d_id, JobResult({"kind": "discover", "status": "finished"},
+                                 discovery_files(d, result.checkpoint, pictures=False)))
+    train = pd.DataFrame([{"job_id": t_id, "task": "independence", "regime": "bimt", "seed": 0}])
+    discover = pd.DataFrame([{"job_id": d_id, "model_id": t_id, "method": "acdc", "threshold": float("nan"),
                               "target_f": 0.9, "n_edges_kept": d.summary["n_edges_kept"]}])
     titles = []
     real = draw.draw_network_on
