@@ -328,8 +328,9 @@ class MlflowLogger:
             return False
         files = {}
         if status == "FINISHED":
-            try:  # the checked bytes of the files the signed record lists (module doc)
+            try:  # the checked bytes of the files the signed record lists (module doc), and that record
                 rec, files = JobStore(self.sweep_dir).read(jid)
+                files = {**files, "job.json": json.dumps(rec, indent=2, sort_keys=True).encode()}
             except FileNotFoundError:  # no jobs/ at all (a record logged on its own): no artifacts
                 files = {}
             except DamagedResult:
