@@ -36,7 +36,23 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-class TrainingBar:
+class _Bar:
+    """A tqdm bar, or nothing when progress is off; closed on leaving a `with` block."""
+
+    bar = None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class TrainingBar(_Bar):
     """`workers.train.train`'s progress callback drawn as a bar: steps, steps/s, ETA, the last
     logged train loss. A no-op object when `enabled` is false."""
 
@@ -54,18 +70,8 @@ class TrainingBar:
             self.bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
         self.bar.update(steps)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class DiscoveryBar:
+class DiscoveryBar(_Bar):
     """`workers.discover.discover`'s progress callback (`progress(n)`, n edges decided or scored)
     drawn as a bar over the graph's edges. A search over thresholds (`--target-f`) decides every
     edge once per ACDC run, so the bar's total grows by one graph per run it sees pass the end."""
@@ -85,16 +91,6 @@ class DiscoveryBar:
             self.bar.total += self.n_edges
             self.bar.set_postfix(run=self.runs, refresh=False)
         self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def callback(bar) -> Callable | None:
