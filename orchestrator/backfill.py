@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from circuitry.orchestrator.mlflow_pool import LogPool, default_threads
 from circuitry.orchestrator.recorder import MlflowLogger, embedded_uri, flat_row, write_parquet
 from circuitry.orchestrator.store import JobStore, opened_dir, read_regular, sweep_lock
 
@@ -19,17 +20,24 @@ def spec_job_ids(sweep_dir: Path) -> set[str]:
     return {j.id for j in parse_spec(path.read_text(), str(path)).jobs}
 
 
-def sync(sweep_dir: Path, sweep_name: str, tracking_uri: str) -> tuple[int, int, int]:
+def sync(sweep_dir: Path, sweep_name: str, tracking_uri: str, threads: int | None = None) -> tuple[int, int, int]:
     """Backfill MLflow from the finished, signed results of the jobs of SWEEP/spec.toml (nothing
     else in the folder is read), under the sweep lock; returns (runs logged, jobs already there,
-    folders of the spec's jobs left aside: unsigned or damaged)."""
+    folders of the spec's jobs left aside: unsigned or damaged). The runs are logged as a sweep
+    logs them, `threads` at once (orchestrator.mlflow_pool); the first MLflow failure stops the
+    logging and is raised once the runs in flight are done (a later sync logs what is left)."""
     with sweep_lock(sweep_dir):
         records, rejected = JobStore(sweep_dir).scan(spec_job_ids(sweep_dir))
         write_parquet([flat_row(r) for r in records.values()], Path(sweep_dir) / "jobs.parquet")
-        logger = MlflowLogger(tracking_uri, sweep_name, sweep_dir)
-        logged = sum(logger.log_job(rec) for rec in records.values())
-        logger.end("FINISHED")
-    return logged, len(records) - logged, len(rejected)
+        errors: list[Exception] = []
+        pool = LogPool(lambda: MlflowLogger(tracking_uri, sweep_name, sweep_dir),
+                       threads or default_threads(tracking_uri), errors.append)
+        for rec in records.values():
+            pool.put((rec, False))
+        pool.close("FINISHED")
+        if errors:
+            raise errors[0]
+    return pool.logged, len(records) - pool.logged, len(rejected)
 
 
 def other_uri_note(meta: dict, uri: str) -> str | None:

@@ -341,8 +341,8 @@ class MlflowLogger:
                 "status": rec.get("status", ""), "sweep": self.sweep_name, **run_tags(rec),
                 "mlflow.note.content": f"{rec.get('label') or jid} (job id {jid})"}
         start_ms, end_ms = run_times(rec)
-        run_id = self.client.create_run(self.exp_id, start_time=start_ms, run_name=run_name(rec),
-                                        tags=tags).info.run_id
+        run = self.client.create_run(self.exp_id, start_time=start_ms, run_name=run_name(rec), tags=tags).info
+        run_id = run.run_id
         settings = rec.get("settings") or {}
         params = {"job_id": jid, "kind": rec["kind"], **settings}
         if rec.get("model_id"):
@@ -364,7 +364,7 @@ class MlflowLogger:
                     metrics.append((f"curve_{k}", point[k], None, int(point["step"])))
         self._log(run_id, params, metrics, end_ms, {"error": str(rec["error"])[:5000]} if rec.get("error") else None)
         if files:
-            self._upload(run_id, files)
+            self._upload(run_id, files, artifact_uri=run.artifact_uri)
         self.client.set_terminated(run_id, status, end_time=end_ms)
         self.known[jid] = status
         if status != "FINISHED":
@@ -373,15 +373,26 @@ class MlflowLogger:
             self.finished_runs[jid] = [run_id]
         return True
 
-    def _upload(self, run_id: str, files: dict[str, bytes], under: str | None = None) -> None:
-        """Each file as its own artifact, from a copy in a private temporary folder (mode 0700)."""
+    def _upload(self, run_id: str, files: dict[str, bytes], under: str | None = None,
+                artifact_uri: str | None = None) -> None:
+        """Each file as its own artifact, from a copy in a private temporary folder (mode 0700).
+        With the run's `artifact_uri` (create_run returns it) the files go straight to its
+        artifact store: MlflowClient.log_artifact first asks the server for the whole run (params,
+        metrics, tags, inputs) to learn that URI, the costliest request of a run's logging."""
         import tempfile
 
+        if artifact_uri:
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            repo = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+            log = repo.log_artifact
+        else:
+            log = lambda path, under: self.client.log_artifact(run_id, path, under)  # noqa: E731
         with tempfile.TemporaryDirectory(prefix="circuitry-upload-") as tmp:
             for name, data in files.items():
                 path = Path(tmp) / name
                 path.write_bytes(data)
-                self.client.log_artifact(run_id, str(path), under)
+                log(str(path), under)
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.parent, status)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from mlflow.tracking import MlflowClient
 
 from circuitry.orchestrator.mlflow_pool import LogPool
@@ -103,3 +105,41 @@ def test_ui_url_opens_the_sweep_in_the_model_training_view(tmp_path):
     assert ui_url("http://127.0.0.1:5000", exp_id) == \
         f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning"
     assert _experiment_id(uri, "no such sweep") is None
+
+
+def test_sync_logs_through_the_pool_with_every_param_metric_and_file(tmp_path, monkeypatch):
+    """`circuitry sync` logs a sweep's runs on the pool, each job once, with the params, metrics
+    and files a sweep logs; uploads go to the run's artifact URI from create_run, never through a
+    lookup of the whole run (the get_run MlflowClient.log_artifact makes, a request per run)."""
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+    from tests.test_sweep_safety import store_sweep
+
+    from circuitry.orchestrator.backfill import sync
+
+    spec, d = store_sweep(tmp_path, seeds=range(6))
+    uri = embedded_uri(d)
+
+    def no_lookup(self, run_id):
+        raise AssertionError("a run looked up while logging")
+
+    monkeypatch.setattr(TrackingServiceClient, "get_run", no_lookup)
+    assert sync(d, "s", uri, threads=3) == (6, 0, 0)
+    monkeypatch.undo()
+    assert sync(d, "s", uri, threads=3) == (0, 6, 0)  # no duplicates
+    exp, runs = job_runs(uri, "s")
+    assert sorted(r.data.tags[JOB_TAG] for r in runs) == sorted(j.id for j in spec.jobs)
+    client = MlflowClient(uri)
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.params["regime"] == "vanilla"
+        assert r.data.metrics["test_loss"] == 0.1 and r.data.tags["kind"] == "train"
+        assert {"model.pt", "metrics.json", "job.json"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
+
+
+def test_sync_raises_the_first_mlflow_failure(tmp_path):
+    from tests.test_sweep_safety import store_sweep
+
+    from circuitry.orchestrator.backfill import sync
+
+    _, d = store_sweep(tmp_path, seeds=(0, 1))
+    with pytest.raises(Exception, match="127.0.0.1:9"):
+        sync(d, "s", "http://127.0.0.1:9", threads=2)
