@@ -1,17 +1,20 @@
 """MLflow recording rate over HTTP: runs/s a sweep's Recorder logs to a real `mlflow server`, on a
 SQLite store and on a PostgreSQL one, with one logging thread (how the Recorder logged before
-orchestrator.mlflow_pool: one run after another) and with a pool.
+orchestrator.mlflow_pool: one run after another) and with a pool; with and without each job's files.
 
 Each run is a train job's record as a sweep logs it: ~25 params, 17 figures, a 21-point loss
-curve, the job's tags; with --artifacts its folder too (metrics.json, model.pt, job.json, ~14 kB,
-one upload each). Rates are timed from the first result handed to the Recorder to the last run
-logged (Recorder.close), the rows side by side in one process against one server; every run is
-counted back from the server afterwards ("lost" must be 0). The server's CPU time per run (its
-processes' user + system time) is printed too: on a shared machine the rate depends on what else
-runs, the CPU a run costs does not, and cores / that cost is the server's ceiling.
+curve, the job's tags; with files its folder too (metrics.json, model.pt, job.json, ~14 kB, one
+upload each), sent either to the artifact URI create_run returned (now) or through
+MlflowClient.log_artifact, which asks the server for the whole run first (before: `+lookup`).
+Rates are timed from the first result handed to the Recorder to the last run logged
+(Recorder.close), the rows side by side in one process against one server; every run is counted
+back from the server afterwards ("lost" must be 0). The server's CPU time per run (its processes'
+user + system time) is printed too: on a shared machine the rate depends on what else runs, the
+CPU a run costs does not, and cores / that cost is the server's ceiling. The breakdown then logs
+a few runs on one thread and charges each request its server CPU: where a run's cost goes.
 
-    python benchmarks/mlflow_rate.py                   # SQLite and PostgreSQL (when installed), 1 vs 8 threads
-    python benchmarks/mlflow_rate.py --runs 400 --stores sqlite --threads 1,4,8,16
+    python benchmarks/mlflow_rate.py                   # SQLite and PostgreSQL (when installed)
+    python benchmarks/mlflow_rate.py --runs 400 --stores sqlite --rows 1,4,8,16,8+files
 
 PostgreSQL: the server binaries (apt-get install postgresql; found under /usr/lib/postgresql/*/bin)
 and psycopg2 (pip install psycopg2-binary) in this environment; the cluster is a throwaway one in
@@ -20,6 +23,8 @@ a temporary folder, started as the `postgres` user when run as root, on 127.0.0.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import glob
 import json
 import os
@@ -33,9 +38,13 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 BIN = Path(sys.executable).parent
+
+from circuitry.orchestrator.recorder import JOB_TAG, MlflowLogger, Recorder  # noqa: E402
+from circuitry.orchestrator.store import JobResult, JobStore  # noqa: E402
 
 
 def free_port() -> int:
@@ -106,8 +115,17 @@ class Postgres:
         self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"])
 
 
+@functools.cache
+def model_bytes() -> bytes:
+    """A width-20 model's checkpoint (the store checks that model.pt loads as one)."""
+    from circuitry.workers.model import CoordMLP, checkpoint_bytes
+
+    return checkpoint_bytes(CoordMLP([4, 20, 20, 2]).to_checkpoint("independence", "bimt", 0, {}))
+
+
 def train_record(i: int, sweep_dir: Path, artifacts: bool) -> dict:
-    """A record shaped like a train job's (orchestrator.execute), and its folder when `artifacts`."""
+    """A record shaped like a train job's (orchestrator.execute), and its folder when `artifacts`
+    (metrics.json, model.pt and the signed job.json)."""
     jid = f"{i:016x}"
     settings = {"task": "independence", "regime": "bimt", "seed": i, "steps": 2000, "lam": 0.001, "width": 20,
                 "swap_every": 200, "lr": 0.002, "batch_size": 0, "log_every": 100, "device": "cpu",
@@ -122,79 +140,170 @@ def train_record(i: int, sweep_dir: Path, artifacts: bool) -> dict:
            "settings": settings, "model_id": None, "version": "bench", "figures": figures,
            "duration_seconds": 1.0, "peak_memory_bytes": 2 ** 20, "attempts": 1, "finished_at": now,
            "curve": [{"step": s, "train_loss": 1 / (s + 1), "test_loss": 1.1 / (s + 1)} for s in range(0, 2001, 100)]}
-    if artifacts:
-        folder = sweep_dir / "jobs" / jid
-        folder.mkdir(parents=True)
-        (folder / "metrics.json").write_text(json.dumps({**figures, "curve": rec["curve"]}))
-        (folder / "model.pt").write_bytes(os.urandom(7 * 1024))
-        (folder / "job.json").write_text(json.dumps(rec))
+    if artifacts:  # a signed folder, as the driver's store writes it: the Recorder uploads only those
+        store = JobStore(sweep_dir, fsync=False)
+        store.prepare()
+        rec = store.commit(jid, JobResult(rec, {"metrics.json": json.dumps({**figures, "curve": rec["curve"]}).encode(),
+                                                "model.pt": model_bytes()}))
     return rec
 
 
-def cpu_seconds(proc: subprocess.Popen) -> float:
-    """CPU time (user + system) of the server and every process it started (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats = {}
+def server_pids(proc: subprocess.Popen) -> list[int]:
+    """The server and every process it started (its workers), from Linux /proc."""
+    parents = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except OSError:
                 continue
-            stats[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)  # ppid, utime + stime
-    tree, total = {proc.pid}, 0.0
-    changed = True
+    tree, changed = {proc.pid}, True
     while changed:
         changed = False
-        for pid, (ppid, _) in stats.items():
+        for pid, ppid in parents.items():
             if ppid in tree and pid not in tree:
                 tree.add(pid)
                 changed = True
-    return sum(stats[p][1] for p in tree if p in stats)
+    return sorted(tree)
 
 
-def measure(url: str, runs: int, threads: int, base: Path, artifacts: bool, server: subprocess.Popen) -> dict:
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of these processes so far."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+class Variant(NamedTuple):
+    """One row: `threads` runs logged at once; with `files`, each job's folder uploaded too;
+    `lookup`: uploads through MlflowClient.log_artifact, which asks the server for the whole run
+    first (how the Recorder uploaded before it kept create_run's artifact URI)."""
+    threads: int
+    files: bool = False
+    lookup: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        threads, *flags = text.split("+")
+        if set(flags) - {"files", "lookup"}:
+            raise SystemExit(f"--rows: {text!r}: write THREADS[+files[+lookup]]")
+        return cls(int(threads), "files" in flags, "lookup" in flags)
+
+    def label(self) -> str:
+        return f"{self.threads} thread{'s' if self.threads > 1 else ''}" + \
+            (", files" + (" (run looked up first)" if self.lookup else "") if self.files else "")
+
+
+class LookupFirst(MlflowLogger):
+    """The Recorder's uploads before: MlflowClient.log_artifact (a get_run per run first)."""
+
+    def _upload(self, run_id, files, under=None, artifact_uri=None):
+        super()._upload(run_id, files, under)
+
+
+@contextlib.contextmanager
+def logger_class(cls):
+    from circuitry.orchestrator import recorder
+
+    saved, recorder.MlflowLogger = recorder.MlflowLogger, cls
+    try:
+        yield
+    finally:
+        recorder.MlflowLogger = saved
+
+
+@contextlib.contextmanager
+def server_cpu_per_call(pids: list[int], spent: dict[str, list[float]]):
+    """Each MLflow request the logger makes, with the server CPU it cost (one thread logging, so
+    the server serves nothing else meanwhile)."""
+    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+    from mlflow.store.tracking.rest_store import RestStore
+
+    calls = {(RestStore, "create_run"): "create_run", (RestStore, "log_batch"): "log_batch",
+             (RestStore, "update_run_info"): "update_run (set_terminated)", (RestStore, "get_run"): "get_run",
+             (HttpArtifactRepository, "log_artifact"): "upload one file"}
+    saved = {key: getattr(*key) for key in calls}
+
+    def timed(fn, name):
+        def call(*args, **kwargs):
+            before = cpu_seconds(pids)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent.setdefault(name, []).append(cpu_seconds(pids) - before)
+        return call
+
+    for (owner, attr), name in calls.items():
+        setattr(owner, attr, timed(saved[(owner, attr)], name))
+    try:
+        yield
+    finally:
+        for (owner, attr), fn in saved.items():
+            setattr(owner, attr, fn)
+
+
+def count_runs(url: str, name: str, job_ids: set[str]) -> int:
+    """How many of these jobs have a FINISHED run on the server."""
     from mlflow.tracking import MlflowClient
 
-    from circuitry.orchestrator.recorder import JOB_TAG, Recorder
-
-    name = f"rate-{threads}-{time.monotonic_ns()}"
-    sweep_dir = base / name
-    sweep_dir.mkdir()
-    records = [train_record(i, sweep_dir, artifacts) for i in range(runs)]
-    rec = Recorder(sweep_dir, name, url, mlflow_threads=threads, warn=lambda m: print(m, file=sys.stderr))
-    rec.start({})
-    server0, client0, t0 = cpu_seconds(server), time.process_time(), time.perf_counter()
-    for r in records:
-        rec.add(r)
-    rec.close("FINISHED")
-    seconds = time.perf_counter() - t0
-    server_cpu, client_cpu = cpu_seconds(server) - server0, time.process_time() - client0
     client = MlflowClient(url)
     exp = client.get_experiment_by_name(name)
-    found = set()
-    token = None
+    found, token = set(), None
     while True:
         page = client.search_runs([exp.experiment_id], "tags.`circuitry.role` = 'job'", max_results=1000, page_token=token)
         found |= {r.data.tags[JOB_TAG] for r in page if r.info.status == "FINISHED"}
         token = page.token
         if not token:
-            break
-    return {"threads": threads, "runs": runs, "seconds": seconds, "runs_per_s": runs / seconds,
-            "server_cpu_ms_per_run": 1000 * server_cpu / runs, "client_cpu_ms_per_run": 1000 * client_cpu / runs,
-            "load_average": os.getloadavg()[0],
-            "lost": runs - len(found & {r["job_id"] for r in records}), "error": rec.mlflow_error}
+            return len(found & job_ids)
+
+
+def measure(url: str, runs: int, variant: Variant, base: Path, pids: list[int],
+            spent: dict[str, list[float]] | None = None) -> dict:
+    name = f"rate-{variant.threads}-{time.monotonic_ns()}"
+    sweep_dir = base / name
+    sweep_dir.mkdir()
+    records = [train_record(i, sweep_dir, variant.files) for i in range(runs)]
+    with logger_class(LookupFirst if variant.lookup else MlflowLogger), \
+            (server_cpu_per_call(pids, spent) if spent is not None else contextlib.nullcontext()):
+        rec = Recorder(sweep_dir, name, url, mlflow_threads=variant.threads, warn=lambda m: print(m, file=sys.stderr))
+        rec.start({})
+        server0, client0, t0 = cpu_seconds(pids), time.process_time(), time.perf_counter()
+        for r in records:
+            rec.add(r)
+        rec.close("FINISHED")
+        seconds = time.perf_counter() - t0
+        server_cpu, client_cpu = cpu_seconds(pids) - server0, time.process_time() - client0
+    lost = runs - count_runs(url, name, {r["job_id"] for r in records})
+    return {"threads": variant.threads, "files": variant.files, "lookup": variant.lookup, "runs": runs,
+            "seconds": seconds, "runs_per_s": runs / seconds, "server_cpu_ms_per_run": 1000 * server_cpu / runs,
+            "client_cpu_ms_per_run": 1000 * client_cpu / runs, "load_average": os.getloadavg()[0],
+            "lost": lost, "error": rec.mlflow_error}
+
+
+def print_breakdown(store: str, spent: dict[str, list[float]], runs: int) -> None:
+    for name, costs in spent.items():
+        print(f"{store:10s}   {name:28s} {len(costs) / runs:4.1f} / run, server CPU {1000 * sum(costs) / len(costs):5.1f} ms "
+              f"each, {1000 * sum(costs) / runs:5.1f} ms / run", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--threads", default="1,8", help="comma-separated logging thread counts (1 = before the pool)")
+    ap.add_argument("--rows", default="1,8,8+files+lookup,8+files",
+                    help="comma-separated THREADS[+files[+lookup]]: logging threads (1 = before the pool), "
+                         "each job's folder uploaded too (+files), through a lookup of the run first (+lookup: before)")
     ap.add_argument("--stores", default="sqlite,postgresql")
     ap.add_argument("--server-workers", type=int, default=2, help="the mlflow server's worker processes")
-    ap.add_argument("--artifacts", action="store_true", help="log each job's folder too (3 small files)")
+    ap.add_argument("--breakdown", type=int, default=40, metavar="RUNS",
+                    help="then log RUNS runs (files, run looked up first) on one thread, timing the server's CPU "
+                         "per request (0: no)")
     args = ap.parse_args()
-    threads = [int(t) for t in args.threads.split(",")]
+    variants = [Variant.parse(v) for v in args.rows.split(",")]
     rows = []
     for store in args.stores.split(","):
         base = Path(tempfile.mkdtemp(prefix=f"mlflow-rate-{store}-"))
@@ -211,14 +320,20 @@ def main() -> None:
                     continue
                 uri = pg.uri
             server, url = start_mlflow(uri, base, args.server_workers)
-            for t in threads:
-                row = {"store": store, "artifacts": args.artifacts,
-                       **measure(url, args.runs, t, base, args.artifacts, server)}
+            pids = server_pids(server)
+            for v in variants:
+                row = {"store": store, **measure(url, args.runs, v, base, pids)}
                 rows.append(row)
-                print(f"{store:10s} threads {t:3d}: {row['runs']} runs in {row['seconds']:.1f} s = "
+                print(f"{store:10s} {v.label():38s}: {row['runs']} runs in {row['seconds']:.1f} s = "
                       f"{row['runs_per_s']:.1f} runs/s; server CPU {row['server_cpu_ms_per_run']:.0f} ms/run, "
                       f"client CPU {row['client_cpu_ms_per_run']:.0f} ms/run; load {row['load_average']:.1f}; "
                       f"lost {row['lost']}" + (f", error {row['error']}" if row["error"] else ""), flush=True)
+            if args.breakdown:
+                spent: dict[str, list[float]] = {}
+                measure(url, args.breakdown, Variant(1, files=True, lookup=True), base, pids, spent)
+                print_breakdown(store, spent, args.breakdown)
+                rows.append({"store": store, "breakdown_ms_per_run": {k: 1000 * sum(c) / args.breakdown
+                                                                      for k, c in spent.items()}})
         finally:
             if server is not None:
                 stop(server)
