@@ -13,7 +13,7 @@ user + system time) is printed too: on a shared machine the rate depends on what
 CPU a run costs does not, and cores / that cost is the server's ceiling. The breakdown then logs
 a few runs on one thread and charges each request its server CPU: where a run's cost goes.
 
-    python benchmarks/mlflow_rate.py                   # SQLite and PostgreSQL (when installed)
+    python benchmarks/mlflow_rate.py                   # SQLite (as made, in WAL mode), PostgreSQL
     python benchmarks/mlflow_rate.py --runs 400 --stores sqlite --rows 1,4,8,16,8+files
 
 PostgreSQL: the server binaries (apt-get install postgresql; found under /usr/lib/postgresql/*/bin)
@@ -32,6 +32,7 @@ import pwd
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -53,10 +54,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow(store_uri: str, base: Path, workers: int) -> tuple[subprocess.Popen, str]:
+def start_mlflow(store_uri: str, base: Path, workers: int, wal: bool = False) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on `store_uri` (SQLite: in WAL mode when `wal`, where readers do not block
+    its writer), serving artifacts from `base`."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     subprocess.run([str(BIN / "mlflow"), "db", "upgrade", store_uri], env=env, check=True, timeout=300,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if store_uri.startswith("sqlite:") and wal:  # kept in the file: every connection the server opens uses it
+        with contextlib.closing(sqlite3.connect(store_uri.removeprefix("sqlite:///"))) as db:
+            db.execute("PRAGMA journal_mode=WAL")
     port = free_port()
     log = open(base / "mlflow-server.log", "w")
     proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", store_uri,
@@ -111,6 +117,11 @@ class Postgres:
             cmd = ["runuser", "-u", self.user, "--", *cmd]
         subprocess.run(cmd, check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id (its backends are its children)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def stop(self) -> None:
         self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"])
 
@@ -150,6 +161,10 @@ def train_record(i: int, sweep_dir: Path, artifacts: bool) -> dict:
 
 def server_pids(proc: subprocess.Popen) -> list[int]:
     """The server and every process it started (its workers), from Linux /proc."""
+    return server_pids_of(proc.pid)
+
+
+def server_pids_of(root: int) -> list[int]:
     parents = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -157,7 +172,7 @@ def server_pids(proc: subprocess.Popen) -> list[int]:
                 parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except OSError:
                 continue
-    tree, changed = {proc.pid}, True
+    tree, changed = {root}, True
     while changed:
         changed = False
         for pid, ppid in parents.items():
@@ -165,6 +180,19 @@ def server_pids(proc: subprocess.Popen) -> list[int]:
                 tree.add(pid)
                 changed = True
     return sorted(tree)
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of a process, its living descendants and the children it has reaped (a
+    PostgreSQL server's backends, one per connection)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in server_pids_of(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if pid == root else 0)) / tick
+    return total
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -263,7 +291,7 @@ def count_runs(url: str, name: str, job_ids: set[str]) -> int:
 
 
 def measure(url: str, runs: int, variant: Variant, base: Path, pids: list[int],
-            spent: dict[str, list[float]] | None = None) -> dict:
+            spent: dict[str, list[float]] | None = None, db_pid: int | None = None) -> dict:
     name = f"rate-{variant.threads}-{time.monotonic_ns()}"
     sweep_dir = base / name
     sweep_dir.mkdir()
@@ -272,16 +300,19 @@ def measure(url: str, runs: int, variant: Variant, base: Path, pids: list[int],
             (server_cpu_per_call(pids, spent) if spent is not None else contextlib.nullcontext()):
         rec = Recorder(sweep_dir, name, url, mlflow_threads=variant.threads, warn=lambda m: print(m, file=sys.stderr))
         rec.start({})
+        db0 = tree_cpu_seconds(db_pid) if db_pid else 0.0
         server0, client0, t0 = cpu_seconds(pids), time.process_time(), time.perf_counter()
         for r in records:
             rec.add(r)
         rec.close("FINISHED")
         seconds = time.perf_counter() - t0
         server_cpu, client_cpu = cpu_seconds(pids) - server0, time.process_time() - client0
+        db_cpu = tree_cpu_seconds(db_pid) - db0 if db_pid else None
     lost = runs - count_runs(url, name, {r["job_id"] for r in records})
     return {"threads": variant.threads, "files": variant.files, "lookup": variant.lookup, "runs": runs,
             "seconds": seconds, "runs_per_s": runs / seconds, "server_cpu_ms_per_run": 1000 * server_cpu / runs,
-            "client_cpu_ms_per_run": 1000 * client_cpu / runs, "load_average": os.getloadavg()[0],
+            "client_cpu_ms_per_run": 1000 * client_cpu / runs,
+            "database_cpu_ms_per_run": None if db_cpu is None else 1000 * db_cpu / runs, "load_average": os.getloadavg()[0],
             "lost": lost, "error": rec.mlflow_error}
 
 
@@ -297,7 +328,8 @@ def main() -> None:
     ap.add_argument("--rows", default="1,8,8+files+lookup,8+files",
                     help="comma-separated THREADS[+files[+lookup]]: logging threads (1 = before the pool), "
                          "each job's folder uploaded too (+files), through a lookup of the run first (+lookup: before)")
-    ap.add_argument("--stores", default="sqlite,postgresql")
+    ap.add_argument("--stores", default="sqlite,sqlite-wal,postgresql",
+                    help="sqlite: as `mlflow db upgrade` makes it; sqlite-wal: that file switched to WAL mode")
     ap.add_argument("--server-workers", type=int, default=2, help="the mlflow server's worker processes")
     ap.add_argument("--breakdown", type=int, default=40, metavar="RUNS",
                     help="then log RUNS runs (files, run looked up first) on one thread, timing the server's CPU "
@@ -309,7 +341,7 @@ def main() -> None:
         base = Path(tempfile.mkdtemp(prefix=f"mlflow-rate-{store}-"))
         pg = server = None
         try:
-            if store == "sqlite":
+            if store in ("sqlite", "sqlite-wal"):
                 uri = f"sqlite:///{base / 'mlflow.db'}"
             else:
                 try:
@@ -319,14 +351,17 @@ def main() -> None:
                     print(f"{store}: skipped ({type(e).__name__}: {e})")
                     continue
                 uri = pg.uri
-            server, url = start_mlflow(uri, base, args.server_workers)
+            server, url = start_mlflow(uri, base, args.server_workers, wal=store == "sqlite-wal")
             pids = server_pids(server)
+            measure(url, 10, Variant(2, files=True), base, pids)  # warm-up: imports, connections, the server's caches
             for v in variants:
-                row = {"store": store, **measure(url, args.runs, v, base, pids)}
+                row = {"store": store, **measure(url, args.runs, v, base, pids, db_pid=pg and pg.pid)}
                 rows.append(row)
                 print(f"{store:10s} {v.label():38s}: {row['runs']} runs in {row['seconds']:.1f} s = "
                       f"{row['runs_per_s']:.1f} runs/s; server CPU {row['server_cpu_ms_per_run']:.0f} ms/run, "
-                      f"client CPU {row['client_cpu_ms_per_run']:.0f} ms/run; load {row['load_average']:.1f}; "
+                      f"client CPU {row['client_cpu_ms_per_run']:.0f} ms/run"
+                      + (f", database CPU {row['database_cpu_ms_per_run']:.0f} ms/run" if pg else "")
+                      + f"; load {row['load_average']:.1f}; "
                       f"lost {row['lost']}" + (f", error {row['error']}" if row["error"] else ""), flush=True)
             if args.breakdown:
                 spent: dict[str, list[float]] = {}

@@ -27,12 +27,21 @@ def default_threads(uri: str) -> int:
     return 8 if uri.startswith(("http:", "https:", "databricks")) else 2
 
 
+def size_http_pool(threads: int) -> None:
+    """Let every thread keep its connection to the server: MLflow's HTTP session (one per process,
+    made at its first request) keeps MLFLOW_HTTP_POOL_MAXSIZE connections, 10 unless set; past
+    that, each request of a further thread opens a new TCP connection and drops it."""
+    if threads > 10:
+        os.environ.setdefault("MLFLOW_HTTP_POOL_MAXSIZE", str(threads))
+
+
 class LogPool:
     """`put((record, replace))` queues a run; `backlog()` counts those not yet logged;
     `close(status)` logs the rest, ends the parent run with `status` and returns."""
 
     def __init__(self, make_logger: Callable[[], Any], threads: int, on_error: Callable[[Exception], None]):
         self.make_logger, self.threads, self.on_error = make_logger, threads, on_error
+        size_http_pool(threads)
         self.logger = None
         self.failed = False
         self.logged = 0

@@ -1,6 +1,6 @@
 """A sweep recorded to a real MLflow tracking server over HTTP (`mlflow server`, SQLite store, on
 127.0.0.1): the progress output stays clean of MLflow's "View run ..." lines, and the runs carry
-the jobs' own start/end times and names that tell them apart."""
+the jobs' own start/end times, names that tell them apart, and the jobs' files."""
 from __future__ import annotations
 
 import os
@@ -99,6 +99,8 @@ def test_http_tracking_is_quiet_and_runs_span_their_jobs(ray_local, mlflow_serve
         dur = (r.info.end_time - r.info.start_time) / 1000
         assert abs(dur - rec["duration_seconds"]) <= max(0.1 * rec["duration_seconds"], 0.01), (dur, rec)
         assert abs(r.info.end_time / 1000 - rec["finished_at"]) <= 0.002
+        # the job's files, uploaded to the artifact URI create_run returned (mlflow-artifacts:/...)
+        assert {"job.json", *rec["sha256"]} <= {a.path for a in c.list_artifacts(r.info.run_id)}, rec["sha256"]
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(["vanilla s0 · independence", "bimt s0 · independence",
                             "acdc t=0.01 · vanilla s0 · independence", "acdc t=0.1 · vanilla s0 · independence",

@@ -143,3 +143,16 @@ def test_sync_raises_the_first_mlflow_failure(tmp_path):
     _, d = store_sweep(tmp_path, seeds=(0, 1))
     with pytest.raises(Exception, match="127.0.0.1:9"):
         sync(d, "s", "http://127.0.0.1:9", threads=2)
+
+
+def test_more_threads_than_mlflows_http_pool_keep_their_connections(monkeypatch):
+    import os
+
+    from circuitry.orchestrator.mlflow_pool import size_http_pool
+
+    monkeypatch.setenv("MLFLOW_HTTP_POOL_MAXSIZE", "0")
+    monkeypatch.delenv("MLFLOW_HTTP_POOL_MAXSIZE")  # absent again after the test (monkeypatch restores it)
+    size_http_pool(8)
+    assert "MLFLOW_HTTP_POOL_MAXSIZE" not in os.environ  # MLflow's 10 are enough
+    size_http_pool(16)
+    assert os.environ["MLFLOW_HTTP_POOL_MAXSIZE"] == "16"
