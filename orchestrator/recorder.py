@@ -27,7 +27,8 @@ loss may then lose the last runs, never corrupt the store; the job folders are t
 `circuitry sync` logs what is missing.
 
 Throughput: a run is one create_run (with its tags), one log_batch (params, metrics and the error
-tag together), its artifacts and set_terminated. Runs that wait are counted (`Recorder.backlog`,
+tag together), its files (one upload each, to the artifact URI create_run returned) and
+set_terminated; `circuitry sync` logs on the same pool. Runs that wait are counted (`Recorder.backlog`,
 shown on the sweep's progress line); the sweep says how many are left when its jobs are done and
 waits for them (Ctrl-C leaves the rest to `circuitry sync`). benchmarks/mlflow_rate.py measures
 runs/s against a real `mlflow server` on SQLite and PostgreSQL.
