@@ -32,6 +32,7 @@ from circuitry.workers.model import (CoordMLP, folded_line_coordinates, line_coo
 from circuitry.workers.names import TRAINED_REGIMES, network_shape
 from circuitry.workers.profile import PeakMemory, SwapTally, peak_tensor_bytes, training_figures
 from circuitry.workers.swap import relocate
+from circuitry.workers import train_state
 from circuitry.workers.train_config import TrainConfig, TrainResult, config_of, minibatches
 
 __all__ = ["TrainConfig", "TrainResult", "checkpoint_fit", "config_of", "layout", "minibatches", "train"]
@@ -106,7 +107,9 @@ def _apply_masks(model: CoordMLP, masks: list[torch.Tensor]) -> None:
 
 def train(config: TrainConfig, progress: Callable[[int, int, float], None] | None = None, start: dict | None = None,
           masks: list[torch.Tensor] | None = None,
-          prune_at: Callable[[int, CoordMLP], list[torch.Tensor] | None] | None = None) -> TrainResult:
+          prune_at: Callable[[int, CoordMLP], list[torch.Tensor] | None] | None = None,
+          resume: dict | None = None, checkpoint_every: int = 0,
+          on_checkpoint: Callable[[dict], None] | None = None) -> TrainResult:
     """Train one model. `progress(steps, examples, train_loss)` is called every `log_every` steps
     with the increments since the last call (the orchestrator turns them into Prometheus counters;
     the CLI draws a bar) and the loss just logged.
@@ -115,11 +118,17 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     tensor per weight matrix; the weights where it is 0 are held at exactly zero (their gradient
     is masked, so AdamW's moments for them stay zero, and they are re-zeroed after every step).
     workers.prune fine-tunes a pruned network with both. `prune_at(step, model)`, called after
-    every step, may return new masks, which replace `masks` from then on (gradual pruning)."""
+    every step, may return new masks, which replace `masks` from then on (gradual pruning).
+    `on_checkpoint(state)` is called after every `checkpoint_every`-th step but the last with the
+    run's state (workers.train_state); `resume`, such a state of this run, goes on from its step
+    (ResumeMismatch, before any step, when it is not one). Gradual pruning keeps state of its
+    own, and the transformer loop does not share this one: those take no checkpoints."""
     cfg = config.resolved()
     task = get_task(cfg.task)
     if task.model_kind == "transformer":  # masks: parameter name -> 0/1 tensor there
         from circuitry.workers.train_transformer import train_transformer
+        if resume is not None:  # its loop takes no checkpoints (checkpoint_every is ignored)
+            raise train_state.ResumeMismatch("transformer training takes no checkpoints")
         return train_transformer(cfg, progress, start, masks)
     recipe = cfg.recipe()
     regime = TRAINED_REGIMES[cfg.regime]
@@ -148,7 +157,15 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     loss_fn = _loss_fn(task, recipe)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     weight_factor = recipe.distance_weight if regime.local else 0.0
-    batches = minibatches(len(x), cfg.batch_size, cfg.seed, device)
+    record = cfg.record()
+    first, curve, counters = 0, [], {"swap_seconds": 0.0, "n_swapped": 0, "swap_rounds": 0, "train_seconds": 0.0}
+    if resume is not None:
+        train_state.check(resume, record)
+        train_state.restore(resume, model, opt)
+        first, curve, counters = resume["step"], [dict(c) for c in resume["curve"]], {**counters, **resume["counters"]}
+    if prune_at is not None:
+        checkpoint_every = 0
+    batches = minibatches(len(x), cfg.batch_size, cfg.seed, device, skip=first)
 
     def optimise(model: CoordMLP, opt: torch.optim.Optimizer, xb, yb, step: int) -> torch.Tensor:
         """One optimiser step on a batch; returns the batch's loss."""
@@ -167,10 +184,11 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
             _apply_masks(model, masks)
         return loss
 
-    curve, swap_seconds, n_swapped, swap_rounds, last_logged, examples = [], 0.0, 0, 0, 0, 0
+    swap_seconds, n_swapped, swap_rounds = counters["swap_seconds"], counters["n_swapped"], counters["swap_rounds"]
+    last_logged, examples = first, 0
     with PeakMemory(device) as mem:
-        start = time.perf_counter()
-        for step in range(cfg.steps):
+        t_start = time.perf_counter() - counters["train_seconds"]
+        for step in range(first, cfg.steps):
             idx = next(batches)
             xb, yb = (x, y) if idx is None else (x[idx], y[idx])
             loss = optimise(model, opt, xb, yb, step)
@@ -190,9 +208,13 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                 if progress:
                     progress(step + 1 - last_logged, examples, curve[-1]["train_loss"])
                     last_logged, examples = step + 1, 0
+            if on_checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < cfg.steps:
+                on_checkpoint(train_state.capture(step + 1, model, opt, record, curve, {
+                    "swap_seconds": swap_seconds, "n_swapped": n_swapped, "swap_rounds": swap_rounds,
+                    "train_seconds": time.perf_counter() - t_start}))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - start
+        train_seconds = time.perf_counter() - t_start
 
     # the allocator's view of one full-size step (workers.profile), on a copy: training is not touched
     n_batch = min(cfg.batch_size, len(x)) if cfg.batch_size else len(x)
@@ -212,7 +234,6 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                            swaps=SwapTally(swap_rounds, n_swapped, swap_seconds)),
         "peak_tensor_bytes": tensor_bytes,
     }
-    record = cfg.record()
     record["device"] = device.type
     ckpt = model.cpu().float().to_checkpoint(cfg.task, cfg.regime, cfg.seed, record)
-    return TrainResult(checkpoint=ckpt, metrics=metrics, curve=curve)
+    return TrainResult(checkpoint=ckpt, metrics=metrics, curve=curve, resumed_from_step=first)
