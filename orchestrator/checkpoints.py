@@ -118,3 +118,35 @@ class CheckpointStore:
         except (FileNotFoundError, UnsafeFolder):
             return []
         return sorted(n[:-5] for n in names if n.endswith(".ckpt") and is_job_id(n[:-5]))
+
+
+class HeldCheckpoints:
+    """The driver's checkpoints: the files (CheckpointStore) and the progress actor's copies
+    (orchestrator.remote.ProgressActor), kept in step by the scheduler's calls."""
+
+    def __init__(self, sweep_dir: str | Path, ray, actor, finished=(), warn=print):
+        self.files = CheckpointStore(sweep_dir, warn)
+        self.ray, self.actor = ray, actor
+        for job_id in set(self.files.job_ids()) & set(finished):  # the driver died between commit and removal
+            self.files.remove(job_id)
+
+    def hand_over(self, job_id: str) -> bool:
+        """Before the job is submitted: give the actor the job's checkpoint file, if a valid one
+        is kept, and wait until it holds it (so the job finds it); whether one was."""
+        held = self.files.load(job_id)
+        if held is not None:
+            self.ray.get(self.actor.keep_checkpoint.remote(job_id, *held, False))
+        return held is not None
+
+    def write_newest(self, job_id: str) -> None:
+        """A "checkpoint" event: write the newest state the actor holds for the job (none once
+        the job finished: `finished` made the actor forget it, and the driver's calls to the
+        actor run in order)."""
+        held = self.ray.get(self.actor.checkpoint_of.remote(job_id, True))
+        if held is not None:
+            self.files.save(job_id, *held)
+
+    def finished(self, job_id: str) -> None:
+        """The job's result is committed: its checkpoint is of no more use."""
+        self.files.remove(job_id)
+        self.actor.forget.remote(job_id)
