@@ -21,26 +21,40 @@ def _run(config, **kw):
     return result, states
 
 
+def _equal(x, y, where="checkpoint"):
+    """Bitwise equality of two checkpoints (nested dicts and lists of tensors)."""
+    assert type(x) is type(y), where
+    if isinstance(x, torch.Tensor):
+        assert x.dtype == y.dtype and torch.equal(x, y), where
+    elif isinstance(x, dict):
+        assert x.keys() == y.keys(), where
+        for k in x:
+            _equal(x[k], y[k], f"{where}.{k}")
+    elif isinstance(x, (list, tuple)):
+        assert len(x) == len(y), where
+        for i, (u, v) in enumerate(zip(x, y)):
+            _equal(u, v, f"{where}[{i}]")
+    else:
+        assert x == y, where
+
+
 def _same_model(a, b):
-    assert a.checkpoint["weights"] and len(a.checkpoint["weights"]) == len(b.checkpoint["weights"])
-    for key in ("weights", "biases", "coordinates"):
-        for x, y in zip(a.checkpoint[key], b.checkpoint[key]):
-            assert torch.equal(x, y), key
-    for key in ("in_perm", "out_perm"):
-        assert torch.equal(torch.as_tensor(a.checkpoint[key]), torch.as_tensor(b.checkpoint[key])), key
+    assert a.checkpoint["weights"]
+    _equal(a.checkpoint, b.checkpoint)
 
 
-@pytest.mark.parametrize("regime, overrides", [
-    ("vanilla", {"batch_size": 16}),  # minibatches: the sampler resumes mid-epoch
-    ("bimt", {"swap_every": 40}),  # swaps before and after the checkpoint
+@pytest.mark.parametrize("task, regime, steps, overrides", [
+    ("independence", "vanilla", 300, {"batch_size": 16, "width": 8}),  # minibatches: the sampler resumes mid-epoch
+    ("independence", "bimt", 300, {"swap_every": 40, "width": 8}),  # swaps before and after the checkpoint
+    ("induction", "bimt", 30, {"swap_every": 4, "lam": 1.0, "n_layers": 1, "d_model": 16, "d_mlp": 16, "n_heads": 1, "d_head": 4}),  # a transformer
 ])
-def test_resumed_run_is_bitwise_the_uninterrupted_one(regime, overrides):
-    config = TrainConfig("independence", regime, 300, seed=3, width=8, log_every=25, **overrides)
-    whole, states = _run(config, checkpoint_every=100)
-    assert [s["step"] for s in states] == [100, 200]  # never at the last step
+def test_resumed_run_is_bitwise_the_uninterrupted_one(task, regime, steps, overrides):
+    config = TrainConfig(task, regime, steps, seed=3, log_every=5, **overrides)
+    whole, states = _run(config, checkpoint_every=steps // 3)
+    assert [s["step"] for s in states] == [steps // 3, 2 * steps // 3]  # never at the last step
     for state in states:
         state = train_state.from_bytes(train_state.to_bytes(state))  # as it travels
-        resumed, later = _run(config, resume=state, checkpoint_every=100)
+        resumed, later = _run(config, resume=state, checkpoint_every=steps // 3)
         assert resumed.resumed_from_step == state["step"]
         _same_model(whole, resumed)
         assert resumed.curve == whole.curve
@@ -49,7 +63,7 @@ def test_resumed_run_is_bitwise_the_uninterrupted_one(regime, overrides):
             if key in whole.metrics:
                 assert resumed.metrics[key] == whole.metrics[key], key
     if regime == "bimt":
-        assert whole.metrics["neurons_swapped"] > 0 and states[0]["counters"]["swap_rounds"] == 2
+        assert whole.metrics["neurons_swapped"] > 0 and states[0]["counters"]["swap_rounds"] > 0
 
 
 def test_a_state_is_a_copy_taken_by_its_own_run_only():

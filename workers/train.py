@@ -122,14 +122,12 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     `on_checkpoint(state)` is called after every `checkpoint_every`-th step but the last with the
     run's state (workers.train_state); `resume`, such a state of this run, goes on from its step
     (ResumeMismatch, before any step, when it is not one). Gradual pruning keeps state of its
-    own, and the transformer loop does not share this one: those take no checkpoints."""
+    own: a run with `prune_at` takes no checkpoints."""
     cfg = config.resolved()
     task = get_task(cfg.task)
     if task.model_kind == "transformer":  # masks: parameter name -> 0/1 tensor there
         from circuitry.workers.train_transformer import train_transformer
-        if resume is not None:  # its loop takes no checkpoints (checkpoint_every is ignored)
-            raise train_state.ResumeMismatch("transformer training takes no checkpoints")
-        return train_transformer(cfg, progress, start, masks)
+        return train_transformer(cfg, progress, start, masks, resume, checkpoint_every, on_checkpoint)
     recipe = cfg.recipe()
     regime = TRAINED_REGIMES[cfg.regime]
     device = pick_device(cfg.device)
@@ -158,11 +156,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     weight_factor = recipe.distance_weight if regime.local else 0.0
     record = cfg.record()
-    first, curve, counters = 0, [], {"swap_seconds": 0.0, "n_swapped": 0, "swap_rounds": 0, "train_seconds": 0.0}
-    if resume is not None:
-        train_state.check(resume, record)
-        train_state.restore(resume, model, opt)
-        first, curve, counters = resume["step"], [dict(c) for c in resume["curve"]], {**counters, **resume["counters"]}
+    first, curve, counters = train_state.begin(resume, record, model, opt)
     if prune_at is not None:
         checkpoint_every = 0
     batches = minibatches(len(x), cfg.batch_size, cfg.seed, device, skip=first)
@@ -208,7 +202,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                 if progress:
                     progress(step + 1 - last_logged, examples, curve[-1]["train_loss"])
                     last_logged, examples = step + 1, 0
-            if on_checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < cfg.steps:
+            if on_checkpoint and train_state.due(step, checkpoint_every, cfg.steps):
                 on_checkpoint(train_state.capture(step + 1, model, opt, record, curve, {
                     "swap_seconds": swap_seconds, "n_swapped": n_swapped, "swap_rounds": swap_rounds,
                     "train_seconds": time.perf_counter() - t_start}))

@@ -29,6 +29,23 @@ class ResumeMismatch(ValueError):
     """A resume state that does not belong to this run (another config, format or shape)."""
 
 
+def begin(resume: dict | None, config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
+          ) -> tuple[int, list[dict], dict]:
+    """Where a training loop starts: (first step, loss curve so far, counters), from `resume`
+    (checked against `config` and restored into the model, optimiser and RNG) or from step 0."""
+    counters = {"swap_seconds": 0.0, "n_swapped": 0, "swap_rounds": 0, "train_seconds": 0.0}
+    if resume is None:
+        return 0, [], counters
+    check(resume, config)
+    restore(resume, model, opt)
+    return resume["step"], [dict(c) for c in resume["curve"]], {**counters, **resume["counters"]}
+
+
+def due(step: int, every: int, steps: int) -> bool:
+    """Whether a checkpoint follows step `step` (0-based) of `steps`: every `every`-th, never the last."""
+    return bool(every) and (step + 1) % every == 0 and step + 1 < steps
+
+
 def capture(step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, config: dict, curve: list[dict],
             counters: dict) -> dict:
     """The state after `step` steps, copied: training goes on without changing it."""

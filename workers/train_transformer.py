@@ -11,6 +11,7 @@ import torch
 from circuitry.tasks import get_task
 from circuitry.workers.cost import add_cost_grad, total_cost
 from circuitry.workers.device import pick_device
+from circuitry.workers import train_state
 from circuitry.workers.names import TRAINED_REGIMES
 from circuitry.workers.profile import (PeakMemory, SwapTally, count_parameters, inference_speed, training_figures,
                                       weights_above)
@@ -64,17 +65,21 @@ class _OneThread:
         return False
 
 
-def train_transformer(cfg, progress=None, start: dict | None = None, masks: dict[str, torch.Tensor] | None = None):
+def train_transformer(cfg, progress=None, start: dict | None = None, masks: dict[str, torch.Tensor] | None = None,
+                      resume: dict | None = None, checkpoint_every: int = 0, on_checkpoint=None):
     """workers.train.train for a transformer task (`cfg` resolved). `masks`: parameter name -> 0/1
-    tensor; those weights are held at exactly zero (workers.prune)."""
+    tensor; those weights are held at exactly zero (workers.prune). `resume`, `checkpoint_every`,
+    `on_checkpoint`: as workers.train.train's (workers.train_state)."""
     with _OneThread(pick_device(cfg.device)):
-        return _train(cfg, progress, start, masks)
+        return _train(cfg, progress, start, masks, resume, checkpoint_every, on_checkpoint)
 
 
-def _train(cfg, progress, start, masks):
+def _train(cfg, progress, start, masks, resume=None, checkpoint_every=0, on_checkpoint=None):
 
     task = get_task(cfg.task)
     if task.compiled is not None:
+        if resume is not None:
+            raise train_state.ResumeMismatch("a compiled task is not trained")
         return _compiled(cfg, task)
     recipe = cfg.recipe()
     if recipe.loss != "task":
@@ -104,12 +109,15 @@ def _train(cfg, progress, start, masks):
     # the cost's terms (with their factor tensors) are built once; swaps move .data in place
     terms = {bias: cost_terms(model, sheet, weight_factor, recipe.l0, recipe.cost_norm, bias,
                               recipe.last_layer_distance) for bias in (False, True)}
-    batches = minibatches(len(x), cfg.batch_size, cfg.seed, device)
+    record = cfg.record()
+    first, curve, counters = train_state.begin(resume, record, model, opt)
+    batches = minibatches(len(x), cfg.batch_size, cfg.seed, device, skip=first)
 
-    curve, swap_seconds, n_swapped, swap_rounds, last_logged, examples = [], 0.0, 0, 0, 0, 0
+    swap_seconds, n_swapped, swap_rounds = counters["swap_seconds"], counters["n_swapped"], counters["swap_rounds"]
+    last_logged, examples = first, 0
     with PeakMemory(device) as mem:
-        t_start = time.perf_counter()
-        for step in range(cfg.steps):
+        t_start = time.perf_counter() - counters["train_seconds"]
+        for step in range(first, cfg.steps):
             idx = next(batches)
             xb, yb = (x, y) if idx is None else (x[idx], y[idx])
             loss = task.loss(model(xb), yb)
@@ -134,6 +142,10 @@ def _train(cfg, progress, start, masks):
                 if progress:
                     progress(step + 1 - last_logged, examples, curve[-1]["train_loss"])
                     last_logged, examples = step + 1, 0
+            if on_checkpoint and train_state.due(step, checkpoint_every, cfg.steps):
+                on_checkpoint(train_state.capture(step + 1, model, opt, record, curve, {
+                    "swap_seconds": swap_seconds, "n_swapped": n_swapped, "swap_rounds": swap_rounds,
+                    "train_seconds": time.perf_counter() - t_start}))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t_start
@@ -148,10 +160,9 @@ def _train(cfg, progress, start, masks):
                            train_seconds=train_seconds, mem=mem,
                            swaps=SwapTally(swap_rounds, n_swapped, swap_seconds)),
     }
-    record = cfg.record()
     record["device"] = device.type
     ckpt = model.cpu().float().to_checkpoint(cfg.task, cfg.regime, cfg.seed, record)
-    return TrainResult(checkpoint=ckpt, metrics=metrics, curve=curve)
+    return TrainResult(checkpoint=ckpt, metrics=metrics, curve=curve, resumed_from_step=first)
 
 
 def _compiled(cfg, task):
