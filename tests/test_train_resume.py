@@ -77,3 +77,37 @@ def test_a_state_is_a_copy_taken_by_its_own_run_only():
     with pytest.raises(train_state.ResumeMismatch, match="unreadable"):
         train_state.from_bytes(b"not a checkpoint")
     assert _run(config)[1] == []  # no checkpoint_every: no states
+
+
+def _cli_train(out, *extra):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "circuitry.orchestrator.cli", "train", "--task", "independence",
+                           "--regime", "bimt", "--steps", "300", "--width", "6", "--swap-every", "40",
+                           "--checkpoint-every", "100", "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_train_goes_on_from_the_checkpoint_in_out(tmp_path):
+    from circuitry.orchestrator.cli_checkpoint import CHECKPOINT
+    from circuitry.workers.model import load_checkpoint
+
+    # the state a run of the same options left at step 100 when it was stopped
+    config = TrainConfig("independence", "bimt", 300, width=6, swap_every=40, device="auto")
+    whole, states = _run(config, checkpoint_every=100)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / CHECKPOINT).write_bytes(train_state.to_bytes(states[0]))
+    proc = _cli_train(out)
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from step 100" in proc.stdout and not (out / CHECKPOINT).exists()
+    _equal(load_checkpoint(out / "model.pt")["weights"], whole.checkpoint["weights"])
+    # another run's state (seed 0's, for a run of seed 1): one line, and the run starts from step 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / CHECKPOINT).write_bytes(train_state.to_bytes(states[0]))
+    proc = _cli_train(other, "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "not a checkpoint of this run" in line and "step 0" in line]
+    assert "resumed" not in proc.stdout and not (other / CHECKPOINT).exists()
