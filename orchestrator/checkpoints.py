@@ -17,7 +17,8 @@ A file is one signed JSON header line, then the state's bytes:
 The header is signed like job records (orchestrator.signing); the sha256 binds the bytes to it.
 A file that fails any check (a link, not a regular file, no valid signature, another job's, bytes
 that differ) is ignored with a one-line warning and removed, and its job starts from step 0: a
-planted checkpoint is never loaded. Written with write_atomic (a new file renamed over the old
+planted checkpoint is never loaded. A `checkpoints` that is a link or a file is moved aside
+(`.damaged-checkpoints-<time>-<rand>`, not followed) with one line. Written with write_atomic (a new file renamed over the old
 one), so a crash mid-write leaves the previous checkpoint.
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import stat
+import time
 from pathlib import Path
 
 from circuitry.orchestrator.safe_fs import DamagedResult, UnsafeFolder, opened_dir, read_regular, write_atomic
@@ -46,6 +50,20 @@ class CheckpointStore:
 
     def path(self, job_id: str) -> Path:
         return self.root / f"{job_id}.ckpt"
+
+    def prepare(self) -> None:
+        """Move aside a `checkpoints` that is not a real folder (module doc)."""
+        with opened_dir(self.sweep_dir) as sfd:
+            try:
+                st = os.stat(FOLDER, dir_fd=sfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            if stat.S_ISDIR(st.st_mode):
+                return
+            aside = f".damaged-{FOLDER}-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+            os.rename(FOLDER, aside, src_dir_fd=sfd, dst_dir_fd=sfd)  # the link itself, never its target
+        self.warn(f"warning: {self.root} is a link or a file, not a folder; moved aside to {aside} (not followed), "
+                  "every train job starts from step 0")
 
     def save(self, job_id: str, step: int, state: bytes) -> bool:
         """Keep `state`, the job's state after `step` steps, in place of the one before."""
@@ -126,6 +144,7 @@ class HeldCheckpoints:
 
     def __init__(self, sweep_dir: str | Path, ray, actor, finished=(), warn=print):
         self.files = CheckpointStore(sweep_dir, warn)
+        self.files.prepare()
         self.ray, self.actor = ray, actor
         for job_id in set(self.files.job_ids()) & set(finished):  # the driver died between commit and removal
             self.files.remove(job_id)

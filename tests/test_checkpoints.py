@@ -58,6 +58,19 @@ def test_a_planted_or_corrupt_checkpoint_is_ignored_with_one_line(tmp_path, tamp
     assert store.load(OTHER) == (100, b"the other job's state")
 
 
+def test_a_checkpoints_link_is_moved_aside_never_followed(tmp_path):
+    store, warnings = _store(tmp_path / "sweep")
+    (tmp_path / "sweep").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "sweep" / "checkpoints").symlink_to(elsewhere)
+    store.prepare()
+    assert len(warnings) == 1 and "moved aside" in warnings[0]
+    assert not os.path.lexists(tmp_path / "sweep" / "checkpoints")
+    assert store.save(JOB, 100, b"state") and store.load(JOB) == (100, b"state")
+    assert list(elsewhere.iterdir()) == []
+
+
 def spec_text(root, name="c", steps=300, every=100, testing="", retries=1):
     return f"""
 [sweep]
@@ -122,10 +135,10 @@ def uninterrupted(ray_local, tmp_path_factory):
     return spec
 
 
-pytestmark_slow = pytest.mark.slow
+slow = pytest.mark.slow
 
 
-@pytestmark_slow
+@slow
 def test_a_job_dying_after_its_checkpoint_resumes_from_it_on_retry(ray_local, tmp_path, uninterrupted):
     spec = parse_spec(spec_text(tmp_path, testing='[testing]\ncrash_after_checkpoint = ["train"]'))
     out = run(spec)
@@ -138,7 +151,7 @@ def test_a_job_dying_after_its_checkpoint_resumes_from_it_on_retry(ray_local, tm
         assert torch.equal(a, b)
 
 
-@pytestmark_slow
+@slow
 def test_the_next_run_resumes_from_the_checkpoint_the_driver_kept(ray_local, tmp_path, uninterrupted):
     spec = parse_spec(spec_text(tmp_path, retries=0, testing='[testing]\ncrash_after_checkpoint = ["train"]'))
     out = run(spec)
@@ -153,7 +166,7 @@ def test_the_next_run_resumes_from_the_checkpoint_the_driver_kept(ray_local, tmp
         assert torch.equal(a, b)
 
 
-@pytestmark_slow
+@slow
 def test_a_planted_checkpoint_is_never_loaded(ray_local, tmp_path):
     spec = parse_spec(spec_text(tmp_path))
     folder = spec.sweep_dir / "checkpoints"
