@@ -14,7 +14,8 @@ A spec (see examples/quickstart.toml):
                  log_every, and for transformer tasks n_layers, n_heads, d_model, d_head, d_mlp
                  (each a value or a list of values; lists multiply; lam, lr, swap_every, top_k,
                  final_factor default to the task's BIMT recipe, tasks.recipe; the shape fields
-                 to the task's model, tasks.sequence)
+                 to the task's model, tasks.sequence); and checkpoint_every, one value for the
+                 sweep, no grid and not in job ids (orchestrator.checkpoints)
     [prune]      finetune_steps (default: a tenth of the train steps), match_fraction (1e-2): the
                  `prune` regime's settings (workers.prune); regime "prune" in [train] adds, for
                  every grid point, a job that prunes the vanilla model of the same task, seed and
@@ -23,7 +24,6 @@ A spec (see examples/quickstart.toml):
                  metric (default: the task's; logit_diff for classifiers), train_seed (optional
                  table: no discovery; [[discover]] for several grids)
     [resources]  train_cpus, train_gpus, discover_cpus, discover_gpus, max_retries, edge_chunk
-                 checkpoint_every: one value, no grid and not in job ids (orchestrator.checkpoints)
     [testing]    TEST-ONLY fault injection: transient_once, crash_once, crash_after_checkpoint, hold, noop
                  (job selectors, see below)
 
@@ -160,7 +160,7 @@ def _checkpoint_every(value, grids: list[dict[str, list]]) -> int:
     for name, values, _ in found:
         if len(values) > 1:
             raise SpecError(f"{name}.checkpoint_every: {values} is a list; give one number of steps (it is no grid field)")
-    given = sorted({values[0] for _, values, given in found if given})
+    given = sorted({values[0] for _, values, in_table in found if in_table})
     if len(given) > 1:
         raise SpecError(f"train.checkpoint_every: the [[train]] tables give {', '.join(map(str, given))}; give one "
                         "value (it applies to the whole sweep)")
