@@ -16,6 +16,10 @@ import click
 CHECKPOINT = ".checkpoint.pt"
 
 
+def _ignored(path: Path, why) -> None:
+    click.echo(f"warning: {path}: not a checkpoint of this run ({why}); starting from step 0", err=True)
+
+
 def _held(path: Path) -> dict | None:
     """The training state in `path`, if it is a regular file holding one (else None, with a line
     on stderr when something else is there)."""
@@ -28,8 +32,7 @@ def _held(path: Path) -> dict | None:
             raise ResumeMismatch("a link or not a file")
         return from_bytes(path.read_bytes())
     except (ResumeMismatch, OSError) as e:
-        click.echo(f"warning: {path}: not a checkpoint of this run ({e}); starting from step 0", err=True)
-        return None
+        return _ignored(path, e)
 
 
 def train_resumable(config, out: Path, every: int, progress=None):
@@ -45,8 +48,7 @@ def train_resumable(config, out: Path, every: int, progress=None):
         try:
             check(resume, config.resolved().record())
         except ResumeMismatch as e:
-            click.echo(f"warning: {path}: not a checkpoint of this run ({e}); starting from step 0", err=True)
-            resume = None
+            resume = _ignored(path, e)
     if resume is not None and progress is not None:  # the bar starts where the run does
         progress(resume["step"], 0, None)
 
