@@ -66,6 +66,20 @@ def test_score_method_at_target_f(induction_model, tmp_path):
         assert s["faithfulness"] >= 0.8
 
 
+def test_acdc_at_target_f_keeps_the_sparsest_circuit_it_tried(induction_model, tmp_path):
+    """f and the edge count are not monotone in tau on a head graph: whichever probe the bisection
+    ends on, the circuit written is the sparsest one tried that reaches the target (workers.target)."""
+    r = _run(["--model", induction_model, "--method", "acdc", "--target-f", "0.9", "--out", tmp_path / "t"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "t" / "summary.json").read_text())
+    meeting = [p for p in s["search"] if p["f"] >= 0.9]
+    if meeting:
+        assert s["target_reached"] and s["n_edges_kept"] == min(p["edges"] for p in meeting)
+    else:
+        assert not s["target_reached"] and s["faithfulness"] == max(p["f"] for p in s["search"])
+    assert s["tau_found"] in [p["tau"] for p in s["search"]]
+
+
 def test_transformer_bad_input_exits_2(induction_model, tmp_path):
     r = _run(["--model", induction_model, "--method", "acdc", "--threshold", "0.1", "--output", "1", "--out", tmp_path / "x"])
     assert r.exit_code == 2 and "--output" in r.output
