@@ -327,19 +327,44 @@ def _transformer_config(model):
     return cfg
 
 
-def _check_transformer(ckpt) -> None:
-    """A `circuitry.transformer/1` checkpoint's fields against its `model`: the weights a
-    workers.transformer.Transformer of that config has (names and shapes, read off one built on
-    the meta device, so nothing is allocated), finite, and its neuron coordinates."""
-    from circuitry.workers.transformer import Transformer, coordinates
+def transformer_shapes(c) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """The parameter shapes (state_dict names) of a workers.transformer.Transformer of config `c`,
+    and its coordinates' shapes, written out from the config as that module's doc lists them (a
+    test holds them to the model's own); here, without building one, so that this module and
+    workers.transformer do not import each other."""
+    d, h, e = c.d_model, c.n_heads, c.d_head
+    ln = lambda name: {f"{name}.w": (d,), f"{name}.b": (d,)}  # noqa: E731
+    weights = {"embed.W_E": (c.d_vocab, d)} if c.d_vocab else {"embed.W_in": (c.d_input, d), "embed.b_in": (d,)}
+    if c.positional:
+        weights["pos_embed.W_pos"] = (c.n_ctx, d)
+    for l in range(c.n_layers):
+        b = f"blocks.{l}"
+        if c.layer_norm:
+            weights.update(ln(f"{b}.ln1"))
+        weights.update({f"{b}.attn.{w}": (h, d, e) for w in ("W_Q", "W_K", "W_V")})
+        weights.update({f"{b}.attn.{w}": (h, e) for w in ("b_Q", "b_K", "b_V")})
+        weights.update({f"{b}.attn.W_O": (h, e, d), f"{b}.attn.b_O": (d,)})
+        if c.d_mlp:
+            if c.layer_norm:
+                weights.update(ln(f"{b}.ln2"))
+            weights.update({f"{b}.mlp.W_in": (d, c.d_mlp), f"{b}.mlp.b_in": (c.d_mlp,),
+                            f"{b}.mlp.W_out": (c.d_mlp, d), f"{b}.mlp.b_out": (d,)})
+    if c.layer_norm:
+        weights.update(ln("ln_final"))
+    weights.update({"unembed.W_U": (d, c.d_output), "unembed.b_U": (c.d_output,)})
+    coords = {"input": (c.d_in,), "resid": (d,), "attn": (h * e,), "mlp": (c.d_mlp,), "output": (c.d_output,)}
+    return weights, coords
 
+
+def _check_transformer(ckpt) -> None:
+    """A `circuitry.transformer/1` checkpoint's fields against its `model` table: the weights a
+    workers.transformer.Transformer of that config has (names and shapes), finite, and its
+    neuron coordinates."""
     _check_task(ckpt)
-    cfg = _transformer_config(ckpt["model"])
-    with torch.device("meta"):
-        expected = Transformer(cfg).state_dict()
-    if sum(t.numel() for t in expected.values()) > MAX_WEIGHTS:
+    weights, coords = transformer_shapes(_transformer_config(ckpt["model"]))
+    if sum(math.prod(shape) for shape in weights.values()) > MAX_WEIGHTS:
         raise CheckpointError(f"model has more than {MAX_WEIGHTS} weights")
-    for key, want in (("weights", expected), ("coordinates", coordinates(cfg))):
+    for key, want in (("weights", weights), ("coordinates", coords)):
         got = ckpt[key]
         if not isinstance(got, dict):
             raise CheckpointError(f"{key} is not a table of name -> tensor")
@@ -348,8 +373,8 @@ def _check_transformer(ckpt) -> None:
             raise CheckpointError(f"{key} lack {', '.join(missing[:3])}, which the model table's config has")
         if extra:
             raise CheckpointError(f"{key} hold {', '.join(extra[:3])}, which the model table's config has not")
-        for name, t in want.items():
-            _tensor(got[name], tuple(t.shape), f"{key}[{name}]")
+        for name, shape in want.items():
+            _tensor(got[name], shape, f"{key}[{name}]")
     _check_config(ckpt)
 
 
