@@ -16,6 +16,7 @@ import torch
 from circuitry.orchestrator.checkpoints import CheckpointStore
 from circuitry.workers import train_state
 from circuitry.workers.model import CoordMLP
+from circuitry.workers.profile import SwapTally
 from circuitry.workers.names import DEFAULT_CHECKPOINT_EVERY
 from circuitry.workers.train import layout
 
@@ -51,8 +52,8 @@ def main() -> None:
 
             step_s = best_of(lambda: [step() for _ in range(50)], 3) / 50
             record = {"steps": 10 ** 6}
-            blob = train_state.to_bytes(train_state.capture(1, model, opt, record, [], {}))
-            capture_s = best_of(lambda: train_state.to_bytes(train_state.capture(1, model, opt, record, [], {})))
+            blob = train_state.to_bytes(train_state.capture(1, model, opt, record, [], SwapTally(), 0.0))
+            capture_s = best_of(lambda: train_state.to_bytes(train_state.capture(1, model, opt, record, [], SwapTally(), 0.0)))
             write_s = best_of(lambda: store.save("0123456789abcdef", 1, blob))
             between = step_s * DEFAULT_CHECKPOINT_EVERY
             print(f"{name:<13} {len(blob) / 1024:>9.0f} {capture_s:>15.4f} {write_s:>14.4f} {between:>15.2f} "

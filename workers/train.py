@@ -19,7 +19,6 @@ recorded in the checkpoint's `config`.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
@@ -30,10 +29,11 @@ from circuitry.workers.device import pick_device
 from circuitry.workers.model import (CoordMLP, folded_line_coordinates, line_coordinates, ring_coordinates,
                            sheet_coordinates, sheet_shape)
 from circuitry.workers.names import TRAINED_REGIMES, network_shape
-from circuitry.workers.profile import PeakMemory, SwapTally, peak_tensor_bytes, training_figures
+from circuitry.workers.profile import peak_tensor_bytes
 from circuitry.workers.swap import relocate
 from circuitry.workers import train_state
 from circuitry.workers.train_config import TrainConfig, TrainResult, config_of, minibatches
+from circuitry.workers.train_loop import batch_of, checkpointer, finish, loop_figures, run_steps
 
 __all__ = ["TrainConfig", "TrainResult", "checkpoint_fit", "config_of", "layout", "minibatches", "train"]
 
@@ -156,10 +156,9 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     weight_factor = recipe.distance_weight if regime.local else 0.0
     record = cfg.record()
-    first, curve, counters = train_state.begin(resume, record, model, opt)
+    start_at = train_state.begin(resume, record, model, opt)
     if prune_at is not None:
         checkpoint_every = 0
-    batches = minibatches(len(x), cfg.batch_size, cfg.seed, device, skip=first)
 
     def optimise(model: CoordMLP, opt: torch.optim.Optimizer, xb, yb, step: int) -> torch.Tensor:
         """One optimiser step on a batch; returns the batch's loss."""
@@ -178,40 +177,21 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
             _apply_masks(model, masks)
         return loss
 
-    swap_seconds, n_swapped, swap_rounds = counters["swap_seconds"], counters["n_swapped"], counters["swap_rounds"]
-    last_logged, examples = first, 0
-    with PeakMemory(device) as mem:
-        t_start = time.perf_counter() - counters["train_seconds"]
-        for step in range(first, cfg.steps):
-            idx = next(batches)
-            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-            loss = optimise(model, opt, xb, yb, step)
-            if prune_at is not None and (new_masks := prune_at(step, model)) is not None:
-                masks = [m.to(device=device, dtype=dtype) for m in new_masks]
-                _apply_masks(model, masks)
-            examples += len(xb)
-            if regime.swaps and (step + 1) % cfg.swap_every == 0:
-                t0 = time.perf_counter()
-                n_swapped += relocate(model, cfg.top_k, recipe.cost_norm, recipe.swap_inputs)
-                swap_rounds += 1
-                swap_seconds += time.perf_counter() - t0
-            if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                with torch.no_grad():
-                    test_loss = float(loss_fn(model(x_test), y_test))
-                curve.append({"step": step, "train_loss": float(loss.detach()), "test_loss": test_loss})
-                if progress:
-                    progress(step + 1 - last_logged, examples, curve[-1]["train_loss"])
-                    last_logged, examples = step + 1, 0
-            if on_checkpoint and train_state.due(step, checkpoint_every, cfg.steps):
-                on_checkpoint(train_state.capture(step + 1, model, opt, record, curve, {
-                    "swap_seconds": swap_seconds, "n_swapped": n_swapped, "swap_rounds": swap_rounds,
-                    "train_seconds": time.perf_counter() - t_start}))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - t_start
+    def prune(step: int) -> None:
+        nonlocal masks
+        if (new_masks := prune_at(step, model)) is not None:
+            masks = [m.to(device=device, dtype=dtype) for m in new_masks]
+            _apply_masks(model, masks)
+
+    loop = run_steps(cfg, device, x, y, lambda xb, yb, step: optimise(model, opt, xb, yb, step),
+                     test_loss=lambda: float(loss_fn(model(x_test), y_test)),
+                     swap=(lambda: relocate(model, cfg.top_k, recipe.cost_norm, recipe.swap_inputs))
+                     if regime.swaps else None,
+                     after_step=prune if prune_at is not None else None, progress=progress, start=start_at,
+                     checkpoint=checkpointer(on_checkpoint, model, opt, record), checkpoint_every=checkpoint_every)
 
     # the allocator's view of one full-size step (workers.profile), on a copy: training is not touched
-    n_batch = min(cfg.batch_size, len(x)) if cfg.batch_size else len(x)
+    n_batch = batch_of(cfg, len(x))
     tensor_bytes = peak_tensor_bytes(model, opt, lambda m, o: optimise(m, o, x[:n_batch], y[:n_batch], cfg.steps - 1),
                                      device)
     model.eval()
@@ -222,12 +202,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     metrics = {
         **_fit(model, task, loss_fn, x, y, x_test, y_test),
         "connection_cost": cost,
-        **training_figures(model, x_test, weights, steps=cfg.steps,
-                           batch=min(cfg.batch_size, len(x)) if cfg.batch_size else len(x),
-                           train_seconds=train_seconds, mem=mem,
-                           swaps=SwapTally(swap_rounds, n_swapped, swap_seconds)),
+        **loop_figures(loop, model, x_test, weights, cfg, len(x)),
         "peak_tensor_bytes": tensor_bytes,
     }
-    record["device"] = device.type
-    ckpt = model.cpu().float().to_checkpoint(cfg.task, cfg.regime, cfg.seed, record)
-    return TrainResult(checkpoint=ckpt, metrics=metrics, curve=curve, resumed_from_step=first)
+    return finish(model, cfg, device, metrics, loop.curve, resumed_from_step=start_at.step)

@@ -19,26 +19,40 @@ from __future__ import annotations
 
 import copy
 import io
+from dataclasses import dataclass, field
 
 import torch
 
+from circuitry.workers.profile import SwapTally
+
 FORMAT = "circuitry.train-state/1"
+
+
+@dataclass
+class LoopStart:
+    """Where a training loop starts: step 0 with nothing measured, or a resume state's step with
+    its loss curve, swap counters and training seconds so far."""
+
+    step: int = 0
+    curve: list[dict] = field(default_factory=list)
+    swaps: SwapTally = field(default_factory=SwapTally)
+    seconds: float = 0.0
 
 
 class ResumeMismatch(ValueError):
     """A resume state that does not belong to this run (another config, format or shape)."""
 
 
-def begin(resume: dict | None, config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
-          ) -> tuple[int, list[dict], dict]:
-    """Where a training loop starts: (first step, loss curve so far, counters), from `resume`
-    (checked against `config` and restored into the model, optimiser and RNG) or from step 0."""
-    counters = {"swap_seconds": 0.0, "n_swapped": 0, "swap_rounds": 0, "train_seconds": 0.0}
+def begin(resume: dict | None, config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer) -> LoopStart:
+    """Where a training loop starts: from `resume` (checked against `config` and restored into the
+    model, optimiser and RNG), or from step 0."""
     if resume is None:
-        return 0, [], counters
+        return LoopStart()
     check(resume, config)
     restore(resume, model, opt)
-    return resume["step"], [dict(c) for c in resume["curve"]], {**counters, **resume["counters"]}
+    c = resume["counters"]
+    return LoopStart(resume["step"], [dict(p) for p in resume["curve"]],
+                     SwapTally(c["swap_rounds"], c["n_swapped"], c["swap_seconds"]), c["train_seconds"])
 
 
 def due(step: int, every: int, steps: int) -> bool:
@@ -47,15 +61,17 @@ def due(step: int, every: int, steps: int) -> bool:
 
 
 def capture(step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, config: dict, curve: list[dict],
-            counters: dict) -> dict:
+            swaps: SwapTally, seconds: float) -> dict:
     """The state after `step` steps, copied: training goes on without changing it."""
+    counters = {"swap_seconds": swaps.seconds, "n_swapped": swaps.neurons, "swap_rounds": swaps.rounds,
+                "train_seconds": seconds}
     return {
         "format": FORMAT, "step": step, "config": _comparable(config),
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "optimizer": _cpu(copy.deepcopy(opt.state_dict())),
         "torch_rng": torch.get_rng_state(),
         "curve": [dict(c) for c in curve],
-        "counters": dict(counters),
+        "counters": counters,
     }
 
 
