@@ -283,7 +283,8 @@ def count_runs(url: str, name: str, job_ids: set[str]) -> int:
     exp = client.get_experiment_by_name(name)
     found, token = set(), None
     while True:
-        page = client.search_runs([exp.experiment_id], "tags.`circuitry.role` = 'job'", max_results=1000, page_token=token)
+        page = client.search_runs([exp.experiment_id], "tags.`circuitry.role` = 'job'", max_results=1000,
+                                  page_token=token)
         found |= {r.data.tags[JOB_TAG] for r in page if r.info.status == "FINISHED"}
         token = page.token
         if not token:
@@ -312,14 +313,16 @@ def measure(url: str, runs: int, variant: Variant, base: Path, pids: list[int],
     return {"threads": variant.threads, "files": variant.files, "lookup": variant.lookup, "runs": runs,
             "seconds": seconds, "runs_per_s": runs / seconds, "server_cpu_ms_per_run": 1000 * server_cpu / runs,
             "client_cpu_ms_per_run": 1000 * client_cpu / runs,
-            "database_cpu_ms_per_run": None if db_cpu is None else 1000 * db_cpu / runs, "load_average": os.getloadavg()[0],
+            "database_cpu_ms_per_run": None if db_cpu is None else 1000 * db_cpu / runs,
+            "load_average": os.getloadavg()[0],
             "lost": lost, "error": rec.mlflow_error}
 
 
 def print_breakdown(store: str, spent: dict[str, list[float]], runs: int) -> None:
     for name, costs in spent.items():
-        print(f"{store:10s}   {name:28s} {len(costs) / runs:4.1f} / run, server CPU {1000 * sum(costs) / len(costs):5.1f} ms "
-              f"each, {1000 * sum(costs) / runs:5.1f} ms / run", flush=True)
+        each = 1000 * sum(costs) / len(costs)
+        print(f"{store:10s}   {name:28s} {len(costs) / runs:4.1f} / run, server CPU {each:5.1f} ms each, "
+              f"{1000 * sum(costs) / runs:5.1f} ms / run", flush=True)
 
 
 def main() -> None:
