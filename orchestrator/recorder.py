@@ -28,10 +28,10 @@ loss may then lose the last runs, never corrupt the store; the job folders are t
 
 Throughput: a run is one create_run (with its tags), one log_batch (params, metrics and the error
 tag together), its files (one upload each, to the artifact URI create_run returned) and
-set_terminated; `circuitry sync` logs on the same pool. Runs that wait are counted (`Recorder.backlog`,
-shown on the sweep's progress line); the sweep says how many are left when its jobs are done and
-waits for them (Ctrl-C leaves the rest to `circuitry sync`). benchmarks/mlflow_rate.py measures
-runs/s against a real `mlflow server` on SQLite and PostgreSQL.
+set_terminated; `circuitry sync` logs on the same pool. Runs that wait are counted
+(`Recorder.backlog`, shown on the sweep's progress line); the sweep says how many are left when
+its jobs are done and waits for them (Ctrl-C leaves the rest to `circuitry sync`).
+benchmarks/mlflow_rate.py measures runs/s against a real `mlflow server` on SQLite and PostgreSQL.
 """
 from __future__ import annotations
 
@@ -378,17 +378,21 @@ class MlflowLogger:
                 artifact_uri: str | None = None) -> None:
         """Each file as its own artifact, from a copy in a private temporary folder (mode 0700).
         With the run's `artifact_uri` (create_run returns it) the files go straight to its
-        artifact store: MlflowClient.log_artifact first asks the server for the whole run (params,
-        metrics, tags, inputs) to learn that URI, the costliest request of a run's logging."""
+        artifact store, as MlflowClient.log_artifact sends them once it has asked the server for
+        the whole run (params, metrics, tags, inputs) to learn that URI: a request that costs the
+        server about what create_run does, saved for every run."""
         import tempfile
 
         if artifact_uri:
             from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+            from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
-            repo = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+            repo = get_artifact_repository(add_databricks_profile_info_to_artifact_uri(artifact_uri, self.uri),
+                                           tracking_uri=self.uri)
             log = repo.log_artifact
         else:
-            log = lambda path, under: self.client.log_artifact(run_id, path, under)  # noqa: E731
+            def log(path: str, under: str | None) -> None:
+                self.client.log_artifact(run_id, path, under)
         with tempfile.TemporaryDirectory(prefix="circuitry-upload-") as tmp:
             for name, data in files.items():
                 path = Path(tmp) / name
