@@ -12,9 +12,11 @@ back from the server afterwards ("lost" must be 0). The server's CPU time per ru
 user + system time) is printed too: on a shared machine the rate depends on what else runs, the
 CPU a run costs does not, and cores / that cost is the server's ceiling. The breakdown then logs
 a few runs on one thread and charges each request its server CPU: where a run's cost goes.
+`--fronts` repeats the rows with mlflow server under other HTTP servers (FRONTS).
 
     python benchmarks/mlflow_rate.py                   # SQLite (as made, in WAL mode), PostgreSQL
     python benchmarks/mlflow_rate.py --runs 400 --stores sqlite --rows 1,4,8,16,8+files
+    python benchmarks/mlflow_rate.py --stores postgresql --rows 8,8+files --fronts uvicorn,gunicorn
 
 PostgreSQL: the server binaries (apt-get install postgresql; found under /usr/lib/postgresql/*/bin)
 and psycopg2 (pip install psycopg2-binary) in this environment; the cluster is a throwaway one in
@@ -54,9 +56,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow(store_uri: str, base: Path, workers: int, wal: bool = False) -> tuple[subprocess.Popen, str]:
+FRONTS = {"uvicorn": [],  # mlflow server's default: FastAPI around MLflow's Flask app
+          "gunicorn": ["--gunicorn-opts", "--worker-class gthread --threads 8 --log-level warning"]}  # Flask alone
+
+
+def start_mlflow(store_uri: str, base: Path, workers: int, wal: bool = False,
+                 front: str = "uvicorn") -> tuple[subprocess.Popen, str]:
     """`mlflow server` on `store_uri` (SQLite: in WAL mode when `wal`, where readers do not block
-    its writer), serving artifacts from `base`."""
+    its writer), serving artifacts from `base`, under the `front` HTTP server (FRONTS)."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     subprocess.run([str(BIN / "mlflow"), "db", "upgrade", store_uri], env=env, check=True, timeout=300,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -67,7 +74,7 @@ def start_mlflow(store_uri: str, base: Path, workers: int, wal: bool = False) ->
     log = open(base / "mlflow-server.log", "w")
     proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", store_uri,
                              "--artifacts-destination", str(base / "mlartifacts"), "--serve-artifacts",
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *FRONTS[front]],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -321,7 +328,7 @@ def measure(url: str, runs: int, variant: Variant, base: Path, pids: list[int],
 def print_breakdown(store: str, spent: dict[str, list[float]], runs: int) -> None:
     for name, costs in spent.items():
         each = 1000 * sum(costs) / len(costs)
-        print(f"{store:10s}   {name:28s} {len(costs) / runs:4.1f} / run, server CPU {each:5.1f} ms each, "
+        print(f"{store:19s}   {name:28s} {len(costs) / runs:4.1f} / run, server CPU {each:5.1f} ms each, "
               f"{1000 * sum(costs) / runs:5.1f} ms / run", flush=True)
 
 
@@ -334,11 +341,16 @@ def main() -> None:
     ap.add_argument("--stores", default="sqlite,sqlite-wal,postgresql",
                     help="sqlite: as `mlflow db upgrade` makes it; sqlite-wal: that file switched to WAL mode")
     ap.add_argument("--server-workers", type=int, default=2, help="the mlflow server's worker processes")
+    ap.add_argument("--fronts", default="uvicorn",
+                    help=f"comma-separated HTTP servers for mlflow server: {', '.join(FRONTS)}")
     ap.add_argument("--breakdown", type=int, default=40, metavar="RUNS",
                     help="then log RUNS runs (files, run looked up first) on one thread, timing the server's CPU "
                          "per request (0: no)")
     args = ap.parse_args()
     variants = [Variant.parse(v) for v in args.rows.split(",")]
+    fronts = args.fronts.split(",")
+    if set(fronts) - set(FRONTS):
+        raise SystemExit(f"--fronts: one of {', '.join(FRONTS)}, comma-separated")
     rows = []
     for store in args.stores.split(","):
         base = Path(tempfile.mkdtemp(prefix=f"mlflow-rate-{store}-"))
@@ -354,24 +366,28 @@ def main() -> None:
                     print(f"{store}: skipped ({type(e).__name__}: {e})")
                     continue
                 uri = pg.uri
-            server, url = start_mlflow(uri, base, args.server_workers, wal=store == "sqlite-wal")
-            pids = server_pids(server)
-            measure(url, 10, Variant(2, files=True), base, pids)  # warm-up: imports, connections, the server's caches
-            for v in variants:
-                row = {"store": store, **measure(url, args.runs, v, base, pids, db_pid=pg and pg.pid)}
-                rows.append(row)
-                print(f"{store:10s} {v.label():38s}: {row['runs']} runs in {row['seconds']:.1f} s = "
-                      f"{row['runs_per_s']:.1f} runs/s; server CPU {row['server_cpu_ms_per_run']:.0f} ms/run, "
-                      f"client CPU {row['client_cpu_ms_per_run']:.0f} ms/run"
-                      + (f", database CPU {row['database_cpu_ms_per_run']:.0f} ms/run" if pg else "")
-                      + f"; load {row['load_average']:.1f}; "
-                      f"lost {row['lost']}" + (f", error {row['error']}" if row["error"] else ""), flush=True)
-            if args.breakdown:
-                spent: dict[str, list[float]] = {}
-                measure(url, args.breakdown, Variant(1, files=True, lookup=True), base, pids, spent)
-                print_breakdown(store, spent, args.breakdown)
-                rows.append({"store": store, "breakdown_ms_per_run": {k: 1000 * sum(c) / args.breakdown
-                                                                      for k, c in spent.items()}})
+            for front in fronts:
+                server, url = start_mlflow(uri, base, args.server_workers, wal=store == "sqlite-wal", front=front)
+                where = store if fronts == ["uvicorn"] else f"{store}/{front}"
+                pids = server_pids(server)
+                measure(url, 10, Variant(2, files=True), base, pids)  # warm-up: imports, connections, caches
+                for v in variants:
+                    row = {"store": where, **measure(url, args.runs, v, base, pids, db_pid=pg and pg.pid)}
+                    rows.append(row)
+                    print(f"{where:19s} {v.label():38s}: {row['runs']} runs in {row['seconds']:.1f} s = "
+                          f"{row['runs_per_s']:.1f} runs/s; server CPU {row['server_cpu_ms_per_run']:.0f} ms/run, "
+                          f"client CPU {row['client_cpu_ms_per_run']:.0f} ms/run"
+                          + (f", database CPU {row['database_cpu_ms_per_run']:.0f} ms/run" if pg else "")
+                          + f"; load {row['load_average']:.1f}; "
+                          f"lost {row['lost']}" + (f", error {row['error']}" if row["error"] else ""), flush=True)
+                if args.breakdown:
+                    spent: dict[str, list[float]] = {}
+                    measure(url, args.breakdown, Variant(1, files=True, lookup=True), base, pids, spent)
+                    print_breakdown(where, spent, args.breakdown)
+                    rows.append({"store": where, "breakdown_ms_per_run": {k: 1000 * sum(c) / args.breakdown
+                                                                          for k, c in spent.items()}})
+                stop(server)
+                server = None
         finally:
             if server is not None:
                 stop(server)
