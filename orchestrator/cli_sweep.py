@@ -136,17 +136,9 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
     with sweep_errors():
         signing_key()  # created now, or its problem in one line before anything runs
 
-    def on_term(signum, frame):  # `ray job stop` / kill: stop like Ctrl-C
-        raise KeyboardInterrupt
-
-    if sys.platform != "win32":
-        try:
-            signal.signal(signal.SIGTERM, on_term)
-        except ValueError:  # not the main thread
-            pass
     # the lock, the folder's checks and its first writes come before Ray starts: a second driver,
     # a linked folder or a full disk stop in one line without starting a local Ray
-    with sweep_errors(), sweep_lock(spec.sweep_dir):
+    with sigterm_as_ctrl_c(), sweep_errors(), sweep_lock(spec.sweep_dir):
         sched = Scheduler(spec, tracking_uri=tracking_uri, metrics_port=metrics_port, metrics_host=metrics_host,
                           metrics_linger=metrics_linger, pushgateway=pushgateway, progress=not quiet,
                           record_mlflow=not no_mlflow, echo=lambda m: click.echo(m, err=False))
@@ -180,6 +172,24 @@ def run_cmd(spec_path, address, root, tracking_uri, metrics_port, metrics_host, 
         for label, err in out.failures[:10]:
             click.echo(f"failed: {label}: {err}", err=True)
         raise click.ClickException(f"{out.failed} jobs failed; run the same command again to retry them")
+
+
+@contextmanager
+def sigterm_as_ctrl_c():
+    """`ray job stop` or kill stops the run like Ctrl-C while it lasts; the process's own SIGTERM
+    handler comes back after (the command may run inside another program: a test, a notebook)."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = None if sys.platform == "win32" else signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @click.command("submit")

@@ -4,6 +4,7 @@ and a printed line that says what matters (accuracy, dependencies, an empty or u
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -177,3 +178,25 @@ def test_every_spec_error_at_once_with_did_you_mean(tmp_path, capsys):
                      "did you mean steps?", "discover.treshold: unknown field", "did you mean threshold?",
                      "resorces: unknown table", "did you mean resources?"):
         assert fragment in err, (fragment, err)
+
+
+def test_run_turns_sigterm_into_ctrl_c_only_while_it_lasts():
+    """`circuitry run` stops like Ctrl-C on SIGTERM (`ray job stop`), and gives the process its own
+    handler back afterwards: a test or notebook that ran it in-process still stops on SIGTERM."""
+    import os
+    import signal
+
+    from circuitry.orchestrator.cli_sweep import sigterm_as_ctrl_c
+
+    def own(signum, frame):
+        raise SystemExit(143)
+
+    before = signal.signal(signal.SIGTERM, own)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sigterm_as_ctrl_c():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises before this ends
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -42,6 +42,34 @@ def listening_ports(pids: set[int] | None) -> dict[int, str]:
     return ports
 
 
+def run_pids(value: str) -> set[int]:
+    """The run's processes: those carrying the marker and their descendants (Ray's raylet starts
+    its dashboard and runtime-env agents without the environment it was given)."""
+    pids = set(marked_pids(MARK, value))
+    children: dict[int, list[int]] = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in pids:
+                pids.add(child)
+                todo.append(child)
+    return pids
+
+
+def kill_pids(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # gone already
+            pass
+
+
 def post_job(port: int, marker: Path, timeout: float = 3) -> str:
     """What an unauthenticated job submission to `port` answered (HTTP status or the error type)."""
     answers = []
@@ -129,7 +157,7 @@ hold = ["train"]
         ports: dict[int, str] = {}
         answers: dict[int, str] = {}
         while time.monotonic() < deadline and run.poll() is None:
-            ports = listening_ports(set(marked_pids(MARK, value)))
+            ports = listening_ports(run_pids(value))
             agents = {p: n for p, n in ports.items() if n.startswith("ray::Dashboard")}
             answers = {p: f"{n}: {post_job(p, marker)}" for p, n in agents.items()}
             assert not any(" 200" in a for a in answers.values()), answers
@@ -148,7 +176,7 @@ hold = ["train"]
                 f"the run's dashboard agent never answered the job-agent request with 401: {answers} {ports}"
 
         # every port the run opened, HTTP or not, refuses an unauthenticated job
-        ports = listening_ports(set(marked_pids(MARK, value)))
+        ports = listening_ports(run_pids(value))
         answers = {port: f"{name}: {post_job(port, marker)}" for port, name in ports.items()}
         assert not any(" 200" in a for a in answers.values()), answers
 
@@ -165,12 +193,14 @@ hold = ["train"]
                       for e in _environ(pid) if e.startswith(b"RAY_AUTH_TOKEN=")), None)
         assert token and len(token) >= 32, "the run's Ray does not carry a token"
     finally:
+        started = run_pids(value)  # before the stop: a child whose parent dies is nobody's
         run.send_signal(signal.SIGTERM)  # stops like Ctrl-C
         try:
             run.wait(timeout=60)
         except subprocess.TimeoutExpired:
             run.kill()
         kill_marked(MARK, value, timeout=30)
+        kill_pids(started)
     leaked = [p for p in (tmp_path / "sweeps").rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
     assert not leaked, f"the token was written to {leaked}"
 
