@@ -20,7 +20,7 @@ demo: install
 	$(BIN)/circuitry report sweeps/quickstart
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q || { rc=$$?; $(BIN)/python tests/crash_report.py; exit $$rc; }
 
 bench: install
 	$(BIN)/python benchmarks/swap.py

@@ -138,8 +138,10 @@ def verdict_table(sweep: Path, method: str) -> str:
 def load_runs(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train rows, discover rows) of a sweep folder or of examples/primary_runs.py's CSVs."""
     if (folder / "train.csv").is_file():
-        discover = folder / "discover.csv"
-        return pd.read_csv(folder / "train.csv"), pd.read_csv(discover) if discover.is_file() else pd.DataFrame()
+        discover = pd.read_csv(folder / "discover.csv") if (folder / "discover.csv").is_file() else pd.DataFrame()
+        if "metric" in discover:  # the verdicts read circuits under the task's own metric (an empty cell)
+            discover = discover[discover["metric"].isna()]
+        return pd.read_csv(folder / "train.csv"), discover
     return load_jobs(folder)
 
 

@@ -11,7 +11,7 @@ import click
 from circuitry.orchestrator.cli_common import InputError, apply_env_defaults
 from circuitry.orchestrator.console import quiet_option, threads_option
 from circuitry.tasks import TASKS
-from circuitry.workers.names import REGIMES
+from circuitry.workers.names import DEFAULT_CHECKPOINT_EVERY, REGIMES
 
 
 @click.group()
@@ -42,21 +42,23 @@ def cli():
               help="prune: count the matched model's weights with |w| > this x max|w| (default 1e-2).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for model.pt etc.")
 @click.option("--force", is_flag=True, help="Replace the run already in --out (else a folder holding one is refused).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULT_CHECKPOINT_EVERY, show_default=True,
+              help="Steps between checkpoints in OUT/.checkpoint.pt; the same command run again resumes from it (0: none).")
 @threads_option
 @quiet_option
 def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, from_vanilla, match, finetune_steps,
-          match_fraction, out, force, threads, quiet):
+          match_fraction, out, force, checkpoint_every, threads, quiet):
     """Train one model; write OUT/model.pt, OUT/metrics.json and OUT/network.png.
 
     --regime prune trains nothing from scratch: it prunes the --from-vanilla model to the weight
     count of the --match model and fine-tunes it (the models' own task, seed and settings)."""
+    from circuitry.orchestrator.cli_checkpoint import drop_checkpoint, train_resumable
     from circuitry.orchestrator.console import TrainingBar, callback, show_progress, use_threads
     from circuitry.orchestrator.outdir import check_out, staged
     from circuitry.tasks.base import TaskDataError
     from circuitry.workers.device import DeviceError
     from circuitry.workers.outputs import write_training
     from circuitry.workers.train import TrainConfig
-    from circuitry.workers.train import train as run_training
 
     if data_dir:
         os.environ["CIRCUITRY_MNIST_DIR"] = data_dir
@@ -80,7 +82,7 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
             config = TrainConfig(task=task, regime=regime, steps=steps, seed=seed, lam=lam, width=width,
                                  swap_every=swap_every, device=device)
             with TrainingBar(steps, f"{task}/{regime}", show_progress(quiet)) as bar:
-                result = run_training(config, progress=callback(bar))
+                result = train_resumable(config, out_dir, checkpoint_every, progress=callback(bar))
     except TaskDataError as e:
         raise InputError(f"--data-dir: {e}") from None
     except DeviceError as e:
@@ -89,6 +91,7 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
         result.checkpoint["data_dir"] = str(Path(os.environ["CIRCUITRY_MNIST_DIR"]).resolve())
     with staged(out_dir) as tmp:
         write_training(result, tmp)
+    drop_checkpoint(out_dir)
     m = result.metrics
     pruned = f", {m['weights_nonzero']} weights (test loss {m['pruned_test_loss']:.3g} before fine-tuning)" \
         if regime == "prune" else ""
@@ -98,6 +101,7 @@ def train(task, regime, steps, seed, lam, width, swap_every, device, data_dir, f
                       and k not in ("train_accuracy", "test_accuracy")), "")
     # a tracr task's compiled weights are not trained: no steps/s
     speed = f", {m['steps_per_second']:.0f} steps/s" if "steps_per_second" in m else ""
+    speed += f", resumed from step {result.resumed_from_step}" if result.resumed_from_step else ""
     click.echo(f"{task}/{regime} seed {result.checkpoint['seed']}: test loss {m['test_loss']:.3g}{accuracy}{pruned}, "
                f"connection cost {m['connection_cost']:.3g}{speed} -> {out_dir / 'model.pt'}")
 

@@ -59,34 +59,34 @@ def _load_data(path: str) -> dict:
 def discover_cmd(model_path, method, threshold, target_f, order, ablation, output, metric, top_k, edge_fraction,
                  data_path, export, seed, data_dir, out, force, threads, quiet):
     """Find the circuit of a trained model (ACDC, exact ablation scores, EAP, EAP-IG)."""
-    from circuitry.orchestrator.cli_transformer import discover_transformer_cmd, is_transformer_file
+    from circuitry.orchestrator.cli_transformer import discover_transformer_cmd
     from circuitry.orchestrator.console import DiscoveryBar, callback, show_progress, use_threads
     from circuitry.orchestrator.outdir import check_out, staged
     from circuitry.tasks.base import TaskDataError
     from circuitry.workers.discover import (DiscoverConfig, DiscoveryInputError, export_eap_ig, find_circuit,
                                             write_discovery)
     from circuitry.workers.export import export_graphml
-    from circuitry.workers.model import CheckpointError, load_checkpoint
+    from circuitry.workers.model import TRANSFORMER_FORMAT, CheckpointError, load_checkpoint
 
     if threshold is not None and not threshold >= 0:
         raise click.BadParameter(f"must be >= 0, got {threshold}; tau is a metric increase", param_hint="--threshold")
     if target_f is not None and not 0 < target_f <= 1:
         raise click.BadParameter(f"must be in (0, 1], got {target_f}; it is a faithfulness f", param_hint="--target-f")
     data = _load_data(data_path) if data_path else None
-    if is_transformer_file(model_path):  # circuitry.transformer/1: the head-level graph
+    try:  # either format, checked field by field alike (workers.model.check_checkpoint)
+        ckpt = load_checkpoint(model_path)
+    except CheckpointError as e:
+        raise click.BadParameter(str(e), param_hint="--model") from None
+    if ckpt["format"] == TRANSFORMER_FORMAT:  # the head-level graph
         if metric is not None:
             raise click.BadParameter("a transformer's discovery uses its task's metric: drop --metric",
                                      param_hint="--metric")
         out_dir = check_out(out, force)
         use_threads(threads)
-        return discover_transformer_cmd(model_path, method, threshold, target_f, order, ablation, output, top_k,
+        return discover_transformer_cmd(ckpt, method, threshold, target_f, order, ablation, output, top_k,
                                         edge_fraction, data, export, seed, out_dir)
     if export == "transformer-lens":
         raise click.BadParameter("transformer-lens exports transformer checkpoints only", param_hint="--export")
-    try:
-        ckpt = load_checkpoint(model_path)
-    except CheckpointError as e:
-        raise click.BadParameter(str(e), param_hint="--model") from None
     out_dir = check_out(out, force)
     use_threads(threads)
     data_dir = data_dir or ckpt.get("data_dir") or os.environ.get("CIRCUITRY_MNIST_DIR")

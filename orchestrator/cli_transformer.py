@@ -6,25 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
 from circuitry.workers.discover import DiscoveryInputError
-from circuitry.workers.model import CheckpointError
 
 
-def is_transformer_file(path: str) -> bool:
-    """Whether `path` holds a `circuitry.transformer/1` checkpoint (False for anything else: the
-    MLP loader then says what is wrong with it)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False
-    return isinstance(ckpt, dict) and ckpt.get("format") == "circuitry.transformer/1"
-
-
-def discover_transformer_cmd(model_path, method, threshold, target_f, order, ablation, output, top_k, edge_fraction,
+def discover_transformer_cmd(ckpt: dict, method, threshold, target_f, order, ablation, output, top_k, edge_fraction,
                              data, export, seed, out) -> None:
-    from circuitry.workers.transformer import load
     from circuitry.workers.transformer_discover import (discover_transformer, export_eap_ig_graph,
                                                         write_transformer_discovery)
 
@@ -34,10 +21,6 @@ def discover_transformer_cmd(model_path, method, threshold, target_f, order, abl
     if export == "graphml":
         raise click.BadParameter("graphml is the MLP neuron graph's export; use --export eap-ig or transformer-lens",
                                  param_hint="--export")
-    try:
-        ckpt = load(model_path)
-    except CheckpointError as e:
-        raise click.BadParameter(str(e), param_hint="--model") from None
     try:
         d = discover_transformer(ckpt, method, threshold, ablation=ablation, data=data, seed=seed, top_k=top_k,
                                  edge_fraction=edge_fraction, target_f=target_f, order=order)

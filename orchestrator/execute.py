@@ -11,7 +11,13 @@ the driver's side (`Faults.first_time`, the progress actor in a Ray run), which 
 files `SWEEP/.faults/<id>.<fault>` so a later run of the sweep does not fire them again. A job
 matched by `hold` waits at its start until the file SWEEP/.release exists (at most HOLD_SECONDS),
 so a test can keep a sweep running, or stop it mid-way, without long training; the worker reads
-the driver's folder for it, so it holds in a local run only.
+the driver's folder for it, so it holds in a local run only. A train job matched by
+`crash_after_checkpoint` calls os._exit(1) on its first attempt right after the driver's side
+holds its first checkpoint, so its retry (or the sweep's next run) resumes from it.
+
+Checkpoints within a train job (orchestrator.checkpoints): `Checkpointing` hands the worker's
+states to the driver's side and asks it for the newest one; a state that does not fit the job is
+ignored (the record's `resume_ignored` says why) and the job starts from step 0.
 """
 from __future__ import annotations
 
@@ -94,6 +100,18 @@ class Reporter:
 
 
 @dataclass
+class Checkpointing:
+    """A train job's line to the driver's checkpoints (orchestrator.checkpoints): every `every`
+    steps `keep(step, state)` hands one over (state as bytes, workers.train_state; it returns once
+    the driver's side holds it), and `newest()` is the newest state the driver's side holds for
+    the job (bytes) or None."""
+
+    every: int
+    keep: Callable[[int, bytes], None]
+    newest: Callable[[], bytes | None]
+
+
+@dataclass
 class Faults:
     """TEST ONLY: the spec's [testing] selectors, `first_time(job_id, fault)`, True exactly once
     per job and fault in a sweep, and the file that releases held jobs (see the module doc)."""
@@ -117,6 +135,49 @@ def inject_faults(job: Job, faults: Faults | None) -> None:
         if fault == "crash_once":
             os._exit(1)
         raise TransientError(f"injected transient failure of {job.label} (testing.transient_once)")
+
+
+def crash_after_checkpoint(job: Job, faults: Faults | None) -> None:
+    """TEST ONLY: see the module doc (called after each checkpoint the driver's side holds)."""
+    fault = "crash_after_checkpoint"
+    if faults is not None and matches(faults.selectors.get(fault, []), job) and faults.first_time(job.id, fault):
+        os._exit(1)
+
+
+def _resume_state(checkpointing: Checkpointing | None) -> tuple[dict | None, str | None]:
+    """(the newest state the driver's side holds for the job, or None; why one was not usable)."""
+    from circuitry.workers.train_state import ResumeMismatch, from_bytes
+
+    blob = checkpointing.newest() if checkpointing is not None else None
+    if blob is None:
+        return None, None
+    try:
+        return from_bytes(blob), None
+    except ResumeMismatch as e:
+        return None, str(e)
+
+
+def _train_resuming(config, job: Job, rep: "Reporter", checkpointing: Checkpointing | None,
+                    faults: Faults | None) -> tuple:
+    """workers.train.train with the job's checkpoints: from the newest state held (from step 0 if
+    none fits); returns (result, extra record fields)."""
+    from circuitry.workers.train import train
+    from circuitry.workers.train_state import ResumeMismatch, to_bytes
+
+    def on_checkpoint(state: dict) -> None:
+        checkpointing.keep(state["step"], to_bytes(state))
+        crash_after_checkpoint(job, faults)
+
+    kw = {} if checkpointing is None else {"checkpoint_every": checkpointing.every, "on_checkpoint": on_checkpoint}
+    resume, ignored = _resume_state(checkpointing)
+    try:
+        result = train(config, progress=rep.train_progress, resume=resume, **kw)
+    except ResumeMismatch as e:  # raised before any step
+        result, ignored = train(config, progress=rep.train_progress, **kw), str(e)
+    extra = {"resumed_from_step": result.resumed_from_step}
+    if ignored:
+        extra["resume_ignored"] = ignored
+    return result, extra
 
 
 def _record(job: Job, figures: dict, started: float, peak: int, node_id: str | None = None, **extra) -> dict:
@@ -152,19 +213,20 @@ def _begin(job: Job | dict, actor, faults: Faults | None) -> tuple[Job, "Reporte
 
 def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, device: str = "cpu",
                   node_id: str | None = None, pictures: bool = True,
-                  inputs: tuple[dict, ...] = ()) -> tuple[JobResult, dict]:
+                  inputs: tuple[dict, ...] = (), checkpointing: Checkpointing | None = None) -> tuple[JobResult, dict]:
     """Train one model; returns (result, checkpoint). `pictures`: draw network.png (the spec's
     sweep.pictures). A prune job derives its model from `inputs`, the checkpoints of the jobs it
-    needs (vanilla, bimt: workers.prune)."""
+    needs (vanilla, bimt: workers.prune). `checkpointing`: keep checkpoints with the driver and
+    resume from its newest (a prune job takes none)."""
     from circuitry.workers.outputs import training_files
     from circuitry.workers.profile import PeakMemory
     from circuitry.workers.prune import PruneConfig, prune
-    from circuitry.workers.train import TrainConfig, train
+    from circuitry.workers.train import TrainConfig
 
     job, rep, started = _begin(job, actor, faults)
     if (noop := noop_result(job, faults, started, node_id)) is not None:
         return noop, None
-    s = job.settings
+    s, extra = job.settings, {}
     with PeakMemory(device) as mem:
         if s["regime"] == "prune":
             config = PruneConfig(s["finetune_steps"], s["match_fraction"], s["log_every"], device)
@@ -174,12 +236,13 @@ def execute_train(job: Job | dict, actor=None, faults: Faults | None = None, dev
                                  lr=s["lr"], swap_every=s["swap_every"], top_k=s["top_k"], width=s["width"],
                                  final_factor=s["final_factor"], log_every=s["log_every"], device=device,
                                  **{k: s.get(k) for k in TRANSFORMER_SHAPE})
-            result = train(config, progress=rep.train_progress)
+            result, extra = _train_resuming(config, job, rep, checkpointing, faults)
     weights = result.checkpoint["weights"]  # a list (MLP) or a name -> tensor dict (transformer)
     n_edges = sum(int(w.numel()) for w in (weights.values() if isinstance(weights, dict) else weights))
     figures = {**result.metrics, "n_edges": n_edges}
     files = training_files(result, pictures)  # before the record: its duration includes them
-    out = check_size(JobResult(_record(job, figures, started, mem.peak_bytes, node_id, curve=result.curve), files))
+    out = check_size(JobResult(_record(job, figures, started, mem.peak_bytes, node_id, curve=result.curve, **extra),
+                               files))
     rep.emit("done", flush=True)
     return out, result.checkpoint
 

@@ -53,6 +53,25 @@ def _faults(actor, faults):
                           release)
 
 
+def _checkpointing(actor, job: dict, every: int, held: bool):
+    """execute.Checkpointing through the progress actor, which holds the newest state of each job
+    for the driver (orchestrator.checkpoints); None for a prune job or one that keeps none. A job
+    asks for a state only when it can have one: the driver handed one over (`held`), or it runs
+    long enough to have taken one in an earlier attempt."""
+    if actor is None or job["settings"]["regime"] == "prune" or not (every or held):
+        return None
+    job_id = job["id"]
+    asks = held or job["settings"]["steps"] > every
+
+    def keep(step: int, state: bytes) -> None:
+        _get_keeping_cpus(actor.keep_checkpoint.remote(job_id, step, state))
+
+    def newest():
+        return _get_keeping_cpus(actor.checkpoint_of.remote(job_id)) if asks else None
+
+    return execute.Checkpointing(every, keep, newest)
+
+
 @ray.remote(num_returns=2)
 def job_task(op: str, cpus: float, actor, *args):
     """Every kind of work is this one task (`op` picks it), so Ray sees one scheduling class and
@@ -64,8 +83,9 @@ def job_task(op: str, cpus: float, actor, *args):
     send = _sender(actor)
     node = ray.get_runtime_context().get_node_id()  # recorded in job.json (workers import no Ray)
     if op == "train":  # a prune job also gets the checkpoints it reads (Ray resolves their refs)
-        job, faults, device, pictures, *inputs = args
-        return execute.execute_train(job, send, _faults(actor, faults), device, node, pictures, tuple(inputs))
+        job, faults, device, pictures, (every, held), *inputs = args
+        return execute.execute_train(job, send, _faults(actor, faults), device, node, pictures, tuple(inputs),
+                                     _checkpointing(actor, job, every, held))
     if op == "discover":
         job, ckpt, faults, pictures = args
         return execute.execute_discover(job, ckpt, send, _faults(actor, faults), node, pictures), None
@@ -93,12 +113,14 @@ class Submitter:
     train_device: str
     discover_options: dict
     discover_cpus: float
+    checkpoint_every: int = 0  # train steps between checkpoints kept by the driver; 0: none
 
-    def train(self, job: Job, inputs=()) -> tuple:
+    def train(self, job: Job, inputs=(), held: bool = False) -> tuple:
         """(result ref, checkpoint ref) of a train job; a prune job gets the refs of the
-        checkpoints it reads (`inputs`)."""
+        checkpoints it reads (`inputs`). `held`: the progress actor holds a training state of
+        the job, which it resumes from (orchestrator.checkpoints)."""
         return self._submit("train", self.train_options, self.train_cpus, asdict(job), self.faults, self.train_device,
-                            self.pictures, *inputs)
+                            self.pictures, (self.checkpoint_every, held), *inputs)
 
     def discover(self, job: Job, ckpt_ref):
         """The result ref of a discover job done in one task."""
@@ -130,7 +152,7 @@ def progress_actor():
     actor = _ACTORS.get(key)
     if actor is not None:
         try:
-            ray.get(actor.drain.remote(), timeout=10)  # drop a previous sweep's late events
+            ray.get(actor.reset.remote(), timeout=10)  # drop a previous sweep's late events and states
             return actor
         except Exception:  # noqa: BLE001 - gone with an earlier Ray session: make a new one
             pass
@@ -143,11 +165,35 @@ def progress_actor():
 class ProgressActor:
     """Collects workers' progress events; the driver drains them into Prometheus. Also the judge
     of test-only injected faults: `first_time` is True once per (job, fault) since `arm`, and
-    reports a "fault" event so the driver keeps a marker (SWEEP/.faults/)."""
+    reports a "fault" event so the driver keeps a marker (SWEEP/.faults/). And the driver's side
+    of training checkpoints (orchestrator.checkpoints): it holds each job's newest state, for the
+    driver to write and for a retried attempt to resume from."""
 
     def __init__(self):
         self.events: list = []
         self.fired: set = set()
+        self.checkpoints: dict[str, tuple[int, bytes]] = {}  # job id -> (step, state)
+
+    def reset(self) -> None:
+        """A new sweep: nothing of the last one's is kept."""
+        self.events, self.checkpoints = [], {}
+
+    def keep_checkpoint(self, job_id: str, step: int, state: bytes, report: bool = True) -> None:
+        """Hold a job's state (unless a later one is held); `report`: a "checkpoint" event tells
+        the driver to write it (a state the driver itself hands over is on its disk already)."""
+        held = self.checkpoints.get(job_id)
+        if held is None or step >= held[0]:
+            self.checkpoints[job_id] = (step, state)
+        if report:
+            self.events.append(execute.Event("checkpoint", job_id, "train", None, step))
+
+    def checkpoint_of(self, job_id: str, with_step: bool = False):
+        """The job's newest state (bytes; (step, bytes) `with_step`), or None."""
+        held = self.checkpoints.get(job_id)
+        return held if held is None or with_step else held[1]
+
+    def forget(self, job_id: str) -> None:
+        self.checkpoints.pop(job_id, None)
 
     def report(self, events: list) -> None:
         self.events.extend(events)

@@ -21,8 +21,8 @@ not with Ray's per-task state for every job at once.
 
 Resume: a job whose folder SWEEP/jobs/<id>/ exists is finished and never runs again; re-running a
 spec after a crash, a Ctrl-C or with more grid points runs only the rest. Ctrl-C cancels the
-running tasks (a result the driver has not written yet is run again next time) and leaves the
-sweep resumable. One driver per sweep folder at a time (a flock on the sweep folder itself, taken
+running tasks (a result the driver has not written yet is run again next time, from the train
+job's last checkpoint: orchestrator.checkpoints) and leaves the sweep resumable. One driver per sweep folder at a time (a flock on the sweep folder itself, taken
 by `circuitry run` before Ray starts: orchestrator.store.sweep_lock). A write the disk refuses
 (jobs.parquet, sweep.json) stops the sweep like Ctrl-C, with one line naming the path
 (SweepOutcome.write_error); every result already written is kept.
@@ -43,6 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from circuitry.orchestrator.checkpoints import HeldCheckpoints
 from circuitry.orchestrator.execute import RELEASE_FILE, TransientError
 from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
 from circuitry.orchestrator.jobs import Job, model_shape
@@ -172,6 +173,7 @@ class Scheduler:
         gpus = self.ray.cluster_resources().get("GPU", 0) > 0
         retry = {"max_retries": res["max_retries"], "retry_exceptions": [TransientError]}
         self.actor = self.remote.progress_actor()
+        self.checkpoints = HeldCheckpoints(self.sweep_dir, self.ray, self.actor, self.done_ids, warn=self.echo)
         faults = (spec.testing, str(self.sweep_dir / RELEASE_FILE)) if any(spec.testing.values()) else None
         if faults:
             self.ray.get(self.actor.arm.remote(self._fired_faults()))
@@ -181,7 +183,7 @@ class Scheduler:
             train_cpus=res["train_cpus"], train_device="cuda" if gpus and res["train_gpus"] > 0 else "cpu",
             discover_options={"num_cpus": res["discover_cpus"], "num_gpus": res["discover_gpus"] if gpus else 0,
                               **retry},
-            discover_cpus=res["discover_cpus"])
+            discover_cpus=res["discover_cpus"], checkpoint_every=spec.checkpoint_every)
 
         self.state: dict[str, str] = {}
         self.running = 0  # jobs in state "running" (kept by _set_state)
@@ -252,7 +254,8 @@ class Scheduler:
         self._enqueue(job, lambda: self._send_discover(job, ckpt_ref))
 
     def _send_train(self, tj: Job) -> None:
-        rec_ref, self.ckpt_refs[tj.id] = self.submit.train(tj, [self.ckpt_refs[n] for n in tj.needs])
+        held = not tj.needs and self.checkpoints.hand_over(tj.id)  # a prune job takes no checkpoints
+        rec_ref, self.ckpt_refs[tj.id] = self.submit.train(tj, [self.ckpt_refs[n] for n in tj.needs], held)
         self._pending(tj, rec_ref, [rec_ref])
 
     def _send_discover(self, job: Job, ckpt_ref) -> None:
@@ -337,6 +340,7 @@ class Scheduler:
         self.recorder.add(rec)
         self.bar.note(f"finished {job.label} ({rec.get('duration_seconds', 0):.1f} s)", *self._counts())
         if job.kind == "train":
+            self.checkpoints.finished(job.id)
             self.n_edges_of[job.id] = rec["figures"].get("n_edges", job.n_edges)
             self._drop_circuits_of_another_model(job)
             self._model_ready(job.id)
@@ -457,6 +461,9 @@ class Scheduler:
             job = self.jobs.get(jid)
             if e.name == "fault":
                 self._keep_fault_marker(jid, e.value)
+                continue
+            if e.name == "checkpoint":  # the actor's, as "fault": the job's newest state, to write
+                self.checkpoints.write_newest(jid)
                 continue
             m.worker_rss(e.pid, e.rss)
             if job is None:

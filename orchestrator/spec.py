@@ -14,7 +14,8 @@ A spec (see examples/quickstart.toml):
                  log_every, and for transformer tasks n_layers, n_heads, d_model, d_head, d_mlp
                  (each a value or a list of values; lists multiply; lam, lr, swap_every, top_k,
                  final_factor default to the task's BIMT recipe, tasks.recipe; the shape fields
-                 to the task's model, tasks.sequence)
+                 to the task's model, tasks.sequence); and checkpoint_every, one value for the
+                 sweep, no grid and not in job ids (orchestrator.checkpoints)
     [prune]      finetune_steps (default: a tenth of the train steps), match_fraction (1e-2): the
                  `prune` regime's settings (workers.prune); regime "prune" in [train] adds, for
                  every grid point, a job that prunes the vanilla model of the same task, seed and
@@ -23,7 +24,8 @@ A spec (see examples/quickstart.toml):
                  metric (default: the task's; logit_diff for classifiers), train_seed (optional
                  table: no discovery; [[discover]] for several grids)
     [resources]  train_cpus, train_gpus, discover_cpus, discover_gpus, max_retries, edge_chunk
-    [testing]    TEST-ONLY fault injection: transient_once, crash_once, hold, noop (job selectors, see below)
+    [testing]    TEST-ONLY fault injection: transient_once, crash_once, crash_after_checkpoint, hold, noop
+                 (job selectors, see below)
 
 The tables are pydantic models (Sweep, Train, Discover, Resources, Prune, Testing, SpecFile in
 orchestrator.spec_tables): each field's type, allowed values, default and meaning, written once; `circuitry schema` prints
@@ -49,7 +51,7 @@ from circuitry.orchestrator.spec_tables import (DISCOVER_GRID, PRUNE_FIELDS, REQ
 from circuitry.orchestrator.spec_tables import (Discover, Prune, Resources, SpecFile, Sweep, Testing,  # noqa: F401
                                                 Train, spec_schema)  # noqa: F401
 from circuitry.tasks import TASKS
-from circuitry.workers.names import DEFAULT_ORDER, TRANSFORMER_SHAPE
+from circuitry.workers.names import DEFAULT_CHECKPOINT_EVERY, DEFAULT_ORDER, TRANSFORMER_SHAPE
 
 
 class _Problems:
@@ -149,6 +151,22 @@ def _grids(table: str, value, fields: dict) -> list[dict[str, list]]:
     return grids
 
 
+def _checkpoint_every(value, grids: list[dict[str, list]]) -> int:
+    """[train] checkpoint_every, taken out of the grids (it is no grid field and not in job ids):
+    one value, the same in every [[train]] table that gives it."""
+    tables = value if isinstance(value, list) else [value]
+    found = [(name, grid.pop("checkpoint_every"), "checkpoint_every" in t)
+             for name, t, grid in zip(_table_names("train", value), tables, grids)]
+    for name, values, _ in found:
+        if len(values) > 1:
+            raise SpecError(f"{name}.checkpoint_every: {values} is a list; give one number of steps (it is no grid field)")
+    given = sorted({values[0] for _, values, in_table in found if in_table})
+    if len(given) > 1:
+        raise SpecError(f"train.checkpoint_every: the [[train]] tables give {', '.join(map(str, given))}; give one "
+                        "value (it applies to the whole sweep)")
+    return given[0] if given else DEFAULT_CHECKPOINT_EVERY
+
+
 def _check_selection(name: str, grid: dict[str, list]) -> None:
     """A [discover] table selects edges by threshold or by target_f, never both or neither, and
     names a sender order other than ascending only for acdc (score methods have none)."""
@@ -182,6 +200,7 @@ class Spec:
     pictures: bool = True
     prune: dict = field(default_factory=dict)  # the [prune] table
     jobs: list[Job] = field(default_factory=list)
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # [train]: one value for the sweep
 
     @property
     def sweep_dir(self) -> Path:
@@ -224,8 +243,10 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
     sweep = train = discover = resources = prune = None
     with problems.check():
         sweep = _scalars("sweep", raw["sweep"], SWEEP_FIELDS)
+    checkpoint_every = DEFAULT_CHECKPOINT_EVERY
     with problems.check():
         train = _grids("train", raw["train"], TRAIN_GRID)
+        checkpoint_every = _checkpoint_every(raw["train"], train)
     if "discover" in raw:
         names = _table_names("discover", raw["discover"])
         with problems.check():
@@ -274,7 +295,7 @@ def parse_spec(text: str, origin: str = "spec", root: str | Path | None = None) 
     spec = Spec(sweep["name"], root_path, sweep["tracking_uri"], sweep["metrics_port"], train, discover,
                 resources, testing, text, sweep["metrics_host"], sweep["metrics_linger"], sweep["pushgateway"],
                 sweep["pictures"])
-    spec.prune = prune
+    spec.prune, spec.checkpoint_every = prune, checkpoint_every
     _within_max_jobs(count_jobs(train, discover), sweep["max_jobs"])
     try:
         spec.jobs = expand(train, discover, prune=prune)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from circuitry.orchestrator import checkers
 from circuitry.tasks import TASKS
-from circuitry.workers.names import (ABLATIONS, CIRCUIT_METRICS, DEFAULT_ABLATION, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
+from circuitry.workers.names import (ABLATIONS, CIRCUIT_METRICS, DEFAULT_ABLATION, DEFAULT_CHECKPOINT_EVERY, DEFAULT_LOG_EVERY, DEFAULT_MATCH_FRACTION, DEFAULT_ORDER,
                                      METHODS, ORDERS, REGIMES)
 
 
@@ -123,6 +123,10 @@ class Train(Table):
     final_factor: Grid(NonNegFloat) = _unset("the task's BIMT recipe")
     """The lam multiplier of the schedule's last phase."""
     log_every: Grid(PositiveInt) = DEFAULT_LOG_EVERY
+    # not a grid and not in job ids: where a run resumes from does not change its result
+    checkpoint_every: NonNegInt = DEFAULT_CHECKPOINT_EVERY
+    """Training steps between the checkpoints the driver keeps of a running job (resumed on a retry
+    or re-run, removed when the job finishes); 0 = none. One value for the sweep."""
     # transformer tasks only (names.TRANSFORMER_SHAPE)
     n_layers: Grid(PositiveInt) = _unset("the task's model (transformer tasks)")
     n_heads: Grid(PositiveInt) = _unset("the task's model (transformer tasks)")
@@ -179,6 +183,8 @@ class Testing(Table):
     crash_once: list[Selector] = []
     hold: list[Selector] = []
     """Jobs that wait at their start until the file SWEEP/.release exists (a local run only)."""
+    crash_after_checkpoint: list[Selector] = []
+    """Train jobs whose first attempt dies right after the driver holds its first checkpoint."""
     noop: list[Selector] = []
     """These jobs do no work: each returns a tiny finished record at once (benchmarks of the driver,
     benchmarks/cluster_sim.py)."""

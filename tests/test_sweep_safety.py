@@ -299,15 +299,56 @@ BAD_CHECKPOINTS = {
 }
 
 
-@pytest.mark.parametrize("why", list(BAD_CHECKPOINTS))
-def test_a_bad_checkpoint_is_one_line_and_exit_2(tmp_path, capsys, why):
-    c = checkpoint()
-    torch.save({**c, **BAD_CHECKPOINTS[why](c)}, tmp_path / "model.pt")
+def transformer_checkpoint() -> dict:
+    from circuitry.workers.transformer import Transformer, TransformerConfig
+
+    return Transformer(TransformerConfig(1, 2, 4, 2, 3, 6, 30, 0, 30)).to_checkpoint("induction", "vanilla", 0, {})
+
+
+def _changed_weight(c, name, value):
+    return {"weights": {**c["weights"], name: value}}
+
+
+BAD_TRANSFORMER_CHECKPOINTS = {
+    "weights[blocks.0.attn.W_Q] holds NaN or infinite": lambda c: _changed_weight(
+        c, "blocks.0.attn.W_Q", torch.full_like(c["weights"]["blocks.0.attn.W_Q"], float("nan"))),
+    "weights[blocks.0.mlp.W_in] has shape [3, 4], expected [4, 3]": lambda c: _changed_weight(
+        c, "blocks.0.mlp.W_in", torch.zeros(3, 4)),
+    "weights[unembed.W_U] has dtype torch.int64": lambda c: _changed_weight(
+        c, "unembed.W_U", c["weights"]["unembed.W_U"].long()),
+    "weights lack blocks.0.attn.W_K": lambda c: {"weights": {k: v for k, v in c["weights"].items()
+                                                             if k != "blocks.0.attn.W_K"}},
+    "weights hold blocks.1.attn.W_Q": lambda c: _changed_weight(c, "blocks.1.attn.W_Q", torch.zeros(2, 4, 2)),
+    "model.d_model 'four' is not an integer": lambda c: {"model": {**c["model"], "d_model": "four"}},
+    "model.n_layers 65 is more than 64": lambda c: {"model": {**c["model"], "n_layers": 65}},
+    "model: set exactly one of d_vocab": lambda c: {"model": {**c["model"], "d_input": 3}},
+    "coordinates[resid] has shape [5], expected [4]": lambda c: {"coordinates": {**c["coordinates"],
+                                                                                 "resid": torch.zeros(5)}},
+    "task 'nope' is not one of": lambda c: {"task": "nope"},
+}
+
+
+BAD_FILES = [(checkpoint, why, change) for why, change in BAD_CHECKPOINTS.items()] + [
+    (transformer_checkpoint, why, change) for why, change in BAD_TRANSFORMER_CHECKPOINTS.items()]
+
+
+@pytest.mark.parametrize("make, why, change", BAD_FILES, ids=[why for _, why, _ in BAD_FILES])
+def test_a_bad_checkpoint_of_either_format_is_one_line_and_exit_2(tmp_path, capsys, make, why, change):
+    c = make()
+    torch.save({**c, **change(c)}, tmp_path / "model.pt")
     code = exit_code(["discover", "--model", str(tmp_path / "model.pt"), "--method", "eap", "--threshold", "0.1",
                       "--out", str(tmp_path / "o")])
     line = one_line(capsys)
-    assert code == 2 and why in line and "model.pt" in line
+    assert code == 2 and why in line and "model.pt" in line and "expected a checkpoint `circuitry train` wrote" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_a_good_transformer_checkpoint_passes_the_same_check():
+    from circuitry.tasks.tracr import compiled_checkpoint
+    from circuitry.workers.model import checkpoint_bytes, checkpoint_from_bytes
+
+    for ckpt in (transformer_checkpoint(), compiled_checkpoint("frac_prevs")):
+        assert checkpoint_from_bytes(checkpoint_bytes(ckpt), "model.pt")["format"] == "circuitry.transformer/1"
 
 
 def write_idx(path, array, code=0x08):

@@ -46,6 +46,34 @@ def test_a_non_monotone_curve_gives_a_local_bracket():
     check_bracket(s, f, 0.95)
 
 
+def test_the_best_circuit_tried_is_kept_when_the_bisection_ends_on_a_denser_one():
+    """Edges are not monotone in tau (ACDC's greedy path changes with tau): the bracketing probe
+    at the start tau (0.01 here) keeps 10 edges and reaches the target, every tau the bisection
+    tries keeps 40. The search still brackets the crossing at 0.05, and returns the 10-edge
+    circuit, not the bisection's last lower end."""
+    f = lambda tau: 1.0 if tau < 0.05 else 0.0  # noqa: E731
+    edges = lambda tau: 10 if tau < 0.02 else 40  # noqa: E731
+    s = search_tau(lambda tau: Probe(f(tau), edges(tau), result=("circuit at", tau)), 0.9, 1.0, n_edges=100)
+    start = s.tried[0]["tau"]
+    assert start == pytest.approx(0.01)  # scale * (1 - target) / sqrt(E)
+    meeting = [t["tau"] for t in s.tried if t["f"] >= 0.9]
+    last_lo = max(meeting)
+    assert last_lo > 0.01 and s.above / last_lo <= 1.2 and f(s.above) < 0.9  # the bracket as before
+    assert edges(last_lo) == 40  # where the old search stopped: a denser circuit
+    assert (s.found, s.reached, s.result) == (start, True, ("circuit at", start))
+    assert s.above > last_lo  # tau_above stays the bracket's upper end
+
+
+def test_where_nothing_reaches_the_target_the_most_faithful_circuit_is_kept():
+    """f stays below the target everywhere; the circuit at the start tau (0.05) is the most
+    faithful (0.85), better than tau = 0's (0.8): that one is returned, `reached` False."""
+    f = lambda tau: 0.85 if 0.01 < tau < 0.1 else 0.8  # noqa: E731
+    s = search_tau(curve(f), 0.95, 1.0, n_edges=1)
+    start = s.tried[0]["tau"]
+    assert start == pytest.approx(0.05) and s.tried[-1]["tau"] == 0.0  # tau = 0 was tried, last
+    assert (s.found, s.reached, s.result) == (start, False, ("circuit at", start))
+
+
 def test_unreachable_target_falls_back_to_tau_zero():
     """Nothing positive reaches the target: tau = 0 is tried and kept; `reached` says whether it
     does. NaN f (undefined) never counts as reaching it."""

@@ -129,3 +129,16 @@ def test_load_rejects_other_formats(tmp_path):
 def test_config_rejects_ambiguous_inputs():
     with pytest.raises(ValueError, match="exactly one of d_vocab"):
         small_config(d_input=2)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS + [small_config(layer_norm=True, d_mlp=0)],
+                         ids=["tokens", "attn-only", "layernorm", "linear-input", "layernorm-attn-only"])
+def test_the_checkpoint_checker_expects_the_models_own_shapes(cfg):
+    """workers.model.transformer_shapes (the checker's, written out from the config) is the model's
+    state_dict and coordinates, name for name and shape for shape."""
+    from circuitry.workers.model import transformer_shapes
+
+    model = Transformer(cfg)
+    weights, coords = transformer_shapes(cfg)
+    assert weights == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert coords == {k: tuple(v.shape) for k, v in model.coordinates().items()}

@@ -66,11 +66,67 @@ def test_score_method_at_target_f(induction_model, tmp_path):
         assert s["faithfulness"] >= 0.8
 
 
+def test_acdc_at_target_f_keeps_the_sparsest_circuit_it_tried(induction_model, tmp_path):
+    """f and the edge count are not monotone in tau on a head graph: whichever probe the bisection
+    ends on, the circuit written is the sparsest one tried that reaches the target (workers.target)."""
+    r = _run(["--model", induction_model, "--method", "acdc", "--target-f", "0.9", "--out", tmp_path / "t"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "t" / "summary.json").read_text())
+    meeting = [p for p in s["search"] if p["f"] >= 0.9]
+    if meeting:
+        assert s["target_reached"] and s["n_edges_kept"] == min(p["edges"] for p in meeting)
+    else:
+        assert not s["target_reached"] and s["faithfulness"] == max(p["f"] for p in s["search"])
+    assert s["tau_found"] in [p["tau"] for p in s["search"]]
+
+
 def test_transformer_bad_input_exits_2(induction_model, tmp_path):
     r = _run(["--model", induction_model, "--method", "acdc", "--threshold", "0.1", "--output", "1", "--out", tmp_path / "x"])
     assert r.exit_code == 2 and "--output" in r.output
     r = _run(["--model", induction_model, "--method", "acdc", "--threshold", "0.1", "--export", "graphml", "--out", tmp_path / "x"])
     assert r.exit_code == 2 and "--export" in r.output
+
+
+def induction_data(n=40):
+    split = get_task("induction").make_data(0)
+    x = split.x_test[:n]
+    return {"clean": x, "corrupt": x.roll(1, 0), "labels": split.y_test[:n]}
+
+
+def test_data_file_of_sequences_is_the_discovery_and_evaluation_examples(induction_model, tmp_path):
+    """--data on a transformer: its first half finds the circuit, its second grades it, exactly
+    as the same examples would through workers.transformer_discover directly."""
+    from circuitry.workers.transformer import load
+    from circuitry.workers.transformer_discover import discover_transformer
+
+    data = induction_data()
+    torch.save(data, tmp_path / "data.pt")
+    r = _run(["--model", induction_model, "--method", "eap", "--top-k", "6", "--data", tmp_path / "data.pt",
+              "--out", tmp_path / "d"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert (s["examples_from"], s["n_discovery"], s["n_evaluation"]) == ("--data", 20, 20)
+    assert 0 <= s["full_accuracy"] <= 1 and "faithfulness" in s["evaluation"]
+    # other examples give other scores: the file's examples are the ones used
+    default = discover_transformer(load(induction_model), "eap", top_k=6).summary
+    assert default["examples_from"] == "test split" and default["faithfulness"] != s["faithfulness"]
+    direct = discover_transformer(load(induction_model), "eap", top_k=6, data=data).summary
+    assert direct["faithfulness"] == s["faithfulness"]
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda d: {**d, "clean": d["clean"] + 1000}, "token ids in [0, 30)"),
+    (lambda d: {**d, "clean": d["clean"][:, :5], "corrupt": d["corrupt"][:, :5]}, "with T in"),
+    (lambda d: {**d, "corrupt": d["corrupt"][:, :-1]}, "'corrupt' must have the shape of 'clean'"),
+    (lambda d: {**d, "labels": d["labels"][:, :2]}, "'labels' must be a tensor [N, 9"),
+    (lambda d: {"clean": d["clean"]}, "expected a dict with tensors 'clean', 'corrupt'"),
+])
+def test_a_bad_data_file_for_a_transformer_is_one_line_naming_data(induction_model, tmp_path, change, why):
+    torch.save(change(induction_data()), tmp_path / "data.pt")
+    r = _run(["--model", induction_model, "--method", "eap", "--top-k", "6", "--data", tmp_path / "data.pt",
+              "--out", tmp_path / "d"])
+    assert r.exit_code == 2 and "--data" in r.output and why in r.output, r.output
+    assert not (tmp_path / "d" / "summary.json").exists()
 
 
 def test_transformer_lens_export_file(induction_model, tmp_path):

@@ -19,7 +19,8 @@ ties to the earlier canonical edge).
 
 Circuits at a target faithfulness (`target_f`, workers.target): acdc searches tau for the largest
 tau whose circuit reaches f >= target_f on the discovery examples (a local bracket tau_found <
-tau_above, ratio <= 1.2; each probe an exact ACDC run) and writes the circuit at tau_found; score
+tau_above, ratio <= 1.2; each probe an exact ACDC run) and writes the best circuit it tried (the
+sparsest that reaches target_f, else the most faithful; tau_found is its tau); score
 methods take the smallest top-k that reaches it. summary.json: `target_f`, `tau_found`,
 `tau_above` (null where not applicable), `target_reached`, and `search`, every probe tried
 ((tau or k), f, edges). The discovery cost figures (`discovery_seconds`, `forward_examples`,
@@ -163,7 +164,7 @@ def acdc_at_target(prep: Prepared, problem: Problem, target_f: float, order: str
                    progress: Callable[[int], None] | None = None) -> tuple[Search, int, int]:
     """ACDC at the largest tau (a local bracket) whose circuit reaches f >= target_f on the
     discovery examples (workers.target.search_tau, started on the scale of metric_empty); returns
-    the search (its `result` the EdgeResult at tau_found) and the whole search's example-forwards
+    the search (its `result` the EdgeResult at tau_found, the best circuit tried) and the whole search's example-forwards
     and edges tested. `problem` is the discovery problem on the device ACDC runs on."""
     cost = {"spent": 0, "tested": 0}
 

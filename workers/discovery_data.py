@@ -11,7 +11,8 @@ graded again (summary.json's `evaluation`).
   order the task generates it, cut in two halves (`examples_from` "test split").
 summary.json's `generalisation_gap` is held-out f minus discovery f. Each half's corrupted inputs
 pair examples within that half (task.corrupt with the discover seed, which chooses nothing else).
-`--data` examples are split into the same two halves.
+`--data` examples (an MLP task's, or a transformer task's sequences) are split into the same two
+halves.
 """
 from __future__ import annotations
 
@@ -82,6 +83,49 @@ def _check_data(task, data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | 
     return clean, corrupt, labels
 
 
+def _check_sequence_data(task, model: dict, data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`--data` for a transformer task, against the checkpoint's `model` table: 'clean' and
+    'corrupt' [N, T] token ids (or [N, T, d_input] values), T long enough for the task's scored
+    positions and at most n_ctx; 'labels' at the scored positions, [N, P] class ids (or
+    [N, P, k] values, k <= d_output)."""
+    if not isinstance(data, dict) or "clean" not in data or "corrupt" not in data:
+        raise DiscoveryInputError("--data", "expected a dict with tensors 'clean', 'corrupt' and optionally 'labels'")
+    clean, corrupt, labels = data["clean"], data["corrupt"], data.get("labels")
+    if not isinstance(clean, torch.Tensor) or not isinstance(corrupt, torch.Tensor):
+        raise DiscoveryInputError("--data", "'clean' and 'corrupt' must be tensors")
+    tokens, n_scored, shortest = model["d_vocab"] > 0, len(task.positions), max(task.positions) + 1
+    shape = "[N, T]" if tokens else f"[N, T, {model['d_input']}]"
+    if (clean.dim() != (2 if tokens else 3) or (not tokens and clean.shape[2] != model["d_input"])
+            or clean.shape[0] < 1 or not shortest <= clean.shape[1] <= model["n_ctx"]):
+        raise DiscoveryInputError("--data", f"'clean' must be {shape} with T in {shortest}..{model['n_ctx']} "
+                                  f"(task {task.name!r} scores positions up to {shortest - 1}), got {list(clean.shape)}")
+    if corrupt.shape != clean.shape:
+        raise DiscoveryInputError("--data", f"'corrupt' must have the shape of 'clean' {list(clean.shape)}, got {list(corrupt.shape)}")
+    for name, t in (("clean", clean), ("corrupt", corrupt)):
+        if tokens and (t.is_floating_point() or t.is_complex() or t.min() < 0 or t.max() >= model["d_vocab"]):
+            raise DiscoveryInputError("--data", f"'{name}' must hold token ids in [0, {model['d_vocab']})")
+        if not tokens and (not t.is_floating_point() or not torch.isfinite(t).all()):
+            raise DiscoveryInputError("--data", f"'{name}' must hold finite floating-point values")
+    as_input = (lambda t: t.long()) if tokens else (lambda t: t.float())  # noqa: E731
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor) or labels.shape[:2] != (clean.shape[0], n_scored):
+            raise DiscoveryInputError("--data", f"'labels' must be a tensor [N, {n_scored}, ...]: one row per example, "
+                                      "one column per scored position")
+        if task.kind == "classification":
+            if (labels.is_floating_point() or labels.dim() != 2 or labels.min() < 0
+                    or labels.max() >= model["d_output"]):
+                raise DiscoveryInputError("--data", f"'labels' must be class ids [N, {n_scored}] in "
+                                          f"[0, {model['d_output']})")
+            labels = labels.long()
+        elif (labels.dim() != 3 or labels.shape[2] > model["d_output"] or not labels.is_floating_point()
+              or not torch.isfinite(labels).all()):
+            raise DiscoveryInputError("--data", f"'labels' must be finite values [N, {n_scored}, k], k <= "
+                                      f"{model['d_output']}")
+        else:
+            labels = labels.float()
+    return as_input(clean), as_input(corrupt), labels
+
+
 def data_seed(ckpt: dict) -> int:
     """The seed the model's data was drawn with: its training seed (the checkpoint's config)."""
     config = ckpt.get("config") or {}
@@ -102,7 +146,8 @@ def split_examples(task, ckpt: dict, data: dict | None, seed: int) -> tuple[tupl
         half = len(x) // 2
         parts = [(c, task.corrupt(c, seed), l) for c, l in ((x[:half], y[:half]), (x[half:], y[half:]))]
     else:
-        clean, corrupt, labels = _check_data(task, data)
+        clean, corrupt, labels = (_check_data(task, data) if task.transformer is None
+                                  else _check_sequence_data(task, ckpt["model"], data))
         if clean.shape[0] < 2:
             raise DiscoveryInputError("--data", "'clean' needs at least 2 examples: the first half finds the "
                                       "circuit, the second half grades it")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import torch
@@ -240,76 +241,153 @@ def _check_format(ckpt, path, formats: tuple[str, ...]) -> None:
         raise CheckpointError(f"{path}: {ckpt['format']} checkpoint lacks {', '.join(missing)}")
 
 
-def _all_finite(x, path) -> None:
-    """Every floating-point tensor in a checkpoint's nested lists and dicts holds finite values."""
-    if isinstance(x, torch.Tensor):
-        if x.dtype.is_floating_point and not torch.isfinite(x).all():
-            raise CheckpointError(f"{path}: a weight holds NaN or infinite values; expected a checkpoint "
-                                  "`circuitry train` wrote")
-    elif isinstance(x, dict):
-        for v in x.values():
-            _all_finite(v, path)
-    elif isinstance(x, (list, tuple)):
-        for v in x:
-            _all_finite(v, path)
-
-
 def check_checkpoint(ckpt, path) -> dict:
-    """Every field of a `circuitry.mlp/1` checkpoint against its shape: types, dtypes, sizes,
-    finite values; CheckpointError (one line naming the file) on the first that is wrong."""
-    shape = ckpt["shape"]
-    if (not isinstance(shape, (list, tuple)) or len(shape) < 2 or len(shape) > 64
-            or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_LAYER for n in shape)
-            or sum(a * b for a, b in zip(shape[:-1], shape[1:])) > MAX_WEIGHTS):
-        raise CheckpointError(f"{path}: shape {str(shape)[:100]} is not a list of 2-64 layer widths in 1..{MAX_LAYER}")
-    layers = len(shape) - 1
-    from circuitry.tasks import TASKS
-
-    if not isinstance(ckpt["task"], str) or ckpt["task"] not in TASKS:
-        raise CheckpointError(f"{path}: task {str(ckpt['task'])[:100]!r} is not one of {', '.join(TASKS)}")
+    """Every field of a checkpoint (either format; its format and keys already checked) against
+    its shape: types, dtypes, sizes, finite values; CheckpointError (one line naming the file)
+    on the first that is wrong, alike for both formats."""
+    check = _check_transformer if ckpt["format"] == TRANSFORMER_FORMAT else _check_mlp
     try:
-        for key, n in (("weights", layers), ("biases", layers), ("coordinates", layers + 1)):
-            if not isinstance(ckpt[key], (list, tuple)) or len(ckpt[key]) != n:
-                raise CheckpointError(f"{key} is not a list of {n} tensors")
-        for l in range(layers):
-            _tensor(ckpt["weights"][l], (shape[l + 1], shape[l]), f"weights[{l}]")
-            _tensor(ckpt["biases"][l], (shape[l + 1],), f"biases[{l}]")
-        for l, c in enumerate(ckpt["coordinates"]):
-            _tensor(c, None, f"coordinates[{l}]")
-            if c.dim() not in (1, 2) or c.shape[0] != shape[l] or (c.dim() == 2 and not 1 <= c.shape[1] <= 3):
-                raise CheckpointError(f"coordinates[{l}] has shape {list(c.shape)}, expected [{shape[l]}] or "
-                                      f"[{shape[l]}, 2]")
-        for key, n in (("in_perm", shape[0]), ("out_perm", shape[-1])):
-            perm = _tensor(ckpt[key], (n,), key, floating=False)
-            if not torch.equal(perm.sort().values, torch.arange(n, dtype=perm.dtype)):
-                raise CheckpointError(f"{key} is not a permutation of 0..{n - 1}")
-        if isinstance(ckpt["l0"], bool) or not isinstance(ckpt["l0"], (int, float)) or not math.isfinite(ckpt["l0"]):
-            raise CheckpointError(f"l0 {ckpt['l0']!r} is not a finite number")
-        emb = ckpt.get("embedding")
-        if emb is not None:
-            _tensor(emb, None, "embedding")
-            if emb.dim() != 2 or emb.numel() == 0 or shape[0] % emb.shape[1]:
-                raise CheckpointError(f"embedding has shape {list(emb.shape)}, which does not feed {shape[0]} inputs")
-        if not isinstance(ckpt.get("config") or {}, dict):
-            raise CheckpointError("config is not a table")
+        check(ckpt)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}; expected a checkpoint `circuitry train` wrote") from None
     return ckpt
 
 
+def _check_task(ckpt) -> None:
+    from circuitry.tasks import TASKS
+
+    if not isinstance(ckpt["task"], str) or ckpt["task"] not in TASKS:
+        raise CheckpointError(f"task {str(ckpt['task'])[:100]!r} is not one of {', '.join(TASKS)}")
+
+
+def _check_config(ckpt) -> None:
+    if not isinstance(ckpt.get("config") or {}, dict):
+        raise CheckpointError("config is not a table")
+
+
+def _check_mlp(ckpt) -> None:
+    """A `circuitry.mlp/1` checkpoint's fields against its `shape`."""
+    shape = ckpt["shape"]
+    if (not isinstance(shape, (list, tuple)) or len(shape) < 2 or len(shape) > 64
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_LAYER for n in shape)
+            or sum(a * b for a, b in zip(shape[:-1], shape[1:])) > MAX_WEIGHTS):
+        raise CheckpointError(f"shape {str(shape)[:100]} is not a list of 2-64 layer widths in 1..{MAX_LAYER}")
+    layers = len(shape) - 1
+    _check_task(ckpt)
+    for key, n in (("weights", layers), ("biases", layers), ("coordinates", layers + 1)):
+        if not isinstance(ckpt[key], (list, tuple)) or len(ckpt[key]) != n:
+            raise CheckpointError(f"{key} is not a list of {n} tensors")
+    for l in range(layers):
+        _tensor(ckpt["weights"][l], (shape[l + 1], shape[l]), f"weights[{l}]")
+        _tensor(ckpt["biases"][l], (shape[l + 1],), f"biases[{l}]")
+    for l, c in enumerate(ckpt["coordinates"]):
+        _tensor(c, None, f"coordinates[{l}]")
+        if c.dim() not in (1, 2) or c.shape[0] != shape[l] or (c.dim() == 2 and not 1 <= c.shape[1] <= 3):
+            raise CheckpointError(f"coordinates[{l}] has shape {list(c.shape)}, expected [{shape[l]}] or "
+                                  f"[{shape[l]}, 2]")
+    for key, n in (("in_perm", shape[0]), ("out_perm", shape[-1])):
+        perm = _tensor(ckpt[key], (n,), key, floating=False)
+        if not torch.equal(perm.sort().values, torch.arange(n, dtype=perm.dtype)):
+            raise CheckpointError(f"{key} is not a permutation of 0..{n - 1}")
+    if isinstance(ckpt["l0"], bool) or not isinstance(ckpt["l0"], (int, float)) or not math.isfinite(ckpt["l0"]):
+        raise CheckpointError(f"l0 {ckpt['l0']!r} is not a finite number")
+    emb = ckpt.get("embedding")
+    if emb is not None:
+        _tensor(emb, None, "embedding")
+        if emb.dim() != 2 or emb.numel() == 0 or shape[0] % emb.shape[1]:
+            raise CheckpointError(f"embedding has shape {list(emb.shape)}, which does not feed {shape[0]} inputs")
+    _check_config(ckpt)
+
+
+MAX_TRANSFORMER_LAYERS = 64
+
+
+def _transformer_config(model):
+    """The TransformerConfig a checkpoint's `model` table names, each field of its type and size."""
+    from circuitry.tasks.sequence import TransformerConfig
+
+    names = [f.name for f in fields(TransformerConfig)]
+    if not isinstance(model, dict) or not set(model) <= set(names):
+        raise CheckpointError(f"model is not a table of TransformerConfig fields ({', '.join(names)})")
+    for f in fields(TransformerConfig):
+        if f.name not in model:
+            if f.default is MISSING:
+                raise CheckpointError(f"model lacks {f.name}")
+            continue
+        kind, value = int if f.default is MISSING else type(f.default), model[f.name]
+        if type(value) is not kind or (kind is int and not 0 <= value <= MAX_LAYER):
+            expected = f"an integer in 0..{MAX_LAYER}" if kind is int else f"a {kind.__name__}"
+            raise CheckpointError(f"model.{f.name} {str(value)[:100]!r} is not {expected}")
+    try:
+        cfg = TransformerConfig(**model)
+    except ValueError as e:
+        raise CheckpointError(f"model: {e}") from None
+    if cfg.n_layers > MAX_TRANSFORMER_LAYERS:
+        raise CheckpointError(f"model.n_layers {cfg.n_layers} is more than {MAX_TRANSFORMER_LAYERS}")
+    return cfg
+
+
+def transformer_shapes(c) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """The parameter shapes (state_dict names) of a workers.transformer.Transformer of config `c`,
+    and its coordinates' shapes, written out from the config as that module's doc lists them (a
+    test holds them to the model's own); here, without building one, so that this module and
+    workers.transformer do not import each other."""
+    d, h, e = c.d_model, c.n_heads, c.d_head
+    ln = lambda name: {f"{name}.w": (d,), f"{name}.b": (d,)}  # noqa: E731
+    weights = {"embed.W_E": (c.d_vocab, d)} if c.d_vocab else {"embed.W_in": (c.d_input, d), "embed.b_in": (d,)}
+    if c.positional:
+        weights["pos_embed.W_pos"] = (c.n_ctx, d)
+    for l in range(c.n_layers):
+        b = f"blocks.{l}"
+        if c.layer_norm:
+            weights.update(ln(f"{b}.ln1"))
+        weights.update({f"{b}.attn.{w}": (h, d, e) for w in ("W_Q", "W_K", "W_V")})
+        weights.update({f"{b}.attn.{w}": (h, e) for w in ("b_Q", "b_K", "b_V")})
+        weights.update({f"{b}.attn.W_O": (h, e, d), f"{b}.attn.b_O": (d,)})
+        if c.d_mlp:
+            if c.layer_norm:
+                weights.update(ln(f"{b}.ln2"))
+            weights.update({f"{b}.mlp.W_in": (d, c.d_mlp), f"{b}.mlp.b_in": (c.d_mlp,),
+                            f"{b}.mlp.W_out": (c.d_mlp, d), f"{b}.mlp.b_out": (d,)})
+    if c.layer_norm:
+        weights.update(ln("ln_final"))
+    weights.update({"unembed.W_U": (d, c.d_output), "unembed.b_U": (c.d_output,)})
+    coords = {"input": (c.d_in,), "resid": (d,), "attn": (h * e,), "mlp": (c.d_mlp,), "output": (c.d_output,)}
+    return weights, coords
+
+
+def _check_transformer(ckpt) -> None:
+    """A `circuitry.transformer/1` checkpoint's fields against its `model` table: the weights a
+    workers.transformer.Transformer of that config has (names and shapes), finite, and its
+    neuron coordinates."""
+    _check_task(ckpt)
+    weights, coords = transformer_shapes(_transformer_config(ckpt["model"]))
+    if sum(math.prod(shape) for shape in weights.values()) > MAX_WEIGHTS:
+        raise CheckpointError(f"model has more than {MAX_WEIGHTS} weights")
+    for key, want in (("weights", weights), ("coordinates", coords)):
+        got = ckpt[key]
+        if not isinstance(got, dict):
+            raise CheckpointError(f"{key} is not a table of name -> tensor")
+        missing, extra = [k for k in want if k not in got], [str(k)[:100] for k in got if k not in want]
+        if missing:
+            raise CheckpointError(f"{key} lack {', '.join(missing[:3])}, which the model table's config has")
+        if extra:
+            raise CheckpointError(f"{key} hold {', '.join(extra[:3])}, which the model table's config has not")
+        for name, shape in want.items():
+            _tensor(got[name], shape, f"{key}[{name}]")
+    _check_config(ckpt)
+
+
 def checkpoint_from_bytes(data: bytes, path, formats: tuple[str, ...] = tuple(FORMATS)) -> dict:
     """A checked checkpoint from model.pt's bytes (`weights_only=True`: no code runs): its format
-    and keys; an MLP's every field (check_checkpoint), a transformer's finite weights."""
+    and keys, then every field (check_checkpoint)."""
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or pickled code
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}); expected "
                               f"{' or '.join(repr(f) for f in formats)}") from None
     _check_format(ckpt, path, formats)
-    if ckpt["format"] == FORMAT:
-        return check_checkpoint(ckpt, path)
-    _all_finite(ckpt, path)
-    return ckpt
+    return check_checkpoint(ckpt, path)
 
 
 def load_checkpoint(path: str | Path, formats: tuple[str, ...] = tuple(FORMATS)) -> dict:

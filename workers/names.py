@@ -42,6 +42,9 @@ RECIPE_DEFAULTS = ("lam", "lr", "swap_every", "top_k", "final_factor")
 # ... and those only a penalty reads: a vanilla model is the same whatever they say
 PENALTY_ONLY = ("lam", "swap_every", "top_k", "final_factor")
 DEFAULT_LOG_EVERY = 100  # training steps between logged losses
+# training steps between a sweep's checkpoints within a job (orchestrator.checkpoints): a 20k-step
+# job keeps 3, a test's few hundred steps none
+DEFAULT_CHECKPOINT_EVERY = 5000
 DEFAULT_MATCH_FRACTION = 1e-2  # prune: count the matched model's weights with |w| > this x max|w|
 
 # Discovery examples per half where the task's generator draws them (workers.discover), and what a

@@ -10,13 +10,19 @@ tau_found < tau_above with f(tau_found) >= target > f(tau_above) and tau_above /
 makes f(tau) monotone (a removal can improve the metric, and ACDC's greedy path changes with
 tau). The search is a bracketing phase in log tau (steps of `factor` from a start on the
 metric's own scale: metric_empty, the metric of the empty circuit) and then bisection in log
-tau, keeping f(lo) >= target > f(hi) at every step. What it returns is therefore a *local*
-bracket: a crossing of the target, the first one the bisection lands in, not necessarily the
-largest tau anywhere with f >= target. Every probe (tau, f, edges) is recorded.
+tau, keeping f(lo) >= target > f(hi) at every step. The bracket is therefore a *local* one: a
+crossing of the target, the first one the bisection lands in, not necessarily the largest tau
+anywhere with f >= target. Every probe (tau, f, edges) is recorded.
+
+The circuit returned is the best one tried, not the bracket's last: the sparsest circuit of any
+probe that reaches the target, and where none does, the most faithful one. Because f and the edge count are not monotone in tau (on transformer
+graphs especially), a probe made while bracketing can be sparser than the bisection's final
+lower end; `found` is that probe's tau, `above` stays the bracket's upper end. Where the
+bracket's lower end ties with the best, it is the one returned.
 
 Where no tau on the way down reaches the target, tau = 0 is tried (it removes only edges whose
 removal lowers the metric); if even that falls short, `reached` is False and the tau = 0 circuit
-is the answer. A tau above which nothing is kept (f = 0 < target) always exists, so the upper end
+is the answer (unless a probe on the way down was more faithful). A tau above which nothing is kept (f = 0 < target) always exists, so the upper end
 is found unless f stays undefined (NaN counts as below the target).
 
 Score methods (`search_top_k`): the smallest k whose top-k circuit (largest |score|) reaches
@@ -52,8 +58,8 @@ class Probe:
 @dataclass
 class Search:
     target: float
-    found: float  # tau_found (acdc) or k_found (score methods)
-    above: float | None  # tau_above, or k_below for top-k (None: no such point was needed)
+    found: float  # tau_found (acdc) or k_found (score methods): the point of the best circuit tried
+    above: float | None  # the bracket's tau_above, or k_below for top-k (None: no such point was needed)
     reached: bool  # f(found) >= target
     result: Any  # the probe result at `found` (the circuit to write)
     tried: list[dict] = field(default_factory=list)  # every probe, in the order made
@@ -83,7 +89,23 @@ class _Prober:
             self.tried.append({self.key: x, "f": p.f, "edges": p.edges})
         return _meets(self.results[x].f, self.target)
 
+    def best(self, preferred):
+        """The point of the best circuit tried (module doc): the fewest edges among those that reach
+        the target, and where none does, the highest f (NaN lowest). `preferred` (the bracket's
+        answer) wins a tie; other ties go to the higher f, then the fewer edges, then the earlier."""
+        f = {x: -math.inf if math.isnan(p.f) else p.f for x, p in self.results.items()}
+        meeting = [x for x in self.results if _meets(self.results[x].f, self.target)]
+        if meeting:
+            fewest = min(self.results[x].edges for x in meeting)
+            pool = [x for x in meeting if self.results[x].edges == fewest]
+        else:
+            pool = [x for x in self.results if f[x] == max(f.values())]
+        if preferred in pool:
+            return preferred
+        return min(pool, key=lambda x: (-f[x], self.results[x].edges))  # min keeps the earliest of equals
+
     def search(self, found, above) -> Search:
+        found = self.best(found)
         return Search(self.target, found, above, _meets(self.results[found].f, self.target),
                       self.results[found].result, self.tried)
 

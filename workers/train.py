@@ -19,7 +19,6 @@ recorded in the checkpoint's `config`.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
@@ -30,9 +29,11 @@ from circuitry.workers.device import pick_device
 from circuitry.workers.model import (CoordMLP, folded_line_coordinates, line_coordinates, ring_coordinates,
                            sheet_coordinates, sheet_shape)
 from circuitry.workers.names import TRAINED_REGIMES, network_shape
-from circuitry.workers.profile import PeakMemory, SwapTally, peak_tensor_bytes, training_figures
+from circuitry.workers.profile import peak_tensor_bytes
 from circuitry.workers.swap import relocate
+from circuitry.workers import train_state
 from circuitry.workers.train_config import TrainConfig, TrainResult, config_of, minibatches
+from circuitry.workers.train_loop import batch_of, checkpointer, finish, loop_figures, run_steps
 
 __all__ = ["TrainConfig", "TrainResult", "checkpoint_fit", "config_of", "layout", "minibatches", "train"]
 
@@ -106,7 +107,9 @@ def _apply_masks(model: CoordMLP, masks: list[torch.Tensor]) -> None:
 
 def train(config: TrainConfig, progress: Callable[[int, int, float], None] | None = None, start: dict | None = None,
           masks: list[torch.Tensor] | None = None,
-          prune_at: Callable[[int, CoordMLP], list[torch.Tensor] | None] | None = None) -> TrainResult:
+          prune_at: Callable[[int, CoordMLP], list[torch.Tensor] | None] | None = None,
+          resume: dict | None = None, checkpoint_every: int = 0,
+          on_checkpoint: Callable[[dict], None] | None = None) -> TrainResult:
     """Train one model. `progress(steps, examples, train_loss)` is called every `log_every` steps
     with the increments since the last call (the orchestrator turns them into Prometheus counters;
     the CLI draws a bar) and the loss just logged.
@@ -115,12 +118,16 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     tensor per weight matrix; the weights where it is 0 are held at exactly zero (their gradient
     is masked, so AdamW's moments for them stay zero, and they are re-zeroed after every step).
     workers.prune fine-tunes a pruned network with both. `prune_at(step, model)`, called after
-    every step, may return new masks, which replace `masks` from then on (gradual pruning)."""
+    every step, may return new masks, which replace `masks` from then on (gradual pruning).
+    `on_checkpoint(state)` is called after every `checkpoint_every`-th step but the last with the
+    run's state (workers.train_state); `resume`, such a state of this run, goes on from its step
+    (ResumeMismatch, before any step, when it is not one). Gradual pruning keeps state of its
+    own: a run with `prune_at` takes no checkpoints."""
     cfg = config.resolved()
     task = get_task(cfg.task)
     if task.model_kind == "transformer":  # masks: parameter name -> 0/1 tensor there
         from circuitry.workers.train_transformer import train_transformer
-        return train_transformer(cfg, progress, start, masks)
+        return train_transformer(cfg, progress, start, masks, resume, checkpoint_every, on_checkpoint)
     recipe = cfg.recipe()
     regime = TRAINED_REGIMES[cfg.regime]
     device = pick_device(cfg.device)
@@ -148,7 +155,10 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     loss_fn = _loss_fn(task, recipe)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     weight_factor = recipe.distance_weight if regime.local else 0.0
-    batches = minibatches(len(x), cfg.batch_size, cfg.seed, device)
+    record = cfg.record()
+    start_at = train_state.begin(resume, record, model, opt)
+    if prune_at is not None:
+        checkpoint_every = 0
 
     def optimise(model: CoordMLP, opt: torch.optim.Optimizer, xb, yb, step: int) -> torch.Tensor:
         """One optimiser step on a batch; returns the batch's loss."""
@@ -167,35 +177,21 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
             _apply_masks(model, masks)
         return loss
 
-    curve, swap_seconds, n_swapped, swap_rounds, last_logged, examples = [], 0.0, 0, 0, 0, 0
-    with PeakMemory(device) as mem:
-        start = time.perf_counter()
-        for step in range(cfg.steps):
-            idx = next(batches)
-            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-            loss = optimise(model, opt, xb, yb, step)
-            if prune_at is not None and (new_masks := prune_at(step, model)) is not None:
-                masks = [m.to(device=device, dtype=dtype) for m in new_masks]
-                _apply_masks(model, masks)
-            examples += len(xb)
-            if regime.swaps and (step + 1) % cfg.swap_every == 0:
-                t0 = time.perf_counter()
-                n_swapped += relocate(model, cfg.top_k, recipe.cost_norm, recipe.swap_inputs)
-                swap_rounds += 1
-                swap_seconds += time.perf_counter() - t0
-            if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                with torch.no_grad():
-                    test_loss = float(loss_fn(model(x_test), y_test))
-                curve.append({"step": step, "train_loss": float(loss.detach()), "test_loss": test_loss})
-                if progress:
-                    progress(step + 1 - last_logged, examples, curve[-1]["train_loss"])
-                    last_logged, examples = step + 1, 0
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - start
+    def prune(step: int) -> None:
+        nonlocal masks
+        if (new_masks := prune_at(step, model)) is not None:
+            masks = [m.to(device=device, dtype=dtype) for m in new_masks]
+            _apply_masks(model, masks)
+
+    loop = run_steps(cfg, device, x, y, lambda xb, yb, step: optimise(model, opt, xb, yb, step),
+                     test_loss=lambda: float(loss_fn(model(x_test), y_test)),
+                     swap=(lambda: relocate(model, cfg.top_k, recipe.cost_norm, recipe.swap_inputs))
+                     if regime.swaps else None,
+                     after_step=prune if prune_at is not None else None, progress=progress, start=start_at,
+                     checkpoint=checkpointer(on_checkpoint, model, opt, record), checkpoint_every=checkpoint_every)
 
     # the allocator's view of one full-size step (workers.profile), on a copy: training is not touched
-    n_batch = min(cfg.batch_size, len(x)) if cfg.batch_size else len(x)
+    n_batch = batch_of(cfg, len(x))
     tensor_bytes = peak_tensor_bytes(model, opt, lambda m, o: optimise(m, o, x[:n_batch], y[:n_batch], cfg.steps - 1),
                                      device)
     model.eval()
@@ -206,13 +202,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     metrics = {
         **_fit(model, task, loss_fn, x, y, x_test, y_test),
         "connection_cost": cost,
-        **training_figures(model, x_test, weights, steps=cfg.steps,
-                           batch=min(cfg.batch_size, len(x)) if cfg.batch_size else len(x),
-                           train_seconds=train_seconds, mem=mem,
-                           swaps=SwapTally(swap_rounds, n_swapped, swap_seconds)),
+        **loop_figures(loop, model, x_test, weights, cfg, len(x)),
         "peak_tensor_bytes": tensor_bytes,
     }
-    record = cfg.record()
-    record["device"] = device.type
-    ckpt = model.cpu().float().to_checkpoint(cfg.task, cfg.regime, cfg.seed, record)
-    return TrainResult(checkpoint=ckpt, metrics=metrics, curve=curve)
+    return finish(model, cfg, device, metrics, loop.curve, resumed_from_step=start_at.step)

@@ -83,18 +83,23 @@ class TrainResult:
     checkpoint: dict
     metrics: dict[str, float]
     curve: list[dict] = field(default_factory=list)  # {"step", "train_loss", "test_loss"}
+    resumed_from_step: int = 0  # the step a resume state (workers.train_state) took the run on from
 
 
-def minibatches(n: int, batch_size: int | None, seed: int, device: torch.device):
+def minibatches(n: int, batch_size: int | None, seed: int, device: torch.device, skip: int = 0):
     """Example indices for each step: everything (full batch), or shuffled minibatches of
     `batch_size`, reshuffled every epoch, the last one of an epoch possibly smaller (as a
-    DataLoader with shuffle=True, which the MNIST notebook cycles through)."""
+    DataLoader with shuffle=True, which the MNIST notebook cycles through). `skip`: start after
+    that many batches (a resumed run, workers.train_state), drawing the same permutations."""
     if not batch_size or batch_size >= n:
         while True:
             yield None
     g = torch.Generator().manual_seed(seed + 104729)
     while True:
         for chunk in torch.randperm(n, generator=g).split(batch_size):
+            if skip:
+                skip -= 1
+                continue
             yield chunk.to(device)
 
 

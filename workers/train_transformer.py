@@ -1,20 +1,19 @@
-"""Training a transformer task (tasks.sequence) under the five regimes: workers.train's loop with
+"""Training a transformer task (tasks.sequence) under the five regimes: workers.train_loop's loop with
 workers.transformer's model, workers.transformer_bimt's cost and swaps, and the task's loss at its
 scored positions. workers.train dispatches here on `task.model_kind`; the regimes, the recipe and
 the resolved TrainConfig mean what they mean for MLPs (workers.train's module doc)."""
 from __future__ import annotations
-
-import time
 
 import torch
 
 from circuitry.tasks import get_task
 from circuitry.workers.cost import add_cost_grad, total_cost
 from circuitry.workers.device import pick_device
+from circuitry.workers import train_state
 from circuitry.workers.names import TRAINED_REGIMES
-from circuitry.workers.profile import (PeakMemory, SwapTally, count_parameters, inference_speed, training_figures,
-                                      weights_above)
-from circuitry.workers.train_config import TrainResult, config_of, minibatches
+from circuitry.workers.profile import count_parameters, inference_speed, weights_above
+from circuitry.workers.train_config import TrainResult, config_of
+from circuitry.workers.train_loop import checkpointer, finish, loop_figures, run_steps
 from circuitry.workers.transformer import Transformer, is_weight_matrix
 from circuitry.workers.transformer_bimt import Sheet, cost_terms, relocate
 
@@ -64,17 +63,21 @@ class _OneThread:
         return False
 
 
-def train_transformer(cfg, progress=None, start: dict | None = None, masks: dict[str, torch.Tensor] | None = None):
+def train_transformer(cfg, progress=None, start: dict | None = None, masks: dict[str, torch.Tensor] | None = None,
+                      resume: dict | None = None, checkpoint_every: int = 0, on_checkpoint=None):
     """workers.train.train for a transformer task (`cfg` resolved). `masks`: parameter name -> 0/1
-    tensor; those weights are held at exactly zero (workers.prune)."""
+    tensor; those weights are held at exactly zero (workers.prune). `resume`, `checkpoint_every`,
+    `on_checkpoint`: as workers.train.train's (workers.train_state)."""
     with _OneThread(pick_device(cfg.device)):
-        return _train(cfg, progress, start, masks)
+        return _train(cfg, progress, start, masks, resume, checkpoint_every, on_checkpoint)
 
 
-def _train(cfg, progress, start, masks):
+def _train(cfg, progress, start, masks, resume=None, checkpoint_every=0, on_checkpoint=None):
 
     task = get_task(cfg.task)
     if task.compiled is not None:
+        if resume is not None:
+            raise train_state.ResumeMismatch("a compiled task is not trained")
         return _compiled(cfg, task)
     recipe = cfg.recipe()
     if recipe.loss != "task":
@@ -104,54 +107,35 @@ def _train(cfg, progress, start, masks):
     # the cost's terms (with their factor tensors) are built once; swaps move .data in place
     terms = {bias: cost_terms(model, sheet, weight_factor, recipe.l0, recipe.cost_norm, bias,
                               recipe.last_layer_distance) for bias in (False, True)}
-    batches = minibatches(len(x), cfg.batch_size, cfg.seed, device)
+    record = cfg.record()
+    start_at = train_state.begin(resume, record, model, opt)
 
-    curve, swap_seconds, n_swapped, swap_rounds, last_logged, examples = [], 0.0, 0, 0, 0, 0
-    with PeakMemory(device) as mem:
-        t_start = time.perf_counter()
-        for step in range(cfg.steps):
-            idx = next(batches)
-            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-            loss = task.loss(model(xb), yb)
-            opt.zero_grad(set_to_none=False)
-            loss.backward()
-            for name, m in (masks or {}).items():
-                params[name].grad.mul_(m)
-            if regime.penalty:
-                add_cost_grad(terms[recipe.penalize_bias_at(step, cfg.steps)], recipe.lam_at(step, cfg.steps))
-            opt.step()
-            apply_masks()
-            examples += len(xb)
-            if regime.swaps and (step + 1) % cfg.swap_every == 0:
-                t0 = time.perf_counter()
-                n_swapped += relocate(model, sheet, cfg.top_k, recipe.cost_norm)
-                swap_rounds += 1
-                swap_seconds += time.perf_counter() - t0
-            if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                with torch.no_grad():
-                    test_loss = float(task.loss(model(x_test), y_test))
-                curve.append({"step": step, "train_loss": float(loss.detach()), "test_loss": test_loss})
-                if progress:
-                    progress(step + 1 - last_logged, examples, curve[-1]["train_loss"])
-                    last_logged, examples = step + 1, 0
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - t_start
+    def optimise(xb, yb, step: int) -> torch.Tensor:
+        """One optimiser step on a batch; returns the batch's loss."""
+        loss = task.loss(model(xb), yb)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        for name, m in (masks or {}).items():
+            params[name].grad.mul_(m)
+        if regime.penalty:
+            add_cost_grad(terms[recipe.penalize_bias_at(step, cfg.steps)], recipe.lam_at(step, cfg.steps))
+        opt.step()
+        apply_masks()
+        return loss
+
+    loop = run_steps(cfg, device, x, y, optimise, test_loss=lambda: float(task.loss(model(x_test), y_test)),
+                     swap=(lambda: relocate(model, sheet, cfg.top_k, recipe.cost_norm)) if regime.swaps else None,
+                     progress=progress, start=start_at,
+                     checkpoint=checkpointer(on_checkpoint, model, opt, record), checkpoint_every=checkpoint_every)
 
     model.eval()
     weights = [w.detach().cpu() for w in penalised_weights(model)]
     metrics = {
         **fit(model, task, x, y, x_test, y_test),
         "connection_cost": yardstick_cost(model, recipe.l0),
-        **training_figures(model, x_test, weights, steps=cfg.steps,
-                           batch=min(cfg.batch_size, len(x)) if cfg.batch_size else len(x),
-                           train_seconds=train_seconds, mem=mem,
-                           swaps=SwapTally(swap_rounds, n_swapped, swap_seconds)),
+        **loop_figures(loop, model, x_test, weights, cfg, len(x)),
     }
-    record = cfg.record()
-    record["device"] = device.type
-    ckpt = model.cpu().float().to_checkpoint(cfg.task, cfg.regime, cfg.seed, record)
-    return TrainResult(checkpoint=ckpt, metrics=metrics, curve=curve)
+    return finish(model, cfg, device, metrics, loop.curve, resumed_from_step=start_at.step)
 
 
 def _compiled(cfg, task):

@@ -70,10 +70,7 @@ def graph_of(ckpt: dict) -> TransformerGraph:
 
 
 def _problems(task, graph, ckpt, ablation, data, seed):
-    if data is not None:
-        raise DiscoveryInputError("--data", "--data is not supported for transformer checkpoints yet; drop it "
-                                  "(the model's own test split is used)")
-    (c, k, labels), (ec, ek, elabels), info = split_examples(task, ckpt, None, seed)
+    (c, k, labels), (ec, ek, elabels), info = split_examples(task, ckpt, data, seed)
     kind = "mse" if task.kind == "regression" else "kl"
     pos = torch.tensor(task.positions, dtype=torch.long)
     problem = TransformerProblem.build(graph, c, k, kind, pos, ablation)
