@@ -10,6 +10,12 @@ circuit edges against test score (accuracy, or R^2 for a regression); both curve
 interpolated at one common score, the middle of the range every seed's two curves cover, and
 bimt ÷ gmp edges there is summarised over seeds by its geometric mean with a percentile bootstrap
 interval (orchestrator.stats.bootstrap_interval). Rows go to OUT/rows.csv, the summary to stdout.
+
+    python examples/prune_control.py --report sweeps/prune_two_moons sweeps/prune_independence sweeps/prune_digits
+
+reads finished folders only: per task the mean of each setting and the reading at its own common
+score, then the pooled reading over tasks (the geometric mean of the tasks' geometric means, with
+a bootstrap that resamples seeds within each task, so every task keeps its weight and its seeds).
 """
 from __future__ import annotations
 
@@ -70,8 +76,10 @@ def _curve(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return g["test_score"].to_numpy(float), np.log(g["n_edges_kept"].clip(lower=1).to_numpy(float))
 
 
-def at_common_score(rows: pd.DataFrame) -> dict:
-    """bimt ÷ gmp circuit edges at one common test score (module doc)."""
+def at_common_score(rows: pd.DataFrame, position: float = 0.5) -> dict:
+    """bimt ÷ gmp circuit edges at one common test score (module doc): `position` of the way up
+    the range every seed's two curves cover (the middle as planned; other positions show whether
+    the reading depends on the level)."""
     curves = {(r, s): _curve(g) for (r, s), g in rows.groupby(["regime", "seed"])}
     seeds = sorted(set(rows["seed"]))
     lows = [c[0].min() for c in curves.values() if len(c[0])]
@@ -79,7 +87,7 @@ def at_common_score(rows: pd.DataFrame) -> dict:
     low, high = max(lows), min(highs)
     if not low < high:
         return {"common_score": None, "why": f"the curves share no score range ({low:.4g} > {high:.4g})"}
-    level = (low + high) / 2
+    level = low + position * (high - low)
     logs = []
     for s in seeds:
         b, g = curves.get(("bimt", s)), curves.get(("gmp", s))
@@ -94,6 +102,45 @@ def at_common_score(rows: pd.DataFrame) -> dict:
             "per_seed": [math.exp(v) for v in logs]}
 
 
+def pooled(per_task: dict[str, list[float]], n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """bimt ÷ gmp over tasks: exp of the mean over tasks of each task's mean per-seed log ratio,
+    with a percentile bootstrap resampling seeds within each task (stratified: tasks fixed)."""
+    logs = {t: np.log(np.asarray(v, dtype=float)) for t, v in per_task.items() if len(v) >= 2}
+    if not logs:
+        return {"n_tasks": 0}
+    point = float(np.mean([v.mean() for v in logs.values()]))
+    rng = np.random.default_rng(seed)
+    stats = [np.mean([v[rng.integers(0, len(v), len(v))].mean() for v in logs.values()]) for _ in range(n_resamples)]
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return {"n_tasks": len(logs), "n_seeds": sum(len(v) for v in logs.values()), "bimt_over_gmp_edges": math.exp(point),
+            "bootstrap_95": [math.exp(lo), math.exp(hi)],
+            "seeds_below_1": int(sum((v < 0).sum() for v in logs.values()))}
+
+
+def report(folders: list[Path]) -> None:
+    """Per task: the settings' means and the common-score reading; then the pooled reading."""
+    per_task = {}
+    for folder in folders:
+        rows = pd.read_csv(folder / "rows.csv")
+        for task, g in rows.groupby("task"):
+            live = g.assign(n_edges_kept=g["n_edges_kept"].where(g["target_reached"].astype(bool)))
+            table = live.groupby(["regime", "setting"]).agg(  # edges: mean over circuits that reach f >= 0.95
+                test_score=("test_score", "mean"), n_edges_kept=("n_edges_kept", "mean"),
+                weights_nonzero=("weights_nonzero", "mean"), weights_above_1e_2=("weights_above_1e-2", "mean"),
+                reached=("target_reached", "sum"), seeds=("seed", "nunique"))
+            result = at_common_score(g)
+            print(f"## {task} ({folder})\n{table.to_string()}\n{json.dumps(result, indent=1)}")
+            for position in (0.25, 0.75):  # sensitivity to the level, not the planned reading
+                r = at_common_score(g, position)
+                if r.get("per_seed"):
+                    print(f"at {position:.0%} of the range (score {r['common_score']:.4g}): "
+                          f"x{r['bimt_over_gmp_edges']:.3g}, per seed " + ", ".join(f"{v:.3g}" for v in r["per_seed"]))
+            print()
+            if result.get("per_seed"):
+                per_task[task] = result["per_seed"]
+    print("## pooled over tasks\n" + json.dumps(pooled(per_task), indent=1))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", default="independence")
@@ -102,7 +149,11 @@ def main():
     ap.add_argument("--lams", type=float, nargs="+", default=[1e-4, 4.64e-4, 2.15e-3, 1e-2])
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95, 0.975])
     ap.add_argument("--out", type=Path, default=Path("sweeps/prune_control"))
+    ap.add_argument("--report", type=Path, nargs="+", help="finished folders: per-task and pooled readings, no runs")
     args = ap.parse_args()
+    if args.report:
+        report(args.report)
+        return
     torch.set_num_threads(1)
     rows = run(args.task, args.steps, args.seeds, args.lams, args.sparsities, args.out)
     print(rows.groupby(["regime", "setting"])[["test_score", "n_edges_kept", "weights_nonzero"]].mean().to_string())
