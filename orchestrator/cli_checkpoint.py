@@ -9,6 +9,7 @@ sweep's checkpoints, orchestrator.checkpoints)."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -49,14 +50,25 @@ def train_resumable(config, out: Path, every: int, progress=None):
             check(resume, config.resolved().record())
         except ResumeMismatch as e:
             resume = _ignored(path, e)
-    if resume is not None and progress is not None:  # the bar starts where the run does
-        progress(resume["step"], 0, None)
+    if resume is not None:
+        click.echo(f"resuming from step {resume['step']:,} ({path})", err=True)
+        if progress is not None:  # the bar starts where the run does
+            progress(resume["step"], 0, None)
 
     def keep(state: dict) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(path, to_bytes(state))
 
-    return train(config, progress=progress, resume=resume, checkpoint_every=every, on_checkpoint=keep)
+    try:
+        return train(config, progress=progress, resume=resume, checkpoint_every=every, on_checkpoint=keep)
+    except KeyboardInterrupt:
+        held = _held(path)  # what is on disk, whenever the interrupt came
+        kept = held["step"] if held is not None else 0
+        if kept:
+            click.echo(f"\ninterrupted: {path} holds step {kept:,}; the same command goes on from there", err=True)
+        else:
+            click.echo(f"\ninterrupted before the first checkpoint (every {every:,} steps): nothing kept", err=True)
+        sys.exit(130)
 
 
 def drop_checkpoint(out: Path) -> None:

@@ -111,3 +111,45 @@ def test_cli_train_goes_on_from_the_checkpoint_in_out(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [line for line in proc.stderr.splitlines() if "not a checkpoint of this run" in line and "step 0" in line]
     assert "resumed" not in proc.stdout and not (other / CHECKPOINT).exists()
+
+
+def test_ctrl_c_in_cli_train_says_which_step_is_kept_and_the_rerun_goes_on_from_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from circuitry.orchestrator.cli_checkpoint import CHECKPOINT
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "circuitry.orchestrator.cli", "train", "--task", "independence", "--regime",
+           "bimt", "--steps", "1000000", "--width", "6", "--checkpoint-every", "50", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / CHECKPOINT).exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (out / CHECKPOINT).exists(), "no checkpoint was written"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    kept = [line for line in err.splitlines() if line.startswith("interrupted: ")]
+    assert kept and str(out / CHECKPOINT) in kept[0] and "the same command goes on" in kept[0], err
+    step = int(kept[0].split(" holds step ")[1].split(";")[0].replace(",", ""))
+    assert step >= 50 and step % 50 == 0
+    assert train_state.from_bytes((out / CHECKPOINT).read_bytes())["step"] == step
+    # the same command, stopped at once, starts where the first left off
+    again = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while "resuming from step" not in line and time.monotonic() < deadline:
+            line = again.stderr.readline()
+            if not line and again.poll() is not None:
+                break
+        assert f"resuming from step {step:,}" in line
+    finally:
+        again.kill()
+        again.communicate()
