@@ -25,6 +25,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from circuitry.orchestrator.jobs import Job, matches, package_version
@@ -119,6 +120,19 @@ class Faults:
     selectors: dict
     first_time: Callable[[str, str], bool]
     release: str | None = None
+
+
+def fired_faults(sweep_dir: Path) -> list[tuple[str, str]]:
+    """TEST ONLY: (job id, fault) of the faults that fired in earlier runs of the sweep."""
+    d = sweep_dir / ".faults"
+    return [tuple(p.name.rsplit(".", 1)) for p in d.iterdir()] if d.is_dir() else []
+
+
+def keep_fault_marker(sweep_dir: Path, job_id: str, fault: str) -> None:
+    """TEST ONLY: the driver's note that a fault fired (module doc)."""
+    d = sweep_dir / ".faults"
+    d.mkdir(exist_ok=True)
+    (d / f"{job_id}.{fault}").touch()
 
 
 def inject_faults(job: Job, faults: Faults | None) -> None:

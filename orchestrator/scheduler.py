@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from circuitry.orchestrator.checkpoints import HeldCheckpoints
-from circuitry.orchestrator.execute import RELEASE_FILE, TransientError
+from circuitry.orchestrator.execute import RELEASE_FILE, TransientError, fired_faults, keep_fault_marker
 from circuitry.orchestrator.metrics import ProgressBar, SweepMetrics
 from circuitry.orchestrator.jobs import Job, model_shape
 from circuitry.orchestrator.recorder import Recorder, resolve_uri, sync_command
@@ -176,7 +176,7 @@ class Scheduler:
         self.checkpoints = HeldCheckpoints(self.sweep_dir, self.ray, self.actor, self.done_ids, warn=self.echo)
         faults = (spec.testing, str(self.sweep_dir / RELEASE_FILE)) if any(spec.testing.values()) else None
         if faults:
-            self.ray.get(self.actor.arm.remote(self._fired_faults()))
+            self.ray.get(self.actor.arm.remote(fired_faults(self.sweep_dir)))
         self.submit = self.remote.Submitter(
             self.actor, faults, spec.pictures,
             train_options={"num_cpus": res["train_cpus"], "num_gpus": res["train_gpus"] if gpus else 0, **retry},
@@ -460,7 +460,7 @@ class Scheduler:
             jid = e.job_id
             job = self.jobs.get(jid)
             if e.name == "fault":
-                self._keep_fault_marker(jid, e.value)
+                keep_fault_marker(self.sweep_dir, jid, e.value)
                 continue
             if e.name == "checkpoint":  # the actor's, as "fault": the job's newest state, to write
                 self.checkpoints.write_newest(jid)
@@ -486,14 +486,3 @@ class Scheduler:
                 m.train_progress(job.settings["task"], examples=e.value)
             elif e.name == "edges":
                 m.edges_evaluated(job.settings["method"], e.value)
-
-    # ------------------------------------------------------------ test-only faults
-    def _fired_faults(self) -> list[tuple[str, str]]:
-        """(job id, fault) of the faults that fired in earlier runs of this sweep."""
-        d = self.sweep_dir / ".faults"
-        return [tuple(p.name.rsplit(".", 1)) for p in d.iterdir()] if d.is_dir() else []
-
-    def _keep_fault_marker(self, job_id: str, fault: str) -> None:
-        d = self.sweep_dir / ".faults"
-        d.mkdir(exist_ok=True)
-        (d / f"{job_id}.{fault}").touch()
