@@ -14,12 +14,12 @@ A file is one signed JSON header line, then the state's bytes:
     {"format": "circuitry.checkpoint/1", "job_id": ..., "step": ..., "bytes": ..., "sha256": ...,
      "signature": ...}\\n<torch.save bytes of the state>
 
-The header is signed like job records (orchestrator.signing); the sha256 binds the bytes to it.
-A file that fails any check (a link, not a regular file, no valid signature, another job's, bytes
-that differ) is ignored with a one-line warning and removed, and its job starts from step 0: a
-planted checkpoint is never loaded. A `checkpoints` that is a link or a file is moved aside
-(`.damaged-checkpoints-<time>-<rand>`, not followed) with one line. Written with write_atomic (a new file renamed over the old
-one), so a crash mid-write leaves the previous checkpoint.
+The header is signed like job records (orchestrator.signing); the sha256 binds the bytes to it. A
+file that fails any check (a link, not a regular file, no valid signature, another job's, bytes that
+differ) is ignored with a one-line warning and removed, and its job starts from step 0: a planted
+checkpoint is never loaded. A `checkpoints` that is a link or a file is moved aside
+(`.damaged-checkpoints-<time>-<rand>`, not followed) with one line. Written with write_atomic (a new
+file renamed over the old one), so a crash mid-write leaves the previous checkpoint.
 """
 from __future__ import annotations
 
@@ -146,14 +146,19 @@ class HeldCheckpoints:
         self.files = CheckpointStore(sweep_dir, warn)
         self.files.prepare()
         self.ray, self.actor = ray, actor
-        for job_id in set(self.files.job_ids()) & set(finished):  # the driver died between commit and removal
-            self.files.remove(job_id)
+        # the driver is the folder's only writer, so this set is what the folder holds: most jobs
+        # never keep a checkpoint, and they cost no file system call at submission or commit
+        self.on_disk = set(self.files.job_ids())
+        for job_id in self.on_disk & set(finished):  # the driver died between commit and removal
+            self._remove(job_id)
 
     def hand_over(self, job_id: str) -> bool:
         """Before the job is submitted: give the actor the job's checkpoint file, if a valid one
         is kept, and wait until it holds it (so the job finds it); whether one was."""
-        held = self.files.load(job_id)
-        if held is not None:
+        held = self.files.load(job_id) if job_id in self.on_disk else None
+        if held is None:
+            self.on_disk.discard(job_id)  # a bad file was removed
+        else:
             self.ray.get(self.actor.keep_checkpoint.remote(job_id, *held, False))
         return held is not None
 
@@ -162,10 +167,15 @@ class HeldCheckpoints:
         the job finished: `finished` made the actor forget it, and the driver's calls to the
         actor run in order)."""
         held = self.ray.get(self.actor.checkpoint_of.remote(job_id, True))
-        if held is not None:
-            self.files.save(job_id, *held)
+        if held is not None and self.files.save(job_id, *held):
+            self.on_disk.add(job_id)
 
     def finished(self, job_id: str) -> None:
         """The job's result is committed: its checkpoint is of no more use."""
-        self.files.remove(job_id)
+        if job_id in self.on_disk:
+            self._remove(job_id)
         self.actor.forget.remote(job_id)
+
+    def _remove(self, job_id: str) -> None:
+        self.files.remove(job_id)
+        self.on_disk.discard(job_id)

@@ -15,15 +15,16 @@ crossing of the target, the first one the bisection lands in, not necessarily th
 anywhere with f >= target. Every probe (tau, f, edges) is recorded.
 
 The circuit returned is the best one tried, not the bracket's last: the sparsest circuit of any
-probe that reaches the target, and where none does, the most faithful one. Because f and the edge count are not monotone in tau (on transformer
-graphs especially), a probe made while bracketing can be sparser than the bisection's final
-lower end; `found` is that probe's tau, `above` stays the bracket's upper end. Where the
-bracket's lower end ties with the best, it is the one returned.
+probe that reaches the target, and where none does, the most faithful one. Because f and the edge
+count are not monotone in tau (on transformer graphs especially), a probe made while bracketing can
+be sparser than the bisection's final lower end; `found` is that probe's tau, `above` stays the
+bracket's upper end. Where the bracket's lower end ties with the best, it is the one returned.
 
 Where no tau on the way down reaches the target, tau = 0 is tried (it removes only edges whose
-removal lowers the metric); if even that falls short, `reached` is False and the tau = 0 circuit
-is the answer (unless a probe on the way down was more faithful). A tau above which nothing is kept (f = 0 < target) always exists, so the upper end
-is found unless f stays undefined (NaN counts as below the target).
+removal lowers the metric); if even that falls short, `reached` is False and the tau = 0 circuit is
+the answer (unless a probe on the way down was more faithful). A tau above which nothing is kept (f
+= 0 < target) always exists, so the upper end is found unless f stays undefined (NaN counts as below
+the target).
 
 Score methods (`search_top_k`): the smallest k whose top-k circuit (largest |score|) reaches
 the target, by bisection on k between k = 0 (the empty circuit, f = 0) and every edge (f = 1),

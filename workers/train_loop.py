@@ -1,8 +1,9 @@
 """The training loop every model shares (workers.train for MLPs, workers.train_transformer for
 transformers): minibatches, one optimiser step each, BIMT's swaps after every `swap_every`-th step,
-a loss-curve point every `log_every` steps (and at the last), the progress callback, and the
-timing, memory and swap figures, and the resume points (workers.train_state). What differs between models (the loss, masks, the connection
-cost's gradient, the swap itself) comes in as callables; the loop owns only the order of things."""
+a loss-curve point every `log_every` steps (and at the last), the progress callback, and the timing,
+memory and swap figures, and the resume points (workers.train_state). What differs between models
+(the loss, masks, the connection cost's gradient, the swap itself) comes in as callables; the loop
+owns only the order of things."""
 from __future__ import annotations
 
 import time
